@@ -1,0 +1,60 @@
+#include <gtest/gtest.h>
+
+#include "policies/common/test_util.h"
+
+namespace rematcher_policies {
+namespace {
+
+TEST(PowerOfTwoTest, NeverPicksTheBusiestOfThree) {
+  // Any pair drawn contains a less busy backend than id 3.
+  auto p = LinkedPolicy("seed=1");
+  EXPECT_EQ(p->name(), "p2c");
+  auto counts =
+      CountPicks(*p, {Backend(1, 1, 1), Backend(2, 1, 2), Backend(3, 1, 3)}, 3000);
+  EXPECT_EQ(counts[3], 0);
+  // The least busy wins both pairs it is in: 2/3 of picks.
+  EXPECT_NEAR(counts[1], 2000, 150);
+  EXPECT_NEAR(counts[2], 1000, 150);
+}
+
+TEST(PowerOfTwoTest, TiesSpreadEvenly) {
+  auto p = LinkedPolicy("seed=2");
+  auto counts = CountPicks(*p, {Backend(1), Backend(2), Backend(3)}, 3000);
+  for (int id = 1; id <= 3; ++id) EXPECT_NEAR(counts[id], 1000, 150) << id;
+}
+
+TEST(PowerOfTwoTest, SeedMakesItReproducible) {
+  std::vector<rematcher::BackendInfo> bs = {Backend(1), Backend(2), Backend(3),
+                                            Backend(4)};
+  auto a = LinkedPolicy("seed=42");
+  auto b = LinkedPolicy("seed=42");
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ(a->Pick({0, bs}, {}), b->Pick({0, bs}, {}));
+  }
+}
+
+TEST(PowerOfTwoTest, SingleEligible) {
+  auto p = LinkedPolicy("seed=3");
+  auto counts = CountPicks(*p, {Backend(1, 1, 0, 0), Backend(2, 1, 7)}, 20);
+  EXPECT_EQ(counts[2], 20);
+}
+
+TEST(PowerOfTwoTest, SkipsIneligible) {
+  auto p = LinkedPolicy("seed=4");
+  ExpectSkipsIneligible(*p);
+}
+
+TEST(PowerOfTwoTest, ArgsErrors) {
+  EXPECT_EQ(CreateError("seed=7"), "");
+  EXPECT_NE(CreateError("seed=abc").find(
+                "option 'seed': 'abc' is not an unsigned integer"),
+            std::string::npos)
+      << CreateError("seed=abc");
+  EXPECT_NE(CreateError("seed=1,choices=3")
+                .find("unknown option 'choices' (accepted: seed)"),
+            std::string::npos)
+      << CreateError("seed=1,choices=3");
+}
+
+}  // namespace
+}  // namespace rematcher_policies

@@ -1,0 +1,52 @@
+// weighted_least_outstanding: the eligible backend with the lowest
+// (outstanding + 1) / weight, i.e. the fewest requests in flight per unit of
+// capacity. The +1 counts the request being placed, so at equal load the
+// heavier backend wins, and an idle weight-1 backend loses to a weight-4
+// backend until the latter has 3 requests in flight. At steady load the
+// in-flight counts settle in proportion to the weights.
+//
+// Scores are compared exactly (cross-multiplied integers). Ties are broken
+// round-robin from one past the previous choice. No options.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "plugins/policy_cc.h"
+#include "policies/common/policy_util.h"
+
+namespace {
+
+using rematcher_plugin::PolicyArgs;
+using rematcher_plugin::Snapshot;
+
+class WeightedLeastOutstanding {
+ public:
+  static std::unique_ptr<WeightedLeastOutstanding> Create(PolicyArgs&,
+                                                          std::string*) {
+    return std::make_unique<WeightedLeastOutstanding>();
+  }
+
+  int32_t Pick(const Snapshot& snap, const rm_request&) {
+    const size_t n = snap.size();
+    int64_t best = -1;
+    for (size_t k = 0; k < n; ++k) {
+      const size_t i = (next_ + k) % n;
+      if (!rematcher_plugin::IsEligible(snap[i])) continue;
+      if (best < 0 ||
+          rematcher_policies::CompareWeightedLoad(snap[i], snap[best]) < 0) {
+        best = static_cast<int64_t>(i);
+      }
+    }
+    if (best < 0) return rematcher_plugin::kNoPreference;
+    next_ = static_cast<size_t>(best) + 1;
+    return static_cast<int32_t>(best);
+  }
+
+ private:
+  size_t next_ = 0;
+};
+
+}  // namespace
+
+REMATCHER_DEFINE_POLICY(WeightedLeastOutstanding, "weighted_least_outstanding")
