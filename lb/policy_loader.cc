@@ -172,9 +172,9 @@ class PluginPolicy final : public Policy {
 absl::Status ValidateEntry(const rm_policy_v1* entry,
                            const std::string& origin) {
   if (entry == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "policy plugin ", origin, ": ", RM_POLICY_ENTRY_SYMBOL,
-        "() returned NULL instead of a policy descriptor"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("policy plugin ", origin, ": ", RM_POLICY_ENTRY_SYMBOL,
+                     "() returned NULL instead of a policy descriptor"));
   }
   if (entry->struct_size < RM_POLICY_PREFIX_SIZE) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -270,7 +270,8 @@ absl::StatusOr<std::string> ResolvePolicyPath(
   const std::string file = absl::StrCat("lib", spec, ".so");
   for (const std::string& dir : search_dirs) {
     for (const std::string& candidate :
-         {absl::StrCat(dir, "/", file), absl::StrCat(dir, "/", spec, "/", file)}) {
+         {absl::StrCat(dir, "/", file),
+          absl::StrCat(dir, "/", spec, "/", file)}) {
       if (IsRegularFile(candidate)) return candidate;
       tried.push_back(candidate);
     }
@@ -291,9 +292,9 @@ absl::StatusOr<std::unique_ptr<Policy>> LoadPolicy(
   DlHandle handle(dlopen(path->c_str(), RTLD_NOW | RTLD_LOCAL));
   if (handle == nullptr) {
     const char* why = dlerror();
-    return absl::FailedPreconditionError(
-        absl::StrCat("policy plugin ", *path, " could not be loaded: ",
-                     why != nullptr ? why : "dlopen failed"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "policy plugin ", *path,
+        " could not be loaded: ", why != nullptr ? why : "dlopen failed"));
   }
   dlerror();
   void* sym = dlsym(handle.get(), RM_POLICY_ENTRY_SYMBOL);

@@ -48,8 +48,9 @@ absl::StatusOr<std::string> ResolvePolicyPath(
 //   $RUNFILES_DIR/rematcher/policies, $TEST_SRCDIR/rematcher/policies,
 //   <argv0>.runfiles/rematcher/policies,
 //   <exe>.runfiles/rematcher/policies          (exe = /proc/self/exe),
-//   <exe dir>/policies, <exe dir>/../policies   (bazel-bin/lb -> bazel-bin/policies),
-//   <exe dir>/../lib/rematcher/policies        (installed layout).
+//   <exe dir>/policies, <exe dir>/../policies   (bazel-bin/lb ->
+//   bazel-bin/policies), <exe dir>/../lib/rematcher/policies        (installed
+//   layout).
 std::vector<std::string> DefaultPolicySearchDirs(const std::string& argv0);
 
 }  // namespace rematcher

@@ -10,15 +10,20 @@ Produces:
   <name>_lib     a cc_library with the same code (alwayslink), so a unit test
                  can call rematcher_policy_entry() directly without dlopen.
 
-The plugin is compiled with -fvisibility=hidden so that the only exported
-symbol is rematcher_policy_entry (RM_POLICY_EXPORT), and linked with
---no-undefined so a missing symbol fails the build instead of dlopen. It
+The plugin exports rematcher_policy_entry and nothing else (compiled with
+-fvisibility=hidden, linked with policy_exports.lds, which also hides the
+std:: template code it instantiates), and is linked with --no-undefined so a
+missing symbol fails the build instead of dlopen. It
 depends only on the ABI header and the header-only C++ adapter; add `deps`
 only for what the policy itself needs (they are linked statically into the
 .so).
 """
 
 load("@rules_cc//cc:defs.bzl", "cc_binary", "cc_library")
+
+# Resolved relative to this .bzl, so the macro also works from another
+# workspace that depends on this one.
+_EXPORTS_SCRIPT = Label("//plugins:policy_exports.lds")
 
 _ABI_DEPS = [
     "//plugins:rematcher_policy",
@@ -47,7 +52,11 @@ def rematcher_policy(
         name = "lib%s.so" % name,
         deps = [":" + name + "_lib"],
         linkshared = True,
-        linkopts = ["-Wl,--no-undefined"],
+        linkopts = [
+            "-Wl,--no-undefined",
+            "-Wl,--version-script=$(location %s)" % _EXPORTS_SCRIPT,
+        ],
+        additional_linker_inputs = [_EXPORTS_SCRIPT],
         visibility = visibility,
         testonly = testonly,
     )

@@ -6,10 +6,12 @@
 //    public:
 //     // Parse options with `args` (key=value,key=value). Unknown keys are
 //     // rejected for you after Create returns. nullptr + *error on failure.
-//     static std::unique_ptr<MyPolicy> Create(rematcher_plugin::PolicyArgs& args,
+//     static std::unique_ptr<MyPolicy> Create(rematcher_plugin::PolicyArgs&
+//     args,
 //                                             std::string* error);
 //     // Index into snap, or rematcher_plugin::kNoPreference.
-//     int32_t Pick(const rematcher_plugin::Snapshot& snap, const rm_request& req);
+//     int32_t Pick(const rematcher_plugin::Snapshot& snap, const rm_request&
+//     req);
 //     // Optional; detected at compile time.
 //     void OnResult(const rm_result& result);
 //   };
@@ -150,8 +152,9 @@ class PolicyArgs {
       if (known_.count(kv.first)) continue;
       std::string known;
       for (const auto& k : known_) known += (known.empty() ? "" : ", ") + k;
-      *error = "unknown option '" + kv.first + "' (accepted: " +
-               (known.empty() ? std::string("none") : known) + ")";
+      *error = "unknown option '" + kv.first +
+               "' (accepted: " + (known.empty() ? std::string("none") : known) +
+               ")";
       return false;
     }
     return true;
@@ -271,10 +274,10 @@ const rm_policy_v1* Entry(const char* name) {
 
 // Emits `rematcher_policy_entry` for ClassName. Use once per shared object,
 // at namespace scope, outside any namespace.
-#define REMATCHER_DEFINE_POLICY(ClassName, policy_name)                   \
-  extern "C" RM_POLICY_EXPORT const struct rm_policy_v1*                  \
-  rematcher_policy_entry(void) {                                          \
-    return ::rematcher_plugin::internal::Entry<ClassName>(policy_name);   \
+#define REMATCHER_DEFINE_POLICY(ClassName, policy_name)                 \
+  extern "C" RM_POLICY_EXPORT const struct rm_policy_v1*                \
+  rematcher_policy_entry(void) {                                        \
+    return ::rematcher_plugin::internal::Entry<ClassName>(policy_name); \
   }
 
 #endif  // REMATCHER_PLUGINS_POLICY_CC_H_

@@ -111,8 +111,9 @@ TEST(AdapterTest, EntryDescribesThePolicy) {
   EXPECT_EQ(e->abi_minor, RM_POLICY_ABI_MINOR);
   EXPECT_STREQ(e->name, "last");
   EXPECT_NE(e->on_result, nullptr);
-  EXPECT_EQ(rematcher_plugin::internal::Entry<NoFeedbackPolicy>("nf")->on_result,
-            nullptr);
+  EXPECT_EQ(
+      rematcher_plugin::internal::Entry<NoFeedbackPolicy>("nf")->on_result,
+      nullptr);
 }
 
 TEST(AdapterTest, CreatePickDestroyThroughTheCAbi) {

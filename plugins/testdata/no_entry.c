@@ -1,4 +1,5 @@
-/* Broken on purpose: exports a misspelt entry point, so dlsym finds nothing. */
+/* Broken on purpose: the entry point is misspelt, so dlsym finds no
+ * rematcher_policy_entry (and the macro's version script exports nothing else). */
 #include "plugins/testdata/fixture_common.h"
 
 static const struct rm_policy_v1 kEntry = {

@@ -19,7 +19,8 @@ inline bool ReadSeed(rematcher_plugin::PolicyArgs& args, std::mt19937_64* rng,
   uint64_t seed = 0;
   bool given = args.Has("seed");
   if (!args.GetUint64("seed", &seed, error)) return false;
-  if (!given) seed = (uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
+  if (!given)
+    seed = (uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
   rng->seed(seed);
   return true;
 }

@@ -8,8 +8,8 @@ namespace {
 TEST(LeastOutstandingTest, PicksFewestInFlight) {
   auto p = LinkedPolicy();
   EXPECT_EQ(p->name(), "least_outstanding");
-  auto counts =
-      CountPicks(*p, {Backend(1, 1, 5), Backend(2, 1, 2), Backend(3, 1, 9)}, 50);
+  auto counts = CountPicks(
+      *p, {Backend(1, 1, 5), Backend(2, 1, 2), Backend(3, 1, 9)}, 50);
   EXPECT_EQ(counts[2], 50);
 }
 
@@ -22,8 +22,8 @@ TEST(LeastOutstandingTest, IgnoresWeights) {
 TEST(LeastOutstandingTest, TiesRotate) {
   auto p = LinkedPolicy();
   // 1 and 3 tie for least; 2 is busier. Ties must alternate, not stick.
-  auto counts =
-      CountPicks(*p, {Backend(1, 1, 0), Backend(2, 1, 4), Backend(3, 1, 0)}, 100);
+  auto counts = CountPicks(
+      *p, {Backend(1, 1, 0), Backend(2, 1, 4), Backend(3, 1, 0)}, 100);
   EXPECT_EQ(counts[1], 50);
   EXPECT_EQ(counts[3], 50);
   EXPECT_EQ(counts[2], 0);

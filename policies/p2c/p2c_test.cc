@@ -9,8 +9,8 @@ TEST(PowerOfTwoTest, NeverPicksTheBusiestOfThree) {
   // Any pair drawn contains a less busy backend than id 3.
   auto p = LinkedPolicy("seed=1");
   EXPECT_EQ(p->name(), "p2c");
-  auto counts =
-      CountPicks(*p, {Backend(1, 1, 1), Backend(2, 1, 2), Backend(3, 1, 3)}, 3000);
+  auto counts = CountPicks(
+      *p, {Backend(1, 1, 1), Backend(2, 1, 2), Backend(3, 1, 3)}, 3000);
   EXPECT_EQ(counts[3], 0);
   // The least busy wins both pairs it is in: 2/3 of picks.
   EXPECT_NEAR(counts[1], 2000, 150);
@@ -46,8 +46,8 @@ TEST(PowerOfTwoTest, SkipsIneligible) {
 
 TEST(PowerOfTwoTest, ArgsErrors) {
   EXPECT_EQ(CreateError("seed=7"), "");
-  EXPECT_NE(CreateError("seed=abc").find(
-                "option 'seed': 'abc' is not an unsigned integer"),
+  EXPECT_NE(CreateError("seed=abc")
+                .find("option 'seed': 'abc' is not an unsigned integer"),
             std::string::npos)
       << CreateError("seed=abc");
   EXPECT_NE(CreateError("seed=1,choices=3")

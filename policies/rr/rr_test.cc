@@ -54,8 +54,9 @@ TEST(RoundRobinTest, SurvivesShrinkingSnapshot) {
 
 TEST(RoundRobinTest, RejectsAnyOption) {
   EXPECT_EQ(CreateError(""), "");
-  EXPECT_NE(CreateError("seed=1").find("unknown option 'seed' (accepted: none)"),
-            std::string::npos)
+  EXPECT_NE(
+      CreateError("seed=1").find("unknown option 'seed' (accepted: none)"),
+      std::string::npos)
       << CreateError("seed=1");
 }
 

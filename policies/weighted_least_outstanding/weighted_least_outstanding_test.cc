@@ -28,8 +28,8 @@ TEST(WeightedLeastOutstandingTest, InFlightSettlesInProportionToWeights) {
 
 TEST(WeightedLeastOutstandingTest, TiesRotate) {
   auto p = LinkedPolicy();
-  auto counts =
-      CountPicks(*p, {Backend(1, 2, 1), Backend(2, 1, 0), Backend(3, 4, 9)}, 100);
+  auto counts = CountPicks(
+      *p, {Backend(1, 2, 1), Backend(2, 1, 0), Backend(3, 4, 9)}, 100);
   // 1: 2/2 = 1, 2: 1/1 = 1, 3: 10/4 = 2.5.
   EXPECT_EQ(counts[1], 50);
   EXPECT_EQ(counts[2], 50);
@@ -38,7 +38,8 @@ TEST(WeightedLeastOutstandingTest, TiesRotate) {
 TEST(WeightedLeastOutstandingTest, NoOverflowWithHugeValues) {
   auto p = LinkedPolicy();
   auto counts = CountPicks(
-      *p, {Backend(1, UINT32_MAX, UINT32_MAX - 1), Backend(2, UINT32_MAX, 0)}, 5);
+      *p, {Backend(1, UINT32_MAX, UINT32_MAX - 1), Backend(2, UINT32_MAX, 0)},
+      5);
   EXPECT_EQ(counts[2], 5);
 }
 

@@ -26,7 +26,8 @@ TEST(WeightedPowerOfTwoTest, ComparesLoadPerWeight) {
 
 TEST(WeightedPowerOfTwoTest, EqualWeightsEqualLoadSpreadEvenly) {
   auto p = LinkedPolicy("seed=7");
-  auto counts = CountPicks(*p, {Backend(1, 3), Backend(2, 3), Backend(3, 3)}, 3000);
+  auto counts =
+      CountPicks(*p, {Backend(1, 3), Backend(2, 3), Backend(3, 3)}, 3000);
   for (int id = 1; id <= 3; ++id) EXPECT_NEAR(counts[id], 1000, 150) << id;
 }
 

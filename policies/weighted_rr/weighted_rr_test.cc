@@ -26,7 +26,8 @@ TEST(WeightedRoundRobinTest, SmoothInterleaving) {
   std::vector<rematcher::BackendInfo> bs = {Backend('a', 5), Backend('b', 1),
                                             Backend('c', 1)};
   std::string seq;
-  for (int i = 0; i < 7; ++i) seq += static_cast<char>(bs[*p->Pick({0, bs}, {})].id);
+  for (int i = 0; i < 7; ++i)
+    seq += static_cast<char>(bs[*p->Pick({0, bs}, {})].id);
   EXPECT_EQ(seq, "aabacaa");
 }
 
