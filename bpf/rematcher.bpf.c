@@ -1,0 +1,1174 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * rematcher.bpf.c: the XDP datapath. Entry point and top-level flow only;
+ * parsing, checksums and rewriting live in parse.h, csum.h and splice.h.
+ *
+ * Contract:
+ *  - Client handshakes to the VIP are answered here (SYN-ACK in place); the
+ *    LB's kernel never holds a socket for a client.
+ *  - At a client's first request, and at each later request boundary where a
+ *    policy decision asks for it, the client is put on an idle pooled
+ *    connection taken atomically from its backend's queue (a new epoch).
+ *  - Spliced segments are rewritten (MACs, IPs, ports, seq/ack, TS, SACK,
+ *    window, checksums) and bounced with XDP_TX.
+ *  - Packets of flows we do not own pass untouched; packets of owned flows
+ *    never reach the LB's TCP stack (they are rewritten, answered or dropped).
+ *  - Malformed packets are dropped before any record is looked at.
+ * No lock is held across a helper call; a client record and a pool record are
+ * never locked together. Cross-record changes are ordered and guarded by the
+ * client's epoch, so a reader can always tell a stale owner from a live one.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "rematcher_shared.h"
+#include "parse.h"
+#include "splice.h"
+
+/* ------------------------------------------------------------------ maps */
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct rm_config);
+} config SEC(".maps");
+
+/* Sizes below are defaults; userspace resizes clients/pools before load. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 65536);
+  __type(key, struct rm_flow_key);
+  __type(value, __u32);
+} client_ids SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 65536);
+  __type(key, __u32);
+  __type(value, struct rm_client);
+} clients SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_QUEUE);
+  __uint(max_entries, 65536);
+  __type(value, __u32);
+} free_client_ids SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 65536);
+  __uint(map_flags, BPF_F_MMAPABLE);
+  __type(key, __u32);
+  __type(value, rm_decision_t);
+} decisions SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, RM_MAX_POOL);
+  __type(key, struct rm_pool_key);
+  __type(value, __u32);
+} pool_ids SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, RM_MAX_POOL);
+  __type(key, __u32);
+  __type(value, struct rm_pool);
+} pools SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, RM_MAX_BACKENDS);
+  __type(key, __u32);
+  __type(value, struct rm_backend);
+} backends SEC(".maps");
+
+/* Active backend ids, dense, first config.num_backends entries valid. Used
+ * for a client's first request, before any policy decision exists. */
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, RM_MAX_BACKENDS);
+  __type(key, __u32);
+  __type(value, __u32);
+} backend_list SEC(".maps");
+
+struct rm_idle_queue {
+  __uint(type, BPF_MAP_TYPE_QUEUE);
+  __uint(max_entries, RM_MAX_POOL_PER_BACKEND);
+  __type(value, __u32);
+};
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+  __uint(max_entries, RM_MAX_BACKENDS);
+  __type(key, __u32);
+  __array(values, struct rm_idle_queue);
+} idle_pools SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, RM_ST__MAX);
+  __type(key, __u32);
+  __type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, __u64);
+} rr_cursor SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_RINGBUF);
+  __uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+/* --------------------------------------------------------------- helpers */
+
+static __always_inline void stat_inc(__u32 idx) {
+  __u64 *v = bpf_map_lookup_elem(&stats, &idx);
+  if (v) *v += 1;
+}
+
+/* Leg state of a pooled connection as it is handed back. */
+struct rm_leg {
+  __u32 lb_nxt, be_nxt, lb_ts, be_ts;
+  __u32 owner, epoch; /* only the owner of this epoch may hand it back */
+  __u32 retire;       /* 1: mark dead instead of queueing */
+};
+
+static __noinline void emit_ev(__u32 type, __u32 client, __u32 backend,
+                               __u32 pool, __u32 req_no) {
+  __u32 z = 0;
+  struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  if (!cfg || !cfg->events) return;
+  struct rm_event ev = {.type = type, .client_id = client,
+                        .backend_id = backend, .pool_id = pool,
+                        .req_no = req_no};
+  bpf_ringbuf_output(&events, &ev, sizeof(ev), 0);
+}
+#define emit(cfg, type, client, backend, pool, req_no) \
+  emit_ev(type, client, backend, pool, req_no)
+
+/* The old pooled connection's owed ACK (see DESIGN.md, "The old backend's
+ * last ACK"): userspace sends it, since XDP cannot emit two packets. */
+static __noinline void emit_pool_ack(const struct rm_leg *leg, __u32 client,
+                                     __u32 backend, __u32 pool, __u32 window) {
+  __u32 z = 0;
+  struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  if (!cfg || !cfg->events) return;
+  struct rm_event ev = {.type = RM_EV_POOL_ACK, .client_id = client,
+                        .backend_id = backend, .pool_id = pool,
+                        .seq = leg->lb_nxt, .ack = leg->be_nxt,
+                        .tsval = leg->lb_ts, .tsecr = leg->be_ts,
+                        .window = window};
+  bpf_ringbuf_output(&events, &ev, sizeof(ev), 0);
+}
+
+static __always_inline __u64 now_ns(void) { return bpf_ktime_get_ns(); }
+
+/* EWMA with weight 1/8, fixed point in ns. Under the backend's lock. */
+static __always_inline void backend_sample(__u32 bid, __u64 first_ns,
+                                           __u64 last_ns) {
+  struct rm_backend *be = bpf_map_lookup_elem(&backends, &bid);
+  if (!be) return;
+  bpf_spin_lock(&be->lock);
+  if (first_ns) {
+    if (!be->ewma_first_ns) be->ewma_first_ns = first_ns;
+    else be->ewma_first_ns = be->ewma_first_ns - (be->ewma_first_ns >> 3) + (first_ns >> 3);
+  }
+  if (last_ns) {
+    if (!be->ewma_last_ns) be->ewma_last_ns = last_ns;
+    else be->ewma_last_ns = be->ewma_last_ns - (be->ewma_last_ns >> 3) + (last_ns >> 3);
+  }
+  bpf_spin_unlock(&be->lock);
+}
+
+static __always_inline void backend_outstanding(__u32 bid, int delta, int started) {
+  struct rm_backend *be = bpf_map_lookup_elem(&backends, &bid);
+  if (!be) return;
+  if (delta > 0) __sync_fetch_and_add(&be->outstanding, 1);
+  if (delta < 0) __sync_fetch_and_sub(&be->outstanding, 1);
+  if (started) __sync_fetch_and_add(&be->requests, 1);
+}
+
+
+/* Hand a pooled connection back to its backend's idle queue. Only the owner
+ * of `epoch` may do so. */
+static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
+                                    const struct rm_leg *leg) {
+  __u32 owner = leg->owner, epoch = leg->epoch, retire = leg->retire;
+  struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
+  if (!p) return;
+  int push = 0;
+  __u32 bid;
+  bpf_spin_lock(&p->lock);
+  bid = p->backend_id;
+  if (p->state == RM_P_BUSY && p->owner == owner && p->owner_epoch == epoch) {
+    p->lb_nxt = leg->lb_nxt;
+    p->be_nxt = leg->be_nxt;
+    p->lb_ts_last = leg->lb_ts;
+    p->be_ts_last = leg->be_ts;
+    p->owner = RM_NO_ID;
+    if (retire) {
+      p->state = RM_P_DEAD;
+    } else {
+      p->state = RM_P_IDLE;
+      push = 1;
+    }
+  }
+  bpf_spin_unlock(&p->lock);
+  if (retire) {
+    stat_inc(RM_ST_POOL_DEAD);
+    emit(cfg, RM_EV_POOL_DEAD, owner, bid, pid, 0);
+    return;
+  }
+  if (!push) return;
+  void *q = bpf_map_lookup_elem(&idle_pools, &bid);
+  if (!q || bpf_map_push_elem(q, &pid, 0)) {
+    /* Cannot be queued: never lose it silently, retire it. */
+    bpf_spin_lock(&p->lock);
+    if (p->state == RM_P_IDLE) p->state = RM_P_DEAD;
+    bpf_spin_unlock(&p->lock);
+    stat_inc(RM_ST_POOL_DEAD);
+    emit(cfg, RM_EV_POOL_DEAD, owner, bid, pid, 0);
+  }
+}
+
+static __noinline void client_free(__u32 id, const struct rm_flow_key *key,
+                                   __u32 epoch) {
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  if (!c) return;
+  int freed = 0;
+  bpf_spin_lock(&c->lock);
+  if (c->epoch == epoch && c->state != RM_C_FREE) {
+    c->state = RM_C_FREE;
+    c->epoch++;
+    c->pool_id = RM_NO_ID;
+    freed = 1;
+  }
+  bpf_spin_unlock(&c->lock);
+  if (!freed) return;
+  bpf_map_delete_elem(&client_ids, key);
+  bpf_map_push_elem(&free_client_ids, &id, 0);
+}
+
+/* Refuse a client cleanly: RST (with ACK of what it sent, RFC 793). */
+static __noinline int send_rst(struct xdp_md *ctx, struct rm_pkt *pk) {
+  struct rm_reply r = {};
+  if (pk->ack_f) {
+    r.seq = pk->ack;
+    r.flags = RM_TH_RST;
+  } else {
+    r.seq = 0;
+    r.ack = pk->seq + pk->payload_len + pk->syn + pk->fin;
+    r.flags = RM_TH_RST | RM_TH_ACK;
+  }
+  r.ws = 0xff;
+  stat_inc(RM_ST_TX_RST);
+  return rm_send_reply(ctx, pk, &r);
+}
+
+/* ------------------------------------------------------------- splicing */
+
+#define RM_ANY_BACKEND 0xfffffffeu
+
+/* Put client `id` (seen at epoch `epoch`) on an idle pooled connection of
+ * backend `want` (or the next one round-robin for RM_ANY_BACKEND), handing
+ * its current pooled connection back. `ack` is the client's ack in the
+ * packet that triggered this (to ack the old backend promptly).
+ * Returns 0 on success, -1 if the client stays where it is. */
+/* What a splice copies out of the pool record it takes. */
+struct rm_pool_take {
+  __u32 lb_nxt, be_nxt, lb_ts_last, be_ts_last;
+  struct rm_pool_key key;
+  __u8 be_mac[6];
+  __u16 vlan_tci;
+  __u8 lb_wscale, be_wscale, flags, _pad;
+};
+
+
+/* Per-CPU scratch for structs too large for the 512-byte BPF stack across
+ * the call chain. XDP does not nest on a CPU, so one slot per CPU is safe;
+ * each user owns distinct fields. */
+struct rm_scratch {
+  struct rm_xlate x;    /* client_established / backend_path */
+  struct rm_reply r;    /* client_established */
+  struct rm_leg leg;    /* client_established / backend_path */
+  struct rm_pool_take np; /* do_splice */
+  struct rm_leg dleg;   /* do_splice */
+};
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct rm_scratch);
+} scratch SEC(".maps");
+
+static __always_inline struct rm_scratch *scratch_get(void) {
+  __u32 z = 0;
+  return bpf_map_lookup_elem(&scratch, &z);
+}
+
+static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
+                                __u32 epoch, __u32 want, struct rm_pkt *pk) {
+  __u32 pid = RM_NO_ID, bid = RM_NO_ID;
+  struct rm_pool *p = NULL;
+  struct rm_scratch *sc = scratch_get();
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  if (!c || !sc) return -1;
+  struct rm_pool_take *np = &sc->np;
+  struct rm_leg *leg = &sc->dleg;
+
+#pragma clang loop unroll(disable)
+  for (int i = 0; i < 6; i++) {
+    if (want == RM_ANY_BACKEND) {
+      __u32 z = 0;
+      __u64 *cur = bpf_map_lookup_elem(&rr_cursor, &z);
+      __u32 n = cfg->num_backends;
+      if (!cur || n == 0) return -1;
+      __u32 idx = (__u32)__sync_fetch_and_add(cur, 1) % n;
+      __u32 *b = bpf_map_lookup_elem(&backend_list, &idx);
+      if (!b) continue;
+      bid = *b;
+    } else {
+      bid = want;
+    }
+    struct rm_backend *be = bpf_map_lookup_elem(&backends, &bid);
+    if (!be || !(be->flags & RM_BE_ACTIVE) || (be->flags & RM_BE_DRAINING)) {
+      if (want != RM_ANY_BACKEND) return -1;
+      continue;
+    }
+    void *q = bpf_map_lookup_elem(&idle_pools, &bid);
+    if (!q) continue;
+    __u32 cand;
+    if (bpf_map_pop_elem(q, &cand)) {
+      emit(cfg, RM_EV_NEED_POOL, id, bid, RM_NO_ID, 0);
+      if (want != RM_ANY_BACKEND) return -1;
+      continue;
+    }
+    p = bpf_map_lookup_elem(&pools, &cand);
+    if (!p) continue;
+    int taken = 0;
+    bpf_spin_lock(&p->lock);
+    if (p->state == RM_P_IDLE) {
+      p->state = RM_P_BUSY;
+      p->owner = id;
+      p->owner_epoch = epoch + 1;
+      p->uses++;
+      np->lb_nxt = p->lb_nxt;
+      np->be_nxt = p->be_nxt;
+      np->lb_ts_last = p->lb_ts_last;
+      np->be_ts_last = p->be_ts_last;
+      np->lb_wscale = p->lb_wscale;
+      np->be_wscale = p->be_wscale;
+      np->flags = p->flags;
+      np->key = p->key;
+      np->vlan_tci = p->vlan_tci;
+      __builtin_memcpy(np->be_mac, p->be_mac, 6);
+      taken = 1;
+    }
+    bpf_spin_unlock(&p->lock);
+    if (taken) {
+      pid = cand;
+      break;
+    }
+    /* A dead entry left in the queue: dropped here, try again. */
+  }
+  if (pid == RM_NO_ID || !p) {
+    stat_inc(RM_ST_DROP_NO_POOL);
+    return -1;
+  }
+
+  __u32 old_pid = RM_NO_ID, old_bid = RM_NO_ID;
+  __builtin_memset(leg, 0, sizeof(*leg));
+  int ok = 0, need_ack = 0;
+  __u16 win = 0;
+  bpf_spin_lock(&c->lock);
+  if (c->epoch == epoch && c->state == RM_C_ESTABLISHED) {
+    old_pid = c->pool_id;
+    old_bid = c->backend_id;
+    if (old_pid != RM_NO_ID) {
+      leg->lb_nxt = c->c_nxt + c->d_req;
+      leg->be_nxt = c->s_nxt - c->d_resp;
+      leg->lb_ts = c->lb_ts_last;
+      leg->be_ts = c->b_ts_last;
+      need_ack = pk->ack_f && rm_after(pk->ack, c->c_acked);
+      win = c->lb_win;
+      c->rematches++;
+    }
+    c->epoch = epoch + 1;
+    c->pool_id = pid;
+    c->backend_id = bid;
+    c->d_req = np->lb_nxt - c->c_nxt;
+    c->d_resp = c->s_nxt - np->be_nxt;
+    c->ts_c2b = np->lb_ts_last - c->c_ts_last;
+    c->ts_b2c = c->s_ts_last - np->be_ts_last;
+    c->e_c_nxt = c->c_nxt;
+    c->e_s_nxt = c->s_nxt;
+    c->e_s_ts = c->s_ts_last;
+    c->e_lb_ts = np->lb_ts_last;
+    c->e_c_ts = c->c_ts_last;
+    c->e_b_ts = np->be_ts_last;
+    c->b_acked = np->lb_nxt;
+    c->b_ts_last = np->be_ts_last;
+    c->lb_ts_last = np->lb_ts_last;
+    c->b_wscale = np->be_wscale;
+    c->lb_wscale = np->lb_wscale;
+    c->b_flags = np->flags;
+    c->pkey = np->key;
+    __builtin_memcpy(c->b_mac, np->be_mac, 6);
+    c->b_vlan_tci = np->vlan_tci;
+    ok = 1;
+  }
+  bpf_spin_unlock(&c->lock);
+
+  if (!ok) {
+    /* The client changed under us (closed, or moved by another CPU): give
+     * the connection back untouched. */
+    leg->lb_nxt = np->lb_nxt;
+    leg->be_nxt = np->be_nxt;
+    leg->lb_ts = np->lb_ts_last;
+    leg->be_ts = np->be_ts_last;
+    leg->owner = id;
+    leg->epoch = epoch + 1;
+    leg->retire = 0;
+    pool_release(cfg, pid, leg);
+    return -1;
+  }
+  stat_inc(RM_ST_SPLICES);
+  if (old_pid != RM_NO_ID) {
+    leg->owner = id;
+    leg->epoch = epoch;
+    pool_release(cfg, old_pid, leg);
+    stat_inc(RM_ST_REMATCHES);
+    struct rm_backend *nb = bpf_map_lookup_elem(&backends, &bid);
+    if (nb) __sync_fetch_and_add(&nb->rematched_in, 1);
+    /* The client's ack of the old backend's last bytes rides on a packet
+     * that now goes elsewhere; have the old one acked. */
+    if (need_ack) emit_pool_ack(leg, id, old_bid, old_pid, win);
+  }
+  return 0;
+}
+
+/* ----------------------------------------------------------- client side */
+
+static __noinline int client_syn_new(struct xdp_md *ctx, struct rm_pkt *pk,
+                                          const struct rm_config *cfg,
+                                          const struct rm_flow_key *key) {
+  if (pk->unsupported || pk->payload_len) {
+    /* MD5/AO cannot be translated; SYN data (TFO) is not accepted. */
+    if (pk->unsupported) {
+      stat_inc(RM_ST_DROP_UNSUPPORTED);
+      return XDP_DROP;
+    }
+  }
+  if (cfg->mss && (!pk->has_mss || pk->mss < cfg->mss)) {
+    stat_inc(RM_ST_DROP_MSS);
+    return send_rst(ctx, pk);
+  }
+  __u32 id;
+  if (bpf_map_pop_elem(&free_client_ids, &id)) {
+    stat_inc(RM_ST_DROP_TABLE_FULL);
+    return send_rst(ctx, pk);
+  }
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  if (!c) return XDP_DROP;
+
+  __u32 s_isn = bpf_get_prandom_u32();
+  __u32 ts0 = bpf_get_prandom_u32();
+  __u8 c_flags = 0;
+  if (pk->has_ts && cfg->ts_ok) c_flags |= RM_LEG_TS;
+  if (pk->has_sackperm && cfg->sack_ok) c_flags |= RM_LEG_SACK;
+  if (pk->has_ws) c_flags |= RM_LEG_WS;
+  __u64 now = bpf_ktime_get_coarse_ns();
+
+  bpf_spin_lock(&c->lock);
+  c->state = RM_C_SYN_RCVD;
+  c->epoch++;
+  c->pool_id = RM_NO_ID;
+  c->backend_id = RM_NO_ID;
+  c->key = *key;
+  __builtin_memcpy(c->mac, pk->eth->h_source, 6);
+  c->vlan_tci = pk->vlan ? pk->vlan->tci : 0;
+  c->c_wscale = (c_flags & RM_LEG_WS) ? pk->ws : 0;
+  c->s_wscale = (c_flags & RM_LEG_WS) ? cfg->client_wscale : 0;
+  c->c_flags = c_flags;
+  c->phase = RM_PH_IDLE;
+  c->c_isn = pk->seq;
+  c->s_isn = s_isn;
+  c->c_nxt = pk->seq + 1;
+  c->c_acked = s_isn;
+  c->s_nxt = s_isn + 1;
+  c->c_ts_last = pk->tsval;
+  c->s_ts_last = ts0;
+  c->fin_flags = 0;
+  c->req_no = 0;
+  c->rematches = 0;
+  c->req_start_ns = 0;
+  c->resp_first_ns = 0;
+  c->last_seen_ns = now;
+  c->lb_win = 0;
+  bpf_spin_unlock(&c->lock);
+
+  if (bpf_map_update_elem(&client_ids, key, &id, BPF_NOEXIST)) {
+    /* A retransmitted SYN won the race on another CPU. */
+    bpf_spin_lock(&c->lock);
+    c->state = RM_C_FREE;
+    bpf_spin_unlock(&c->lock);
+    bpf_map_push_elem(&free_client_ids, &id, 0);
+    return XDP_DROP;
+  }
+  /* Clear any decision left by the id's previous owner. */
+  rm_decision_t *d = bpf_map_lookup_elem(&decisions, &id);
+  if (d) *d = 0;
+
+  struct rm_reply r = {};
+  r.seq = s_isn;
+  r.ack = pk->seq + 1;
+  r.flags = RM_TH_SYN | RM_TH_ACK;
+  r.window = 0xffff;
+  r.synack = 1;
+  r.mss = cfg->mss ? cfg->mss : 1460;
+  r.ts = (c_flags & RM_LEG_TS) != 0;
+  r.tsval = ts0;
+  r.tsecr = pk->tsval;
+  r.sack_perm = (c_flags & RM_LEG_SACK) != 0;
+  r.ws = (c_flags & RM_LEG_WS) ? cfg->client_wscale : 0xff;
+  stat_inc(RM_ST_TX_SYNACK);
+  return rm_send_reply(ctx, pk, &r);
+}
+
+/* The SYN of a flow we already hold. */
+static __noinline int client_syn_again(struct xdp_md *ctx, struct rm_pkt *pk,
+                                       const struct rm_config *cfg,
+                                       const struct rm_flow_key *key, __u32 id) {
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  if (!c) return XDP_DROP;
+  struct rm_reply r = {};
+  int resend = 0, recycle = 0;
+  __u32 epoch;
+  bpf_spin_lock(&c->lock);
+  epoch = c->epoch;
+  if (c->state == RM_C_SYN_RCVD && pk->seq == c->c_isn) {
+    resend = 1;
+    r.seq = c->s_isn;
+    r.ack = c->c_isn + 1;
+    r.ts = (c->c_flags & RM_LEG_TS) != 0;
+    r.tsval = c->s_ts_last;
+    r.sack_perm = (c->c_flags & RM_LEG_SACK) != 0;
+    r.ws = (c->c_flags & RM_LEG_WS) ? c->s_wscale : 0xff;
+  } else if ((c->state == RM_C_LAST_ACK || c->state == RM_C_CLOSED) &&
+             c->pool_id == RM_NO_ID) {
+    recycle = 1; /* port reuse after a close we finished */
+  }
+  bpf_spin_unlock(&c->lock);
+  if (resend) {
+    r.flags = RM_TH_SYN | RM_TH_ACK;
+    r.window = 0xffff;
+    r.synack = 1;
+    r.mss = cfg->mss ? cfg->mss : 1460;
+    r.tsecr = pk->tsval;
+    stat_inc(RM_ST_TX_SYNACK);
+    return rm_send_reply(ctx, pk, &r);
+  }
+  if (recycle) {
+    client_free(id, key, epoch);
+    return client_syn_new(ctx, pk, cfg, key);
+  }
+  stat_inc(RM_ST_DROP_BAD_STATE);
+  return XDP_DROP;
+}
+
+/* Everything a client segment on an established (or closing) flow needs. */
+static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
+                                         const struct rm_config *cfg,
+                                         const struct rm_flow_key *key, __u32 id) {
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  if (!c) return XDP_DROP;
+  __u32 len = pk->payload_len;
+  __u64 now = 0;
+  rm_decision_t dec = 0;
+  rm_decision_t *dp = bpf_map_lookup_elem(&decisions, &id);
+  if (dp) dec = *(volatile rm_decision_t *)dp;
+
+  if (pk->urg || pk->unsupported) {
+    stat_inc(RM_ST_DROP_UNSUPPORTED);
+    return XDP_DROP;
+  }
+
+  /* Phase A: does this segment start a request, and where should it go? */
+  __u32 epoch, pool, want = RM_NO_ID, st_a = RM_ST__MAX, st_b = RM_ST__MAX;
+  int boundary = 0, first = 0, state;
+  bpf_spin_lock(&c->lock);
+  state = c->state;
+  epoch = c->epoch;
+  pool = c->pool_id;
+  if (state == RM_C_SYN_RCVD) {
+    if (pk->ack_f && pk->ack == c->s_isn + 1 && !pk->syn && !pk->rst) {
+      c->state = state = RM_C_ESTABLISHED;
+      first = 1;
+    }
+  }
+  if (state == RM_C_ESTABLISHED && !pk->rst) {
+    int new_data = len > 0 && !rm_after(pk->seq, c->c_nxt) &&
+                   rm_after(pk->seq + len, c->c_nxt);
+    int resp_acked = c->phase == RM_PH_IDLE ||
+                     (pk->ack_f && !rm_before(pk->ack, c->s_nxt));
+    int req_acked = pool == RM_NO_ID || c->b_acked == c->c_nxt + c->d_req;
+    if (new_data && c->phase != RM_PH_REQ) {
+      if (resp_acked && req_acked) {
+        boundary = 1;
+        __u32 next = c->req_no + 1;
+        int fresh = dec && (__u32)(dec >> 32) == next;
+        if (fresh && cfg->rematch) want = (__u32)dec - 1;
+        else if (pool == RM_NO_ID) want = RM_ANY_BACKEND;
+        if (pool != RM_NO_ID && want == c->backend_id) want = RM_NO_ID;
+        if (pool != RM_NO_ID && next > 1 && cfg->rematch)
+          st_a = fresh ? RM_ST_DECISION_APPLIED : RM_ST_DECISION_LATE;
+      } else {
+        st_a = RM_ST_PIPELINED;
+      }
+    }
+  }
+  bpf_spin_unlock(&c->lock);
+  if (st_a != RM_ST__MAX) stat_inc(st_a);
+
+  if (first) stat_inc(RM_ST_HANDSHAKES);
+  if (state == RM_C_SYN_RCVD || state == RM_C_FREE) {
+    stat_inc(RM_ST_DROP_BAD_STATE);
+    return XDP_DROP;
+  }
+  if (state == RM_C_CLOSED) {
+    stat_inc(RM_ST_DROP_BAD_STATE);
+    return XDP_DROP;
+  }
+
+  if (want != RM_NO_ID) {
+    if (do_splice(cfg, id, epoch, want, pk) == 0) {
+      epoch++;
+      pool = 0; /* spliced now */
+    } else if (pool == RM_NO_ID) {
+      /* Nowhere to send the first request: refuse cleanly. */
+      client_free(id, key, epoch);
+      return send_rst(ctx, pk);
+    }
+  }
+
+  /* Phase B: update the trackers and take a consistent copy of the splice. */
+  struct rm_scratch *sc = scratch_get();
+  if (!sc) return XDP_DROP;
+  struct rm_xlate *x = &sc->x;
+  struct rm_reply *r = &sc->r;
+  struct rm_leg *leg = &sc->leg;
+  __builtin_memset(x, 0, sizeof(*x));
+  __builtin_memset(r, 0, sizeof(*r));
+  __builtin_memset(leg, 0, sizeof(*leg));
+  int verdict = XDP_TX, reply = 0, free_it = 0, started = 0, resp_done = 0;
+  int retire = 0, release = 0;
+  __u32 bid = RM_NO_ID, req_no = 0;
+  __u64 req_start = 0, first_ns = 0;
+  if (!now) now = bpf_ktime_get_coarse_ns();
+  if (boundary) now = now_ns();
+
+  bpf_spin_lock(&c->lock);
+  if (c->epoch != epoch) {
+    bpf_spin_unlock(&c->lock);
+    stat_inc(RM_ST_DROP_STALE);
+    return XDP_DROP;
+  }
+  c->last_seen_ns = now;
+  state = c->state;
+  pool = c->pool_id;
+  bid = c->backend_id;
+
+  if (state == RM_C_LAST_ACK) {
+    /* We answered the client's FIN; this is its last ACK or a retransmit. */
+    if (pk->fin) {
+      reply = 1;
+      r->seq = c->s_nxt - 1;
+      r->ack = c->c_nxt;
+      r->flags = RM_TH_FIN | RM_TH_ACK;
+      r->ts = (c->c_flags & RM_LEG_TS) != 0;
+      r->tsval = c->s_ts_last;
+      r->tsecr = pk->tsval;
+    } else if (pk->rst || (pk->ack_f && !rm_before(pk->ack, c->s_nxt))) {
+      free_it = 1;
+    }
+    verdict = XDP_DROP;
+    goto unlock;
+  }
+
+  if (pool == RM_NO_ID) {
+    /* Established, not on any pooled connection (handshake ACK, or idle
+     * after an idle release). Absorb ACKs, answer FIN and keepalives. */
+    if (pk->ack_f && rm_after(pk->ack, c->c_acked) && !rm_after(pk->ack, c->s_nxt))
+      c->c_acked = pk->ack;
+    if (pk->has_ts && rm_after(pk->tsval, c->c_ts_last)) c->c_ts_last = pk->tsval;
+    if (pk->rst) {
+      free_it = 1;
+    } else if (pk->fin && pk->seq == c->c_nxt && len == 0) {
+      c->state = RM_C_LAST_ACK;
+      c->c_nxt = pk->seq + 1;
+      reply = 1;
+      r->seq = c->s_nxt;
+      r->ack = c->c_nxt;
+      r->flags = RM_TH_FIN | RM_TH_ACK;
+      r->ts = (c->c_flags & RM_LEG_TS) != 0;
+      r->tsval = c->s_ts_last;
+      r->tsecr = pk->tsval;
+      c->s_nxt++;
+      st_b = RM_ST_CLOSED_CLEAN;
+    } else if (len == 0 && rm_before(pk->seq, c->c_nxt)) {
+      /* keepalive probe */
+      reply = 1;
+      r->seq = c->s_nxt;
+      r->ack = c->c_nxt;
+      r->flags = RM_TH_ACK;
+      r->ts = (c->c_flags & RM_LEG_TS) != 0;
+      r->tsval = c->s_ts_last;
+      r->tsecr = pk->tsval;
+    }
+    if (!reply) st_b = RM_ST_CONSUMED;
+    verdict = XDP_DROP;
+    goto unlock;
+  }
+
+  /* Spliced. Client RST or FIN may end the exchange here. */
+  int quiescent = c->phase != RM_PH_REQ && pk->ack_f &&
+                  !rm_before(pk->ack, c->s_nxt) &&
+                  c->b_acked == c->c_nxt + c->d_req &&
+                  pk->seq == c->c_nxt && len == 0 && !(c->fin_flags & RM_FIN_B);
+  if (state == RM_C_ESTABLISHED && (pk->rst || pk->fin) && quiescent) {
+    /* Clean close between requests: keep the pooled connection. */
+    leg->lb_nxt = c->c_nxt + c->d_req;
+    leg->be_nxt = c->s_nxt - c->d_resp;
+    leg->lb_ts = c->lb_ts_last;
+    leg->be_ts = c->b_ts_last;
+    release = 1;
+    c->pool_id = RM_NO_ID;
+    c->backend_id = RM_NO_ID;
+    if (c->phase == RM_PH_RESP) resp_done = 1;
+    c->phase = RM_PH_IDLE;
+    if (pk->rst) {
+      free_it = 1;
+    } else {
+      c->state = RM_C_LAST_ACK;
+      c->c_nxt = pk->seq + 1;
+      reply = 1;
+      r->seq = c->s_nxt;
+      r->ack = c->c_nxt;
+      r->flags = RM_TH_FIN | RM_TH_ACK;
+      r->ts = (c->c_flags & RM_LEG_TS) != 0;
+      r->tsval = c->s_ts_last;
+      r->tsecr = pk->tsval;
+      c->s_nxt++;
+    }
+    st_b = RM_ST_CLOSED_CLEAN;
+    verdict = XDP_DROP;
+    goto unlock;
+  }
+
+  /* Forward. Trackers first. */
+  if (rm_after(pk->seq + len + pk->fin, c->c_nxt)) c->c_nxt = pk->seq + len + pk->fin;
+  if (pk->ack_f && rm_after(pk->ack, c->c_acked) && !rm_after(pk->ack, c->s_nxt))
+    c->c_acked = pk->ack;
+  if (pk->has_ts) {
+    if (rm_after(pk->tsval, c->c_ts_last)) c->c_ts_last = pk->tsval;
+    __u32 out = pk->tsval + c->ts_c2b;
+    if (rm_after(out, c->lb_ts_last)) c->lb_ts_last = out;
+  }
+  if (c->phase == RM_PH_RESP && pk->ack_f && !rm_before(pk->ack, c->s_nxt)) {
+    c->phase = RM_PH_IDLE;
+    resp_done = 1;
+  }
+  if (boundary) {
+    c->phase = RM_PH_REQ;
+    c->req_no++;
+    c->req_start_ns = now;
+    started = 1;
+  }
+  req_no = c->req_no;
+  req_start = c->req_start_ns;
+  first_ns = c->resp_first_ns;
+  if (pk->fin && !(c->fin_flags & RM_FIN_C)) {
+    c->fin_flags |= RM_FIN_C;
+    c->c_fin_seq = pk->seq + len;
+    c->state = RM_C_NAT_CLOSE;
+  }
+  if (pk->rst) {
+    /* Mid-exchange reset: pass it on, retire the pooled connection. */
+    c->state = RM_C_CLOSED;
+    retire = 1;
+  }
+  if (c->state == RM_C_NAT_CLOSE && (c->fin_flags & RM_FIN_B) && pk->ack_f &&
+      !rm_before(pk->ack, c->b_fin_seq + c->d_resp + 1))
+    c->fin_flags |= RM_FIN_B_ACKED;
+  if ((c->fin_flags & (RM_FIN_B_ACKED | RM_FIN_C_ACKED)) ==
+          (RM_FIN_B_ACKED | RM_FIN_C_ACKED) && c->state == RM_C_NAT_CLOSE) {
+    c->state = RM_C_CLOSED;
+    retire = 1;
+  }
+  if (retire) {
+    st_b = RM_ST_CLOSED_RETIRE;
+    leg->lb_nxt = c->c_nxt + c->d_req;
+    leg->be_nxt = c->s_nxt - c->d_resp;
+    leg->lb_ts = c->lb_ts_last;
+    leg->be_ts = c->b_ts_last;
+  }
+
+  __builtin_memcpy(x->dst_mac, c->b_mac, 6);
+  x->vlan_tci = c->b_vlan_tci;
+  x->saddr = c->pkey.lb_ip;
+  x->daddr = c->pkey.backend_ip;
+  x->sport = c->pkey.lb_port;
+  x->dport = c->pkey.backend_port;
+  x->d_seq = c->d_req;
+  x->d_ack = c->d_resp;
+  x->ack_floor_in = c->e_s_nxt;
+  x->ack_floor_out = c->e_s_nxt - c->d_resp;
+  x->d_tsval = c->ts_c2b;
+  x->d_tsecr = c->ts_b2c;
+  x->tsecr_floor_in = c->e_s_ts;
+  x->tsecr_floor_out = c->e_b_ts;
+  x->ws_in = c->c_wscale;
+  x->ws_out = c->lb_wscale;
+  x->keep_ts = (c->b_flags & RM_LEG_TS) != 0;
+  x->keep_sack = (c->b_flags & RM_LEG_SACK) != 0;
+  {
+    __u32 w = (__u32)bpf_ntohs(pk->tcp->window) << x->ws_in;
+    w >>= x->ws_out;
+    c->lb_win = w > 0xffff ? 0xffff : w;
+  }
+unlock:
+  bpf_spin_unlock(&c->lock);
+  if (st_b != RM_ST__MAX) stat_inc(st_b);
+
+  if (started) backend_outstanding(bid, 1, 1);
+  if (resp_done) {
+    backend_outstanding(bid, -1, 0);
+    if (req_start && first_ns) {
+      __u64 t = now_ns();
+      backend_sample(bid, 0, t > req_start ? t - req_start : 0);
+    }
+  }
+  leg->owner = id;
+  leg->epoch = epoch;
+  if (release) {
+    pool_release(cfg, pool, leg);
+    if (pk->ack_f) emit_pool_ack(leg, id, bid, pool, 0xffff);
+  }
+  if (free_it) {
+    client_free(id, key, epoch);
+    return XDP_DROP;
+  }
+  if (reply) {
+    r->window = 0xffff;
+    r->ws = 0xff;
+    stat_inc(RM_ST_TX_FINACK);
+    return rm_send_reply(ctx, pk, r);
+  }
+  if (verdict != XDP_TX) return verdict;
+
+  if (pk->vlan && !x->vlan_tci) {
+    stat_inc(RM_ST_DROP_UNSUPPORTED);
+    return XDP_DROP;
+  }
+  if (rm_xlate_packet(pk, x)) {
+    stat_inc(RM_ST_DROP_MALFORMED);
+    return XDP_DROP;
+  }
+  if (retire) {
+    leg->retire = 1;
+    pool_release(cfg, pool, leg);
+  }
+  stat_inc(RM_ST_TX_C2B);
+  (void)req_no;
+  return XDP_TX;
+}
+
+static __noinline int client_path(struct xdp_md *ctx, struct rm_pkt *pk,
+                                       const struct rm_config *cfg) {
+  struct rm_flow_key key = {.client_ip = pk->ip->saddr, .vip = pk->ip->daddr,
+                            .client_port = pk->tcp->source,
+                            .vip_port = pk->tcp->dest};
+  __u32 *idp = bpf_map_lookup_elem(&client_ids, &key);
+  if (!idp) {
+    if (pk->syn && !pk->ack_f && !pk->rst) return client_syn_new(ctx, pk, cfg, &key);
+    if (pk->rst || (pk->payload_len == 0 && !pk->fin && !pk->syn)) {
+      stat_inc(RM_ST_DROP_BAD_STATE);
+      return XDP_DROP;
+    }
+    return send_rst(ctx, pk);
+  }
+  __u32 id = *idp;
+  if (pk->syn) {
+    if (pk->ack_f || pk->rst) {
+      stat_inc(RM_ST_DROP_BAD_STATE);
+      return XDP_DROP;
+    }
+    return client_syn_again(ctx, pk, cfg, &key, id);
+  }
+  return client_established(ctx, pk, cfg, &key, id);
+}
+
+/* ---------------------------------------------------------- backend side */
+
+/* A segment on an idle pooled connection: a retransmission the last client
+ * never acked (answer with an ACK in place), the backend closing its idle
+ * connection (answer FIN-ACK, retire it), or something we cannot accept. */
+static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
+                                        const struct rm_config *cfg, __u32 pid) {
+  struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
+  if (!p) return XDP_DROP;
+  struct rm_reply r = {};
+  int reply = 0, dead = 0;
+  __u32 bid;
+  bpf_spin_lock(&p->lock);
+  bid = p->backend_id;
+  if (p->state != RM_P_IDLE) {
+    bpf_spin_unlock(&p->lock);
+    stat_inc(RM_ST_DROP_STALE);
+    return XDP_DROP;
+  }
+  __u32 end = pk->seq + pk->payload_len;
+  r.ts = (p->flags & RM_LEG_TS) != 0;
+  r.tsval = p->lb_ts_last;
+  r.tsecr = pk->tsval;
+  if (pk->rst) {
+    p->state = RM_P_DEAD;
+    dead = 1;
+  } else if (pk->fin) {
+    p->state = RM_P_DEAD;
+    dead = 1;
+    reply = 1;
+    r.seq = p->lb_nxt;
+    r.ack = end + 1;
+    r.flags = RM_TH_FIN | RM_TH_ACK;
+  } else if (pk->payload_len && rm_after(end, p->be_nxt)) {
+    /* New data nobody will read: the connection is out of step. */
+    p->state = RM_P_DEAD;
+    dead = 2;
+  } else if (pk->payload_len || rm_before(pk->seq, p->be_nxt)) {
+    reply = 1;
+    r.seq = p->lb_nxt;
+    r.ack = p->be_nxt;
+    r.flags = RM_TH_ACK;
+  }
+  bpf_spin_unlock(&p->lock);
+  if (dead == 2) stat_inc(RM_ST_DROP_POOL_DATA);
+  if (dead) {
+    stat_inc(RM_ST_POOL_DEAD);
+    emit(cfg, RM_EV_POOL_DEAD, RM_NO_ID, bid, pid, 0);
+  }
+  if (!reply) {
+    stat_inc(RM_ST_CONSUMED);
+    return XDP_DROP;
+  }
+  r.window = 0xffff;
+  r.ws = 0xff;
+  stat_inc(RM_ST_TX_POOL_ACK);
+  return rm_send_reply(ctx, pk, &r);
+}
+
+static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
+                                        const struct rm_config *cfg) {
+  struct rm_pool_key pkey = {.backend_ip = pk->ip->saddr, .lb_ip = pk->ip->daddr,
+                             .backend_port = pk->tcp->source,
+                             .lb_port = pk->tcp->dest};
+  __u32 *pidp = bpf_map_lookup_elem(&pool_ids, &pkey);
+  if (!pidp) {
+    stat_inc(RM_ST_PASS_NOT_OURS);
+    return XDP_PASS;
+  }
+  __u32 pid = *pidp;
+  struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
+  if (!p) return XDP_DROP;
+
+  __u32 pstate, owner, oepoch;
+  bpf_spin_lock(&p->lock);
+  pstate = p->state;
+  owner = p->owner;
+  oepoch = p->owner_epoch;
+  if (pstate == RM_P_CONNECTING && pk->syn && pk->ack_f) {
+    /* The backend's SYN-ACK: what userspace cannot read from its socket. */
+    p->be_isn = pk->seq;
+    p->be_ts_last = pk->tsval;
+    p->be_wscale = pk->has_ws ? pk->ws : 0;
+    p->be_mss = pk->mss;
+    p->flags = (pk->has_ts ? RM_LEG_TS : 0) | (pk->has_sackperm ? RM_LEG_SACK : 0) |
+               (pk->has_ws ? RM_LEG_WS : 0);
+    __builtin_memcpy(p->be_mac, pk->eth->h_source, 6);
+    p->vlan_tci = pk->vlan ? pk->vlan->tci : 0;
+    p->synack_seen = 1;
+  }
+  bpf_spin_unlock(&p->lock);
+
+  if (pstate == RM_P_CONNECTING) {
+    stat_inc(RM_ST_PASS_POOL_SETUP);
+    return XDP_PASS;
+  }
+  if (pstate == RM_P_IDLE) return pool_idle_segment(ctx, pk, cfg, pid);
+  if (pstate != RM_P_BUSY) {
+    stat_inc(RM_ST_DROP_STALE);
+    return XDP_DROP;
+  }
+  if (pk->syn || pk->urg || pk->unsupported) {
+    stat_inc(RM_ST_DROP_UNSUPPORTED);
+    return XDP_DROP;
+  }
+
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &owner);
+  if (!c) return XDP_DROP;
+  __u32 len = pk->payload_len;
+  struct rm_scratch *sc = scratch_get();
+  if (!sc) return XDP_DROP;
+  struct rm_xlate *x = &sc->x;
+  struct rm_leg *leg = &sc->leg;
+  __builtin_memset(x, 0, sizeof(*x));
+  __builtin_memset(leg, 0, sizeof(*leg));
+  int first_byte = 0, retire = 0;
+  __u32 req_no = 0, bid = RM_NO_ID;
+  __u64 req_start = 0, now = 0;
+  if (len) now = now_ns();
+
+  bpf_spin_lock(&c->lock);
+  if (c->epoch != oepoch || c->pool_id != pid ||
+      (c->state != RM_C_ESTABLISHED && c->state != RM_C_NAT_CLOSE)) {
+    bpf_spin_unlock(&c->lock);
+    stat_inc(RM_ST_DROP_STALE);
+    return XDP_DROP;
+  }
+  bid = c->backend_id;
+  if (pk->ack_f && rm_after(pk->ack, c->b_acked) &&
+      !rm_after(pk->ack, c->c_nxt + c->d_req))
+    c->b_acked = pk->ack;
+  if (pk->has_ts) {
+    if (rm_after(pk->tsval, c->b_ts_last)) c->b_ts_last = pk->tsval;
+    __u32 out = pk->tsval + c->ts_b2c;
+    if (rm_after(out, c->s_ts_last)) c->s_ts_last = out;
+  }
+  __u32 seq_out_end = pk->seq + c->d_resp + len + pk->fin;
+  if (rm_after(seq_out_end, c->s_nxt)) c->s_nxt = seq_out_end;
+  if (len && c->phase != RM_PH_RESP) {
+    if (c->phase == RM_PH_REQ) {
+      first_byte = 1;
+      c->resp_first_ns = now;
+    } else {
+      /* more response after the client had acked everything */
+      first_byte = 2;
+    }
+    c->phase = RM_PH_RESP;
+  }
+  req_no = c->req_no;
+  req_start = c->req_start_ns;
+  if (pk->fin && !(c->fin_flags & RM_FIN_B)) {
+    c->fin_flags |= RM_FIN_B;
+    c->b_fin_seq = pk->seq + len;
+    c->state = RM_C_NAT_CLOSE;
+  }
+  if ((c->fin_flags & RM_FIN_C) && pk->ack_f &&
+      !rm_before(pk->ack, c->c_fin_seq + c->d_req + 1))
+    c->fin_flags |= RM_FIN_C_ACKED;
+  if (pk->rst) {
+    c->state = RM_C_CLOSED;
+    retire = 1;
+  } else if ((c->fin_flags & (RM_FIN_B_ACKED | RM_FIN_C_ACKED)) ==
+                 (RM_FIN_B_ACKED | RM_FIN_C_ACKED) &&
+             c->state == RM_C_NAT_CLOSE) {
+    c->state = RM_C_CLOSED;
+    retire = 1;
+  }
+  if (retire) {
+    leg->lb_nxt = c->c_nxt + c->d_req;
+    leg->be_nxt = c->s_nxt - c->d_resp;
+    leg->lb_ts = c->lb_ts_last;
+    leg->be_ts = c->b_ts_last;
+  }
+  __builtin_memcpy(x->dst_mac, c->mac, 6);
+  x->vlan_tci = c->vlan_tci;
+  x->saddr = c->key.vip;
+  x->daddr = c->key.client_ip;
+  x->sport = c->key.vip_port;
+  x->dport = c->key.client_port;
+  x->d_seq = c->d_resp;
+  x->d_ack = c->d_req;
+  x->ack_floor_in = c->e_c_nxt + c->d_req;
+  x->ack_floor_out = c->e_c_nxt;
+  x->d_tsval = c->ts_b2c;
+  x->d_tsecr = c->ts_c2b;
+  x->tsecr_floor_in = c->e_lb_ts;
+  x->tsecr_floor_out = c->e_c_ts;
+  x->ws_in = c->b_wscale;
+  x->ws_out = c->s_wscale;
+  x->keep_ts = (c->c_flags & RM_LEG_TS) != 0;
+  x->keep_sack = (c->c_flags & RM_LEG_SACK) != 0;
+  bpf_spin_unlock(&c->lock);
+
+  if (first_byte == 1) {
+    emit(cfg, RM_EV_REQ_DONE, owner, bid, pid, req_no);
+    backend_sample(bid, now > req_start ? now - req_start : 0, 0);
+  } else if (first_byte == 2) {
+    backend_outstanding(bid, 1, 0);
+  }
+  if (pk->vlan && !x->vlan_tci) {
+    stat_inc(RM_ST_DROP_UNSUPPORTED);
+    return XDP_DROP;
+  }
+  if (rm_xlate_packet(pk, x)) {
+    stat_inc(RM_ST_DROP_MALFORMED);
+    return XDP_DROP;
+  }
+  if (retire) {
+    leg->owner = owner;
+    leg->epoch = oepoch;
+    leg->retire = 1;
+    pool_release(cfg, pid, leg);
+  }
+  stat_inc(RM_ST_TX_B2C);
+  return XDP_TX;
+}
+
+/* ------------------------------------------------------------ entry point */
+
+SEC("xdp")
+int xdp_rematcher(struct xdp_md *ctx) {
+  struct rm_pkt pk = {};
+  stat_inc(RM_ST_RX);
+  __u32 z = 0;
+  struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  if (!cfg) return XDP_PASS;
+
+  switch (rm_parse(ctx, &pk)) {
+    case RM_PARSE_TCP:
+      break;
+    case RM_PARSE_NOT_IP:
+      stat_inc(RM_ST_PASS_NOT_IP);
+      return XDP_PASS;
+    case RM_PARSE_NOT_TCP:
+      stat_inc(RM_ST_PASS_NOT_TCP);
+      return XDP_PASS;
+    case RM_PARSE_FRAGMENT:
+      stat_inc(RM_ST_PASS_FRAGMENT);
+      return XDP_PASS;
+    default:
+      /* A malformed frame might be anyone's; only drop it if it claims to
+       * be for the VIP, so a bug here cannot blackhole the host. */
+      if (pk.ip && (void *)(pk.ip + 1) <= pk.data_end && pk.ip->daddr == cfg->vip) {
+        stat_inc(RM_ST_DROP_MALFORMED);
+        return XDP_DROP;
+      }
+      stat_inc(RM_ST_PASS_NOT_OURS);
+      return XDP_PASS;
+  }
+  if (pk.ip->daddr == cfg->vip && pk.tcp->dest == cfg->vip_port)
+    return client_path(ctx, &pk, cfg);
+  return backend_path(ctx, &pk, cfg);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,310 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/*
+ * rematcher_shared.h: every struct, enum and limit that the XDP datapath and
+ * userspace share. One copy, included by both the BPF object and C++ (which
+ * static_asserts the sizes in lb/datapath.h). Fixed-width types, explicit
+ * padding; a layout comment on each struct.
+ *
+ * Byte order: IPv4 addresses and ports are network order wherever they appear
+ * in a key or a record; sequence numbers, timestamps and windows are host order.
+ */
+#ifndef REMATCHER_BPF_SHARED_H_
+#define REMATCHER_BPF_SHARED_H_
+
+#include <linux/types.h>
+
+#ifdef __BPF__
+#include <bpf/bpf_helpers.h>
+#define RM_SPIN_LOCK struct bpf_spin_lock
+#else
+/* Userspace sees the lock as an opaque word; it takes it only through
+ * BPF_F_LOCK lookups/updates. */
+#define RM_SPIN_LOCK struct { __u32 val; }
+#endif
+
+/* Compile-time capacities. Runtime limits (--max_clients, --max_backends,
+ * --conns_per_backend) are set below these through map sizes and config. */
+#define RM_MAX_BACKENDS 64          /* backend ids 0..63 */
+#define RM_MAX_POOL_PER_BACKEND 1024 /* pooled connections per backend */
+#define RM_MAX_POOL (RM_MAX_BACKENDS * 64) /* default pool table size */
+#define RM_NO_ID 0xffffffffu
+
+/* ---------------------------------------------------------------- keys */
+
+/* A client flow as it arrives at the LB: client -> VIP. 12 bytes. */
+struct rm_flow_key {
+  __u32 client_ip; /* network order */
+  __u32 vip;       /* network order */
+  __u16 client_port;
+  __u16 vip_port;
+};
+
+/* A pooled backend connection as its packets arrive at the LB:
+ * backend -> LB. 12 bytes. */
+struct rm_pool_key {
+  __u32 backend_ip; /* network order */
+  __u32 lb_ip;      /* network order */
+  __u16 backend_port;
+  __u16 lb_port;
+};
+
+/* --------------------------------------------------------------- config */
+
+/* Written by userspace into the one-element `config` array before traffic
+ * flows; read by the datapath on every packet. 32 bytes. */
+struct rm_config {
+  __u32 vip;           /* network order */
+  __u16 vip_port;      /* network order */
+  __u16 mss;           /* MSS the LB advertises to clients; clients below
+                          it are refused (see DESIGN.md, MSS) */
+  __u8 client_wscale;  /* window shift the LB advertises to clients */
+  __u8 sack_ok;        /* offer SACK to clients */
+  __u8 ts_ok;          /* offer timestamps to clients */
+  __u8 rematch;        /* 1: apply policy decisions at request boundaries */
+  __u32 num_backends;  /* live entries in backend_list */
+  __u32 events;        /* 1: emit ring-buffer events */
+  __u32 max_clients;   /* admission limit (<= clients map size) */
+  __u32 _pad;
+};
+
+/* -------------------------------------------------------------- records */
+
+enum rm_client_state {
+  RM_C_FREE = 0,
+  RM_C_SYN_RCVD = 1,    /* SYN answered by the datapath, waiting for ACK */
+  RM_C_ESTABLISHED = 2, /* handshake done; spliced when pool_id != NO_ID */
+  RM_C_LAST_ACK = 3,    /* client FIN answered in place; waiting last ACK */
+  RM_C_NAT_CLOSE = 4,   /* closing mid-exchange: plain NAT to the end,
+                           the pooled connection is retired afterwards */
+  RM_C_CLOSED = 5,      /* done; userspace frees after a linger */
+};
+
+/* Where a client is in its request/response exchange. */
+enum rm_phase {
+  RM_PH_IDLE = 0, /* no request in flight */
+  RM_PH_REQ = 1,  /* client sending a request, no response byte yet */
+  RM_PH_RESP = 2, /* backend answering */
+};
+
+enum rm_leg_flags {
+  RM_LEG_TS = 1,   /* timestamps negotiated on this leg */
+  RM_LEG_SACK = 2, /* SACK negotiated */
+  RM_LEG_WS = 4,   /* window scaling negotiated */
+};
+
+/* One client connection. Indexed by client id in the `clients` array; the
+ * 4-tuple maps to the id through `client_ids`. All fields under `lock`.
+ * "client space" = sequence numbers of the client<->LB leg; "pool space" =
+ * those of the LB<->backend pooled connection.
+ * Layout: 4-byte lock, then 4-byte fields, then 8-byte fields; 200 bytes. */
+struct rm_client {
+  RM_SPIN_LOCK lock;
+  __u32 state;       /* enum rm_client_state */
+  __u32 epoch;       /* bumped at every (re)splice and on reuse of the id */
+  __u32 pool_id;     /* pooled connection carrying us, RM_NO_ID if none */
+  __u32 backend_id;  /* backend of pool_id, RM_NO_ID if none */
+  struct rm_flow_key key;
+  __u8 mac[6];       /* client's (or its gateway's) MAC */
+  __u16 vlan_tci;    /* network order; 0 without a tag */
+  __u8 c_wscale;     /* shift of windows the client sends */
+  __u8 s_wscale;     /* shift the LB advertised to the client */
+  __u8 c_flags;      /* rm_leg_flags of the client leg */
+  __u8 phase;        /* enum rm_phase */
+
+  /* client leg, client space */
+  __u32 c_isn;
+  __u32 s_isn;
+  __u32 c_nxt;       /* next seq expected from the client */
+  __u32 c_acked;     /* highest ack the client sent */
+  __u32 s_nxt;       /* next seq the LB sends to the client */
+  __u32 c_ts_last;   /* highest TSval received from the client */
+  __u32 s_ts_last;   /* highest TSval sent to the client */
+
+  /* current splice epoch */
+  __u32 d_req;       /* C->B seq offset: pool = client + d_req */
+  __u32 d_resp;      /* B->C seq offset: client = pool + d_resp */
+  __u32 ts_c2b;      /* TSval offset client -> backend */
+  __u32 ts_b2c;      /* TSval offset backend -> client */
+  __u32 e_c_nxt;     /* c_nxt at epoch start (client space) */
+  __u32 e_s_nxt;     /* s_nxt at epoch start (client space) */
+  __u32 e_s_ts;      /* s_ts_last at epoch start: older TSecr belong to
+                        earlier epochs */
+  __u32 e_lb_ts;     /* lb_ts_last at epoch start (pool's TS space) */
+  __u32 e_c_ts;      /* c_ts_last at epoch start: clamp for B->C TSecr */
+  __u32 e_b_ts;      /* b_ts_last at epoch start: clamp for C->B TSecr */
+  __u32 b_acked;     /* highest ack from the backend (pool space) */
+  __u32 b_ts_last;   /* highest TSval from the backend */
+  __u32 lb_ts_last;  /* highest TSval sent to the backend */
+  __u8 b_wscale;     /* shift of windows the backend sends */
+  __u8 lb_wscale;    /* shift the LB advertised to the backend */
+  __u8 b_flags;      /* rm_leg_flags of the pool leg */
+  __u8 fin_flags;    /* RM_FIN_* */
+  __u32 c_fin_seq;   /* client space seq of the client's FIN */
+  __u32 b_fin_seq;   /* pool space seq of the backend's FIN */
+  struct rm_pool_key pkey; /* pooled connection's tuple (backend -> LB) */
+  __u8 b_mac[6];     /* backend's MAC */
+  __u16 b_vlan_tci;  /* network order */
+  __u16 lb_win;      /* last window field sent to the backend */
+  __u16 _pad;
+
+  /* request accounting */
+  __u32 req_no;      /* requests started on this connection */
+  __u32 rematches;
+  __u64 req_start_ns;
+  __u64 resp_first_ns;
+  __u64 last_seen_ns; /* coarse clock; for idle and linger timers */
+};
+
+enum rm_fin_flags {
+  RM_FIN_C = 1,       /* client sent FIN */
+  RM_FIN_B = 2,       /* backend sent FIN */
+  RM_FIN_C_ACKED = 4, /* backend acked the client's FIN */
+  RM_FIN_B_ACKED = 8, /* client acked the backend's FIN */
+};
+
+enum rm_pool_state {
+  RM_P_FREE = 0,
+  RM_P_CONNECTING = 1, /* userspace connect() in progress; SYN-ACK to kernel */
+  RM_P_IDLE = 2,       /* quiescent, in its backend's idle queue */
+  RM_P_BUSY = 3,       /* carrying client `owner` in epoch `owner_epoch` */
+  RM_P_DEAD = 4,       /* unusable: userspace closes and replaces it */
+};
+
+/* One pooled backend connection, indexed by pool id. Its leg state (lb_nxt,
+ * be_nxt, TS) is authoritative while IDLE; while BUSY the owner's client
+ * record holds the live values and writes them back on release.
+ * Layout: 4-byte lock, 4-byte fields, 8-byte fields; 80 bytes. */
+struct rm_pool {
+  RM_SPIN_LOCK lock;
+  __u32 state;        /* enum rm_pool_state */
+  __u32 backend_id;
+  __u32 owner;        /* client id while BUSY */
+  __u32 owner_epoch;
+  struct rm_pool_key key;
+  __u32 lb_nxt;       /* next seq the LB sends to the backend */
+  __u32 be_nxt;       /* next seq the backend sends */
+  __u32 lb_ts_last;   /* highest TSval the backend has seen from the LB */
+  __u32 be_ts_last;   /* highest TSval seen from the backend */
+  __u32 be_isn;       /* from the backend's SYN-ACK */
+  __u8 lb_wscale;
+  __u8 be_wscale;
+  __u8 flags;         /* rm_leg_flags */
+  __u8 synack_seen;
+  __u16 be_mss;       /* MSS the backend advertised */
+  __u16 vlan_tci;
+  __u8 be_mac[6];
+  __u16 _pad;
+  __u32 uses;         /* splices carried */
+  __u64 last_used_ns;
+};
+
+/* Per-backend shared state. Indexed by backend id. 64 bytes. */
+struct rm_backend {
+  RM_SPIN_LOCK lock;
+  __u32 ip;           /* network order */
+  __u16 port;         /* network order */
+  __u16 flags;        /* RM_BE_* */
+  __u32 outstanding;  /* requests in flight (atomic adds) */
+  __u32 _pad;
+  __u64 requests;     /* requests started (atomic adds) */
+  __u64 ewma_first_ns; /* EWMA of request start -> first response byte */
+  __u64 ewma_last_ns;  /* EWMA of request start -> response fully acked */
+  __u64 rematched_in;  /* clients moved onto this backend */
+};
+
+enum rm_backend_flags {
+  RM_BE_ACTIVE = 1,   /* may receive new splices */
+  RM_BE_DRAINING = 2, /* keeps its clients until their next request */
+};
+
+/* Policy decision for one client, written by userspace, read by the
+ * datapath at the client's next request boundary: (req_no << 32) |
+ * (backend_id + 1). 0 = no decision. */
+typedef __u64 rm_decision_t;
+
+/* ------------------------------------------------------------- counters */
+
+/* Indices of the per-CPU `stats` array. Append only. */
+enum rm_stat {
+  RM_ST_RX = 0,             /* packets seen */
+  RM_ST_PASS_NOT_IP,        /* passed: not IPv4 (ARP, IPv6, ...) */
+  RM_ST_PASS_NOT_TCP,       /* passed: IPv4 but not TCP */
+  RM_ST_PASS_NOT_OURS,      /* passed: TCP flow we do not own */
+  RM_ST_PASS_FRAGMENT,      /* passed: IPv4 fragment */
+  RM_ST_PASS_POOL_SETUP,    /* passed: pooled connection handshake */
+  RM_ST_TX_C2B,             /* client packet spliced to a backend */
+  RM_ST_TX_B2C,             /* backend packet spliced to a client */
+  RM_ST_TX_SYNACK,          /* SYN-ACK sent to a client */
+  RM_ST_TX_RST,             /* RST sent to a client (refusal) */
+  RM_ST_TX_FINACK,          /* FIN-ACK answered in place */
+  RM_ST_TX_POOL_ACK,        /* idle pooled connection answered in place */
+  RM_ST_HANDSHAKES,         /* client handshakes completed */
+  RM_ST_SPLICES,            /* client put on a pooled connection */
+  RM_ST_REMATCHES,          /* client moved to another backend */
+  RM_ST_DECISION_APPLIED,   /* boundary found a fresh policy decision */
+  RM_ST_DECISION_LATE,      /* boundary found no fresh decision */
+  RM_ST_PIPELINED,          /* new data before the response was acked */
+  RM_ST_CLOSED_CLEAN,       /* client closed, pool connection reused */
+  RM_ST_CLOSED_RETIRE,      /* client closed mid-exchange, pool retired */
+  RM_ST_DROP_MALFORMED,     /* truncated/invalid headers or options */
+  RM_ST_DROP_TABLE_FULL,    /* no client slot: SYN refused with RST */
+  RM_ST_DROP_NO_POOL,       /* no idle pooled connection: refused */
+  RM_ST_DROP_MSS,           /* client MSS below the pool MSS: refused */
+  RM_ST_DROP_STALE,         /* packet of an old epoch / unknown owner */
+  RM_ST_DROP_BAD_STATE,     /* packet not valid in the flow's state */
+  RM_ST_DROP_UNSUPPORTED,   /* URG, MD5/AO options, VLAN mismatch */
+  RM_ST_DROP_POOL_DATA,     /* unexpected new data on an idle pool conn */
+  RM_ST_POOL_DEAD,          /* pooled connection marked dead */
+  RM_ST_CONSUMED,           /* handshake ACKs and pure ACKs absorbed */
+  RM_ST_STALE_ACKED,        /* stale backend segment answered in place */
+  RM_ST__MAX,
+};
+
+/* ---------------------------------------------------------------- events */
+
+enum rm_event_type {
+  RM_EV_REQ_DONE = 1,  /* backend started answering: ask the policy */
+  RM_EV_POOL_ACK = 2,  /* old pooled connection needs an ACK now */
+  RM_EV_POOL_DEAD = 3, /* pooled connection died: replace it */
+  RM_EV_NEED_POOL = 4, /* a backend had no idle pooled connection */
+};
+
+/* Ring-buffer event, 40 bytes. */
+struct rm_event {
+  __u32 type;
+  __u32 client_id;
+  __u32 backend_id;
+  __u32 pool_id;
+  __u32 req_no;
+  __u32 seq;         /* RM_EV_POOL_ACK: seq/ack/tsval/tsecr to send */
+  __u32 ack;
+  __u32 tsval;
+  __u32 tsecr;
+  __u16 window;
+  __u16 _pad;
+};
+
+/* ----------------------------------------------------------- control */
+
+/* Commands userspace runs through BPF_PROG_TEST_RUN of `xdp_ctl`, so that
+ * multi-record changes happen in the kernel under the records' locks. The
+ * command sits in the test packet right after a 14-byte dummy Ethernet
+ * header; the program writes its result back into `result`. */
+enum rm_ctl_op {
+  RM_CTL_RELEASE_IDLE = 1, /* client id: if quiescent, hand its pooled
+                              connection back (idle release) */
+  RM_CTL_FORCE_BACKEND = 2, /* client id, backend id: rematch at next
+                               request boundary regardless of decision */
+  RM_CTL_FREE_CLIENT = 3,  /* client id: free if CLOSED or expired */
+};
+
+struct rm_ctl {
+  __u32 op;
+  __u32 client_id;
+  __u32 backend_id;
+  __s32 result;
+  __u64 now_ns;
+  __u64 older_than_ns;
+};
+
+#endif /* REMATCHER_BPF_SHARED_H_ */
