@@ -86,6 +86,14 @@ struct {
   __type(value, struct rm_backend);
 } backends SEC(".maps");
 
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, RM_MAX_BACKENDS);
+  __uint(map_flags, BPF_F_MMAPABLE);
+  __type(key, __u32);
+  __type(value, struct rm_backend_load);
+} backend_load SEC(".maps");
+
 /* Active backend ids, dense, first config.num_backends entries valid. Used
  * for a client's first request, before any policy decision exists. */
 struct {
@@ -171,29 +179,29 @@ static __noinline void emit_pool_ack(const struct rm_leg *leg, __u32 client,
 
 static __always_inline __u64 now_ns(void) { return bpf_ktime_get_ns(); }
 
-/* EWMA with weight 1/8, fixed point in ns. Under the backend's lock. */
+/* EWMA with weight 1/8, in ns. Plain stores: two CPUs racing lose one
+ * sample, which an average shrugs off. */
 static __always_inline void backend_sample(__u32 bid, __u64 first_ns,
                                            __u64 last_ns) {
-  struct rm_backend *be = bpf_map_lookup_elem(&backends, &bid);
-  if (!be) return;
-  bpf_spin_lock(&be->lock);
+  struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
+  if (!bl) return;
   if (first_ns) {
-    if (!be->ewma_first_ns) be->ewma_first_ns = first_ns;
-    else be->ewma_first_ns = be->ewma_first_ns - (be->ewma_first_ns >> 3) + (first_ns >> 3);
+    __u64 e = bl->ewma_first_ns;
+    bl->ewma_first_ns = e ? e - (e >> 3) + (first_ns >> 3) : first_ns;
   }
   if (last_ns) {
-    if (!be->ewma_last_ns) be->ewma_last_ns = last_ns;
-    else be->ewma_last_ns = be->ewma_last_ns - (be->ewma_last_ns >> 3) + (last_ns >> 3);
+    __u64 e = bl->ewma_last_ns;
+    bl->ewma_last_ns = e ? e - (e >> 3) + (last_ns >> 3) : last_ns;
+    __sync_fetch_and_add(&bl->responses, 1);
   }
-  bpf_spin_unlock(&be->lock);
 }
 
 static __always_inline void backend_outstanding(__u32 bid, int delta, int started) {
-  struct rm_backend *be = bpf_map_lookup_elem(&backends, &bid);
-  if (!be) return;
-  if (delta > 0) __sync_fetch_and_add(&be->outstanding, 1);
-  if (delta < 0) __sync_fetch_and_sub(&be->outstanding, 1);
-  if (started) __sync_fetch_and_add(&be->requests, 1);
+  struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
+  if (!bl) return;
+  if (delta > 0) __sync_fetch_and_add(&bl->outstanding, 1);
+  if (delta < 0) __sync_fetch_and_sub(&bl->outstanding, 1);
+  if (started) __sync_fetch_and_add(&bl->requests, 1);
 }
 
 
@@ -447,7 +455,7 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
     leg->epoch = epoch;
     pool_release(cfg, old_pid, leg);
     stat_inc(RM_ST_REMATCHES);
-    struct rm_backend *nb = bpf_map_lookup_elem(&backends, &bid);
+    struct rm_backend_load *nb = bpf_map_lookup_elem(&backend_load, &bid);
     if (nb) __sync_fetch_and_add(&nb->rematched_in, 1);
     /* The client's ack of the old backend's last bytes rides on a packet
      * that now goes elsewhere; have the old one acked. */

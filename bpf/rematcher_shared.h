@@ -198,18 +198,25 @@ struct rm_pool {
   __u64 last_used_ns;
 };
 
-/* Per-backend shared state. Indexed by backend id. 64 bytes. */
+/* Per-backend configuration, written by userspace, read by the datapath.
+ * Indexed by backend id. 8 bytes; single-word fields, so no lock. */
 struct rm_backend {
-  RM_SPIN_LOCK lock;
-  __u32 ip;           /* network order */
-  __u16 port;         /* network order */
-  __u16 flags;        /* RM_BE_* */
-  __u32 outstanding;  /* requests in flight (atomic adds) */
+  __u32 ip;    /* network order */
+  __u16 port;  /* network order */
+  __u16 flags; /* RM_BE_* */
+};
+
+/* Per-backend load signals, written by the datapath with atomic adds (the
+ * EWMAs with plain stores: a lost sample is harmless), read by userspace
+ * through mmap to build the policy snapshot. 48 bytes. */
+struct rm_backend_load {
+  __u32 outstanding;   /* requests in flight */
   __u32 _pad;
-  __u64 requests;     /* requests started (atomic adds) */
-  __u64 ewma_first_ns; /* EWMA of request start -> first response byte */
-  __u64 ewma_last_ns;  /* EWMA of request start -> response fully acked */
+  __u64 requests;      /* requests started */
+  __u64 ewma_first_ns; /* EWMA(1/8) of request start -> first response byte */
+  __u64 ewma_last_ns;  /* EWMA(1/8) of request start -> response fully acked */
   __u64 rematched_in;  /* clients moved onto this backend */
+  __u64 responses;     /* responses fully acked */
 };
 
 enum rm_backend_flags {
