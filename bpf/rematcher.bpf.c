@@ -1179,4 +1179,75 @@ int xdp_rematcher(struct xdp_md *ctx) {
   return backend_path(ctx, &pk, cfg);
 }
 
+
+/* ---------------------------------------------------------- control */
+
+/* Userspace runs this through BPF_PROG_TEST_RUN with a struct rm_ctl after
+ * a 14-byte dummy Ethernet header, so multi-record changes happen here under
+ * the records' locks, ordered like the datapath's own. */
+SEC("xdp")
+int xdp_ctl(struct xdp_md *ctx) {
+  void *data = (void *)(long)ctx->data;
+  void *end = (void *)(long)ctx->data_end;
+  struct rm_ctl *cmd = data + sizeof(struct ethhdr);
+  if ((void *)(cmd + 1) > end) return XDP_ABORTED;
+  __u32 z = 0;
+  struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  __u32 id = cmd->client_id;
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  if (!cfg || !c) {
+    cmd->result = -2;
+    return XDP_DROP;
+  }
+  struct rm_scratch *sc = scratch_get();
+  if (!sc) return XDP_DROP;
+  struct rm_leg *leg = &sc->leg;
+  struct rm_flow_key key;
+  __u32 pool = RM_NO_ID, epoch = 0, op = cmd->op;
+  __u64 older = cmd->older_than_ns;
+  int act = 0, clean = 0;
+
+  bpf_spin_lock(&c->lock);
+  int quiescent = c->pool_id == RM_NO_ID ||
+                  (c->phase != RM_PH_REQ && c->c_acked == c->s_nxt &&
+                   c->b_acked == c->c_nxt + c->d_req && !c->fin_flags);
+  /* The caller picks `older` per state: a short linger for CLOSED and
+   * LAST_ACK, the idle timeout for the rest. */
+  if (op == RM_CTL_FREE_CLIENT && c->state != RM_C_FREE && c->last_seen_ns < older) {
+    act = 1;
+  } else if (op == RM_CTL_RELEASE_IDLE && c->state == RM_C_ESTABLISHED &&
+             c->pool_id != RM_NO_ID && quiescent && c->last_seen_ns < older) {
+    act = 2;
+  }
+  if (act) {
+    key = c->key;
+    pool = c->pool_id;
+    epoch = c->epoch;
+    clean = quiescent && c->state == RM_C_ESTABLISHED;
+    leg->lb_nxt = c->c_nxt + c->d_req;
+    leg->be_nxt = c->s_nxt - c->d_resp;
+    leg->lb_ts = c->lb_ts_last;
+    leg->be_ts = c->b_ts_last;
+    leg->owner = id;
+    leg->epoch = epoch;
+    leg->retire = !clean;
+    c->pool_id = RM_NO_ID;
+    c->backend_id = RM_NO_ID;
+    c->phase = RM_PH_IDLE;
+    c->epoch = epoch + 1;
+    if (act == 1) {
+      c->state = RM_C_FREE;
+    }
+  }
+  bpf_spin_unlock(&c->lock);
+
+  if (act && pool != RM_NO_ID) pool_release(cfg, pool, leg);
+  if (act == 1) {
+    bpf_map_delete_elem(&client_ids, &key);
+    bpf_map_push_elem(&free_client_ids, &id, 0);
+  }
+  cmd->result = act;
+  return XDP_DROP;
+}
+
 char LICENSE[] SEC("license") = "GPL";

@@ -51,7 +51,7 @@ struct rm_pool_key {
 /* --------------------------------------------------------------- config */
 
 /* Written by userspace into the one-element `config` array before traffic
- * flows; read by the datapath on every packet. 32 bytes. */
+ * flows; read by the datapath on every packet. 28 bytes. */
 struct rm_config {
   __u32 vip;           /* network order */
   __u16 vip_port;      /* network order */

@@ -1,0 +1,345 @@
+#include "lb/datapath.h"
+
+#include <errno.h>
+#include <linux/if_link.h>
+#include <net/if.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "bpf/rematcher_bpf.skel.h"
+#include "glog/logging.h"
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+namespace rematcher {
+namespace {
+
+absl::Status Errno(int err, absl::string_view what) {
+  if (err < 0) err = -err;
+  return absl::ErrnoToStatus(err, what);
+}
+
+}  // namespace
+
+const char* StatName(int stat) {
+  static const char* const kNames[RM_ST__MAX] = {
+      "rx",
+      "pass_not_ip",
+      "pass_not_tcp",
+      "pass_not_ours",
+      "pass_fragment",
+      "pass_pool_setup",
+      "tx_client_to_backend",
+      "tx_backend_to_client",
+      "tx_synack",
+      "tx_rst",
+      "tx_finack",
+      "tx_pool_ack",
+      "handshakes",
+      "splices",
+      "rematches",
+      "decision_applied",
+      "decision_late",
+      "pipelined",
+      "closed_clean",
+      "closed_retire",
+      "drop_malformed",
+      "drop_table_full",
+      "drop_no_pool",
+      "drop_mss",
+      "drop_stale",
+      "drop_bad_state",
+      "drop_unsupported",
+      "drop_pool_data",
+      "pool_dead",
+      "consumed",
+      "stale_acked",
+  };
+  if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
+  return kNames[stat];
+}
+
+absl::StatusOr<std::unique_ptr<Datapath>> Datapath::Load(const DatapathOptions& opts) {
+  if (opts.max_clients == 0 || opts.max_clients > (1u << 22))
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_clients must be in 1..", 1u << 22, ", got ", opts.max_clients));
+  if (opts.max_pool == 0 || opts.max_pool > (1u << 20))
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_pool must be in 1..", 1u << 20, ", got ", opts.max_pool));
+  std::unique_ptr<Datapath> dp(new Datapath(opts));
+  libbpf_set_strict_mode(LIBBPF_STRICT_ALL);
+  dp->skel_ = rematcher_bpf__open();
+  if (!dp->skel_) return Errno(errno, "opening the BPF object");
+  auto* s = dp->skel_;
+  int err = 0;
+  for (bpf_map* m : {s->maps.client_ids, s->maps.clients, s->maps.free_client_ids,
+                     s->maps.decisions}) {
+    if ((err = bpf_map__set_max_entries(m, opts.max_clients)))
+      return Errno(err, "sizing client tables");
+  }
+  for (bpf_map* m : {s->maps.pool_ids, s->maps.pools}) {
+    if ((err = bpf_map__set_max_entries(m, opts.max_pool)))
+      return Errno(err, "sizing pool tables");
+  }
+  if ((err = rematcher_bpf__load(s)))
+    return Errno(err, "loading the XDP program (verifier log above)");
+
+  int ncpus = libbpf_num_possible_cpus();
+  if (ncpus < 1) return Errno(ncpus, "counting CPUs");
+  dp->ncpus_ = ncpus;
+
+  // One idle queue per backend slot, created up front so the datapath
+  // never sees a missing inner map.
+  for (uint32_t b = 0; b < RM_MAX_BACKENDS; b++) {
+    int fd = bpf_map_create(BPF_MAP_TYPE_QUEUE, "rm_idle", 0, sizeof(uint32_t),
+                            RM_MAX_POOL_PER_BACKEND, nullptr);
+    if (fd < 0) return Errno(errno, "creating an idle-pool queue");
+    dp->idle_queue_fds_.push_back(fd);
+    if (bpf_map_update_elem(bpf_map__fd(s->maps.idle_pools), &b, &fd, BPF_ANY))
+      return Errno(errno, "installing an idle-pool queue");
+  }
+  for (uint32_t id = 0; id < opts.max_clients; id++) {
+    if (bpf_map_update_elem(bpf_map__fd(s->maps.free_client_ids), nullptr, &id, 0))
+      return Errno(errno, "filling the free client-id queue");
+  }
+
+  dp->load_len_ = sizeof(rm_backend_load) * RM_MAX_BACKENDS;
+  void* p = mmap(nullptr, dp->load_len_, PROT_READ | PROT_WRITE, MAP_SHARED,
+                 bpf_map__fd(s->maps.backend_load), 0);
+  if (p == MAP_FAILED) return Errno(errno, "mmap of backend_load");
+  dp->load_ = static_cast<rm_backend_load*>(p);
+  dp->decisions_len_ = sizeof(uint64_t) * opts.max_clients;
+  p = mmap(nullptr, dp->decisions_len_, PROT_READ | PROT_WRITE, MAP_SHARED,
+           bpf_map__fd(s->maps.decisions), 0);
+  if (p == MAP_FAILED) return Errno(errno, "mmap of decisions");
+  dp->decisions_ = static_cast<volatile uint64_t*>(p);
+  return dp;
+}
+
+Datapath::~Datapath() {
+  Detach();
+  if (load_) munmap(load_, load_len_);
+  if (decisions_) munmap(const_cast<uint64_t*>(decisions_), decisions_len_);
+  for (int fd : idle_queue_fds_) close(fd);
+  if (skel_) rematcher_bpf__destroy(skel_);
+}
+
+absl::Status Datapath::Attach(int ifindex, bool allow_generic) {
+  if (link_ || generic_) return absl::FailedPreconditionError("already attached");
+  uint32_t existing = 0;
+  if (bpf_xdp_query_id(ifindex, 0, &existing) == 0 && existing != 0) {
+    char name[IF_NAMESIZE] = "?";
+    if_indextoname(ifindex, name);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "interface ", name, " already has an XDP program (id ", existing,
+        "); remove it first (ip link set dev ", name, " xdp off)"));
+  }
+  bpf_link* l = bpf_program__attach_xdp(skel_->progs.xdp_rematcher, ifindex);
+  if (l) {
+    link_ = l;
+    return absl::OkStatus();
+  }
+  int native_err = errno;
+  if (!allow_generic)
+    return Errno(native_err,
+                 "attaching XDP in native mode (pass --allow_generic_xdp to fall back)");
+  LIBBPF_OPTS(bpf_xdp_attach_opts, o);
+  if (bpf_xdp_attach(ifindex, bpf_program__fd(skel_->progs.xdp_rematcher),
+                     XDP_FLAGS_SKB_MODE | XDP_FLAGS_UPDATE_IF_NOEXIST, &o))
+    return Errno(errno, "attaching XDP in generic mode");
+  generic_ = true;
+  generic_ifindex_ = ifindex;
+  LOG(WARNING) << "!!! XDP attached in GENERIC (skb) mode: native attach failed ("
+               << strerror(native_err) << "). Expect several times the CPU cost "
+               << "per packet; this is for testing only. !!!";
+  return absl::OkStatus();
+}
+
+void Datapath::Detach() {
+  if (link_) {
+    bpf_link__destroy(link_);
+    link_ = nullptr;
+  }
+  if (generic_) {
+    bpf_xdp_detach(generic_ifindex_, XDP_FLAGS_SKB_MODE, nullptr);
+    generic_ = false;
+  }
+}
+
+int Datapath::prog_fd() const { return bpf_program__fd(skel_->progs.xdp_rematcher); }
+int Datapath::ctl_prog_fd() const { return bpf_program__fd(skel_->progs.xdp_ctl); }
+int Datapath::events_fd() const { return bpf_map__fd(skel_->maps.events); }
+
+absl::Status Datapath::SetConfig(const rm_config& cfg) {
+  uint32_t z = 0;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.config), &z, &cfg, BPF_ANY))
+    return Errno(errno, "writing config");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<rm_config> Datapath::GetConfig() const {
+  uint32_t z = 0;
+  rm_config cfg{};
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.config), &z, &cfg))
+    return Errno(errno, "reading config");
+  return cfg;
+}
+
+absl::Status Datapath::SetBackend(uint32_t id, const rm_backend& b) {
+  if (id >= RM_MAX_BACKENDS) return absl::OutOfRangeError(absl::StrCat("backend id ", id));
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.backends), &id, &b, BPF_ANY))
+    return Errno(errno, "writing backend");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<rm_backend> Datapath::GetBackend(uint32_t id) const {
+  rm_backend b{};
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.backends), &id, &b))
+    return Errno(errno, "reading backend");
+  return b;
+}
+
+absl::Status Datapath::SetBackendList(const std::vector<uint32_t>& ids) {
+  if (ids.size() > RM_MAX_BACKENDS) return absl::OutOfRangeError("too many backends");
+  for (uint32_t i = 0; i < ids.size(); i++) {
+    if (bpf_map_update_elem(bpf_map__fd(skel_->maps.backend_list), &i, &ids[i], BPF_ANY))
+      return Errno(errno, "writing backend list");
+  }
+  auto cfg = GetConfig();
+  if (!cfg.ok()) return cfg.status();
+  cfg->num_backends = ids.size();
+  return SetConfig(*cfg);
+}
+
+const rm_backend_load& Datapath::BackendLoad(uint32_t id) const {
+  CHECK_LT(id, static_cast<uint32_t>(RM_MAX_BACKENDS));
+  return load_[id];
+}
+
+void Datapath::ResetBackendLoad(uint32_t id) {
+  CHECK_LT(id, static_cast<uint32_t>(RM_MAX_BACKENDS));
+  memset(&load_[id], 0, sizeof(load_[id]));
+}
+
+absl::Status Datapath::PutPool(uint32_t pid, const rm_pool& p) {
+  if (pid >= opts_.max_pool) return absl::OutOfRangeError(absl::StrCat("pool id ", pid));
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.pools), &pid, &p, BPF_F_LOCK))
+    return Errno(errno, "writing pool record");
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.pool_ids), &p.key, &pid, BPF_ANY))
+    return Errno(errno, "mapping pool tuple");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<rm_pool> Datapath::GetPool(uint32_t pid) const {
+  rm_pool p{};
+  if (bpf_map_lookup_elem_flags(bpf_map__fd(skel_->maps.pools), &pid, &p, BPF_F_LOCK))
+    return Errno(errno, "reading pool record");
+  return p;
+}
+
+absl::Status Datapath::DeletePool(uint32_t pid, const rm_pool_key& key) {
+  bpf_map_delete_elem(bpf_map__fd(skel_->maps.pool_ids), &key);
+  rm_pool p{};
+  p.state = RM_P_FREE;
+  p.owner = RM_NO_ID;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.pools), &pid, &p, BPF_F_LOCK))
+    return Errno(errno, "clearing pool record");
+  return absl::OkStatus();
+}
+
+absl::Status Datapath::PushIdle(uint32_t backend, uint32_t pid) {
+  if (backend >= idle_queue_fds_.size()) return absl::OutOfRangeError("backend id");
+  if (bpf_map_update_elem(idle_queue_fds_[backend], nullptr, &pid, 0))
+    return Errno(errno, "queueing idle pooled connection");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<uint32_t>> Datapath::PopIdle(uint32_t backend) {
+  if (backend >= idle_queue_fds_.size()) return absl::OutOfRangeError("backend id");
+  uint32_t pid;
+  if (bpf_map_lookup_and_delete_elem(idle_queue_fds_[backend], nullptr, &pid)) {
+    if (errno == ENOENT) return std::optional<uint32_t>();
+    return Errno(errno, "popping idle pooled connection");
+  }
+  return std::optional<uint32_t>(pid);
+}
+
+absl::StatusOr<rm_client> Datapath::GetClient(uint32_t id) const {
+  rm_client c{};
+  if (bpf_map_lookup_elem_flags(bpf_map__fd(skel_->maps.clients), &id, &c, BPF_F_LOCK))
+    return Errno(errno, "reading client record");
+  return c;
+}
+
+absl::StatusOr<std::optional<uint32_t>> Datapath::LookupClient(const rm_flow_key& key) const {
+  uint32_t id;
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.client_ids), &key, &id)) {
+    if (errno == ENOENT) return std::optional<uint32_t>();
+    return Errno(errno, "looking up client");
+  }
+  return std::optional<uint32_t>(id);
+}
+
+absl::StatusOr<int32_t> Datapath::RunCtl(const rm_ctl& cmd) {
+  unsigned char in[14 + sizeof(rm_ctl)] = {};
+  unsigned char out[sizeof(in) + 64] = {};
+  memcpy(in + 14, &cmd, sizeof(cmd));
+  LIBBPF_OPTS(bpf_test_run_opts, o);
+  o.data_in = in;
+  o.data_size_in = sizeof(in);
+  o.data_out = out;
+  o.data_size_out = sizeof(out);
+  o.repeat = 1;
+  if (bpf_prog_test_run_opts(ctl_prog_fd(), &o)) return Errno(errno, "running xdp_ctl");
+  rm_ctl res;
+  memcpy(&res, out + 14, sizeof(res));
+  return res.result;
+}
+
+absl::Status Datapath::FreeClient(uint32_t id, uint64_t older_than_ns) {
+  rm_ctl c{};
+  c.op = RM_CTL_FREE_CLIENT;
+  c.client_id = id;
+  c.older_than_ns = older_than_ns;
+  auto r = RunCtl(c);
+  if (!r.ok()) return r.status();
+  return absl::OkStatus();
+}
+
+absl::Status Datapath::ReleaseIdleClient(uint32_t id, uint64_t older_than_ns) {
+  rm_ctl c{};
+  c.op = RM_CTL_RELEASE_IDLE;
+  c.client_id = id;
+  c.older_than_ns = older_than_ns;
+  auto r = RunCtl(c);
+  if (!r.ok()) return r.status();
+  return absl::OkStatus();
+}
+
+void Datapath::SetDecision(uint32_t client, uint32_t req_no, uint32_t backend) {
+  if (client >= opts_.max_clients) return;
+  uint64_t v = (static_cast<uint64_t>(req_no) << 32) | (backend + 1);
+  __atomic_store_n(const_cast<uint64_t*>(&decisions_[client]), v, __ATOMIC_RELEASE);
+}
+
+uint64_t Datapath::GetDecision(uint32_t client) const {
+  if (client >= opts_.max_clients) return 0;
+  return __atomic_load_n(const_cast<uint64_t*>(&decisions_[client]), __ATOMIC_ACQUIRE);
+}
+
+absl::StatusOr<StatsArray> Datapath::Stats() const {
+  StatsArray out{};
+  std::vector<uint64_t> per_cpu(ncpus_);
+  for (uint32_t i = 0; i < RM_ST__MAX; i++) {
+    if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.stats), &i, per_cpu.data()))
+      return Errno(errno, "reading counters");
+    for (uint64_t v : per_cpu) out[i] += v;
+  }
+  return out;
+}
+
+}  // namespace rematcher

@@ -1,0 +1,119 @@
+// Datapath: the RAII owner of the loaded XDP object (lb/ never touches map
+// names or raw fds elsewhere). Typed access to every map the core uses.
+//
+// Lifetime: Load() opens the skeleton, sizes the tables, loads and verifies
+// the program, creates one idle queue per backend slot and fills the free
+// client-id queue. Attach() attaches through a bpf_link, so a crashed
+// process leaves nothing attached behind. The destructor detaches.
+#ifndef REMATCHER_LB_DATAPATH_H_
+#define REMATCHER_LB_DATAPATH_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "bpf/rematcher_shared.h"
+
+struct rematcher_bpf;  // the generated skeleton (bpf/rematcher_bpf.skel.h)
+struct bpf_link;
+
+namespace rematcher {
+
+static_assert(sizeof(rm_flow_key) == 12, "rm_flow_key layout");
+static_assert(sizeof(rm_pool_key) == 12, "rm_pool_key layout");
+static_assert(sizeof(rm_config) == 28, "rm_config layout");
+static_assert(sizeof(rm_backend) == 8, "rm_backend layout");
+static_assert(sizeof(rm_backend_load) == 48, "rm_backend_load layout");
+static_assert(sizeof(rm_event) == 40, "rm_event layout");
+static_assert(sizeof(rm_ctl) == 32, "rm_ctl layout");
+
+struct DatapathOptions {
+  uint32_t max_clients = 65536;  // client table size (ids 0..max_clients-1)
+  uint32_t max_pool = 4096;      // pooled-connection table size
+};
+
+using StatsArray = std::array<uint64_t, RM_ST__MAX>;
+
+// Human-readable name of a counter (for logs, metrics, tests).
+const char* StatName(int stat);
+
+class Datapath {
+ public:
+  static absl::StatusOr<std::unique_ptr<Datapath>> Load(const DatapathOptions& opts);
+  ~Datapath();
+  Datapath(const Datapath&) = delete;
+  Datapath& operator=(const Datapath&) = delete;
+
+  // Attach natively; with allow_generic, fall back to generic (skb) mode
+  // with a loud warning. Fails if another XDP program is attached.
+  absl::Status Attach(int ifindex, bool allow_generic);
+  void Detach();
+  bool attached_generic() const { return generic_; }
+
+  int prog_fd() const;      // xdp_rematcher, e.g. for BPF_PROG_TEST_RUN
+  int ctl_prog_fd() const;  // xdp_ctl
+  int events_fd() const;    // ring buffer of rm_event
+  uint32_t max_clients() const { return opts_.max_clients; }
+  uint32_t max_pool() const { return opts_.max_pool; }
+
+  absl::Status SetConfig(const rm_config& cfg);
+  absl::StatusOr<rm_config> GetConfig() const;
+
+  absl::Status SetBackend(uint32_t id, const rm_backend& b);
+  absl::StatusOr<rm_backend> GetBackend(uint32_t id) const;
+  // The dense list of backends a client's first request may go to
+  // (round-robin); also sets config.num_backends.
+  absl::Status SetBackendList(const std::vector<uint32_t>& ids);
+  // Live load signals (mmap; no syscall). id < RM_MAX_BACKENDS.
+  const rm_backend_load& BackendLoad(uint32_t id) const;
+  void ResetBackendLoad(uint32_t id);
+
+  // Pool records. PutPool writes the record under its lock and maps the
+  // tuple to the id.
+  absl::Status PutPool(uint32_t pid, const rm_pool& p);
+  absl::StatusOr<rm_pool> GetPool(uint32_t pid) const;
+  absl::Status DeletePool(uint32_t pid, const rm_pool_key& key);
+  absl::Status PushIdle(uint32_t backend, uint32_t pid);
+  absl::StatusOr<std::optional<uint32_t>> PopIdle(uint32_t backend);
+
+  absl::StatusOr<rm_client> GetClient(uint32_t id) const;
+  absl::StatusOr<std::optional<uint32_t>> LookupClient(const rm_flow_key& key) const;
+  // Frees a client slot from userspace (after the datapath marked it
+  // CLOSED, or it expired): the record is marked FREE, the tuple unmapped,
+  // the id returned to the free queue. Runs in the kernel (xdp_ctl).
+  absl::Status FreeClient(uint32_t id, uint64_t older_than_ns);
+  // Hands an idle client's pooled connection back (idle release).
+  absl::Status ReleaseIdleClient(uint32_t id, uint64_t older_than_ns);
+
+  // Policy decision for the client's request number req_no (atomic store
+  // into the mmap'd decisions array).
+  void SetDecision(uint32_t client, uint32_t req_no, uint32_t backend);
+  uint64_t GetDecision(uint32_t client) const;
+
+  // Counters summed over CPUs.
+  absl::StatusOr<StatsArray> Stats() const;
+
+  // Runs an xdp_ctl command; returns its result field.
+  absl::StatusOr<int32_t> RunCtl(const rm_ctl& cmd);
+
+ private:
+  explicit Datapath(const DatapathOptions& opts) : opts_(opts) {}
+  DatapathOptions opts_;
+  ::rematcher_bpf* skel_ = nullptr;
+  bpf_link* link_ = nullptr;
+  bool generic_ = false;
+  int generic_ifindex_ = 0;
+  int ncpus_ = 1;
+  rm_backend_load* load_ = nullptr;       // mmap of backend_load
+  volatile uint64_t* decisions_ = nullptr;  // mmap of decisions
+  size_t load_len_ = 0, decisions_len_ = 0;
+  std::vector<int> idle_queue_fds_;
+};
+
+}  // namespace rematcher
+
+#endif  // REMATCHER_LB_DATAPATH_H_
