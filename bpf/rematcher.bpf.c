@@ -213,9 +213,10 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
   struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
   if (!p) return;
   int push = 0;
-  __u32 bid;
+  __u32 bid, entry;
   bpf_spin_lock(&p->lock);
   bid = p->backend_id;
+  entry = RM_IDLE_ENTRY(pid, p->gen & 0xfff);
   if (p->state == RM_P_BUSY && p->owner == owner && p->owner_epoch == epoch) {
     p->lb_nxt = leg->lb_nxt;
     p->be_nxt = leg->be_nxt;
@@ -237,7 +238,7 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
   }
   if (!push) return;
   void *q = bpf_map_lookup_elem(&idle_pools, &bid);
-  if (!q || bpf_map_push_elem(q, &pid, 0)) {
+  if (!q || bpf_map_push_elem(q, &entry, 0)) {
     /* Cannot be queued: never lose it silently, retire it. */
     bpf_spin_lock(&p->lock);
     if (p->state == RM_P_IDLE) p->state = RM_P_DEAD;
@@ -360,11 +361,12 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
       if (want != RM_ANY_BACKEND) return -1;
       continue;
     }
-    p = bpf_map_lookup_elem(&pools, &cand);
+    __u32 cpid = RM_IDLE_PID(cand);
+    p = bpf_map_lookup_elem(&pools, &cpid);
     if (!p) continue;
     int taken = 0;
     bpf_spin_lock(&p->lock);
-    if (p->state == RM_P_IDLE) {
+    if (p->state == RM_P_IDLE && (p->gen & 0xfff) == RM_IDLE_GEN(cand)) {
       p->state = RM_P_BUSY;
       p->owner = id;
       p->owner_epoch = epoch + 1;
@@ -383,7 +385,7 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
     }
     bpf_spin_unlock(&p->lock);
     if (taken) {
-      pid = cand;
+      pid = cpid;
       break;
     }
     /* A dead entry left in the queue: dropped here, try again. */

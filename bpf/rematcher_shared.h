@@ -29,6 +29,12 @@
 #define RM_MAX_POOL (RM_MAX_BACKENDS * 64) /* default pool table size */
 #define RM_NO_ID 0xffffffffu
 
+/* Idle-queue entries: pool id in the low 20 bits, generation above. */
+#define RM_POOL_ID_BITS 20
+#define RM_IDLE_ENTRY(pid, gen) (((__u32)(gen) << RM_POOL_ID_BITS) | (pid))
+#define RM_IDLE_PID(e) ((e) & ((1u << RM_POOL_ID_BITS) - 1))
+#define RM_IDLE_GEN(e) ((__u16)((e) >> RM_POOL_ID_BITS) & 0xfff)
+
 /* ---------------------------------------------------------------- keys */
 
 /* A client flow as it arrives at the LB: client -> VIP. 12 bytes. */
@@ -193,7 +199,9 @@ struct rm_pool {
   __u16 be_mss;       /* MSS the backend advertised */
   __u16 vlan_tci;
   __u8 be_mac[6];
-  __u16 _pad;
+  __u16 gen;          /* generation of this id: idle-queue entries carry it
+                         (RM_IDLE_ENTRY), so an entry left behind by a
+                         retired connection never matches its successor */
   __u32 uses;         /* splices carried */
   __u64 last_used_ns;
 };

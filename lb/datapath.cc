@@ -251,9 +251,10 @@ absl::Status Datapath::DeletePool(uint32_t pid, const rm_pool_key& key) {
   return absl::OkStatus();
 }
 
-absl::Status Datapath::PushIdle(uint32_t backend, uint32_t pid) {
+absl::Status Datapath::PushIdle(uint32_t backend, uint32_t pid, uint16_t gen) {
   if (backend >= idle_queue_fds_.size()) return absl::OutOfRangeError("backend id");
-  if (bpf_map_update_elem(idle_queue_fds_[backend], nullptr, &pid, 0))
+  uint32_t entry = RM_IDLE_ENTRY(pid, gen & 0xfff);
+  if (bpf_map_update_elem(idle_queue_fds_[backend], nullptr, &entry, 0))
     return Errno(errno, "queueing idle pooled connection");
   return absl::OkStatus();
 }
@@ -265,7 +266,7 @@ absl::StatusOr<std::optional<uint32_t>> Datapath::PopIdle(uint32_t backend) {
     if (errno == ENOENT) return std::optional<uint32_t>();
     return Errno(errno, "popping idle pooled connection");
   }
-  return std::optional<uint32_t>(pid);
+  return std::optional<uint32_t>(RM_IDLE_PID(pid));
 }
 
 absl::StatusOr<rm_client> Datapath::GetClient(uint32_t id) const {

@@ -77,7 +77,9 @@ class Datapath {
   absl::Status PutPool(uint32_t pid, const rm_pool& p);
   absl::StatusOr<rm_pool> GetPool(uint32_t pid) const;
   absl::Status DeletePool(uint32_t pid, const rm_pool_key& key);
-  absl::Status PushIdle(uint32_t backend, uint32_t pid);
+  // Idle-queue entries carry the record's generation (rm_pool.gen).
+  absl::Status PushIdle(uint32_t backend, uint32_t pid, uint16_t gen = 0);
+  // Returns the pool id of the popped entry.
   absl::StatusOr<std::optional<uint32_t>> PopIdle(uint32_t backend);
 
   absl::StatusOr<rm_client> GetClient(uint32_t id) const;

@@ -1,0 +1,125 @@
+// PoolManager: the persistent TCP connections from the LB to each backend.
+//
+// A pooled connection is opened by the kernel (connect()), while the
+// datapath passes its handshake through and records what userspace cannot
+// read from the socket (the backend's SYN-ACK: ISN, TSval, options, MAC).
+// Once established, the socket is put in TCP_REPAIR mode, its sequence and
+// timestamp state is read, and the connection is handed to the datapath
+// (record IDLE, id pushed to the backend's idle queue). From then on the
+// kernel socket only holds the 4-tuple: it never sends or receives again,
+// and close() in repair mode is silent.
+//
+// Dead connections (reported by the datapath) are reset towards the backend
+// if needed, closed silently and replaced, with back-off while a backend
+// refuses connections.
+#ifndef REMATCHER_LB_POOL_H_
+#define REMATCHER_LB_POOL_H_
+
+#include <netinet/in.h>
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "lb/datapath.h"
+
+namespace rematcher {
+
+struct BackendSpec {
+  uint32_t ip = 0;    // network order
+  uint16_t port = 0;  // network order
+  uint32_t weight = 1;
+};
+
+std::string AddrString(uint32_t ip_net, uint16_t port_net);
+absl::StatusOr<BackendSpec> ParseBackend(const std::string& text, uint16_t default_port);
+
+struct PoolOptions {
+  uint32_t lb_ip = 0;             // network order: local address for pools
+  uint32_t conns_per_backend = 32;  // opened at start and kept
+  uint32_t max_conns_per_backend = 256;  // grown to on demand
+  uint16_t mss = 1400;            // TCP_MAXSEG before connect
+  absl::Duration connect_timeout = absl::Seconds(2);
+  // Retire a pooled connection after this many splices / this age, before
+  // the backend's own keep-alive limits bite (0 = never).
+  uint32_t max_uses = 0;
+};
+
+struct PoolStats {
+  uint64_t opened = 0, established = 0, connect_failures = 0, retired = 0;
+};
+
+class PoolManager {
+ public:
+  PoolManager(Datapath* dp, const PoolOptions& opts) : dp_(dp), opts_(opts) {}
+  ~PoolManager();
+
+  // Registers a backend slot; its pool is filled by Tick().
+  absl::Status AddBackend(uint32_t id, const BackendSpec& spec);
+  // Stops refilling; idle connections are retired as they surface. Busy
+  // ones finish their exchange and are retired when released.
+  void RemoveBackend(uint32_t id);
+
+  // Epoll integration: fds to watch for writability while connecting.
+  // The core calls OnWritable(fd) and Tick() (about every 100 ms).
+  std::vector<int> ConnectingFds() const;
+  void OnWritable(int fd);
+  void Tick(absl::Time now);
+
+  // Datapath reports.
+  void OnDead(uint32_t pid);
+  void OnNeed(uint32_t backend);
+
+  uint32_t Established(uint32_t backend) const;  // live (idle or busy)
+  uint32_t Connecting(uint32_t backend) const;
+  uint32_t Idle(uint32_t backend) const;         // from the records
+  const PoolStats& stats() const { return stats_; }
+  bool backend_failing(uint32_t backend) const;
+
+  // Sends a bare ACK (or RST) on a pooled connection from its recorded state
+  // through a raw socket: used for the ACK the old backend is owed at a
+  // rematch (XDP cannot emit two packets for one).
+  absl::Status SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,
+                       uint32_t tsecr, uint16_t window, bool rst);
+
+ private:
+  struct Conn {
+    int fd = -1;
+    uint32_t backend = 0;
+    rm_pool_key key{};
+    enum { kConnecting, kLive } state = kConnecting;
+    absl::Time deadline;
+  };
+  struct Backend {
+    BackendSpec spec;
+    bool removed = false;
+    uint32_t target = 0;
+    uint32_t live = 0, connecting = 0;
+    int failures = 0;
+    absl::Time next_try;
+  };
+
+  absl::Status OpenOne(uint32_t backend);
+  absl::Status Finish(uint32_t pid, Conn& c);
+  void Retire(uint32_t pid, bool send_rst);
+  absl::StatusOr<uint32_t> AllocId();
+
+  Datapath* dp_;
+  PoolOptions opts_;
+  PoolStats stats_;
+  absl::flat_hash_map<uint32_t, Backend> backends_;
+  absl::flat_hash_map<uint32_t, Conn> conns_;     // by pool id
+  absl::flat_hash_map<int, uint32_t> by_fd_;      // connecting fd -> pool id
+  std::deque<uint32_t> free_ids_;
+  uint32_t next_id_ = 0;
+  int raw_fd_ = -1;
+};
+
+}  // namespace rematcher
+
+#endif  // REMATCHER_LB_POOL_H_
