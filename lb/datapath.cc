@@ -285,6 +285,33 @@ absl::StatusOr<std::optional<uint32_t>> Datapath::LookupClient(const rm_flow_key
   return std::optional<uint32_t>(id);
 }
 
+absl::Status Datapath::ForEachClient(
+    const std::function<void(uint32_t, const rm_client&)>& fn) const {
+  constexpr uint32_t kBatch = 4096;
+  std::vector<uint32_t> keys(kBatch);
+  std::vector<rm_client> vals(kBatch);
+  LIBBPF_OPTS(bpf_map_batch_opts, o);
+  o.elem_flags = BPF_F_LOCK;
+  uint32_t in_batch = 0, out_batch = 0;
+  bool first = true;
+  int fd = bpf_map__fd(skel_->maps.clients);
+  for (;;) {
+    uint32_t count = kBatch;
+    int err = bpf_map_lookup_batch(fd, first ? nullptr : &in_batch, &out_batch, keys.data(),
+                                   vals.data(), &count, &o);
+    int e = errno;
+    for (uint32_t i = 0; i < count; i++)
+      if (vals[i].state != RM_C_FREE) fn(keys[i], vals[i]);
+    if (err) {
+      if (e == ENOENT) break;
+      return absl::ErrnoToStatus(e, "reading client records");
+    }
+    in_batch = out_batch;
+    first = false;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int32_t> Datapath::RunCtl(const rm_ctl& cmd) {
   unsigned char in[14 + sizeof(rm_ctl)] = {};
   unsigned char out[sizeof(in) + 64] = {};

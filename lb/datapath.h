@@ -9,6 +9,7 @@
 #define REMATCHER_LB_DATAPATH_H_
 
 #include <array>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -84,6 +85,9 @@ class Datapath {
 
   absl::StatusOr<rm_client> GetClient(uint32_t id) const;
   absl::StatusOr<std::optional<uint32_t>> LookupClient(const rm_flow_key& key) const;
+  // Visits every client record that is not FREE (batched reads, each record
+  // copied under its lock).
+  absl::Status ForEachClient(const std::function<void(uint32_t, const rm_client&)>& fn) const;
   // Frees a client slot from userspace (after the datapath marked it
   // CLOSED, or it expired): the record is marked FREE, the tuple unmapped,
   // the id returned to the free queue. Runs in the kernel (xdp_ctl).

@@ -115,6 +115,7 @@ class PoolManager {
   absl::flat_hash_map<uint32_t, Backend> backends_;
   absl::flat_hash_map<uint32_t, Conn> conns_;     // by pool id
   absl::flat_hash_map<int, uint32_t> by_fd_;      // connecting fd -> pool id
+  absl::flat_hash_map<uint32_t, uint16_t> gens_;  // by pool id
   std::deque<uint32_t> free_ids_;
   uint32_t next_id_ = 0;
   int raw_fd_ = -1;

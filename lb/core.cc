@@ -1,0 +1,658 @@
+#include "lb/core.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "glog/logging.h"
+#include "lb/policy_loader.h"
+#include <bpf/libbpf.h>
+
+namespace rematcher {
+namespace {
+
+absl::Status Errno(absl::string_view what) { return absl::ErrnoToStatus(errno, what); }
+
+uint64_t CoarseNowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+}
+
+uint64_t MonoNowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+}
+
+const char* ClientStateName(uint32_t s) {
+  switch (s) {
+    case RM_C_SYN_RCVD: return "syn_rcvd";
+    case RM_C_ESTABLISHED: return "established";
+    case RM_C_LAST_ACK: return "last_ack";
+    case RM_C_NAT_CLOSE: return "closing";
+    case RM_C_CLOSED: return "closed";
+    default: return "free";
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Core>> Core::Create(const CoreOptions& opts) {
+  std::unique_ptr<Core> c(new Core(opts));
+  if (auto st = c->Init(); !st.ok()) return st;
+  return c;
+}
+
+Core::~Core() {
+  // Pools first (their sockets close silently), then the datapath detaches.
+  pools_.reset();
+  if (rb_) ring_buffer__free(rb_);
+  for (int fd : {epfd_, timerfd_, sigfd_, ctlfd_})
+    if (fd >= 0) close(fd);
+  if (!opts_.control_socket.empty()) unlink(opts_.control_socket.c_str());
+  dp_.reset();
+}
+
+absl::Status Core::Init() {
+  if (opts_.backends.size() > opts_.max_backends)
+    return absl::InvalidArgumentError(absl::StrCat(opts_.backends.size(),
+                                                   " backends given but --max_backends is ",
+                                                   opts_.max_backends));
+  if (opts_.max_backends > RM_MAX_BACKENDS)
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_backends must be at most ", RM_MAX_BACKENDS));
+  if (opts_.max_conns_per_backend > RM_MAX_POOL_PER_BACKEND ||
+      opts_.conns_per_backend > opts_.max_conns_per_backend)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--conns_per_backend must be <= max pool per backend (", RM_MAX_POOL_PER_BACKEND, ")"));
+
+  auto policy = LoadPolicy(opts_.policy, opts_.policy_args, opts_.policy_dirs);
+  if (!policy.ok()) return policy.status();
+  policy_ = std::move(*policy);
+  LOG(INFO) << "policy '" << policy_->name() << "' loaded from " << policy_->origin()
+            << " (ABI " << policy_->abi_version().major << "." << policy_->abi_version().minor
+            << ")";
+
+  DatapathOptions dopts;
+  dopts.max_clients = opts_.max_clients;
+  dopts.max_pool = opts_.max_backends * opts_.max_conns_per_backend;
+  auto dp = Datapath::Load(dopts);
+  if (!dp.ok()) return dp.status();
+  dp_ = std::move(*dp);
+
+  rm_config cfg{};
+  cfg.vip = opts_.vip;
+  cfg.vip_port = opts_.vip_port;
+  cfg.mss = opts_.mss;
+  cfg.client_wscale = opts_.client_wscale;
+  cfg.sack_ok = 1;
+  cfg.ts_ok = 1;
+  cfg.rematch = opts_.rematch;
+  cfg.events = 1;
+  cfg.max_clients = opts_.max_clients;
+  if (auto st = dp_->SetConfig(cfg); !st.ok()) return st;
+
+  PoolOptions popts;
+  popts.lb_ip = opts_.lb_ip;
+  popts.conns_per_backend = opts_.conns_per_backend;
+  popts.max_conns_per_backend = opts_.max_conns_per_backend;
+  popts.mss = opts_.mss;
+  pools_ = std::make_unique<PoolManager>(dp_.get(), popts);
+
+  if (auto st = dp_->Attach(opts_.ifindex, opts_.allow_generic_xdp); !st.ok()) return st;
+  LOG(INFO) << "XDP attached to " << opts_.ifname << " ("
+            << (dp_->attached_generic() ? "generic" : "native") << "), VIP "
+            << AddrString(opts_.vip, opts_.vip_port);
+
+  for (const BackendSpec& b : opts_.backends) {
+    auto id = AddBackend(b);
+    if (!id.ok()) return id.status();
+  }
+
+  epfd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epfd_ < 0) return Errno("epoll_create1");
+  rb_ = ring_buffer__new(dp_->events_fd(), &Core::OnEventThunk, this, nullptr);
+  if (!rb_) return Errno("ring_buffer__new");
+  auto add = [&](int fd, uint32_t events) -> absl::Status {
+    epoll_event e{};
+    e.events = events;
+    e.data.fd = fd;
+    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &e)) return Errno("epoll_ctl");
+    return absl::OkStatus();
+  };
+  if (auto st = add(ring_buffer__epoll_fd(rb_), EPOLLIN); !st.ok()) return st;
+  timerfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  itimerspec its{};
+  its.it_interval.tv_nsec = 100 * 1000 * 1000;
+  its.it_value.tv_nsec = 1000 * 1000;
+  timerfd_settime(timerfd_, 0, &its, nullptr);
+  if (auto st = add(timerfd_, EPOLLIN); !st.ok()) return st;
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGTERM);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);
+  sigfd_ = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sigfd_ < 0) return Errno("signalfd");
+  if (auto st = add(sigfd_, EPOLLIN); !st.ok()) return st;
+  if (!opts_.control_socket.empty()) {
+    if (auto st = OpenControlSocket(); !st.ok()) return st;
+    if (auto st = add(ctlfd_, EPOLLIN); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> Core::AddBackend(const BackendSpec& spec) {
+  for (const auto& [id, b] : backends_)
+    if (!b.removed && b.spec.ip == spec.ip && b.spec.port == spec.port)
+      return absl::AlreadyExistsError(
+          absl::StrCat("backend ", AddrString(spec.ip, spec.port), " already present (id ", id,
+                       ")"));
+  uint32_t id = 0;
+  while (id < opts_.max_backends) {
+    auto it = backends_.find(id);
+    // An id is reused only once its previous pools are gone.
+    if (it == backends_.end() ||
+        (it->second.removed && pools_->Established(id) == 0 && pools_->Connecting(id) == 0))
+      break;
+    id++;
+  }
+  if (id >= opts_.max_backends)
+    return absl::ResourceExhaustedError(
+        absl::StrCat("backend table full (--max_backends=", opts_.max_backends, ")"));
+  Backend b;
+  b.spec = spec;
+  backends_[id] = b;
+  dp_->ResetBackendLoad(id);
+  rm_backend rb{};
+  rb.ip = spec.ip;
+  rb.port = spec.port;
+  rb.flags = RM_BE_ACTIVE;
+  if (auto st = dp_->SetBackend(id, rb); !st.ok()) return st;
+  if (auto st = pools_->AddBackend(id, spec); !st.ok()) return st;
+  if (auto st = PublishBackends(); !st.ok()) return st;
+  LOG(INFO) << "backend " << id << " = " << AddrString(spec.ip, spec.port) << " weight "
+            << spec.weight;
+  return id;
+}
+
+absl::Status Core::RemoveBackend(uint32_t id) {
+  auto it = backends_.find(id);
+  if (it == backends_.end() || it->second.removed)
+    return absl::NotFoundError(absl::StrCat("no backend ", id));
+  it->second.removed = true;
+  it->second.draining = true;
+  rm_backend rb{};
+  rb.ip = it->second.spec.ip;
+  rb.port = it->second.spec.port;
+  rb.flags = RM_BE_DRAINING;
+  if (auto st = dp_->SetBackend(id, rb); !st.ok()) return st;
+  pools_->RemoveBackend(id);
+  LOG(INFO) << "backend " << id << " removed: its clients move at their next request";
+  return PublishBackends();
+}
+
+absl::Status Core::DrainBackend(uint32_t id) {
+  auto it = backends_.find(id);
+  if (it == backends_.end() || it->second.removed)
+    return absl::NotFoundError(absl::StrCat("no backend ", id));
+  it->second.draining = true;
+  rm_backend rb{};
+  rb.ip = it->second.spec.ip;
+  rb.port = it->second.spec.port;
+  rb.flags = RM_BE_ACTIVE | RM_BE_DRAINING;
+  if (auto st = dp_->SetBackend(id, rb); !st.ok()) return st;
+  LOG(INFO) << "backend " << id << " draining";
+  return PublishBackends();
+}
+
+absl::Status Core::RematchClient(uint32_t client, uint32_t backend) {
+  auto it = backends_.find(backend);
+  if (it == backends_.end() || it->second.removed)
+    return absl::NotFoundError(absl::StrCat("no backend ", backend));
+  auto c = dp_->GetClient(client);
+  if (!c.ok()) return c.status();
+  if (c->state != RM_C_ESTABLISHED)
+    return absl::FailedPreconditionError(absl::StrCat("client ", client, " is not established"));
+  forced_[client] = backend;
+  dp_->SetDecision(client, c->req_no + 1, backend);
+  return absl::OkStatus();
+}
+
+absl::Status Core::PublishBackends() {
+  std::vector<uint32_t> list;
+  snapshot_.clear();
+  snap_index_.clear();
+  std::vector<uint32_t> ids;
+  for (const auto& [id, b] : backends_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  for (uint32_t id : ids) {
+    const Backend& b = backends_[id];
+    if (b.removed) continue;
+    BackendInfo info{};
+    info.id = id;
+    info.ipv4 = b.spec.ip;
+    info.port = b.spec.port;
+    info.weight = b.spec.weight;
+    bool healthy = !pools_->backend_failing(id);
+    info.flags = (healthy ? RM_BACKEND_HEALTHY : 0) | (b.draining ? RM_BACKEND_DRAINING : 0);
+    snap_index_[id] = snapshot_.size();
+    snapshot_.push_back(info);
+    if (healthy && !b.draining) list.push_back(id);
+  }
+  return dp_->SetBackendList(list);
+}
+
+int Core::OnEventThunk(void* ctx, void* data, size_t len) {
+  if (len < sizeof(rm_event)) return 0;
+  rm_event ev;
+  memcpy(&ev, data, sizeof(ev));
+  static_cast<Core*>(ctx)->OnEvent(ev);
+  return 0;
+}
+
+void Core::OnEvent(const rm_event& ev) {
+  events_++;
+  switch (ev.type) {
+    case RM_EV_REQ_DONE:
+      OnRequestDone(ev);
+      break;
+    case RM_EV_POOL_ACK:
+      if (pools_->SendAck(ev.pool_id, ev.seq, ev.ack, ev.tsval, ev.tsecr,
+                          ev.window ? ev.window : 0xffff, false)
+              .ok())
+        pool_acks_sent_++;
+      break;
+    case RM_EV_POOL_DEAD:
+      pools_->OnDead(ev.pool_id);
+      break;
+    case RM_EV_NEED_POOL:
+      pools_->OnNeed(ev.backend_id);
+      break;
+    default:
+      break;
+  }
+}
+
+void Core::OnRequestDone(const rm_event& ev) {
+  uint32_t target = ev.backend_id;
+  auto forced = forced_.find(ev.client_id);
+  if (forced != forced_.end()) {
+    target = forced->second;
+    forced_.erase(forced);
+  } else {
+    for (BackendInfo& b : snapshot_) {
+      const rm_backend_load& l = dp_->BackendLoad(b.id);
+      b.outstanding = l.outstanding;
+      b.requests_total = l.requests;
+      b.latency_ewma_first_byte_ns = l.ewma_first_ns;
+      b.latency_ewma_last_byte_ns = l.ewma_last_ns;
+    }
+    Snapshot snap;
+    snap.now_ns = MonoNowNs();
+    snap.backends = absl::MakeConstSpan(snapshot_);
+    Request req;
+    req.client_id = ev.client_id;
+    auto cur = snap_index_.find(ev.backend_id);
+    if (cur != snap_index_.end()) req.current_backend = cur->second;
+    req.requests_on_connection = ev.req_no;
+    std::optional<size_t> pick = policy_->Pick(snap, req);
+    if (pick) target = snapshot_[*pick].id;
+  }
+  // A decision that keeps the client in place is still a decision: the
+  // datapath counts it as applied, not late.
+  dp_->SetDecision(ev.client_id, ev.req_no + 1, target);
+  decisions_written_++;
+}
+
+void Core::CollectClients() {
+  uint64_t now = CoarseNowNs();
+  auto before = [&](absl::Duration d) -> uint64_t {
+    uint64_t ns = absl::ToInt64Nanoseconds(d);
+    return now > ns ? now - ns : 0;
+  };
+  std::vector<std::pair<uint32_t, uint64_t>> to_free, to_release;
+  uint64_t idle_release = opts_.idle_release > absl::ZeroDuration() ? before(opts_.idle_release) : 0;
+  auto st = dp_->ForEachClient([&](uint32_t id, const rm_client& c) {
+    switch (c.state) {
+      case RM_C_SYN_RCVD:
+        if (c.last_seen_ns < before(opts_.half_open_timeout))
+          to_free.push_back({id, before(opts_.half_open_timeout)});
+        break;
+      case RM_C_LAST_ACK:
+      case RM_C_CLOSED:
+        if (c.last_seen_ns < before(opts_.closed_linger))
+          to_free.push_back({id, before(opts_.closed_linger)});
+        break;
+      case RM_C_NAT_CLOSE:
+        if (c.last_seen_ns < before(absl::Seconds(30)))
+          to_free.push_back({id, before(absl::Seconds(30))});
+        break;
+      case RM_C_ESTABLISHED:
+        if (c.last_seen_ns < before(opts_.client_idle_timeout))
+          to_free.push_back({id, before(opts_.client_idle_timeout)});
+        else if (idle_release && c.pool_id != RM_NO_ID && c.last_seen_ns < idle_release)
+          to_release.push_back({id, idle_release});
+        break;
+    }
+  });
+  if (!st.ok()) {
+    LOG_EVERY_N(ERROR, 10) << st;
+  }
+  for (auto [id, older] : to_free) dp_->FreeClient(id, older).IgnoreError();
+  for (auto [id, older] : to_release) dp_->ReleaseIdleClient(id, older).IgnoreError();
+}
+
+void Core::Tick() {
+  absl::Time now = absl::Now();
+  pools_->Tick(now);
+  // Pooled connections being opened are watched for writability.
+  for (int fd : pools_->ConnectingFds()) {
+    if (watched_.contains(fd)) continue;
+    epoll_event e{};
+    e.events = EPOLLOUT | EPOLLONESHOT;
+    e.data.fd = fd;
+    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &e) == 0) watched_[fd] = true;
+  }
+  // Health follows the pools: a backend with no live connection that keeps
+  // failing leaves the snapshot's eligible set (and the first-request list).
+  bool changed = false;
+  for (BackendInfo& b : snapshot_) {
+    bool healthy = !pools_->backend_failing(b.id);
+    bool was = (b.flags & RM_BACKEND_HEALTHY) != 0;
+    if (healthy != was) changed = true;
+  }
+  if (changed) PublishBackends().IgnoreError();
+  if (now - last_gc_ >= absl::Seconds(1)) {
+    last_gc_ = now;
+    CollectClients();
+  }
+  if (opts_.stats_interval > absl::ZeroDuration() && now - last_stats_ >= opts_.stats_interval) {
+    PrintStats();
+    last_stats_ = now;
+  }
+}
+
+std::vector<BackendStatus> Core::Backends() {
+  std::vector<BackendStatus> out;
+  std::vector<uint32_t> ids;
+  for (const auto& [id, b] : backends_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  for (uint32_t id : ids) {
+    const Backend& b = backends_[id];
+    if (b.removed && pools_->Established(id) == 0) continue;
+    const rm_backend_load& l = dp_->BackendLoad(id);
+    BackendStatus s;
+    s.id = id;
+    s.addr = AddrString(b.spec.ip, b.spec.port);
+    s.weight = b.spec.weight;
+    s.healthy = !pools_->backend_failing(id);
+    s.draining = b.draining;
+    s.removed = b.removed;
+    s.pool_live = pools_->Established(id);
+    s.pool_idle = pools_->Idle(id);
+    s.outstanding = l.outstanding;
+    s.requests = l.requests;
+    s.responses = l.responses;
+    s.rematched_in = l.rematched_in;
+    s.ewma_first_ns = l.ewma_first_ns;
+    s.ewma_last_ns = l.ewma_last_ns;
+    out.push_back(s);
+  }
+  return out;
+}
+
+std::string Core::BackendsText() {
+  std::string out = absl::StrFormat("%-3s %-21s %-6s %-8s %9s %5s %12s %10s %10s %10s\n", "id",
+                                    "address", "weight", "state", "pool", "out", "requests",
+                                    "rematch_in", "ewma_1st", "ewma_last");
+  for (const BackendStatus& s : Backends()) {
+    const char* state = s.removed ? "removed" : s.draining ? "draining"
+                                            : s.healthy    ? "up"
+                                                           : "down";
+    absl::StrAppendFormat(&out, "%-3u %-21s %-6u %-8s %4u/%-4u %5u %12u %10u %8.2fms %8.2fms\n",
+                          s.id, s.addr, s.weight, state, s.pool_idle, s.pool_live, s.outstanding,
+                          s.requests, s.rematched_in, s.ewma_first_ns / 1e6,
+                          s.ewma_last_ns / 1e6);
+  }
+  return out;
+}
+
+std::string Core::ClientsText(size_t limit) {
+  std::string out = absl::StrFormat("%-7s %-21s %-12s %-7s %9s %9s\n", "id", "client", "state",
+                                    "backend", "requests", "rematches");
+  size_t n = 0, total = 0;
+  dp_->ForEachClient([&](uint32_t id, const rm_client& c) {
+     total++;
+     if (n++ >= limit) return;
+     std::string be = c.backend_id == RM_NO_ID ? "-" : absl::StrCat(c.backend_id);
+     absl::StrAppendFormat(&out, "%-7u %-21s %-12s %-7s %9u %9u\n", id,
+                           AddrString(c.key.client_ip, c.key.client_port),
+                           ClientStateName(c.state), be, c.req_no, c.rematches);
+   }).IgnoreError();
+  if (total > limit) absl::StrAppend(&out, "... ", total - limit, " more\n");
+  return out;
+}
+
+std::string Core::StatsText() {
+  auto st = dp_->Stats();
+  if (!st.ok()) return st.status().ToString();
+  std::string out;
+  for (int i = 0; i < RM_ST__MAX; i++) absl::StrAppend(&out, StatName(i), " ", (*st)[i], "\n");
+  absl::StrAppend(&out, "policy_decisions ", decisions_written_, "\n");
+  absl::StrAppend(&out, "pool_acks_sent ", pool_acks_sent_, "\n");
+  PolicyStats ps = policy_->stats();
+  absl::StrAppend(&out, "policy_calls ", ps.calls, "\npolicy_no_preference ", ps.no_preference,
+                  "\npolicy_plugin_errors ", ps.plugin_errors, "\n");
+  const PoolStats& pst = pools_->stats();
+  absl::StrAppend(&out, "pool_opened ", pst.opened, "\npool_established ", pst.established,
+                  "\npool_connect_failures ", pst.connect_failures, "\npool_retired ",
+                  pst.retired, "\n");
+  return out;
+}
+
+std::string Core::MetricsText() {
+  std::string out;
+  auto st = dp_->Stats();
+  absl::StrAppend(&out, "# HELP rematcher_datapath_total Datapath counters by reason.\n",
+                  "# TYPE rematcher_datapath_total counter\n");
+  if (st.ok())
+    for (int i = 0; i < RM_ST__MAX; i++)
+      absl::StrAppend(&out, "rematcher_datapath_total{reason=\"", StatName(i), "\"} ", (*st)[i],
+                      "\n");
+  absl::StrAppend(&out, "# TYPE rematcher_backend_requests_total counter\n",
+                  "# TYPE rematcher_backend_outstanding gauge\n",
+                  "# TYPE rematcher_backend_latency_ewma_seconds gauge\n",
+                  "# TYPE rematcher_backend_pool_connections gauge\n",
+                  "# TYPE rematcher_backend_rematched_in_total counter\n");
+  for (const BackendStatus& s : Backends()) {
+    std::string l = absl::StrCat("{backend=\"", s.id, "\",address=\"", s.addr, "\"}");
+    absl::StrAppend(&out, "rematcher_backend_requests_total", l, " ", s.requests, "\n");
+    absl::StrAppend(&out, "rematcher_backend_outstanding", l, " ", s.outstanding, "\n");
+    absl::StrAppend(&out, "rematcher_backend_rematched_in_total", l, " ", s.rematched_in, "\n");
+    absl::StrAppend(&out, "rematcher_backend_pool_connections{backend=\"", s.id,
+                    "\",state=\"idle\"} ", s.pool_idle, "\n");
+    absl::StrAppend(&out, "rematcher_backend_pool_connections{backend=\"", s.id,
+                    "\",state=\"live\"} ", s.pool_live, "\n");
+    absl::StrAppend(&out, "rematcher_backend_latency_ewma_seconds{backend=\"", s.id,
+                    "\",to=\"first_byte\"} ", s.ewma_first_ns / 1e9, "\n");
+    absl::StrAppend(&out, "rematcher_backend_latency_ewma_seconds{backend=\"", s.id,
+                    "\",to=\"last_byte_acked\"} ", s.ewma_last_ns / 1e9, "\n");
+  }
+  absl::StrAppend(&out, "# TYPE rematcher_policy_decisions_total counter\n",
+                  "rematcher_policy_decisions_total ", decisions_written_, "\n");
+  return out;
+}
+
+void Core::PrintStats() {
+  auto st = dp_->Stats();
+  if (!st.ok()) return;
+  const StatsArray& s = *st;
+  double secs = absl::ToDoubleSeconds(opts_.stats_interval);
+  auto rate = [&](int i) { return (s[i] - last_counters_[i]) / secs; };
+  uint64_t drops = 0;
+  for (int i = RM_ST_DROP_MALFORMED; i <= RM_ST_DROP_POOL_DATA; i++) drops += s[i];
+  uint64_t dec = s[RM_ST_DECISION_APPLIED] + s[RM_ST_DECISION_LATE];
+  std::string line = absl::StrFormat(
+      "[%s] pkts/s c->b %.0f b->c %.0f | conns/s %.0f | rematches/s %.0f | decisions applied "
+      "%.2f%% (late %u) | drops %u | clients handshaken %u\n",
+      absl::FormatTime("%H:%M:%S", absl::Now(), absl::LocalTimeZone()), rate(RM_ST_TX_C2B),
+      rate(RM_ST_TX_B2C), rate(RM_ST_HANDSHAKES), rate(RM_ST_REMATCHES),
+      dec ? 100.0 * s[RM_ST_DECISION_APPLIED] / dec : 100.0, s[RM_ST_DECISION_LATE], drops,
+      s[RM_ST_HANDSHAKES]);
+  std::string table = BackendsText();
+  fputs(line.c_str(), stdout);
+  fputs(table.c_str(), stdout);
+  fflush(stdout);
+  last_counters_ = s;
+}
+
+absl::Status Core::OpenControlSocket() {
+  const std::string& path = opts_.control_socket;
+  std::string dir = path.substr(0, path.rfind('/'));
+  if (!dir.empty()) mkdir(dir.c_str(), 0700);
+  unlink(path.c_str());
+  ctlfd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (ctlfd_ < 0) return Errno("control socket");
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(a.sun_path))
+    return absl::InvalidArgumentError("control socket path too long");
+  strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
+  mode_t old = umask(0077);
+  int r = bind(ctlfd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  umask(old);
+  if (r) return Errno(absl::StrCat("binding control socket ", path));
+  chmod(path.c_str(), 0600);
+  if (listen(ctlfd_, 16)) return Errno("listen on control socket");
+  LOG(INFO) << "control socket " << path << " (root only)";
+  return absl::OkStatus();
+}
+
+void Core::OnControlReadable() {
+  for (;;) {
+    int fd = accept4(ctlfd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) return;
+    ucred cred{};
+    socklen_t len = sizeof(cred);
+    std::string reply;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) || cred.uid != 0) {
+      reply = "error: permission denied (root only)\n";
+      LOG(WARNING) << "control socket: refused uid " << cred.uid;
+    } else {
+      // One short command per connection; bounded read with a timeout.
+      timeval tv{1, 0};
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      char buf[512];
+      ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+      if (n > 0) {
+        buf[n] = 0;
+        reply = HandleCommand(std::string(absl::StripAsciiWhitespace(buf)));
+      }
+    }
+    size_t off = 0;
+    while (off < reply.size()) {
+      ssize_t w = send(fd, reply.data() + off, reply.size() - off, MSG_NOSIGNAL);
+      if (w <= 0) break;
+      off += w;
+    }
+    close(fd);
+  }
+}
+
+std::string Core::HandleCommand(const std::string& line) {
+  std::vector<std::string> a = absl::StrSplit(line, ' ', absl::SkipEmpty());
+  auto err = [](const absl::Status& st) { return absl::StrCat("error: ", st.message(), "\n"); };
+  auto num = [](const std::string& s, uint32_t* v) { return absl::SimpleAtoi(s, v); };
+  if (a.empty() || a[0] == "help")
+    return "commands: backends | clients [N] | stats | metrics | add IP:PORT [WEIGHT] | "
+           "remove ID | drain ID | rematch CLIENT BACKEND\n";
+  if (a[0] == "backends") return BackendsText();
+  if (a[0] == "clients") {
+    uint32_t n = 100;
+    if (a.size() > 1 && !num(a[1], &n)) return "error: clients N\n";
+    return ClientsText(n);
+  }
+  if (a[0] == "stats") return StatsText();
+  if (a[0] == "metrics") return MetricsText();
+  if (a[0] == "add" && (a.size() == 2 || a.size() == 3)) {
+    auto spec = ParseBackend(a[1], ntohs(opts_.vip_port));
+    if (!spec.ok()) return err(spec.status());
+    if (a.size() == 3 && (!num(a[2], &spec->weight) || spec->weight == 0))
+      return "error: weight must be a positive integer\n";
+    auto id = AddBackend(*spec);
+    if (!id.ok()) return err(id.status());
+    return absl::StrCat("ok backend ", *id, "\n");
+  }
+  uint32_t x = 0, y = 0;
+  if ((a[0] == "remove" || a[0] == "drain") && a.size() == 2) {
+    if (!num(a[1], &x)) return "error: backend id must be a number\n";
+    absl::Status st = a[0] == "remove" ? RemoveBackend(x) : DrainBackend(x);
+    return st.ok() ? "ok\n" : err(st);
+  }
+  if (a[0] == "rematch" && a.size() == 3) {
+    if (!num(a[1], &x) || !num(a[2], &y)) return "error: rematch CLIENT BACKEND\n";
+    absl::Status st = RematchClient(x, y);
+    return st.ok() ? "ok (applied at the client's next request)\n" : err(st);
+  }
+  return absl::StrCat("error: unknown command '", line, "' (try help)\n");
+}
+
+absl::Status Core::Run() {
+  started_ = absl::Now();
+  last_stats_ = started_;
+  last_gc_ = started_;
+  auto st0 = dp_->Stats();
+  if (st0.ok()) last_counters_ = *st0;
+  epoll_event evs[64];
+  while (!stop_.load()) {
+    if (opts_.duration > absl::ZeroDuration() && absl::Now() - started_ >= opts_.duration) break;
+    int n = epoll_wait(epfd_, evs, 64, 100);
+    if (n < 0 && errno != EINTR) return Errno("epoll_wait");
+    for (int i = 0; i < n; i++) {
+      int fd = evs[i].data.fd;
+      if (fd == timerfd_) {
+        uint64_t x;
+        while (read(timerfd_, &x, sizeof(x)) > 0) {
+        }
+        Tick();
+      } else if (fd == sigfd_) {
+        signalfd_siginfo si;
+        if (read(sigfd_, &si, sizeof(si)) > 0) {
+          LOG(INFO) << "signal " << si.ssi_signo << ": shutting down";
+          stop_.store(true);
+        }
+      } else if (fd == ctlfd_) {
+        OnControlReadable();
+      } else if (fd == ring_buffer__epoll_fd(rb_)) {
+        ring_buffer__consume(rb_);
+      } else {
+        watched_.erase(fd);
+        epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+        pools_->OnWritable(fd);
+      }
+    }
+    // Events can queue up while we handle others; drain without waiting.
+    ring_buffer__consume(rb_);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace rematcher

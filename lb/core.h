@@ -1,0 +1,136 @@
+// Core: the userspace half of rematcher. Owns the datapath, the backend
+// pools and the policy, and runs one event loop:
+//   - ring-buffer events from XDP: a request finished (ask the policy and
+//     write its decision), a pooled connection owes an ACK, died, or ran out;
+//   - pooled connections completing their connect();
+//   - a 100 ms tick: pool refill, client GC (closed, half-open, idle), idle
+//     release of pooled connections, live statistics;
+//   - the control socket (root only).
+// No payload ever reaches this process.
+#ifndef REMATCHER_LB_CORE_H_
+#define REMATCHER_LB_CORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "lb/datapath.h"
+#include "lb/policy.h"
+#include "lb/pool.h"
+
+struct ring_buffer;
+
+namespace rematcher {
+
+struct CoreOptions {
+  int ifindex = 0;
+  std::string ifname;
+  uint32_t vip = 0;       // network order
+  uint16_t vip_port = 0;  // network order
+  uint32_t lb_ip = 0;     // network order; source of pooled connections
+  std::vector<BackendSpec> backends;
+  uint32_t conns_per_backend = 32;
+  uint32_t max_conns_per_backend = 256;
+  uint32_t max_clients = 65536;
+  uint32_t max_backends = RM_MAX_BACKENDS;
+  uint16_t mss = 1400;
+  uint8_t client_wscale = 7;
+  bool rematch = true;
+  bool allow_generic_xdp = false;
+  std::string policy = "rr";
+  std::string policy_args;
+  std::vector<std::string> policy_dirs;
+  absl::Duration stats_interval = absl::Seconds(1);  // 0: no live stats
+  absl::Duration idle_release = absl::Seconds(1);    // hand back pools of idle clients
+  absl::Duration client_idle_timeout = absl::Minutes(5);
+  absl::Duration closed_linger = absl::Seconds(2);
+  absl::Duration half_open_timeout = absl::Seconds(5);
+  absl::Duration duration = absl::ZeroDuration();  // 0: until signalled
+  std::string control_socket;  // empty: none
+};
+
+// One row of `backends` output and of the policy snapshot.
+struct BackendStatus {
+  uint32_t id;
+  std::string addr;
+  uint32_t weight;
+  bool healthy, draining, removed;
+  uint32_t pool_live, pool_idle, outstanding;
+  uint64_t requests, responses, rematched_in;
+  uint64_t ewma_first_ns, ewma_last_ns;
+};
+
+class Core {
+ public:
+  static absl::StatusOr<std::unique_ptr<Core>> Create(const CoreOptions& opts);
+  ~Core();
+
+  // Runs the event loop until RequestStop(), SIGINT/SIGTERM or the
+  // configured duration.
+  absl::Status Run();
+  void RequestStop() { stop_.store(true); }
+
+  // Control operations (also reachable through the control socket).
+  absl::StatusOr<uint32_t> AddBackend(const BackendSpec& spec);
+  absl::Status RemoveBackend(uint32_t id);
+  absl::Status DrainBackend(uint32_t id);
+  absl::Status RematchClient(uint32_t client, uint32_t backend);
+  std::vector<BackendStatus> Backends();
+  std::string BackendsText();
+  std::string ClientsText(size_t limit);
+  std::string StatsText();
+  std::string MetricsText();  // Prometheus text exposition
+  std::string HandleCommand(const std::string& line);
+
+  Datapath* datapath() { return dp_.get(); }
+  PoolManager* pools() { return pools_.get(); }
+  uint64_t decisions_written() const { return decisions_written_; }
+  uint64_t pool_acks_sent() const { return pool_acks_sent_; }
+
+ private:
+  explicit Core(const CoreOptions& opts) : opts_(opts) {}
+  absl::Status Init();
+  static int OnEventThunk(void* ctx, void* data, size_t len);
+  void OnEvent(const rm_event& ev);
+  void OnRequestDone(const rm_event& ev);
+  void Tick();
+  void CollectClients();
+  void PrintStats();
+  absl::Status PublishBackends();
+  absl::Status OpenControlSocket();
+  void OnControlReadable();
+
+  struct Backend {
+    BackendSpec spec;
+    bool draining = false;
+    bool removed = false;
+  };
+
+  CoreOptions opts_;
+  std::unique_ptr<Datapath> dp_;
+  std::unique_ptr<PoolManager> pools_;
+  std::unique_ptr<Policy> policy_;
+  ring_buffer* rb_ = nullptr;
+  int epfd_ = -1, timerfd_ = -1, sigfd_ = -1, ctlfd_ = -1;
+  absl::flat_hash_map<int, bool> watched_;  // connecting fds in epoll
+  std::atomic<bool> stop_{false};
+
+  absl::flat_hash_map<uint32_t, Backend> backends_;
+  std::vector<BackendInfo> snapshot_;            // policy view, by index
+  absl::flat_hash_map<uint32_t, size_t> snap_index_;
+  absl::flat_hash_map<uint32_t, uint32_t> forced_;  // client -> backend
+
+  uint64_t decisions_written_ = 0, pool_acks_sent_ = 0, events_ = 0;
+  absl::Time started_, last_stats_, last_gc_;
+  StatsArray last_counters_{};
+};
+
+}  // namespace rematcher
+
+#endif  // REMATCHER_LB_CORE_H_

@@ -1,0 +1,194 @@
+// rematcher: flags in, Core out. With --iface it serves on that interface;
+// without, it builds a sandbox network of its own (see lb/sandbox.h).
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <sys/stat.h>
+#include <sys/mount.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gflags/gflags.h"
+#include "glog/logging.h"
+#include "lb/core.h"
+#include "lb/policy_loader.h"
+#include "lb/sandbox.h"
+
+DEFINE_string(iface, "", "Interface to attach XDP to. Empty: build and serve a sandbox network.");
+DEFINE_string(vip, "", "Virtual IP clients connect to, IPv4[:port] (default port 8080).");
+DEFINE_string(backends, "", "Comma-separated backends, IPv4[:port][@weight] (default port: the VIP's).");
+DEFINE_string(lb_ip, "", "Source address of pooled backend connections (default: first IPv4 of --iface).");
+DEFINE_uint32(conns_per_backend, 32, "Pooled connections opened to each backend at start.");
+DEFINE_uint32(max_conns_per_backend, 256, "Pooled connections per backend at most (grown on demand).");
+DEFINE_uint32(max_clients, 65536, "Client connections held at once; more are refused with RST.");
+DEFINE_uint32(max_backends, 64, "Backends at most (ids 0..max-1).");
+DEFINE_string(policy, "rr", "Built-in policy name (rr, least_outstanding, p2c, weighted_rr, "
+              "weighted_least_outstanding, weighted_p2c) or path to a policy .so.");
+DEFINE_string(policy_args, "", "Configuration passed to the policy, key=value,...");
+DEFINE_uint32(mss, 1400, "MSS advertised to clients and used by pooled connections; clients "
+              "below it are refused.");
+DEFINE_uint32(client_wscale, 7, "Window scale the LB advertises to clients (0..14).");
+DEFINE_bool(rematch, true, "Move clients between backends at request boundaries.");
+DEFINE_bool(allow_generic_xdp, false, "Fall back to generic XDP if native attach fails.");
+DEFINE_double(stats_interval_s, 1.0, "Live statistics period in seconds (0: off).");
+DEFINE_double(idle_release_ms, 1000, "Hand back the pooled connection of a client idle this long (0: never).");
+DEFINE_double(client_idle_timeout_s, 300, "Forget clients idle this long.");
+DEFINE_double(duration_s, 0, "Stop after this many seconds (0: run until SIGINT/SIGTERM).");
+DEFINE_string(control_socket, "/run/rematcher/rematcher.sock", "Control socket path (root only; empty: none).");
+DEFINE_string(policy_dir, "", "Extra directory to search for built-in policy .so files.");
+DEFINE_bool(sandbox_load, true, "In sandbox mode, run a closed-loop load from a client namespace.");
+DEFINE_uint32(sandbox_connections, 16, "Connections of the sandbox's load.");
+DEFINE_uint32(sandbox_backends, 3, "Backends in the sandbox (the last one is slow).");
+
+namespace rematcher {
+namespace {
+
+int Fail(const std::string& msg) {
+  fprintf(stderr, "rematcher: %s\n", msg.c_str());
+  return 2;
+}
+
+absl::StatusOr<uint32_t> FirstIpv4(const std::string& ifname) {
+  ifaddrs* ifa = nullptr;
+  if (getifaddrs(&ifa)) return absl::ErrnoToStatus(errno, "getifaddrs");
+  uint32_t out = 0;
+  for (ifaddrs* p = ifa; p; p = p->ifa_next) {
+    if (p->ifa_addr && p->ifa_addr->sa_family == AF_INET && ifname == p->ifa_name) {
+      out = reinterpret_cast<sockaddr_in*>(p->ifa_addr)->sin_addr.s_addr;
+      break;
+    }
+  }
+  freeifaddrs(ifa);
+  if (!out) return absl::NotFoundError(absl::StrCat("interface ", ifname, " has no IPv4 address; pass --lb_ip"));
+  return out;
+}
+
+absl::Status ParseBackends(const std::string& list, uint16_t default_port,
+                           std::vector<BackendSpec>* out) {
+  for (absl::string_view item : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+    std::vector<std::string> w = absl::StrSplit(item, '@');
+    if (w.size() > 2) return absl::InvalidArgumentError(absl::StrCat("bad backend '", item, "'"));
+    auto b = ParseBackend(w[0], default_port);
+    if (!b.ok()) return b.status();
+    if (w.size() == 2 && (!absl::SimpleAtoi(w[1], &b->weight) || b->weight == 0))
+      return absl::InvalidArgumentError(absl::StrCat("bad weight in '", item, "'"));
+    out->push_back(*b);
+  }
+  return absl::OkStatus();
+}
+
+int Main(int argc, char** argv) {
+  CoreOptions o;
+  if (FLAGS_mss < 536 || FLAGS_mss > 9000) return Fail("--mss must be in 536..9000");
+  if (FLAGS_client_wscale > 14) return Fail("--client_wscale must be in 0..14");
+  if (FLAGS_max_clients == 0 || FLAGS_max_clients > (1u << 22))
+    return Fail("--max_clients must be in 1..4194304");
+  if (FLAGS_max_backends == 0 || FLAGS_max_backends > RM_MAX_BACKENDS)
+    return Fail(absl::StrCat("--max_backends must be in 1..", RM_MAX_BACKENDS));
+  if (FLAGS_conns_per_backend == 0 || FLAGS_conns_per_backend > FLAGS_max_conns_per_backend ||
+      FLAGS_max_conns_per_backend > RM_MAX_POOL_PER_BACKEND)
+    return Fail(absl::StrCat("need 1 <= --conns_per_backend <= --max_conns_per_backend <= ",
+                             RM_MAX_POOL_PER_BACKEND));
+  if (FLAGS_stats_interval_s < 0 || FLAGS_duration_s < 0 || FLAGS_idle_release_ms < 0 ||
+      FLAGS_client_idle_timeout_s <= 0)
+    return Fail("durations must not be negative");
+  o.conns_per_backend = FLAGS_conns_per_backend;
+  o.max_conns_per_backend = FLAGS_max_conns_per_backend;
+  o.max_clients = FLAGS_max_clients;
+  o.max_backends = FLAGS_max_backends;
+  o.mss = FLAGS_mss;
+  o.client_wscale = FLAGS_client_wscale;
+  o.rematch = FLAGS_rematch;
+  o.allow_generic_xdp = FLAGS_allow_generic_xdp;
+  o.policy = FLAGS_policy;
+  o.policy_args = FLAGS_policy_args;
+  o.policy_dirs = DefaultPolicySearchDirs(argv[0]);
+  if (!FLAGS_policy_dir.empty()) o.policy_dirs.insert(o.policy_dirs.begin(), FLAGS_policy_dir);
+  o.stats_interval = absl::Seconds(FLAGS_stats_interval_s);
+  o.idle_release = absl::Milliseconds(FLAGS_idle_release_ms);
+  o.client_idle_timeout = absl::Seconds(FLAGS_client_idle_timeout_s);
+  o.duration = absl::Seconds(FLAGS_duration_s);
+  o.control_socket = FLAGS_control_socket;
+
+  // BPF needs bpffs only for pinning; mount it if missing, quietly.
+  mkdir("/sys/fs/bpf", 0700);
+  mount("bpf", "/sys/fs/bpf", "bpf", 0, nullptr);
+
+  std::unique_ptr<Sandbox> sandbox;
+  if (FLAGS_iface.empty()) {
+    if (!FLAGS_backends.empty() || !FLAGS_vip.empty())
+      return Fail("--vip/--backends need --iface (without --iface, rematcher builds a sandbox)");
+    SandboxOptions so;
+    so.argv0 = argv[0];
+    so.num_backends = FLAGS_sandbox_backends;
+    if (so.num_backends < 1 || so.num_backends > 32) return Fail("--sandbox_backends must be in 1..32");
+    auto sb = Sandbox::Create(so);
+    if (!sb.ok()) return Fail(absl::StrCat("building the sandbox: ", sb.status().ToString()));
+    sandbox = std::move(*sb);
+    sandbox->Configure(&o).IgnoreError();
+    if (auto st = sandbox->EnterLb(); !st.ok()) return Fail(st.ToString());
+    o.vip_port = htons(8080);
+    if (o.control_socket == "/run/rematcher/rematcher.sock")
+      o.control_socket = "/run/rematcher/sandbox.sock";
+  } else {
+    o.ifname = FLAGS_iface;
+    std::string vip = FLAGS_vip;
+    if (vip.empty()) return Fail("--vip is required with --iface");
+    auto v = ParseBackend(vip, 8080);
+    if (!v.ok()) return Fail(absl::StrCat("--vip: ", v.status().message()));
+    o.vip = v->ip;
+    o.vip_port = v->port;
+    if (FLAGS_backends.empty()) return Fail("--backends is required with --iface");
+    if (auto st = ParseBackends(FLAGS_backends, ntohs(o.vip_port), &o.backends); !st.ok())
+      return Fail(absl::StrCat("--backends: ", st.message()));
+    if (!FLAGS_lb_ip.empty()) {
+      in_addr a;
+      if (inet_pton(AF_INET, FLAGS_lb_ip.c_str(), &a) != 1) return Fail("--lb_ip: not an IPv4 address");
+      o.lb_ip = a.s_addr;
+    }
+  }
+  o.ifindex = if_nametoindex(o.ifname.c_str());
+  if (!o.ifindex) return Fail(absl::StrCat("no such interface '", o.ifname, "'"));
+  if (!o.lb_ip) {
+    auto ip = FirstIpv4(o.ifname);
+    if (!ip.ok()) return Fail(ip.status().ToString());
+    o.lb_ip = *ip;
+  }
+
+  auto core = Core::Create(o);
+  if (!core.ok()) return Fail(core.status().ToString());
+  if (sandbox) {
+    if (FLAGS_sandbox_load) {
+      if (auto st = sandbox->StartLoad(FLAGS_sandbox_connections,
+                                       FLAGS_duration_s > 0 ? FLAGS_duration_s + 5 : 3600);
+          !st.ok())
+        LOG(WARNING) << "sandbox load not started: " << st;
+    }
+    sandbox->PrintHowTo();
+  }
+  absl::Status st = (*core)->Run();
+  fputs((*core)->StatsText().c_str(), stdout);
+  core->reset();
+  sandbox.reset();
+  if (!st.ok()) return Fail(st.ToString());
+  return 0;
+}
+
+}  // namespace
+}  // namespace rematcher
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage(
+      "XDP layer-4 load balancer with per-request rematching.\n"
+      "  rematcher --policy=p2c                        (sandbox network)\n"
+      "  rematcher --iface=eth0 --vip=IP[:port] --backends=IP[:port],... [--policy=NAME|PATH]");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  FLAGS_logtostderr = true;
+  google::InitGoogleLogging(argv[0]);
+  return rematcher::Main(argc, argv);
+}

@@ -1,0 +1,416 @@
+#include "lb/pool.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/ip.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "glog/logging.h"
+
+namespace rematcher {
+namespace {
+
+absl::Status Errno(absl::string_view what) { return absl::ErrnoToStatus(errno, what); }
+
+uint16_t Fold(uint64_t s) {
+  while (s >> 16) s = (s & 0xffff) + (s >> 16);
+  return static_cast<uint16_t>(s);
+}
+
+uint64_t Sum16(const void* p, size_t len) {
+  const uint8_t* b = static_cast<const uint8_t*>(p);
+  uint64_t s = 0;
+  for (size_t i = 0; i + 1 < len; i += 2) s += (b[i] << 8) | b[i + 1];
+  if (len & 1) s += b[len - 1] << 8;
+  return s;
+}
+
+}  // namespace
+
+std::string AddrString(uint32_t ip_net, uint16_t port_net) {
+  char buf[INET_ADDRSTRLEN];
+  in_addr a{ip_net};
+  inet_ntop(AF_INET, &a, buf, sizeof(buf));
+  return absl::StrCat(buf, ":", ntohs(port_net));
+}
+
+absl::StatusOr<BackendSpec> ParseBackend(const std::string& text, uint16_t default_port) {
+  std::vector<std::string> parts = absl::StrSplit(text, ':');
+  if (parts.empty() || parts.size() > 2 || parts[0].empty())
+    return absl::InvalidArgumentError(absl::StrCat("bad backend '", text, "': want IPv4[:port]"));
+  BackendSpec b;
+  in_addr a;
+  if (inet_pton(AF_INET, parts[0].c_str(), &a) != 1)
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad backend '", text, "': '", parts[0], "' is not an IPv4 address"));
+  b.ip = a.s_addr;
+  uint32_t port = default_port;
+  if (parts.size() == 2 && (!absl::SimpleAtoi(parts[1], &port) || port == 0 || port > 65535))
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad backend '", text, "': port must be 1..65535"));
+  b.port = htons(static_cast<uint16_t>(port));
+  return b;
+}
+
+PoolManager::~PoolManager() {
+  for (auto& [pid, c] : conns_) {
+    if (c.fd >= 0) {
+      int one = 1;
+      setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, &one, sizeof(one));
+      close(c.fd);
+    }
+  }
+  if (raw_fd_ >= 0) close(raw_fd_);
+}
+
+absl::Status PoolManager::AddBackend(uint32_t id, const BackendSpec& spec) {
+  if (id >= RM_MAX_BACKENDS) return absl::OutOfRangeError("backend id");
+  Backend& b = backends_[id];
+  b.spec = spec;
+  b.removed = false;
+  b.target = opts_.conns_per_backend;
+  b.failures = 0;
+  b.next_try = absl::InfinitePast();
+  return absl::OkStatus();
+}
+
+void PoolManager::RemoveBackend(uint32_t id) {
+  auto it = backends_.find(id);
+  if (it != backends_.end()) it->second.removed = true;
+}
+
+absl::StatusOr<uint32_t> PoolManager::AllocId() {
+  if (!free_ids_.empty()) {
+    uint32_t id = free_ids_.front();
+    free_ids_.pop_front();
+    return id;
+  }
+  if (next_id_ >= dp_->max_pool())
+    return absl::ResourceExhaustedError(
+        absl::StrCat("pool table full (", dp_->max_pool(), " pooled connections)"));
+  return next_id_++;
+}
+
+absl::Status PoolManager::OpenOne(uint32_t backend) {
+  Backend& b = backends_[backend];
+  auto id = AllocId();
+  if (!id.ok()) return id.status();
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    free_ids_.push_back(*id);
+    return Errno("socket");
+  }
+  auto fail = [&](absl::string_view what) {
+    absl::Status st = Errno(what);
+    close(fd);
+    free_ids_.push_back(*id);
+    return st;
+  };
+  int mss = opts_.mss;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss))) return fail("TCP_MAXSEG");
+  sockaddr_in local{};
+  local.sin_family = AF_INET;
+  local.sin_addr.s_addr = opts_.lb_ip;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)))
+    return fail(absl::StrCat("bind to ", AddrString(opts_.lb_ip, 0)));
+  socklen_t len = sizeof(local);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len)) return fail("getsockname");
+
+  Conn c;
+  c.fd = fd;
+  c.backend = backend;
+  c.key.backend_ip = b.spec.ip;
+  c.key.lb_ip = opts_.lb_ip;
+  c.key.backend_port = b.spec.port;
+  c.key.lb_port = local.sin_port;
+  c.deadline = absl::Now() + opts_.connect_timeout;
+
+  // The tuple is registered before the SYN leaves, so the datapath sees
+  // (and records) the SYN-ACK.
+  rm_pool rec{};
+  rec.state = RM_P_CONNECTING;
+  rec.backend_id = backend;
+  rec.owner = RM_NO_ID;
+  rec.key = c.key;
+  rec.gen = ++gens_[*id] & 0xfff;
+  if (auto st = dp_->PutPool(*id, rec); !st.ok()) {
+    close(fd);
+    free_ids_.push_back(*id);
+    return st;
+  }
+  sockaddr_in peer{};
+  peer.sin_family = AF_INET;
+  peer.sin_addr.s_addr = b.spec.ip;
+  peer.sin_port = b.spec.port;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&peer), sizeof(peer)) && errno != EINPROGRESS) {
+    absl::Status st = Errno(absl::StrCat("connect to ", AddrString(b.spec.ip, b.spec.port)));
+    dp_->DeletePool(*id, c.key).IgnoreError();
+    close(fd);
+    free_ids_.push_back(*id);
+    return st;
+  }
+  conns_[*id] = c;
+  by_fd_[fd] = *id;
+  b.connecting++;
+  stats_.opened++;
+  return absl::OkStatus();
+}
+
+std::vector<int> PoolManager::ConnectingFds() const {
+  std::vector<int> out;
+  out.reserve(by_fd_.size());
+  for (const auto& [fd, pid] : by_fd_) out.push_back(fd);
+  return out;
+}
+
+void PoolManager::OnWritable(int fd) {
+  auto it = by_fd_.find(fd);
+  if (it == by_fd_.end()) return;
+  uint32_t pid = it->second;
+  by_fd_.erase(it);
+  Conn& c = conns_[pid];
+  Backend& b = backends_[c.backend];
+  b.connecting--;
+  int err = 0;
+  socklen_t len = sizeof(err);
+  getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  absl::Status st = err ? absl::ErrnoToStatus(err, "connect") : Finish(pid, c);
+  if (st.ok()) {
+    b.live++;
+    b.failures = 0;
+    stats_.established++;
+    return;
+  }
+  stats_.connect_failures++;
+  b.failures++;
+  // Back off while a backend refuses: 50 ms doubling to 5 s.
+  absl::Duration backoff = std::min(absl::Milliseconds(50) * (1 << std::min(b.failures, 7)),
+                                    absl::Seconds(5));
+  b.next_try = absl::Now() + backoff;
+  LOG_EVERY_N(ERROR, 20) << "backend " << c.backend << " ("
+                         << AddrString(b.spec.ip, b.spec.port)
+                         << "): pooled connection failed: " << st
+                         << " (retrying in " << backoff << ")";
+  Retire(pid, /*send_rst=*/false);
+}
+
+absl::Status PoolManager::Finish(uint32_t pid, Conn& c) {
+  tcp_info ti{};
+  socklen_t len = sizeof(ti);
+  if (getsockopt(c.fd, IPPROTO_TCP, TCP_INFO, &ti, &len)) return Errno("TCP_INFO");
+  int inq = 0;
+  if (ioctl(c.fd, SIOCINQ, &inq) == 0 && inq > 0)
+    return absl::FailedPreconditionError("backend sent data before any request");
+  auto rec = dp_->GetPool(pid);
+  if (!rec.ok()) return rec.status();
+  if (!rec->synack_seen)
+    return absl::InternalError(
+        "the datapath did not see this connection's SYN-ACK (is XDP attached to the "
+        "interface that reaches the backend?)");
+  int one = 1;
+  if (setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, &one, sizeof(one)))
+    return Errno("TCP_REPAIR (needs CAP_NET_ADMIN)");
+  auto queue_seq = [&](int q, uint32_t* out) -> absl::Status {
+    if (setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, &q, sizeof(q)))
+      return Errno("TCP_REPAIR_QUEUE");
+    socklen_t l = sizeof(*out);
+    if (getsockopt(c.fd, IPPROTO_TCP, TCP_QUEUE_SEQ, out, &l)) return Errno("TCP_QUEUE_SEQ");
+    return absl::OkStatus();
+  };
+  uint32_t lb_nxt = 0, be_nxt = 0, ts = 0;
+  if (auto st = queue_seq(TCP_SEND_QUEUE, &lb_nxt); !st.ok()) return st;
+  if (auto st = queue_seq(TCP_RECV_QUEUE, &be_nxt); !st.ok()) return st;
+  len = sizeof(ts);
+  if (getsockopt(c.fd, IPPROTO_TCP, TCP_TIMESTAMP, &ts, &len)) return Errno("TCP_TIMESTAMP");
+  if (be_nxt != rec->be_isn + 1)
+    return absl::InternalError(absl::StrCat("backend sequence moved during setup (rcv_nxt ",
+                                            be_nxt, ", isn ", rec->be_isn, ")"));
+  rec->lb_nxt = lb_nxt;
+  rec->be_nxt = be_nxt;
+  rec->lb_ts_last = ts;
+  rec->lb_wscale = (ti.tcpi_options & TCPI_OPT_WSCALE) ? ti.tcpi_rcv_wscale : 0;
+  rec->be_wscale = (ti.tcpi_options & TCPI_OPT_WSCALE) ? ti.tcpi_snd_wscale : 0;
+  rec->flags = ((ti.tcpi_options & TCPI_OPT_TIMESTAMPS) ? RM_LEG_TS : 0) |
+               ((ti.tcpi_options & TCPI_OPT_SACK) ? RM_LEG_SACK : 0) |
+               ((ti.tcpi_options & TCPI_OPT_WSCALE) ? RM_LEG_WS : 0);
+  rec->state = RM_P_IDLE;
+  rec->owner = RM_NO_ID;
+  rec->uses = 0;
+  if (auto st = dp_->PutPool(pid, *rec); !st.ok()) return st;
+  c.state = Conn::kLive;
+  return dp_->PushIdle(c.backend, pid, rec->gen);
+}
+
+void PoolManager::Retire(uint32_t pid, bool send_rst) {
+  auto it = conns_.find(pid);
+  if (it == conns_.end()) return;
+  Conn c = it->second;
+  conns_.erase(it);
+  if (c.state == Conn::kLive) {
+    Backend& b = backends_[c.backend];
+    if (b.live) b.live--;
+    if (send_rst) {
+      auto rec = dp_->GetPool(pid);
+      if (rec.ok()) SendAck(pid, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0,
+                            /*rst=*/true).IgnoreError();
+    }
+    stats_.retired++;
+  } else {
+    by_fd_.erase(c.fd);
+  }
+  if (c.fd >= 0) {
+    // Repair mode makes close() silent: no FIN, no RST from the kernel.
+    int one = 1;
+    setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, &one, sizeof(one));
+    close(c.fd);
+  }
+  dp_->DeletePool(pid, c.key).IgnoreError();
+  free_ids_.push_back(pid);
+}
+
+void PoolManager::OnDead(uint32_t pid) {
+  auto it = conns_.find(pid);
+  if (it == conns_.end() || it->second.state != Conn::kLive) return;
+  auto rec = dp_->GetPool(pid);
+  if (rec.ok() && rec->state != RM_P_DEAD) return;  // stale report
+  VLOG(1) << "pooled connection " << pid << " to backend " << it->second.backend << " retired";
+  Retire(pid, /*send_rst=*/true);
+}
+
+void PoolManager::OnNeed(uint32_t backend) {
+  auto it = backends_.find(backend);
+  if (it == backends_.end() || it->second.removed) return;
+  Backend& b = it->second;
+  uint32_t grown = std::min(opts_.max_conns_per_backend, b.target + std::max(4u, b.target / 4));
+  if (grown > b.target) {
+    LOG_EVERY_N(WARNING, 10) << "backend " << backend << ": all pooled connections busy; "
+                             << "growing pool to " << grown;
+    b.target = grown;
+  }
+}
+
+void PoolManager::Tick(absl::Time now) {
+  std::vector<uint32_t> expired;
+  for (auto& [pid, c] : conns_)
+    if (c.state == Conn::kConnecting && now > c.deadline) expired.push_back(pid);
+  for (uint32_t pid : expired) {
+    Conn& c = conns_[pid];
+    Backend& b = backends_[c.backend];
+    b.connecting--;
+    b.failures++;
+    stats_.connect_failures++;
+    b.next_try = now + std::min(absl::Milliseconds(50) * (1 << std::min(b.failures, 7)),
+                                absl::Seconds(5));
+    LOG_EVERY_N(ERROR, 20) << "backend " << c.backend << " ("
+                           << AddrString(b.spec.ip, b.spec.port)
+                           << "): connect timed out after " << opts_.connect_timeout;
+    Retire(pid, false);
+  }
+  for (auto& [id, b] : backends_) {
+    if (b.removed || now < b.next_try) continue;
+    uint32_t have = b.live + b.connecting;
+    // While failing, probe with one connection at a time.
+    uint32_t want = b.failures ? std::min<uint32_t>(b.target, have + 1) : b.target;
+    for (uint32_t n = have; n < want && n < have + 32; n++) {
+      absl::Status st = OpenOne(id);
+      if (!st.ok()) {
+        LOG_EVERY_N(ERROR, 20) << "backend " << id << ": cannot open pooled connection: " << st;
+        b.next_try = now + absl::Seconds(1);
+        break;
+      }
+    }
+  }
+}
+
+uint32_t PoolManager::Established(uint32_t backend) const {
+  auto it = backends_.find(backend);
+  return it == backends_.end() ? 0 : it->second.live;
+}
+
+uint32_t PoolManager::Connecting(uint32_t backend) const {
+  auto it = backends_.find(backend);
+  return it == backends_.end() ? 0 : it->second.connecting;
+}
+
+bool PoolManager::backend_failing(uint32_t backend) const {
+  auto it = backends_.find(backend);
+  return it != backends_.end() && it->second.failures > 0 && it->second.live == 0;
+}
+
+uint32_t PoolManager::Idle(uint32_t backend) const {
+  uint32_t n = 0;
+  for (const auto& [pid, c] : conns_) {
+    if (c.backend != backend || c.state != Conn::kLive) continue;
+    auto rec = dp_->GetPool(pid);
+    if (rec.ok() && rec->state == RM_P_IDLE) n++;
+  }
+  return n;
+}
+
+absl::Status PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,
+                                  uint32_t tsecr, uint16_t window, bool rst) {
+  auto it = conns_.find(pid);
+  if (it == conns_.end()) return absl::NotFoundError("no such pooled connection");
+  auto rec = dp_->GetPool(pid);
+  if (!rec.ok()) return rec.status();
+  if (raw_fd_ < 0) {
+    raw_fd_ = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+    if (raw_fd_ < 0) return Errno("raw socket (needs CAP_NET_RAW)");
+  }
+  const rm_pool_key& k = it->second.key;
+  bool ts = (rec->flags & RM_LEG_TS) != 0;
+  uint8_t pkt[20 + 32] = {};
+  size_t tcp_len = ts ? 32 : 20;
+  iphdr* ip = reinterpret_cast<iphdr*>(pkt);
+  ip->version = 4;
+  ip->ihl = 5;
+  ip->tot_len = htons(20 + tcp_len);
+  ip->frag_off = htons(IP_DF);
+  ip->ttl = 64;
+  ip->protocol = IPPROTO_TCP;
+  ip->saddr = k.lb_ip;
+  ip->daddr = k.backend_ip;
+  ip->check = htons(static_cast<uint16_t>(~Fold(Sum16(ip, 20))));
+  tcphdr* th = reinterpret_cast<tcphdr*>(pkt + 20);
+  th->source = k.lb_port;
+  th->dest = k.backend_port;
+  th->seq = htonl(seq);
+  th->ack_seq = htonl(ack);
+  th->doff = tcp_len / 4;
+  th->ack = 1;
+  th->rst = rst;
+  th->window = htons(window);
+  if (ts) {
+    uint8_t* o = pkt + 40;
+    o[0] = 1;
+    o[1] = 1;
+    o[2] = 8;
+    o[3] = 10;
+    uint32_t v = htonl(tsval), e = htonl(tsecr);
+    memcpy(o + 4, &v, 4);
+    memcpy(o + 8, &e, 4);
+  }
+  uint64_t s = Sum16(th, tcp_len);
+  s += Sum16(&ip->saddr, 8);
+  s += IPPROTO_TCP + tcp_len;
+  th->check = htons(static_cast<uint16_t>(~Fold(s)));
+  sockaddr_in dst{};
+  dst.sin_family = AF_INET;
+  dst.sin_addr.s_addr = k.backend_ip;
+  if (sendto(raw_fd_, pkt, 20 + tcp_len, 0, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) < 0)
+    return Errno("sending on raw socket");
+  return absl::OkStatus();
+}
+
+}  // namespace rematcher
