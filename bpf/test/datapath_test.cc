@@ -1,0 +1,980 @@
+// Packet tests of the XDP datapath (bpf/rematcher.bpf.c) through
+// BPF_PROG_TEST_RUN on the real object, loaded by lb/datapath.
+//
+// Every case is {what, input packet, expected verdict, expected output packet,
+// expected counter changes} plus, where it matters, the records afterwards.
+// Expected packets are built independently with PacketBuilder (full
+// checksums) from the test's own model of the splice (harness.h: Epoch), so
+// a wrong offset, option or checksum in the datapath shows up as a field
+// diff. Counters: every counter that moved must be listed, and nothing else.
+#include <arpa/inet.h>
+#include <linux/bpf.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "bpf/test/harness.h"
+#include "gtest/gtest.h"
+
+namespace rematcher::dptest {
+namespace {
+
+using packet::ACK;
+using packet::CWR;
+using packet::ECE;
+using packet::FIN;
+using packet::PSH;
+using packet::RST;
+using packet::SYN;
+using packet::URG;
+
+const MacAddr kOtherMac = ParseMac("02:00:00:00:09:09");
+const uint32_t kOtherIp = ParseIpv4("198.18.5.5");
+const uint32_t kClientIp = ParseIpv4("198.18.1.1");
+
+class DatapathTest : public DatapathFixture {
+ protected:
+  // A client data/ACK segment in client space at the client's current
+  // position, advancing the model (c_nxt, tsval).
+  Seg ClientSeg(ClientSpec& c, const Bytes& payload, uint8_t flags = ACK | PSH,
+                uint16_t win = 1000) {
+    Seg s;
+    s.flags = flags;
+    s.seq = c.c_nxt;
+    s.ack = c.s_nxt;
+    s.win = win;
+    if (c.ts) {
+      s.ts = true;
+      s.tsval = ++c.tsval;
+      s.tsecr = c.s_ts;
+      c.c_ts = s.tsval;
+    }
+    s.payload = payload;
+    c.c_nxt += payload.size() + ((flags & FIN) ? 1 : 0);
+    return s;
+  }
+  // A backend segment in pool space; `be_seq`/`be_ts` advance.
+  struct BackendPos {
+    uint32_t seq, ack, ts, ts_ecr;
+  };
+  Seg BackendSeg(BackendPos& b, const Bytes& payload, uint8_t flags = ACK,
+                 uint16_t win = 2000) {
+    Seg s;
+    s.flags = flags;
+    s.seq = b.seq;
+    s.ack = b.ack;
+    s.win = win;
+    s.ts = true;
+    s.tsval = ++b.ts;
+    s.tsecr = b.ts_ecr;
+    s.payload = payload;
+    b.seq += payload.size() + ((flags & FIN) ? 1 : 0);
+    return s;
+  }
+
+  // Sends client data, expects it on pool `p` under epoch `e`.
+  void ClientToBackend(const std::string& what, ClientSpec& c, const PoolSpec& p,
+                       const Epoch& e, const Seg& s, const Deltas& d) {
+    Bytes in = BuildSeg(FromClient(c), s);
+    Bytes want = BuildSeg(ToBackend(p), C2B(e, s, p.flags & RM_LEG_TS, p.flags & RM_LEG_SACK));
+    ExpectTx(what, in, want, d);
+  }
+  void BackendToClient(const std::string& what, ClientSpec& c, const PoolSpec& p,
+                       const Epoch& e, const Seg& s, const Deltas& d) {
+    Bytes in = BuildSeg(FromBackend(p), s);
+    Seg out = B2C(e, s, c.ts, c.sack);
+    Bytes want = BuildSeg(ToClient(c), out);
+    ExpectTx(what, in, want, d);
+    if (out.ts && int32_t(out.tsval - c.s_ts) > 0) c.s_ts = out.tsval;
+    if (int32_t(out.seq + out.payload.size() + ((out.flags & FIN) ? 1 : 0) - c.s_nxt) > 0)
+      c.s_nxt = out.seq + out.payload.size() + ((out.flags & FIN) ? 1 : 0);
+  }
+
+  // Handshake, then the first request (300 bytes) spliced onto `p`. Returns
+  // the epoch and sets `b` to the backend's position.
+  Epoch Splice(ClientSpec& c, const PoolSpec& p, BackendPos& b, size_t req_len = 300) {
+    Handshake(c);
+    Epoch e = StartEpoch(c, p);
+    Seg s = ClientSeg(c, Pattern(req_len, 1));
+    ClientToBackend("first request", c, p, e, s,
+                    {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+    b = BackendPos{p.be_nxt, uint32_t(p.lb_nxt + req_len), p.be_ts,
+                   e.TsvalC2B(c.c_ts)};
+    return e;
+  }
+
+  // Backend acks the request and sends a response; client acks it all.
+  void Exchange(ClientSpec& c, const PoolSpec& p, const Epoch& e, BackendPos& b,
+                size_t resp_len = 500) {
+    BackendToClient("backend acks request", c, p, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+    BackendToClient("response", c, p, e, BackendSeg(b, Pattern(resp_len, 9), ACK | PSH),
+                    {{RM_ST_TX_B2C, 1}});
+    Seg ack = ClientSeg(c, {}, ACK);
+    ClientToBackend("client acks response", c, p, e, ack, {{RM_ST_TX_C2B, 1}});
+    b.ts_ecr = e.TsvalC2B(c.c_ts);
+  }
+};
+
+// ------------------------------------------------------------ pass-through
+
+struct PassCase {
+  std::string what;
+  Bytes in;
+  int stat;
+};
+
+TEST_F(DatapathTest, PassThroughUntouched) {
+  const MacAddr cm = ParseMac("02:00:00:00:01:01");
+  std::vector<PassCase> cases = {
+      {"ARP request",
+       PacketBuilder().Eth(cm, ParseMac("ff:ff:ff:ff:ff:ff"))
+           .Arp(1, cm, kClientIp, MacAddr{}, kVip).Build(),
+       RM_ST_PASS_NOT_IP},
+      {"IPv6 TCP to port 8080",
+       PacketBuilder().Eth(cm, kLbMac).Ipv6("2001:db8::1", "2001:db8::2")
+           .Tcp(40000, kVipPort).Flags(SYN).Build(),
+       RM_ST_PASS_NOT_IP},
+      {"VLAN-tagged IPv6",
+       PacketBuilder().Eth(cm, kLbMac).Vlan(100).Ipv6("2001:db8::1", "2001:db8::2")
+           .Udp(1, 2).Build(),
+       RM_ST_PASS_NOT_IP},
+      {"UDP to the VIP", PacketBuilder().Eth(cm, kLbMac).Ipv4(kClientIp, kVip)
+                             .Udp(40000, kVipPort).Payload("x").Build(),
+       RM_ST_PASS_NOT_TCP},
+      {"ICMP echo to the VIP",
+       PacketBuilder().Eth(cm, kLbMac).Ipv4(kClientIp, kVip).Icmp(8, 0, 1, 1).Build(),
+       RM_ST_PASS_NOT_TCP},
+      {"TCP SYN to the VIP, other port",
+       PacketBuilder().Eth(cm, kLbMac).Ipv4(kClientIp, kVip).Tcp(40000, 22)
+           .Flags(SYN).Mss(1460).Build(),
+       RM_ST_PASS_NOT_OURS},
+      {"TCP data to another IP, port 8080",
+       PacketBuilder().Eth(cm, kLbMac).Ipv4(kClientIp, kOtherIp).Tcp(40000, kVipPort)
+           .Flags(ACK | PSH).Payload("hello").Build(),
+       RM_ST_PASS_NOT_OURS},
+      {"TCP from a backend on an unknown tuple",
+       PacketBuilder().Eth(kBackends[0].mac, kLbMac).Ipv4(kBackends[0].ip, kLbIp)
+           .Tcp(80, 50099).Flags(ACK).Build(),
+       RM_ST_PASS_NOT_OURS},
+      {"IPv4 first fragment (MF) to VIP:8080",
+       PacketBuilder().Eth(cm, kLbMac).Ipv4(kClientIp, kVip).DontFragment(false)
+           .MoreFragments().Tcp(40000, kVipPort).Flags(SYN).Mss(1460).Build(),
+       RM_ST_PASS_FRAGMENT},
+      {"IPv4 later fragment to the VIP",
+       PacketBuilder().Eth(cm, kLbMac).Ipv4(kClientIp, kVip).DontFragment(false)
+           .FragmentOffset(185).IpProtocol(packet::kIpProtoTcp).Payload(Pattern(40, 3))
+           .Build(),
+       RM_ST_PASS_FRAGMENT},
+      {"QinQ IPv4 UDP", PacketBuilder().Eth(cm, kLbMac).Vlan(10).Vlan(20)
+                            .Ipv4(kClientIp, kVip).Udp(5, 6).Build(),
+       RM_ST_PASS_NOT_TCP},
+  };
+  for (const PassCase& pc : cases) {
+    Expect(pc.what, pc.in, XDP_PASS, nullptr, {{pc.stat, 1}});
+  }
+  // Nothing was recorded.
+  EXPECT_FALSE(dp_->LookupClient(rm_flow_key{htonl(kClientIp), htonl(kVip), htons(40000),
+                                             htons(kVipPort)})->has_value());
+}
+
+// ---------------------------------------------------------------- malformed
+
+struct MalformedCase {
+  std::string what;
+  // Builds the packet with destination `dst` (VIP or another host).
+  std::function<Bytes(uint32_t dst)> build;
+  // Whether the datapath can see the destination address at all (IP header
+  // present): if not, it cannot claim the frame and must pass it.
+  bool has_daddr;
+};
+
+PacketBuilder Tcp(uint32_t dst) {
+  PacketBuilder b;
+  b.Eth(ParseMac("02:00:00:00:01:01"), kLbMac).Ipv4(kClientIp, dst).Tcp(40000, kVipPort);
+  return b;
+}
+
+TEST_F(DatapathTest, MalformedDroppedForVipPassedElsewhere) {
+  std::vector<MalformedCase> cases = {
+      {"VLAN tag truncated",
+       [](uint32_t d) { return PacketBuilder().Eth(ParseMac("02:00:00:00:01:01"), kLbMac)
+                            .Vlan(5).Ipv4(kClientIp, d).Tcp(1, 2).TruncateTo(16).Build(); },
+       false},
+      {"second VLAN tag truncated",
+       [](uint32_t d) { return PacketBuilder().Eth(ParseMac("02:00:00:00:01:01"), kLbMac)
+                            .Vlan(5).Vlan(6).Ipv4(kClientIp, d).Tcp(1, 2).TruncateTo(20)
+                            .Build(); },
+       false},
+      {"IPv4 header truncated",
+       [](uint32_t d) { return Tcp(d).Flags(SYN).TruncateTo(14 + 12).Build(); }, false},
+      {"IHL 4 (< 5)", [](uint32_t d) { return Tcp(d).Flags(SYN).Mss(1460).Ipv4Ihl(4).Build(); },
+       true},
+      {"IHL 0", [](uint32_t d) { return Tcp(d).Flags(ACK).Ipv4Ihl(0).Build(); }, true},
+      {"IHL 15 past the end of a short frame",
+       [](uint32_t d) { return Tcp(d).Flags(ACK).Ipv4Ihl(15).TruncateTo(14 + 40).Build(); },
+       true},
+      {"IP version 6 in an IPv4 ethertype",
+       [](uint32_t d) {
+         Bytes b = Tcp(d).Flags(SYN).Mss(1460).Build();
+         b[14] = 0x65;
+         return b;
+       },
+       true},
+      {"TCP header truncated",
+       [](uint32_t d) { return Tcp(d).Flags(SYN).Mss(1460).TruncateTo(14 + 20 + 12).Build(); },
+       true},
+      {"TCP data offset 4 (< 5)",
+       [](uint32_t d) { return Tcp(d).Flags(ACK).Payload("abcdefgh").TcpDataOffset(4).Build(); },
+       true},
+      {"TCP data offset past the end",
+       [](uint32_t d) { return Tcp(d).Flags(SYN).Mss(1460).TcpDataOffset(15).Build(); }, true},
+      {"IP total length beyond the frame",
+       [](uint32_t d) { return Tcp(d).Flags(ACK).Payload("abc").Ipv4TotalLength(1500).Build(); },
+       true},
+      {"IP total length shorter than the headers",
+       [](uint32_t d) {
+         return Tcp(d).Flags(ACK).Nop().Nop().Timestamps(1, 2).Ipv4TotalLength(20 + 20).Build();
+       },
+       true},
+      {"option length 0",
+       [](uint32_t d) { return Tcp(d).Flags(SYN).Mss(1460).OptionWithLength(8, 0, {0, 0}).Build(); },
+       true},
+      {"option length 1",
+       [](uint32_t d) { return Tcp(d).Flags(SYN).Mss(1460).OptionWithLength(30, 1, {0, 0}).Build(); },
+       true},
+      {"option running past the header",
+       [](uint32_t d) { return Tcp(d).Flags(ACK).Nop().OptionWithLength(8, 10, {1, 2, 3, 4, 5}).Build(); },
+       true},
+      {"kind byte as the last option byte (no length)",
+       [](uint32_t d) { return Tcp(d).Flags(ACK).Nop().Nop().Nop().RawOptions({8}).Build(); },
+       true},
+      {"MSS option with length 3",
+       [](uint32_t d) { return Tcp(d).Flags(SYN).OptionWithLength(2, 3, {5}).Build(); }, true},
+      {"TS option with length 9",
+       [](uint32_t d) {
+         return Tcp(d).Flags(ACK).Nop().Nop().Nop().OptionWithLength(8, 9, Bytes(7, 1)).Build();
+       },
+       true},
+      {"SACK option with a partial block (length 14)",
+       [](uint32_t d) {
+         return Tcp(d).Flags(ACK).Nop().Nop().OptionWithLength(5, 14, Bytes(12, 1)).Build();
+       },
+       true},
+      {"WS option with length 4",
+       [](uint32_t d) { return Tcp(d).Flags(SYN).Mss(1460).OptionWithLength(3, 4, {7, 0}).Build(); },
+       true},
+  };
+  for (const MalformedCase& mc : cases) {
+    Bytes to_vip = mc.build(kVip);
+    Bytes elsewhere = mc.build(kOtherIp);
+    if (mc.has_daddr) {
+      Expect(mc.what + " (to the VIP)", to_vip, XDP_DROP, nullptr, {{RM_ST_DROP_MALFORMED, 1}});
+    } else {
+      Expect(mc.what + " (to the VIP, address not visible)", to_vip, XDP_PASS, nullptr,
+             {{RM_ST_PASS_NOT_OURS, 1}});
+    }
+    Expect(mc.what + " (elsewhere)", elsewhere, XDP_PASS, nullptr, {{RM_ST_PASS_NOT_OURS, 1}});
+  }
+  StatsArray s = Stats();
+  EXPECT_EQ(s[RM_ST_TX_SYNACK], 0u) << "no malformed SYN may be answered";
+}
+
+// ---------------------------------------------------------------- handshake
+
+TEST_F(DatapathTest, SynAckOptionsForEveryOfferedCombination) {
+  uint16_t port = 41000;
+  for (int mask = 0; mask < 8; mask++) {
+    ClientSpec c;
+    c.port = port++;
+    c.sack = mask & 1;
+    c.ts = mask & 2;
+    c.ws = (mask & 4) ? 6 : -1;
+    c.isn = 0x11110000u + mask;
+    std::string what = absl::StrCat("SYN sack=", c.sack, " ts=", c.ts, " ws=", c.ws);
+    SCOPED_TRACE(what);
+    Bytes syn = Syn(c);
+    StatsArray before = Stats();
+    TestRunResult r = Run(syn);
+    ASSERT_EQ(r.retval, uint32_t(XDP_TX));
+    EXPECT_EQ(DescribeDeltas(Diff(before, Stats())), DescribeDeltas({{RM_ST_TX_SYNACK, 1}}));
+    auto id = dp_->LookupClient(FlowKey(c));
+    ASSERT_TRUE(id.ok() && id->has_value());
+    rm_client rec = Client(**id);
+    c.s_isn = rec.s_isn;
+    c.s_ts0 = rec.s_ts_last;
+    EXPECT_TRUE(PacketsEqual(SynAck(c), r.output));
+    packet::ParsedPacket p = packet::Parse(r.output);
+    EXPECT_TRUE(p.Ipv4ChecksumOk());
+    EXPECT_TRUE(p.TcpChecksumOk());
+    EXPECT_EQ(rec.state, uint32_t(RM_C_SYN_RCVD));
+    EXPECT_EQ(rec.c_isn, c.isn);
+    EXPECT_EQ(rec.c_nxt, c.isn + 1);
+    EXPECT_EQ(rec.s_nxt, c.s_isn + 1);
+    EXPECT_EQ(rec.c_flags, (c.ts ? RM_LEG_TS : 0) | (c.sack ? RM_LEG_SACK : 0) |
+                               (c.ws >= 0 ? RM_LEG_WS : 0));
+    EXPECT_EQ(rec.c_wscale, c.ws >= 0 ? 6 : 0);
+    EXPECT_EQ(rec.s_wscale, c.ws >= 0 ? kCfgClientWscale : 0);
+    EXPECT_EQ(rec.pool_id, RM_NO_ID);
+    EXPECT_EQ(memcmp(rec.mac, c.mac.data(), 6), 0);
+    EXPECT_EQ(rec.key.client_port, htons(c.port));
+  }
+}
+
+TEST_F(DatapathTest, SynAckHonoursConfigThatRefusesSackAndTimestamps) {
+  LoadDatapath(4, /*sack_ok=*/0, /*ts_ok=*/0);
+  ClientSpec c;
+  TestRunResult r = Run(Syn(c));
+  ASSERT_EQ(r.retval, uint32_t(XDP_TX));
+  rm_client rec = Client(**dp_->LookupClient(FlowKey(c)));
+  c.s_isn = rec.s_isn;
+  c.s_ts0 = rec.s_ts_last;
+  EXPECT_TRUE(PacketsEqual(SynAck(c, false, false), r.output));
+  EXPECT_EQ(rec.c_flags, RM_LEG_WS);
+}
+
+TEST_F(DatapathTest, SynWithNopSoupIsNotMalformed) {
+  ClientSpec c;
+  // 40 option bytes: NOPs around every option, EOL at the end.
+  Bytes syn = FromClient(c).Flags(SYN).Seq(c.isn).Window(64240)
+                  .Nop().Nop().Nop().Mss(1460).Nop().Nop().SackPermitted().Nop()
+                  .Timestamps(c.tsval, 0).Nop().Nop().Nop().WindowScale(7).Nop().Nop()
+                  .Nop().Nop().Nop().Nop().Nop().Nop().Nop().Nop().Eol().Build();
+  ASSERT_EQ(int(packet::Parse(syn).tcp->data_offset), 15);
+  TestRunResult r = Run(syn);
+  ASSERT_EQ(r.retval, uint32_t(XDP_TX));
+  rm_client rec = Client(**dp_->LookupClient(FlowKey(c)));
+  c.s_isn = rec.s_isn;
+  c.s_ts0 = rec.s_ts_last;
+  EXPECT_TRUE(PacketsEqual(SynAck(c), r.output));
+  EXPECT_EQ(rec.c_wscale, 7);
+  // A data-less ACK whose options are 40 NOPs parses too (consumed, not malformed).
+  Bytes ack = FromClient(c).Flags(ACK).Seq(c.isn + 1).Ack(c.s_isn + 1)
+                  .RawOptions(Bytes(40, packet::kOptNop)).Build();
+  Expect("third ACK with 40 NOPs", ack, XDP_DROP, nullptr,
+         {{RM_ST_HANDSHAKES, 1}, {RM_ST_CONSUMED, 1}});
+}
+
+TEST_F(DatapathTest, RetransmittedSynGetsTheSameSynAck) {
+  ClientSpec c;
+  Bytes syn = Syn(c);
+  TestRunResult first = Run(syn);
+  ASSERT_EQ(first.retval, uint32_t(XDP_TX));
+  uint32_t id = **dp_->LookupClient(FlowKey(c));
+  TestRunResult again = Expect("retransmitted SYN", syn, XDP_TX, &first.output,
+                               {{RM_ST_TX_SYNACK, 1}});
+  EXPECT_EQ(**dp_->LookupClient(FlowKey(c)), id);
+  // A SYN with another ISN on the same tuple in SYN_RCVD is not ours to answer.
+  ClientSpec other = c;
+  other.isn += 12345;
+  Expect("SYN with a different ISN", Syn(other), XDP_DROP, nullptr, {{RM_ST_DROP_BAD_STATE, 1}});
+  // A third ACK with the wrong ack number does not establish.
+  Bytes bad = FromClient(c).Flags(ACK).Seq(c.isn + 1).Ack(Client(id).s_isn + 2).Build();
+  Expect("third ACK acking the wrong seq", bad, XDP_DROP, nullptr, {{RM_ST_DROP_BAD_STATE, 1}});
+  EXPECT_EQ(Client(id).state, uint32_t(RM_C_SYN_RCVD));
+}
+
+TEST_F(DatapathTest, SynWithSmallOrNoMssIsRefusedWithRst) {
+  ClientSpec c;
+  c.mss = kCfgMss - 1;
+  Bytes want = ToClient(c).Flags(RST | ACK).Seq(0).Ack(c.isn + 1).Window(0).Build();
+  Expect("MSS below the pool MSS", Syn(c), XDP_TX, &want,
+         {{RM_ST_DROP_MSS, 1}, {RM_ST_TX_RST, 1}});
+  EXPECT_FALSE(dp_->LookupClient(FlowKey(c))->has_value());
+  Bytes nomss = FromClient(c).Flags(SYN).Seq(c.isn).SackPermitted().Build();
+  Expect("SYN without MSS", nomss, XDP_TX, &want, {{RM_ST_DROP_MSS, 1}, {RM_ST_TX_RST, 1}});
+}
+
+TEST_F(DatapathTest, TableFullRefusesWithRst) {
+  LoadDatapath(2);
+  ClientSpec a, b, c;
+  b.port = 40001;
+  c.port = 40002;
+  Expect("first client", Syn(a), XDP_TX, nullptr, {{RM_ST_TX_SYNACK, 1}});
+  Expect("second client", Syn(b), XDP_TX, nullptr, {{RM_ST_TX_SYNACK, 1}});
+  Bytes want = ToClient(c).Flags(RST | ACK).Seq(0).Ack(c.isn + 1).Window(0).Build();
+  Expect("third client, table full", Syn(c), XDP_TX, &want,
+         {{RM_ST_DROP_TABLE_FULL, 1}, {RM_ST_TX_RST, 1}});
+  EXPECT_FALSE(dp_->LookupClient(FlowKey(c))->has_value());
+}
+
+TEST_F(DatapathTest, NonSynWithoutRecord) {
+  ClientSpec c;
+  Bytes data = FromClient(c).Flags(ACK | PSH).Seq(1000).Ack(2000).Payload("GET /").Build();
+  Bytes rst1 = ToClient(c).Flags(RST).Seq(2000).Ack(0).Window(0).Build();
+  Expect("data without record", data, XDP_TX, &rst1, {{RM_ST_TX_RST, 1}});
+  Bytes fin = FromClient(c).Flags(FIN | ACK).Seq(1000).Ack(2000).Build();
+  Expect("FIN without record", fin, XDP_TX, &rst1, {{RM_ST_TX_RST, 1}});
+  Bytes noack = FromClient(c).Flags(PSH).Seq(1000).Payload("GET /").Build();
+  Bytes rst2 = ToClient(c).Flags(RST | ACK).Seq(0).Ack(1005).Window(0).Build();
+  Expect("data without ACK flag", noack, XDP_TX, &rst2, {{RM_ST_TX_RST, 1}});
+  Bytes ack = FromClient(c).Flags(ACK).Seq(1000).Ack(2000).Build();
+  Expect("pure ACK without record", ack, XDP_DROP, nullptr, {{RM_ST_DROP_BAD_STATE, 1}});
+  Bytes rst = FromClient(c).Flags(RST).Seq(1000).Build();
+  Expect("RST without record", rst, XDP_DROP, nullptr, {{RM_ST_DROP_BAD_STATE, 1}});
+  Bytes synack = FromClient(c).Flags(SYN | ACK).Seq(1000).Ack(5).Build();
+  Bytes rst3 = ToClient(c).Flags(RST).Seq(5).Ack(0).Window(0).Build();
+  Expect("SYN-ACK to the VIP", synack, XDP_TX, &rst3, {{RM_ST_TX_RST, 1}});
+  EXPECT_FALSE(dp_->LookupClient(FlowKey(c))->has_value());
+}
+
+// ------------------------------------------------------------ the splice
+
+struct ShiftCase {
+  int c_ws;  // client's shift (-1: not offered)
+  uint8_t lb_ws, be_ws;
+  uint16_t c_win, b_win;
+};
+
+TEST_F(DatapathTest, FirstDataSplicedEveryField) {
+  const ShiftCase shifts[] = {
+      {7, 7, 7, 1000, 2000},  {0, 7, 7, 65535, 3},    {14, 0, 0, 9, 65535},
+      {2, 9, 14, 513, 40000}, {-1, 3, 1, 64000, 70}, {9, 2, 9, 200, 1},
+  };
+  uint32_t n = 0;
+  for (const ShiftCase& sc : shifts) {
+    SCOPED_TRACE(absl::StrCat("c_ws=", sc.c_ws, " lb_ws=", int(sc.lb_ws), " be_ws=", int(sc.be_ws)));
+    LoadDatapath(4);
+    PoolSpec p;
+    p.pid = 3;
+    p.lb_port = 50003;
+    p.lb_nxt = 0x3000 + n;
+    p.be_nxt = 0x90000000 + n;
+    p.lb_ts = 123456;
+    p.be_ts = 999999;
+    p.lb_ws = sc.lb_ws;
+    p.be_ws = sc.be_ws;
+    AddPool(p);
+    ClientSpec c;
+    c.ws = sc.c_ws;
+    c.isn = 0x4000 + 77 * n++;
+    Handshake(c);
+    Epoch e = StartEpoch(c, p);
+    Seg s = ClientSeg(c, Pattern(1000, 5), ACK | PSH | ECE | CWR, sc.c_win);
+    Bytes in = BuildSeg(FromClient(c), s);
+    Seg o = C2B(e, s);
+    // Spell the expectations out once, not only through the model.
+    EXPECT_EQ(o.seq, p.lb_nxt);
+    EXPECT_EQ(o.ack, p.be_nxt);
+    EXPECT_EQ(o.tsval, p.lb_ts + 1);  // one tick after the third ACK's TSval
+    EXPECT_EQ(o.tsecr, p.be_ts);
+    Bytes want = BuildSeg(ToBackend(p), o);
+    ExpectTx("first request", in, want, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+    packet::ParsedPacket out = packet::Parse(Run(in).output);  // retransmission: same output
+    EXPECT_EQ(out.PayloadString(), std::string(s.payload.begin(), s.payload.end()));
+
+    rm_client rec = Client(c.id);
+    rm_pool pr = Pool(p.pid);
+    EXPECT_EQ(rec.pool_id, p.pid);
+    EXPECT_EQ(rec.backend_id, 0u);
+    EXPECT_EQ(rec.req_no, 1u);
+    EXPECT_EQ(rec.phase, uint8_t(RM_PH_REQ));
+    EXPECT_EQ(rec.d_req, p.lb_nxt - e.c_nxt0);
+    EXPECT_EQ(rec.d_resp, e.s_nxt0 - p.be_nxt);
+    EXPECT_EQ(rec.c_nxt, c.c_nxt);
+    EXPECT_EQ(pr.state, uint32_t(RM_P_BUSY));
+    EXPECT_EQ(pr.owner, c.id);
+    EXPECT_EQ(pr.owner_epoch, rec.epoch);
+    EXPECT_EQ(pr.uses, 1u);
+    EXPECT_TRUE(IdleQueue(0).empty());
+
+    // The backend's answer goes back with the inverse translation.
+    BackendPos b{p.be_nxt, uint32_t(p.lb_nxt + 1000), p.be_ts, o.tsval};
+    Seg r = BackendSeg(b, Pattern(700, 2), ACK | PSH, sc.b_win);
+    Seg ro = B2C(e, r);
+    EXPECT_EQ(ro.seq, e.s_nxt0);
+    EXPECT_EQ(ro.ack, c.c_nxt);
+    EXPECT_EQ(ro.tsval, e.s_ts0 + 1);
+    EXPECT_EQ(ro.tsecr, c.c_ts);
+    BackendToClient("response", c, p, e, r, {{RM_ST_TX_B2C, 1}});
+    rec = Client(c.id);
+    EXPECT_EQ(rec.phase, uint8_t(RM_PH_RESP));
+    EXPECT_EQ(rec.s_nxt, c.s_nxt);
+    EXPECT_EQ(rec.b_acked, p.lb_nxt + 1000);
+  }
+}
+
+TEST_F(DatapathTest, NoIdlePoolRefusesFirstRequest) {
+  ClientSpec c;
+  Handshake(c);
+  Seg s = ClientSeg(c, Pattern(10, 1));
+  Bytes in = BuildSeg(FromClient(c), s);
+  Bytes want = ToClient(c).Flags(RST).Seq(s.ack).Window(0).Build();
+  Expect("first request, no pooled connection", in, XDP_TX, &want,
+         {{RM_ST_DROP_NO_POOL, 1}, {RM_ST_TX_RST, 1}});
+  EXPECT_FALSE(dp_->LookupClient(FlowKey(c))->has_value());
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_FREE));
+}
+
+TEST_F(DatapathTest, PoolLegWithoutTimestampsOrSackNopsThem) {
+  PoolSpec p;
+  p.flags = RM_LEG_WS;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  Seg s = ClientSeg(c, {}, ACK);
+  s.sack = true;
+  s.blocks = {{c.s_nxt + 10, c.s_nxt + 20}};
+  ClientToBackend("SACK and TS to a leg without them", c, p, e, s, {{RM_ST_TX_C2B, 1}});
+}
+
+TEST_F(DatapathTest, SequenceWrapAround) {
+  PoolSpec p;
+  p.lb_nxt = 0xFFFFFFD0u;
+  p.be_nxt = 0xFFFFFFC0u;
+  p.lb_ts = 0xFFFFFFF0u;  // TS clocks wrap too
+  p.be_ts = 0xFFFFFFFEu;
+  AddPool(p);
+  ClientSpec c;
+  c.isn = 0xFFFFFFF0u;
+  c.tsval = 0xFFFFFF00u;
+  BackendPos b;
+  Epoch e = Splice(c, p, b, 100);  // request crosses 0 in client and pool space
+  EXPECT_EQ(c.c_nxt, 0xFFFFFFF1u + 100);
+  Exchange(c, p, e, b, 200);       // response crosses 0 in pool space
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.c_nxt, c.c_nxt);
+  EXPECT_EQ(rec.s_nxt, c.s_nxt);
+  EXPECT_EQ(rec.b_acked, p.lb_nxt + 100);
+  EXPECT_EQ(rec.c_acked, c.s_nxt);
+  EXPECT_EQ(rec.phase, uint8_t(RM_PH_IDLE));
+  // The next request is a boundary (no decision: late), not pipelined.
+  Seg s = ClientSeg(c, Pattern(50, 4));
+  ClientToBackend("second request after wrap", c, p, e, s,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_LATE, 1}});
+  EXPECT_EQ(Client(c.id).req_no, 2u);
+}
+
+// ------------------------------------------------------------------- SACK
+
+TEST_F(DatapathTest, SackBlocksTranslatedBothWays) {
+  PoolSpec p;
+  p.pid = 0;
+  AddPool(p);
+  PoolSpec p1;
+  p1.pid = 1;
+  p1.backend = 1;
+  p1.lb_port = 50001;
+  p1.lb_nxt = 0x70000000;
+  p1.be_nxt = 0x71000000;
+  p1.lb_ts = 8000000;
+  p1.be_ts = 9000000;
+  AddPool(p1);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  BackendToClient("ack", c, p, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  uint32_t resp0 = c.s_nxt;
+  BackendToClient("response", c, p, e, BackendSeg(b, Pattern(3000, 1), ACK), {{RM_ST_TX_B2C, 1}});
+
+  // Client SACKs: three blocks, all in this epoch, plus a D-SACK below its ack.
+  Seg s = ClientSeg(c, {}, ACK);
+  s.ack = resp0 + 1000;
+  s.sack = true;
+  s.blocks = {{resp0 + 200, resp0 + 400}, {resp0 + 1500, resp0 + 2000}, {resp0 + 2500, resp0 + 3000}};
+  s.ts = false;  // 3 blocks + TS do not fit; Linux drops to 3 blocks with TS anyway
+  ClientToBackend("client D-SACK + SACK", c, p, e, s, {{RM_ST_TX_C2B, 1}});
+  {
+    Seg o = C2B(e, s);
+    ASSERT_EQ(o.blocks.size(), 3u);
+    EXPECT_EQ(o.blocks[0].left, p.be_nxt + 200);  // D-SACK edge moved, kept
+    EXPECT_EQ(o.sack_nops, 0u);
+  }
+  // Backend SACKs the request (pool space), with TS.
+  Seg bs = BackendSeg(b, {});
+  bs.sack = true;
+  bs.blocks = {{p.lb_nxt + 100, p.lb_nxt + 200}, {p.lb_nxt + 250, p.lb_nxt + 300}};
+  BackendToClient("backend SACK", c, p, e, bs, {{RM_ST_TX_B2C, 1}});
+  {
+    Seg o = B2C(e, bs);
+    EXPECT_EQ(o.blocks[0].left, e.c_nxt0 + 100);
+    EXPECT_EQ(o.blocks[1].right, e.c_nxt0 + 300);
+  }
+  // Client acks all; second request rematched to backend 1: a new epoch.
+  Seg ackall = ClientSeg(c, {}, ACK);
+  ClientToBackend("client acks response", c, p, e, ackall, {{RM_ST_TX_C2B, 1}});
+  dp_->SetDecision(c.id, 2, 1);
+  Epoch e1 = StartEpoch(c, p1);
+  Seg req2 = ClientSeg(c, Pattern(100, 3));
+  ClientToBackend("request 2 rematched", c, p1, e1, req2,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                   {RM_ST_DECISION_APPLIED, 1}});
+  BackendPos b1{p1.be_nxt, p1.lb_nxt + 100, p1.be_ts, e1.TsvalC2B(c.c_ts)};
+  BackendToClient("response 2", c, p1, e1, BackendSeg(b1, Pattern(1000, 7)),
+                  {{RM_ST_TX_B2C, 1}});
+
+  // Client SACK mixing blocks of the old epoch (removed) and the new one.
+  Seg m = ClientSeg(c, {}, ACK);
+  m.ack = e1.s_nxt0 + 100;
+  m.sack = true;
+  m.blocks = {{resp0 + 1500, resp0 + 2000},             // epoch 0: goes
+              {e1.s_nxt0 + 300, e1.s_nxt0 + 400},       // kept
+              {resp0 + 2500, resp0 + 3000}};            // epoch 0: goes
+  Seg mo = C2B(e1, m);
+  ASSERT_EQ(mo.blocks.size(), 1u);
+  EXPECT_EQ(mo.blocks[0].left, p1.be_nxt + 300);
+  EXPECT_EQ(mo.sack_nops, 16u);
+  ClientToBackend("SACK with old-epoch blocks compacted", c, p1, e1, m, {{RM_ST_TX_C2B, 1}});
+  // Only old-epoch blocks: the whole option becomes NOPs.
+  Seg g = ClientSeg(c, {}, ACK);
+  g.sack = true;
+  g.blocks = {{resp0 + 100, resp0 + 200}};
+  ClientToBackend("SACK with only old-epoch blocks", c, p1, e1, g, {{RM_ST_TX_C2B, 1}});
+  // Backend side: a D-SACK for bytes before the epoch's start on this pool.
+  Seg bd = BackendSeg(b1, {});
+  bd.sack = true;
+  bd.blocks = {{p1.lb_nxt - 50, p1.lb_nxt - 10}, {p1.lb_nxt + 20, p1.lb_nxt + 40}};
+  BackendToClient("backend SACK with a pre-epoch D-SACK", c, p1, e1, bd, {{RM_ST_TX_B2C, 1}});
+}
+
+// ------------------------------------------------------------ timestamps
+
+TEST_F(DatapathTest, RematchTranslatesOntoNewPoolAndRequeuesOld) {
+  PoolSpec p0;
+  p0.pid = 0;
+  p0.lb_nxt = 1000;
+  p0.be_nxt = 2000;
+  p0.lb_ts = 50000;
+  p0.be_ts = 60000;
+  AddPool(p0);
+  PoolSpec p1;
+  p1.pid = 1;
+  p1.backend = 1;
+  p1.lb_port = 50001;
+  p1.lb_nxt = 0xFFFFFF00u;
+  p1.be_nxt = 0x12345678u;
+  p1.lb_ts = 10;        // much lower TS clock on the new pool
+  p1.be_ts = 0x7FFFFFF0u;
+  p1.lb_ws = 2;
+  p1.be_ws = 11;
+  AddPool(p1);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b, 300);
+  Exchange(c, p0, e, b, 500);
+  rm_client before = Client(c.id);
+  dp_->SetDecision(c.id, 2, 1);
+  Epoch e1 = StartEpoch(c, p1);
+  Seg req2 = ClientSeg(c, Pattern(200, 8));
+  ClientToBackend("request 2 on backend 1", c, p1, e1, req2,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                   {RM_ST_DECISION_APPLIED, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.pool_id, 1u);
+  EXPECT_EQ(rec.backend_id, 1u);
+  EXPECT_EQ(rec.rematches, 1u);
+  EXPECT_EQ(rec.req_no, 2u);
+  EXPECT_EQ(rec.epoch, before.epoch + 1);
+  EXPECT_EQ(rec.d_req, p1.lb_nxt - e1.c_nxt0);
+  EXPECT_EQ(rec.d_resp, e1.s_nxt0 - p1.be_nxt);
+  EXPECT_EQ(rec.ts_c2b, p1.lb_ts - e1.c_ts0);
+  EXPECT_EQ(rec.ts_b2c, e1.s_ts0 - p1.be_ts);
+  rm_pool old = Pool(0);
+  EXPECT_EQ(old.state, uint32_t(RM_P_IDLE));
+  EXPECT_EQ(old.owner, RM_NO_ID);
+  EXPECT_EQ(old.lb_nxt, p0.lb_nxt + 300);
+  EXPECT_EQ(old.be_nxt, p0.be_nxt + 500);
+  EXPECT_EQ(old.lb_ts_last, e.TsvalC2B(e1.c_ts0));
+  EXPECT_EQ(old.be_ts_last, b.ts);
+  EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+  rm_pool np = Pool(1);
+  EXPECT_EQ(np.state, uint32_t(RM_P_BUSY));
+  EXPECT_EQ(np.owner, c.id);
+  EXPECT_EQ(np.owner_epoch, rec.epoch);
+  EXPECT_TRUE(IdleQueue(1).empty());
+
+  // TS clamping. The client echoes a TSval the LB sent in epoch 0: it is
+  // clamped to the new pool's epoch-start value, never translated into a
+  // value the backend never sent.
+  Seg old_ecr = ClientSeg(c, {}, ACK);
+  old_ecr.tsecr = c.s_ts0;
+  EXPECT_EQ(C2B(e1, old_ecr).tsecr, p1.be_ts);
+  ClientToBackend("client TSecr from epoch 0", c, p1, e1, old_ecr, {{RM_ST_TX_C2B, 1}});
+  // Backend 1 echoes a TSval older than this epoch's start on its pool.
+  BackendPos b1{p1.be_nxt, p1.lb_nxt + 200, p1.be_ts, p1.lb_ts - 3};
+  Seg bo = BackendSeg(b1, Pattern(64, 1), ACK | PSH);
+  EXPECT_EQ(B2C(e1, bo).tsecr, e1.c_ts0);
+  EXPECT_EQ(B2C(e1, bo).tsval, e1.s_ts0 + 1) << "client's TS view must not go backwards";
+  BackendToClient("backend TSecr before the epoch", c, p1, e1, bo, {{RM_ST_TX_B2C, 1}});
+
+  // A retransmission of the old response from backend 0 lands on the idle
+  // pooled connection: answered in place with an ACK, nothing forwarded.
+  BackendPos ob{p0.be_nxt, p0.lb_nxt + 300, b.ts, 0};
+  Seg rt = BackendSeg(ob, Pattern(500, 9), ACK | PSH);
+  Bytes want = ToBackend(p0).Flags(ACK).Seq(p0.lb_nxt + 300).Ack(p0.be_nxt + 500)
+                   .Window(65535).Nop().Nop().Timestamps(old.lb_ts_last, rt.tsval).Build();
+  ExpectTx("old backend retransmits on the idle connection", BuildSeg(FromBackend(p0), rt),
+           want, {{RM_ST_TX_POOL_ACK, 1}});
+}
+
+TEST_F(DatapathTest, BoundaryWithoutDecisionStays) {
+  PoolSpec p0;
+  AddPool(p0);
+  PoolSpec p1;
+  p1.pid = 1;
+  p1.backend = 1;
+  p1.lb_port = 50001;
+  AddPool(p1);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b);
+  Exchange(c, p0, e, b);
+  // A stale decision (for request 1) does not count.
+  dp_->SetDecision(c.id, 1, 1);
+  ClientToBackend("request 2, no fresh decision", c, p0, e, ClientSeg(c, Pattern(20, 1)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_LATE, 1}});
+  b.ack += 20;
+  Exchange(c, p0, e, b);
+  // A decision for the backend it is already on: applied, no move.
+  dp_->SetDecision(c.id, 3, 0);
+  ClientToBackend("request 3, decision = same backend", c, p0, e, ClientSeg(c, Pattern(20, 2)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.pool_id, 0u);
+  EXPECT_EQ(rec.req_no, 3u);
+  EXPECT_EQ(rec.rematches, 0u);
+  EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
+}
+
+TEST_F(DatapathTest, RematchOffDoesNotMove) {
+  LoadDatapath(4, 1, 1, /*rematch=*/0);
+  PoolSpec p0;
+  AddPool(p0);
+  PoolSpec p1;
+  p1.pid = 1;
+  p1.backend = 1;
+  p1.lb_port = 50001;
+  AddPool(p1);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b);
+  Exchange(c, p0, e, b);
+  dp_->SetDecision(c.id, 2, 1);
+  ClientToBackend("request 2 with rematch off", c, p0, e, ClientSeg(c, Pattern(20, 1)),
+                  {{RM_ST_TX_C2B, 1}});
+  EXPECT_EQ(Client(c.id).pool_id, 0u);
+}
+
+TEST_F(DatapathTest, PipelinedRequestStays) {
+  PoolSpec p0;
+  AddPool(p0);
+  PoolSpec p1;
+  p1.pid = 1;
+  p1.backend = 1;
+  p1.lb_port = 50001;
+  AddPool(p1);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b);
+  BackendToClient("backend acks request", c, p0, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  uint32_t acked = c.s_nxt;
+  BackendToClient("response", c, p0, e, BackendSeg(b, Pattern(500, 3), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+  dp_->SetDecision(c.id, 2, 1);
+  Seg s = ClientSeg(c, Pattern(40, 6));
+  s.ack = acked;  // the response is not acked yet
+  ClientToBackend("pipelined request 2", c, p0, e, s, {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.pool_id, 0u);
+  EXPECT_EQ(rec.req_no, 1u);
+  EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
+}
+
+// ------------------------------------------------------------------ VLAN
+
+TEST_F(DatapathTest, VlanSingleTag) {
+  PoolSpec p;
+  p.vlans = {{200, 0, 0}};
+  AddPool(p);
+  ClientSpec c;
+  c.vlans = {{100, 3, 0}};
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  EXPECT_EQ(Client(c.id).vlan_tci, TciNet(c.vlans[0]));
+  Exchange(c, p, e, b);
+}
+
+TEST_F(DatapathTest, VlanQinQ) {
+  // Same S-tag on both sides; the C-tag (innermost) is per leg. The datapath
+  // keeps one tag per leg, so the outer tag passes through as received.
+  PoolSpec p;
+  p.vlans = {{10, 0, packet::kEthTypeQinQ}, {200, 0, packet::kEthTypeVlan}};
+  AddPool(p);
+  ClientSpec c;
+  c.vlans = {{10, 0, packet::kEthTypeQinQ}, {100, 5, packet::kEthTypeVlan}};
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  Exchange(c, p, e, b);
+}
+
+TEST_F(DatapathTest, VlanClientOntoUntaggedPoolIsUnsupported) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  c.vlans = {{100, 0, 0}};
+  Handshake(c);
+  Seg s = ClientSeg(c, Pattern(10, 1));
+  Expect("tagged client, untagged pool", BuildSeg(FromClient(c), s), XDP_DROP, nullptr,
+         {{RM_ST_SPLICES, 1}, {RM_ST_DROP_UNSUPPORTED, 1}});
+}
+
+// --------------------------------------------------------- idle pool
+
+class IdlePoolTest : public DatapathTest {
+ protected:
+  void SetUp() override {
+    DatapathTest::SetUp();
+    if (IsSkipped()) return;
+    p_.lb_nxt = 0x5000;
+    p_.be_nxt = 0x6000;
+    AddPool(p_);
+  }
+  Bytes Seg_(uint8_t flags, uint32_t seq, const Bytes& payload) {
+    return FromBackend(p_).Flags(flags).Seq(seq).Ack(p_.lb_nxt).Nop().Nop()
+        .Timestamps(p_.be_ts + 5, p_.lb_ts).Payload(payload).Build();
+  }
+  PoolSpec p_;
+};
+
+TEST_F(IdlePoolTest, RetransmissionAckedInPlace) {
+  Bytes want = ToBackend(p_).Flags(ACK).Seq(p_.lb_nxt).Ack(p_.be_nxt).Window(65535)
+                   .Nop().Nop().Timestamps(p_.lb_ts, p_.be_ts + 5).Build();
+  ExpectTx("old data", Seg_(ACK | PSH, p_.be_nxt - 100, Pattern(100, 1)), want,
+           {{RM_ST_TX_POOL_ACK, 1}});
+  ExpectTx("window probe below be_nxt", Seg_(ACK, p_.be_nxt - 1, {}), want,
+           {{RM_ST_TX_POOL_ACK, 1}});
+  Expect("pure ACK at be_nxt", Seg_(ACK, p_.be_nxt, {}), XDP_DROP, nullptr,
+         {{RM_ST_CONSUMED, 1}});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_IDLE));
+  EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+}
+
+TEST_F(IdlePoolTest, FinAnsweredAndRetired) {
+  Bytes want = ToBackend(p_).Flags(FIN | ACK).Seq(p_.lb_nxt).Ack(p_.be_nxt + 1).Window(65535)
+                   .Nop().Nop().Timestamps(p_.lb_ts, p_.be_ts + 5).Build();
+  ExpectTx("backend FIN", Seg_(FIN | ACK, p_.be_nxt, {}), want,
+           {{RM_ST_TX_POOL_ACK, 1}, {RM_ST_POOL_DEAD, 1}});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+  Expect("after death", Seg_(ACK, p_.be_nxt + 1, {}), XDP_DROP, nullptr, {{RM_ST_DROP_STALE, 1}});
+}
+
+TEST_F(IdlePoolTest, RstRetires) {
+  Expect("backend RST", Seg_(RST, p_.be_nxt, {}), XDP_DROP, nullptr,
+         {{RM_ST_POOL_DEAD, 1}, {RM_ST_CONSUMED, 1}});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+  // Its stale queue entry is skipped by the next splice: no pool left.
+  ClientSpec c;
+  Handshake(c);
+  Seg s = ClientSeg(c, Pattern(10, 1));
+  Expect("first request finds only a dead entry", BuildSeg(FromClient(c), s), XDP_TX, nullptr,
+         {{RM_ST_DROP_NO_POOL, 1}, {RM_ST_TX_RST, 1}});
+}
+
+TEST_F(IdlePoolTest, NewDataRetires) {
+  Expect("new data on idle", Seg_(ACK | PSH, p_.be_nxt, Pattern(10, 1)), XDP_DROP, nullptr,
+         {{RM_ST_DROP_POOL_DATA, 1}, {RM_ST_POOL_DEAD, 1}, {RM_ST_CONSUMED, 1}});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+}
+
+// ------------------------------------------------------------ closing
+
+TEST_F(DatapathTest, ClientFinQuiescentThenFinalAckFreesRecord) {
+  LoadDatapath(1);
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b, 300);
+  Exchange(c, p, e, b, 500);
+  Seg fin = ClientSeg(c, {}, FIN | ACK);
+  Bytes want = ToClient(c).Flags(FIN | ACK).Seq(c.s_nxt).Ack(c.c_nxt).Window(65535)
+                   .Nop().Nop().Timestamps(c.s_ts, fin.tsval).Build();
+  ExpectTx("client FIN between requests", BuildSeg(FromClient(c), fin), want,
+           {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.state, uint32_t(RM_C_LAST_ACK));
+  EXPECT_EQ(rec.pool_id, RM_NO_ID);
+  rm_pool pr = Pool(0);
+  EXPECT_EQ(pr.state, uint32_t(RM_P_IDLE));
+  EXPECT_EQ(pr.lb_nxt, p.lb_nxt + 300);
+  EXPECT_EQ(pr.be_nxt, p.be_nxt + 500);
+  EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+  // FIN retransmitted: the same FIN-ACK again.
+  Seg fin2 = fin;
+  ExpectTx("client FIN retransmitted", BuildSeg(FromClient(c), fin2),
+           ToClient(c).Flags(FIN | ACK).Seq(c.s_nxt).Ack(c.c_nxt).Window(65535)
+               .Nop().Nop().Timestamps(c.s_ts, fin.tsval).Build(),
+           {{RM_ST_TX_FINACK, 1}});
+  Seg last;
+  last.flags = ACK;
+  last.seq = c.c_nxt;
+  last.ack = c.s_nxt + 1;
+  last.ts = true;
+  last.tsval = ++c.tsval;
+  last.tsecr = c.s_ts;
+  Expect("client's final ACK", BuildSeg(FromClient(c), last), XDP_DROP, nullptr, {});
+  EXPECT_FALSE(dp_->LookupClient(FlowKey(c))->has_value());
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_FREE));
+  // The only id is free again: a new client gets it.
+  ClientSpec d;
+  d.port = 40100;
+  Handshake(d);
+  EXPECT_EQ(d.id, c.id);
+}
+
+TEST_F(DatapathTest, ClientRstMidRequestForwardedAndPoolRetired) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  Seg rst;
+  rst.flags = RST | ACK;
+  rst.seq = c.c_nxt;
+  rst.ack = c.s_nxt;
+  rst.win = 0;
+  ClientToBackend("client RST mid-request", c, p, e, rst,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_CLOSED_RETIRE, 1}, {RM_ST_POOL_DEAD, 1}});
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+  EXPECT_TRUE(IdleQueue(0).empty());
+  // The backend's late segment on the dead connection goes nowhere.
+  Expect("backend data after retirement", BuildSeg(FromBackend(p), BackendSeg(b, Pattern(5, 1))),
+         XDP_DROP, nullptr, {{RM_ST_DROP_STALE, 1}});
+  Expect("client data after close", BuildSeg(FromClient(c), ClientSeg(c, Pattern(5, 1))), XDP_DROP,
+         nullptr, {{RM_ST_DROP_BAD_STATE, 1}});
+}
+
+TEST_F(DatapathTest, BackendRstForwardedAndPoolRetired) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  Seg rst = BackendSeg(b, {}, RST | ACK);
+  rst.ts = false;
+  rst.win = 0;
+  BackendToClient("backend RST", c, p, e, rst, {{RM_ST_TX_B2C, 1}, {RM_ST_POOL_DEAD, 1}});
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+}
+
+TEST_F(DatapathTest, StaleBackendPacketOfOldEpochDropped) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Splice(c, p, b);
+  // The pool record claims an earlier epoch of its owner (as after a move
+  // the datapath raced with): the owner's record must refuse it.
+  rm_pool pr = Pool(0);
+  pr.owner_epoch -= 1;
+  ASSERT_TRUE(dp_->PutPool(0, pr).ok());
+  Expect("backend segment for an older epoch",
+         BuildSeg(FromBackend(p), BackendSeg(b, Pattern(10, 1))), XDP_DROP, nullptr,
+         {{RM_ST_DROP_STALE, 1}});
+}
+
+}  // namespace
+}  // namespace rematcher::dptest
