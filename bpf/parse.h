@@ -191,10 +191,13 @@ static __always_inline int rm_parse(struct xdp_md *ctx, struct rm_pkt *pk) {
 
   struct iphdr *ip = cur;
   if ((void *)(ip + 1) > data_end) return RM_PARSE_MALFORMED;
+  /* Set before the header checks: a bad IHL or version addressed to the
+   * VIP must be dropped like any other malformed frame for the VIP, and the
+   * caller needs the (bounds-checked) fixed header to see the address. */
+  pk->ip = ip;
   if (ip->version != 4 || ip->ihl < 5) return RM_PARSE_MALFORMED;
   __u32 ihl = ip->ihl * 4;
   if ((void *)ip + ihl > data_end) return RM_PARSE_MALFORMED;
-  pk->ip = ip;
   pk->l3_off = l3_off;
   if (ip->protocol != IPPROTO_TCP) return RM_PARSE_NOT_TCP;
   if (ip->frag_off & bpf_htons(0x3fff)) return RM_PARSE_FRAGMENT;
