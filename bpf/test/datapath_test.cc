@@ -976,5 +976,133 @@ TEST_F(DatapathTest, StaleBackendPacketOfOldEpochDropped) {
          {{RM_ST_DROP_STALE, 1}});
 }
 
+
+TEST_F(DatapathTest, ClientFinMidRequestRunsAsNatToTheEnd) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  // Half-close right after the request: forwarded, not answered.
+  Seg fin = ClientSeg(c, {}, FIN | ACK);
+  ClientToBackend("client FIN mid-request", c, p, e, fin, {{RM_ST_TX_C2B, 1}});
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_NAT_CLOSE));
+  b.ack += 1;  // the backend acks the FIN
+  BackendToClient("response + backend FIN (acks client FIN)", c, p, e,
+                  BackendSeg(b, Pattern(100, 4), ACK | PSH | FIN), {{RM_ST_TX_B2C, 1}});
+  EXPECT_EQ(Client(c.id).fin_flags, RM_FIN_C | RM_FIN_B | RM_FIN_C_ACKED);
+  Seg last = ClientSeg(c, {}, ACK);
+  ClientToBackend("client acks the backend FIN", c, p, e, last,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_CLOSED_RETIRE, 1}, {RM_ST_POOL_DEAD, 1}});
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+}
+
+TEST_F(DatapathTest, ClientRstWhileQuiescentKeepsPool) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b, 300);
+  Exchange(c, p, e, b, 500);
+  Seg rst;
+  rst.flags = RST | ACK;
+  rst.seq = c.c_nxt;
+  rst.ack = c.s_nxt;
+  rst.win = 0;
+  Expect("client RST between requests", BuildSeg(FromClient(c), rst), XDP_DROP, nullptr,
+         {{RM_ST_CLOSED_CLEAN, 1}});
+  EXPECT_FALSE(dp_->LookupClient(FlowKey(c))->has_value());
+  rm_pool pr = Pool(0);
+  EXPECT_EQ(pr.state, uint32_t(RM_P_IDLE));
+  EXPECT_EQ(pr.lb_nxt, p.lb_nxt + 300);
+  EXPECT_EQ(pr.be_nxt, p.be_nxt + 500);
+  EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+}
+
+TEST_F(DatapathTest, ThirdAckCarryingDataIsSpliced) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  Run(Syn(c));
+  c.id = **dp_->LookupClient(FlowKey(c));
+  rm_client rec = Client(c.id);
+  c.s_isn = rec.s_isn;
+  c.s_ts0 = rec.s_ts_last;
+  c.c_nxt = c.isn + 1;
+  c.s_nxt = c.s_isn + 1;
+  c.c_ts = c.tsval;
+  c.s_ts = c.s_ts0;
+  Epoch e = StartEpoch(c, p);
+  Seg s = ClientSeg(c, Pattern(100, 1));
+  ClientToBackend("handshake ACK with the request", c, p, e, s,
+                  {{RM_ST_HANDSHAKES, 1}, {RM_ST_SPLICES, 1}, {RM_ST_TX_C2B, 1}});
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_ESTABLISHED));
+}
+
+TEST_F(DatapathTest, IdleReleaseKeepaliveAndResplice) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b, 300);
+  Exchange(c, p, e, b, 500);
+  uint32_t lb_ts = e.TsvalC2B(c.c_ts);
+  ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
+  EXPECT_EQ(Client(c.id).pool_id, RM_NO_ID);
+  rm_pool pr = Pool(0);
+  EXPECT_EQ(pr.state, uint32_t(RM_P_IDLE));
+  EXPECT_EQ(pr.lb_nxt, p.lb_nxt + 300);
+  EXPECT_EQ(pr.be_nxt, p.be_nxt + 500);
+  EXPECT_EQ(pr.lb_ts_last, lb_ts);
+  // Keepalive probe (seq one below c_nxt): answered in place.
+  Seg ka;
+  ka.flags = ACK;
+  ka.seq = c.c_nxt - 1;
+  ka.ack = c.s_nxt;
+  ka.ts = true;
+  ka.tsval = ++c.tsval;
+  ka.tsecr = c.s_ts;
+  c.c_ts = c.tsval;
+  Bytes want = ToClient(c).Flags(ACK).Seq(c.s_nxt).Ack(c.c_nxt).Window(65535).Nop().Nop()
+                   .Timestamps(c.s_ts, ka.tsval).Build();
+  // (Counted as tx_finack: the datapath counts every in-place client reply there.)
+  ExpectTx("keepalive while unspliced", BuildSeg(FromClient(c), ka), want,
+           {{RM_ST_TX_FINACK, 1}});
+  // Next request: a new epoch on the same pooled connection, from its
+  // handed-back state.
+  PoolSpec again = p;
+  again.lb_nxt = pr.lb_nxt;
+  again.be_nxt = pr.be_nxt;
+  again.lb_ts = pr.lb_ts_last;
+  again.be_ts = pr.be_ts_last;
+  Epoch e2 = StartEpoch(c, again);
+  ClientToBackend("request 2 after idle release", c, again, e2, ClientSeg(c, Pattern(30, 2)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+}
+
+TEST_F(DatapathTest, SynOnFinishedTupleRecyclesRecord) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  Exchange(c, p, e, b);
+  Seg fin = ClientSeg(c, {}, FIN | ACK);
+  Expect("FIN", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
+         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}});
+  ClientSpec c2 = c;
+  c2.isn = c.c_nxt + 100000;
+  c2.tsval = c.tsval + 10;
+  TestRunResult r = Expect("new SYN, same tuple, in LAST_ACK", Syn(c2), XDP_TX, nullptr,
+                           {{RM_ST_TX_SYNACK, 1}});
+  rm_client rec = Client(**dp_->LookupClient(FlowKey(c2)));
+  EXPECT_EQ(rec.state, uint32_t(RM_C_SYN_RCVD));
+  EXPECT_EQ(rec.c_isn, c2.isn);
+  c2.s_isn = rec.s_isn;
+  c2.s_ts0 = rec.s_ts_last;
+  EXPECT_TRUE(PacketsEqual(SynAck(c2), r.output));
+}
+
 }  // namespace
 }  // namespace rematcher::dptest
