@@ -859,7 +859,10 @@ unlock:
   bpf_spin_unlock(&c->lock);
   if (st_b != RM_ST__MAX) stat_inc(st_b);
 
-  if (started) backend_outstanding(bid, 1, 1);
+  if (started) {
+    backend_outstanding(bid, 1, 1);
+    emit(cfg, RM_EV_REQ_START, id, bid, pool, req_no);
+  }
   if (resp_done) {
     backend_outstanding(bid, -1, 0);
     if (req_start && first_ns) {

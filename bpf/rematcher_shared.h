@@ -282,6 +282,8 @@ enum rm_event_type {
   RM_EV_POOL_ACK = 2,  /* old pooled connection needs an ACK now */
   RM_EV_POOL_DEAD = 3, /* pooled connection died: replace it */
   RM_EV_NEED_POOL = 4, /* a backend had no idle pooled connection */
+  RM_EV_REQ_START = 5, /* a request started: decide its successor early;
+                          RM_EV_REQ_DONE refreshes the decision */
 };
 
 /* Ring-buffer event, 40 bytes. */

@@ -271,6 +271,7 @@ int Core::OnEventThunk(void* ctx, void* data, size_t len) {
 void Core::OnEvent(const rm_event& ev) {
   events_++;
   switch (ev.type) {
+    case RM_EV_REQ_START:
     case RM_EV_REQ_DONE:
       OnRequestDone(ev);
       break;

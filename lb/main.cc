@@ -3,10 +3,12 @@
 #include <arpa/inet.h>
 #include <ifaddrs.h>
 #include <net/if.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/mount.h>
 
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -41,6 +43,9 @@ DEFINE_double(client_idle_timeout_s, 300, "Forget clients idle this long.");
 DEFINE_double(duration_s, 0, "Stop after this many seconds (0: run until SIGINT/SIGTERM).");
 DEFINE_string(control_socket, "/run/rematcher/rematcher.sock", "Control socket path (root only; empty: none).");
 DEFINE_string(policy_dir, "", "Extra directory to search for built-in policy .so files.");
+DEFINE_int32(nice, -10, "Scheduling priority of the control loop (-20..19). Policy decisions "
+             "must beat the client's next request; on a busy host a raised priority keeps "
+             "them on time.");
 DEFINE_bool(sandbox_load, true, "In sandbox mode, run a closed-loop load from a client namespace.");
 DEFINE_uint32(sandbox_connections, 16, "Connections of the sandbox's load.");
 DEFINE_uint32(sandbox_backends, 3, "Backends in the sandbox (the last one is slow).");
@@ -114,6 +119,11 @@ int Main(int argc, char** argv) {
   o.client_idle_timeout = absl::Seconds(FLAGS_client_idle_timeout_s);
   o.duration = absl::Seconds(FLAGS_duration_s);
   o.control_socket = FLAGS_control_socket;
+
+  if (FLAGS_nice < -20 || FLAGS_nice > 19) return Fail("--nice must be in -20..19");
+  if (setpriority(PRIO_PROCESS, 0, FLAGS_nice))
+    LOG(WARNING) << "could not set priority " << FLAGS_nice << ": " << strerror(errno)
+                 << "; policy decisions may come late on a busy host";
 
   // BPF needs bpffs only for pinning; mount it if missing, quietly.
   mkdir("/sys/fs/bpf", 0700);
