@@ -142,9 +142,11 @@ absl::Status FaultInjector::Setup() {
   hooks_[FLT_DIR_TO_HOST] = {ifname_, /*ingress=*/false};
   if (spec_.reorder > 0) {
     if (absl::Status s = SpliceRelay(); !s.ok()) return s;
-    // AF_PACKET taps run before tc ingress on the peer, so the from-host
-    // drops move to where the relay's output enters the bridge.
+    // AF_PACKET taps run before tc ingress on the peer, and the relay's
+    // sends bypass tc egress, so both programs sit on the bridge port of
+    // the new pair: from-host frames after the relay, to-host ones before.
     hooks_[FLT_DIR_FROM_HOST].ifname = pair_bridge_;
+    hooks_[FLT_DIR_TO_HOST].ifname = pair_bridge_;
   }
   return AttachPrograms();
 }

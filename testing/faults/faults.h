@@ -13,9 +13,11 @@
 //     spliced into the link: the host's peer leaves the bridge, a new veth pair
 //     "flt<ifindex>b" (bridge port) / "flt<ifindex>r" (relay end) takes its
 //     place, and a thread moves frames between the peer and the relay end,
-//     holding some back. The from-host tc program then sits on
-//     flt<ifindex>b's ingress (AF_PACKET sees frames before tc ingress does),
-//     so drops still happen after the relay has read the frame.
+//     holding some back. Both tc programs then sit on flt<ifindex>b (ingress:
+//     from host, after the relay; egress: to host, before it), because
+//     AF_PACKET reads frames before tc ingress runs on the peer and the
+//     relay's sends bypass tc egress (PACKET_QDISC_BYPASS), so a tc drop is
+//     never mistaken for a relay send error.
 //
 // Lifetime: destruction (or Detach()) removes everything Attach made: tc
 // programs, the relay thread and sockets, the veth pair; the peer goes back on

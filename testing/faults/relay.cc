@@ -52,6 +52,10 @@ absl::StatusOr<int> OpenPacketSocket(const std::string& netns, const std::string
   int one = 1;
   if (setsockopt(*fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0)
     return fail("PACKET_IGNORE_OUTGOING");
+  // Frames go straight to the driver: a tc egress drop would otherwise come
+  // back as a send() error indistinguishable from a real overflow.
+  if (setsockopt(*fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)) < 0)
+    return fail("PACKET_QDISC_BYPASS");
   int bytes = kSocketBufferBytes;
   if (setsockopt(*fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) < 0)
     return fail("SO_RCVBUFFORCE");

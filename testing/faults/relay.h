@@ -56,7 +56,7 @@ struct RelayCounters {
 };
 
 // An AF_PACKET socket (all protocols, outgoing frames ignored, promiscuous,
-// large buffers) created in namespace `netns` and bound to `ifname`.
+// large buffers, transmitting past qdiscs and tc egress) created in namespace `netns` and bound to `ifname`.
 absl::StatusOr<int> OpenPacketSocket(const std::string& netns, const std::string& ifname);
 
 class FrameRelay {
