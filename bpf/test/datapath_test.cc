@@ -280,6 +280,24 @@ TEST_F(DatapathTest, MalformedDroppedForVipPassedElsewhere) {
   EXPECT_EQ(s[RM_ST_TX_SYNACK], 0u) << "no malformed SYN may be answered";
 }
 
+
+TEST_F(DatapathTest, MalformedOptionsOnPooledTupleDropped) {
+  // Not addressed to the VIP, but the tuple is a pooled connection's: Linux
+  // would parse around the bad option and act on it, so the LB's socket
+  // must never see it (DESIGN.md: never pass an owned 4-tuple).
+  PoolSpec p;
+  AddPool(p);
+  Bytes bad = FromBackend(p).Flags(ACK | PSH).Seq(p.be_nxt).Ack(p.lb_nxt)
+                  .Nop().OptionWithLength(8, 1, {0, 0}).Payload("x").Build();
+  Expect("bad option on an idle pooled tuple", bad, XDP_DROP, nullptr,
+         {{RM_ST_DROP_MALFORMED, 1}});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_IDLE)) << "malformed must not touch the record";
+  PoolSpec other = p;
+  other.lb_port = 50077;  // unknown tuple: not ours, passed
+  Expect("bad option on an unknown tuple", FromBackend(other).Flags(ACK).Nop()
+         .OptionWithLength(8, 1, {0, 0}).Build(), XDP_PASS, nullptr, {{RM_ST_PASS_NOT_OURS, 1}});
+}
+
 // ---------------------------------------------------------------- handshake
 
 TEST_F(DatapathTest, SynAckOptionsForEveryOfferedCombination) {
