@@ -1176,6 +1176,19 @@ int xdp_rematcher(struct xdp_md *ctx) {
         stat_inc(RM_ST_DROP_MALFORMED);
         return XDP_DROP;
       }
+      /* Headers fine, options not: if the tuple is a pooled connection's,
+       * the LB's own socket must not see it (Linux parses around bad
+       * option lengths and would act on the segment). */
+      if (pk.ip && pk.tcp && (void *)(pk.ip + 1) <= pk.data_end &&
+          (void *)(pk.tcp + 1) <= pk.data_end) {
+        struct rm_pool_key mk = {.backend_ip = pk.ip->saddr, .lb_ip = pk.ip->daddr,
+                                 .backend_port = pk.tcp->source,
+                                 .lb_port = pk.tcp->dest};
+        if (bpf_map_lookup_elem(&pool_ids, &mk)) {
+          stat_inc(RM_ST_DROP_MALFORMED);
+          return XDP_DROP;
+        }
+      }
       stat_inc(RM_ST_PASS_NOT_OURS);
       return XDP_PASS;
   }
