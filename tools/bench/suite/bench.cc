@@ -45,6 +45,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <map>
 #include <set>
@@ -75,8 +76,8 @@ DEFINE_string(suite, "quick", "quick | full");
 DEFINE_string(out_dir, "",
               "Results directory (default: <workspace>/bench/results/<suite>-<timestamp>)");
 DEFINE_int32(reps, 0, "Repetitions per point (default: quick 3, full 5)");
-DEFINE_double(duration_s, 0, "Seconds per load run (default: quick 1.5, full 5)");
-DEFINE_double(warmup_s, -1, "Unrecorded load after each LB start (default: quick 0.3, full 1)");
+DEFINE_double(duration_s, 0, "Seconds per load run (default: quick 1.25, full 5)");
+DEFINE_double(warmup_s, -1, "Unrecorded load after each LB start (default: quick 0.25, full 1)");
 DEFINE_string(contenders, "", "Comma-separated subset of contender names (default: all)");
 DEFINE_string(scenarios, "", "Comma-separated subset of scenario names (default: all of the suite)");
 DEFINE_double(max_total_s, 0, "Hard bound on the whole run (default: quick 420, full 7200)");
@@ -177,8 +178,8 @@ absl::StatusOr<Plan> MakePlan(const std::string& suite) {
   const bool full = suite == "full";
   if (!full && suite != "quick") return absl::InvalidArgumentError("--suite must be quick or full");
   plan.reps = full ? 5 : 3;
-  plan.duration_s = full ? 5 : 1.5;
-  plan.warmup_s = full ? 1 : 0.3;
+  plan.duration_s = full ? 5 : 1.25;
+  plan.warmup_s = full ? 1 : 0.25;
   plan.max_total_s = full ? 7200 : 420;
   if (FLAGS_reps > 0) plan.reps = FLAGS_reps;
   if (FLAGS_duration_s > 0) plan.duration_s = FLAGS_duration_s;
@@ -245,6 +246,7 @@ struct Row {
   LoadResult r;
   double wall_s = 0, lb_proc_s = 0, softirq_s = 0, busy_s = 0;
   std::map<std::string, int64_t> rm;  // rematcher `stats` deltas over the run
+  std::map<std::string, int64_t> tcp;  // nstat deltas: client_* and backends_* (summed)
   std::string error;                  // empty when the run completed
 };
 
@@ -255,6 +257,19 @@ const std::vector<std::string> kRmCounters = {"rematches",      "decision_applie
                                               "pool_dead",      "pipelined",        "closed_retire",
                                               "pool_connect_failures"};
 
+// nstat counters that show loss or splice damage; deltas per run, on the
+// client namespace and summed over the backend namespaces.
+const std::vector<std::string> kTcpCounters = {"TcpRetransSegs", "TcpExtTCPTimeouts",
+                                               "TcpExtPAWSEstab", "TcpInCsumErrors",
+                                               "TcpOutRsts"};
+
+std::vector<std::string> TcpColumns() {
+  std::vector<std::string> c;
+  for (const char* side : {"client_", "backends_"})
+    for (const std::string& k : kTcpCounters) c.push_back(absl::StrCat(side, k));
+  return c;
+}
+
 std::string CsvHeader() {
   std::string h =
       "suite,scenario,point,contender,rep,order,tool,mode,conns,rate,size,rps,p50_us,p99_us,"
@@ -262,6 +277,7 @@ std::string CsvHeader() {
       "lb_proc_us_per_req,softirq_us_per_req,host_busy_us_per_req,backend_requests,"
       "backend_switches";
   for (const std::string& c : kRmCounters) absl::StrAppend(&h, ",rm_", c);
+  for (const std::string& c : TcpColumns()) absl::StrAppend(&h, ",", c);
   return h + ",error";
 }
 
@@ -279,6 +295,10 @@ std::string CsvRow(const std::string& suite, const Row& w) {
   for (const std::string& c : kRmCounters) {
     auto it = w.rm.find(c);
     absl::StrAppend(&s, ",", it == w.rm.end() ? "" : absl::StrCat(it->second));
+  }
+  for (const std::string& c : TcpColumns()) {
+    auto it = w.tcp.find(c);
+    absl::StrAppend(&s, ",", it == w.tcp.end() ? "" : absl::StrCat(it->second));
   }
   return absl::StrCat(s, ",", CsvField(w.error));
 }
@@ -341,6 +361,7 @@ class Bench {
                                      int seed, const std::string& tag);
   Row Measure(const Scenario& s, const Point& p, const Contender& c, int rep, int order);
   absl::StatusOr<std::map<std::string, int64_t>> RmStats();
+  std::map<std::string, int64_t> TcpSnapshot();
 
   Plan plan_;
   std::string out_dir_, runfiles_, rematcher_, loadgen_, backend_, policy_dir_, tmp_;
@@ -454,8 +475,12 @@ absl::Status Bench::CheckVipFree() {
 absl::Status Bench::WriteHaproxyConfig(const Contender& c, const std::string& path) {
   const bool http = c.kind == Kind::kHaproxyHttp;
   std::ofstream f(path);
-  // maxconn bounded by the FD limit HAProxy can reach here (2 fds per conn).
-  f << "global\n  maxconn 30000\n  nbthread 2\n"
+  // maxconn bounded by the FD limit HAProxy inherits (2 fds per connection);
+  // HAProxy refuses to start when it cannot raise its limit that far.
+  rlimit rl{};
+  getrlimit(RLIMIT_NOFILE, &rl);
+  const long maxconn = std::max<long>(256, std::min<long>(30000, (long(rl.rlim_cur) - 200) / 2));
+  f << "global\n  maxconn " << maxconn << "\n  nbthread 2\n"
     << "defaults\n  mode " << (http ? "http" : "tcp") << "\n"
     << "  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n";
   if (http) f << "  option http-keep-alive\n  http-reuse always\n";
@@ -545,6 +570,7 @@ void Bench::StopContender(const Contender& c) {
       LOG(WARNING) << c.name << " exited with " << *rc;
   }
   lb_ = tb::Process();
+  if (c.kind == Kind::kRematcher) unlink(control_socket_.c_str());  // gone if it was killed
   if (c.kind == Kind::kNft) {
     bed_->Run(bed_->lb_ns(), {"nft", "delete", "table", "ip", kNftTable}).IgnoreError();
     bed_->Run(bed_->lb_ns(), {"sysctl", "-q", "-w", "net.ipv4.ip_forward=0"}).IgnoreError();
@@ -555,6 +581,21 @@ absl::StatusOr<std::map<std::string, int64_t>> Bench::RmStats() {
   auto st = SendControlCommand(control_socket_, "stats", absl::Seconds(2));
   if (!st.ok()) return st.status();
   return ParseKeyValueLines(*st);
+}
+
+std::map<std::string, int64_t> Bench::TcpSnapshot() {
+  std::map<std::string, int64_t> out;
+  auto add = [&](const std::string& ns, const char* side) {
+    auto n = bed_->Nstat(ns);
+    if (!n.ok()) return;
+    for (const std::string& k : kTcpCounters) {
+      auto it = n->find(k);
+      out[absl::StrCat(side, k)] += it == n->end() ? 0 : static_cast<int64_t>(it->second);
+    }
+  };
+  add(bed_->client_ns(0), "client_");
+  for (int i = 0; i < kNumBackends; i++) add(bed_->backend_ns(i), "backends_");
+  return out;
 }
 
 std::vector<std::string> Bench::LoadArgv(const Point& p, const std::string& target, int conns,
@@ -679,25 +720,31 @@ Row Bench::Measure(const Scenario& s, const Point& p, const Contender& c, int re
     auto st = RmStats();
     if (st.ok()) rm0 = *st;
   }
+  auto tcp0 = TcpSnapshot();
   auto cpu0 = ReadHostCpu();
   absl::StatusOr<double> proc0 = lb_.valid() ? ReadPidCpu(lb_.pid()) : absl::StatusOr<double>(0.0);
   absl::Time t0 = absl::Now();
 
-  // fail_return: b2 dies at 1/3 of the run and comes back at 2/3.
-  std::thread fault;
-  if (s.fail_return) {
-    fault = std::thread([this, &s, d = plan_.duration_s] {
-      absl::SleepFor(absl::Seconds(d / 3));
-      backends_[2].Signal(SIGKILL);
-      backends_[2].Wait(absl::Seconds(2)).IgnoreError();
-      absl::SleepFor(absl::Seconds(d / 3));
-      if (absl::Status st = StartBackend(s, 2); !st.ok())
-        LOG(ERROR) << "restarting backend b2: " << st;
-    });
-  }
   std::string tag = absl::StrCat(s.name, "-", p.name, "-", c.name, "-", rep);
-  auto r = RunLoad(c, p, plan_.duration_s, rep + 1, tag);
-  if (fault.joinable()) fault.join();
+  absl::StatusOr<LoadResult> r;
+  if (!s.fail_return) {
+    r = RunLoad(c, p, plan_.duration_s, rep + 1, tag);
+  } else {
+    // b2 dies at 1/3 of the run and comes back at 2/3. The load runs on a
+    // helper thread and the backend is restarted from this one: children
+    // get PR_SET_PDEATHSIG, so a backend spawned by a short-lived thread
+    // would die with it.
+    auto load = std::async(std::launch::async, [&] {
+      return RunLoad(c, p, plan_.duration_s, rep + 1, tag);
+    });
+    absl::SleepFor(absl::Seconds(plan_.duration_s / 3));
+    backends_[2].Signal(SIGKILL);
+    backends_[2].Wait(absl::Seconds(2)).IgnoreError();
+    absl::SleepFor(absl::Seconds(plan_.duration_s / 3));
+    if (absl::Status st = StartBackend(s, 2); !st.ok())
+      LOG(ERROR) << "restarting backend b2: " << st;
+    r = load.get();
+  }
 
   w.wall_s = absl::ToDoubleSeconds(absl::Now() - t0);
   auto cpu1 = ReadHostCpu();
@@ -707,6 +754,8 @@ Row Bench::Measure(const Scenario& s, const Point& p, const Contender& c, int re
     w.busy_s = cpu1->busy() - cpu0->busy();
   }
   if (proc0.ok() && proc1.ok()) w.lb_proc_s = *proc1 - *proc0;
+  auto tcp1 = TcpSnapshot();
+  for (const auto& [k, v] : tcp1) w.tcp[k] = v - tcp0[k];
   if (c.kind == Kind::kRematcher) {
     auto st = RmStats();
     if (st.ok()) {
@@ -793,7 +842,8 @@ absl::Status Bench::Run() {
 struct Agg {
   Spread rps, p50, p99, p999, proc, softirq;
   int64_t errors = 0, verify_failures = 0, failed_runs = 0;
-  std::map<std::string, int64_t> rm;  // summed over reps
+  std::map<std::string, int64_t> rm;   // summed over reps
+  std::map<std::string, int64_t> tcp;  // summed over reps
 };
 
 using AggKey = std::tuple<std::string, std::string, std::string>;  // scenario, point, contender
@@ -820,6 +870,7 @@ std::map<AggKey, Agg> Aggregate(const std::vector<Row>& rows) {
       a.errors += w->r.errors;
       a.verify_failures += w->r.verify_failures;
       for (const auto& [rk, rv] : w->rm) a.rm[rk] += rv;
+      for (const auto& [tk, tv] : w->tcp) a.tcp[tk] += tv;
     }
     a.rps = Summarize(rps);
     a.p50 = Summarize(p50);
@@ -830,6 +881,11 @@ std::map<AggKey, Agg> Aggregate(const std::vector<Row>& rows) {
     out[k] = a;
   }
   return out;
+}
+
+int64_t Get(const std::map<std::string, int64_t>& m, const std::string& k) {
+  auto it = m.find(k);
+  return it == m.end() ? 0 : it->second;
 }
 
 std::string Ms(double us) { return absl::StrFormat("%.2f", us / 1000.0); }
@@ -846,7 +902,7 @@ double LbCpuUs(const std::map<AggKey, Agg>& agg, const AggKey& k) {
 }
 
 std::string Report(const Plan& plan, const std::vector<Row>& rows, const std::string& machine,
-                   const std::string& command) {
+                   const std::string& command, const std::string& datapath) {
   auto agg = Aggregate(rows);
   std::string md = absl::StrCat("# rematcher benchmark: suite `", plan.suite, "`\n\n",
                                 "Command: `", command, "`\n\n", "Machine: ", machine, "\n\n");
@@ -856,7 +912,9 @@ std::string Report(const Plan& plan, const std::vector<Row>& rows, const std::st
                         "(loadgen: closed loop from assignment to a connection, open loop from "
                         "the intended send time). CPU in us per request: `lb proc` is the LB "
                         "process's utime+stime, `softirq` is host-wide softirq per request, "
-                        "`lb est` = lb proc + (softirq - direct's softirq), clamped at 0.\n\n",
+                        "`lb est` = lb proc + (softirq - direct's softirq), clamped at 0. "
+                        "`retrans c/b`, `RTOs c/b`: nstat TcpRetransSegs and TCPTimeouts on the "
+                        "client / the backends, summed over repetitions (0 in a lossless run).\n\n",
                         plan.reps, plan.duration_s);
   for (const Scenario& s : plan.scenarios) {
     absl::StrAppend(&md, "## ", s.name, ": ", s.desc, "\n\n");
@@ -866,24 +924,27 @@ std::string Report(const Plan& plan, const std::vector<Row>& rows, const std::st
                       ", ", p.conns, " connections, ", p.size, " B responses)\n\n");
       absl::StrAppend(&md,
                       "| contender | rps | p50 ms | p99 ms | p99.9 ms | lb proc us/req | "
-                      "softirq us/req | lb est us/req | errors | failed runs |\n"
-                      "|---|---|---|---|---|---|---|---|---|---|\n");
+                      "softirq us/req | lb est us/req | errors | failed runs | retrans c/b | RTOs c/b |\n"
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
       for (const Contender& c : plan.contenders) {
         auto it = agg.find({s.name, p.name, c.name});
         if (it == agg.end()) continue;
         const Agg& a = it->second;
         if (a.rps.n == 0) {
           absl::StrAppend(&md, "| ", c.name, " | - | - | - | - | - | - | - | ", a.errors, " | ",
-                          a.failed_runs, " |\n");
+                          a.failed_runs, " | - | - |\n");
           continue;
         }
         absl::StrAppendFormat(
-            &md, "| %s | %.0f [%.0f..%.0f] | %s | %s [%s..%s] | %s [%s..%s] | %.1f | %.1f | %.1f | %d%s | %d |\n",
+            &md, "| %s | %.0f [%.0f..%.0f] | %s | %s [%s..%s] | %s [%s..%s] | %.1f | %.1f | %.1f | %d%s | %d "
+            "| %d/%d | %d/%d |\n",
             c.name, a.rps.median, a.rps.min, a.rps.max, Ms(a.p50.median), Ms(a.p99.median),
             Ms(a.p99.min), Ms(a.p99.max), Ms(a.p999.median), Ms(a.p999.min), Ms(a.p999.max),
             a.proc.median, a.softirq.median, LbCpuUs(agg, {s.name, p.name, c.name}), a.errors,
             a.verify_failures ? absl::StrCat(" (", a.verify_failures, " VERIFY)") : "",
-            a.failed_runs);
+            a.failed_runs, Get(a.tcp, "client_TcpRetransSegs"),
+            Get(a.tcp, "backends_TcpRetransSegs"), Get(a.tcp, "client_TcpExtTCPTimeouts"),
+            Get(a.tcp, "backends_TcpExtTCPTimeouts"));
       }
       // rematcher's own counters, summed over the repetitions.
       std::string rmtext;
@@ -990,9 +1051,8 @@ std::string Report(const Plan& plan, const std::vector<Row>& rows, const std::st
                       absl::StrJoin(parts, ", "), "\n");
     }
   }
-  absl::StrAppend(&md,
-                  "\nDatapath ns/packet vs a trivial XDP_TX program: not measured here "
-                  "(tools/bench/datapath_bench owns it).\n");
+  absl::StrAppend(&md, "\nDatapath ns/packet vs a trivial XDP_TX program (BPF_PROG_TEST_RUN, ",
+                  "//tools/bench:datapath_bench, same run): ", datapath, "\n");
   return md;
 }
 
@@ -1060,6 +1120,32 @@ std::string Machine() {
                          un.ok() ? std::string(absl::StripAsciiWhitespace(*un)) : "?", hv, load[0]);
 }
 
+// The datapath's cost ratio from the other bench, when it has been built
+// (`bazel build //tools/bench:datapath_bench`); its package is private, so we
+// run the workspace's binary rather than depend on it.
+std::string DatapathRatio() {
+  const char* ws = getenv("BUILD_WORKSPACE_DIRECTORY");
+  std::string bin = absl::StrCat(ws ? ws : ".", "/bazel-bin/tools/bench/datapath_bench");
+  if (access(bin.c_str(), X_OK) != 0)
+    return "not measured (build //tools/bench:datapath_bench first to include it)";
+  auto r = tb::RunCommand({bin, "--rounds=7", "--repeat=20000"}, absl::Seconds(120));
+  if (!r.ok() || r->exit_code != 0)
+    return absl::StrCat("datapath_bench failed: ", r.ok() ? r->err.substr(0, 300)
+                                                          : r.status().ToString());
+  for (absl::string_view line : absl::StrSplit(r->out, '\n'))
+    if (absl::StartsWith(line, "ratio") || absl::StrContains(line, "(ns/pkt)"))
+      LOG(INFO) << "datapath_bench: " << line;
+  size_t p = r->out.find("ratio (median/median): ");
+  if (p == std::string::npos) return absl::StrCat("unparsed: ", r->out.substr(0, 300));
+  std::string line = r->out.substr(p);
+  line = line.substr(0, line.find('\n'));
+  std::string out;
+  for (absl::string_view l : absl::StrSplit(r->out, '\n'))
+    if (absl::StrContains(l, "(ns/pkt)"))
+      absl::StrAppend(&out, "`", absl::StripAsciiWhitespace(l), "`; ");
+  return absl::StrCat(out, "`", line, "`");
+}
+
 int Main(int argc, char** argv) {
   auto plan = MakePlan(FLAGS_suite);
   if (!plan.ok()) {
@@ -1119,7 +1205,7 @@ int Main(int argc, char** argv) {
   }  // the testbed and every process go here, before the report
   if (!tb::Testbed::ExistingNamespaces(FLAGS_prefix).empty())
     tb::Testbed::DestroyExisting(FLAGS_prefix).IgnoreError();
-  std::string md = Report(p, rows, machine, command);
+  std::string md = Report(p, rows, machine, command, DatapathRatio());
   std::ofstream(out + "/results.md") << md;
   Plots(p, rows, out).IgnoreError();
   std::cout << md << std::flush;
