@@ -144,7 +144,7 @@ static __always_inline void stat_inc(__u32 idx) {
 
 /* Leg state of a pooled connection as it is handed back. */
 struct rm_leg {
-  __u32 lb_nxt, be_nxt, lb_ts, be_ts;
+  __u32 lb_nxt, be_nxt, lb_ts, be_ts, be_edge;
   __u32 owner, epoch; /* only the owner of this epoch may hand it back */
   __u32 retire;       /* 1: mark dead instead of queueing */
 };
@@ -212,7 +212,7 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
   __u32 owner = leg->owner, epoch = leg->epoch, retire = leg->retire;
   struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
   if (!p) return;
-  int push = 0;
+  int push = 0, moved = 0;
   __u32 bid, entry;
   bpf_spin_lock(&p->lock);
   bid = p->backend_id;
@@ -222,7 +222,9 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
     p->be_nxt = leg->be_nxt;
     p->lb_ts_last = leg->lb_ts;
     p->be_ts_last = leg->be_ts;
+    p->be_edge = leg->be_edge;
     p->owner = RM_NO_ID;
+    moved = 1;
     if (retire) {
       p->state = RM_P_DEAD;
     } else {
@@ -231,14 +233,20 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
     }
   }
   bpf_spin_unlock(&p->lock);
+  if (!moved) return;
   if (retire) {
+    /* retire == 2: the backend still thinks the connection is open (no
+     * FIN/RST went through it): userspace resets it. */
     stat_inc(RM_ST_POOL_DEAD);
-    emit(cfg, RM_EV_POOL_DEAD, owner, bid, pid, 0);
+    emit(cfg, RM_EV_POOL_DEAD, owner, bid, pid, retire == 2);
     return;
   }
   if (!push) return;
   void *q = bpf_map_lookup_elem(&idle_pools, &bid);
-  if (!q || bpf_map_push_elem(q, &entry, 0)) {
+  if (q && bpf_map_push_elem(q, &entry, 0) == 0) {
+    struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
+    if (bl) __sync_fetch_and_add(&bl->idle, 1);
+  } else {
     /* Cannot be queued: never lose it silently, retire it. */
     bpf_spin_lock(&p->lock);
     if (p->state == RM_P_IDLE) p->state = RM_P_DEAD;
@@ -285,6 +293,10 @@ static __noinline int send_rst(struct xdp_md *ctx, struct rm_pkt *pk) {
 /* ------------------------------------------------------------- splicing */
 
 #define RM_ANY_BACKEND 0xfffffffeu
+/* A rematch may let the client overrun the new connection's advertised
+ * window by this much: a fresh pooled connection advertises ~64 KB in its
+ * SYN-ACK and Linux queues a segment that starts inside the window. */
+#define RM_WINDOW_SLACK 65535
 
 /* Put client `id` (seen at epoch `epoch`) on an idle pooled connection of
  * backend `want` (or the next one round-robin for RM_ANY_BACKEND), handing
@@ -293,7 +305,7 @@ static __noinline int send_rst(struct xdp_md *ctx, struct rm_pkt *pk) {
  * Returns 0 on success, -1 if the client stays where it is. */
 /* What a splice copies out of the pool record it takes. */
 struct rm_pool_take {
-  __u32 lb_nxt, be_nxt, lb_ts_last, be_ts_last;
+  __u32 lb_nxt, be_nxt, lb_ts_last, be_ts_last, be_edge;
   struct rm_pool_key key;
   __u8 be_mac[6];
   __u16 vlan_tci;
@@ -327,6 +339,7 @@ static __always_inline struct rm_scratch *scratch_get(void) {
 static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
                                 __u32 epoch, __u32 want, struct rm_pkt *pk) {
   __u32 pid = RM_NO_ID, bid = RM_NO_ID;
+  int can_grow = 0;
   struct rm_pool *p = NULL;
   struct rm_scratch *sc = scratch_get();
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
@@ -355,10 +368,11 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
     }
     void *q = bpf_map_lookup_elem(&idle_pools, &bid);
     if (!q) continue;
+    if (be->flags & RM_BE_CAN_GROW) can_grow = 1;
     __u32 cand;
     if (bpf_map_pop_elem(q, &cand)) {
       emit(cfg, RM_EV_NEED_POOL, id, bid, RM_NO_ID, 0);
-      if (want != RM_ANY_BACKEND) return -1;
+      if (want != RM_ANY_BACKEND) break;
       continue;
     }
     __u32 cpid = RM_IDLE_PID(cand);
@@ -375,6 +389,7 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
       np->be_nxt = p->be_nxt;
       np->lb_ts_last = p->lb_ts_last;
       np->be_ts_last = p->be_ts_last;
+      np->be_edge = p->be_edge;
       np->lb_wscale = p->lb_wscale;
       np->be_wscale = p->be_wscale;
       np->flags = p->flags;
@@ -385,12 +400,16 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
     }
     bpf_spin_unlock(&p->lock);
     if (taken) {
+      struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
+      if (bl) __sync_fetch_and_sub(&bl->idle, 1);
       pid = cpid;
       break;
     }
     /* A dead entry left in the queue: dropped here, try again. */
   }
   if (pid == RM_NO_ID || !p) {
+    /* -2: none idle now, but a pool is growing; -1: refuse. */
+    if (can_grow) return -2;
     stat_inc(RM_ST_DROP_NO_POOL);
     return -1;
   }
@@ -400,7 +419,13 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
   int ok = 0, need_ack = 0;
   __u16 win = 0;
   bpf_spin_lock(&c->lock);
-  if (c->epoch == epoch && c->state == RM_C_ESTABLISHED) {
+  if (c->epoch == epoch && c->state == RM_C_ESTABLISHED && c->pool_id != RM_NO_ID &&
+      (__s32)(c->c_edge - c->c_nxt) - (__s32)(np->be_edge - np->lb_nxt) > RM_WINDOW_SLACK) {
+    /* The client may already send far more than the new connection's
+     * backend has advertised (its window grew on the old connection):
+     * moving would turn that window into loss. Stay. */
+    ok = -1;
+  } else if (c->epoch == epoch && c->state == RM_C_ESTABLISHED) {
     old_pid = c->pool_id;
     old_bid = c->backend_id;
     if (old_pid != RM_NO_ID) {
@@ -408,6 +433,7 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
       leg->be_nxt = c->s_nxt - c->d_resp;
       leg->lb_ts = c->lb_ts_last;
       leg->be_ts = c->b_ts_last;
+      leg->be_edge = c->b_edge;
       need_ack = pk->ack_f && rm_after(pk->ack, c->c_acked);
       win = c->lb_win;
       c->rematches++;
@@ -427,6 +453,7 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
     c->e_b_ts = np->be_ts_last;
     c->b_acked = np->lb_nxt;
     c->b_ts_last = np->be_ts_last;
+    c->b_edge = np->be_edge;
     c->lb_ts_last = np->lb_ts_last;
     c->b_wscale = np->be_wscale;
     c->lb_wscale = np->lb_wscale;
@@ -438,17 +465,22 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
   }
   bpf_spin_unlock(&c->lock);
 
-  if (!ok) {
-    /* The client changed under us (closed, or moved by another CPU): give
-     * the connection back untouched. */
+  if (ok != 1) {
+    /* Declined, or the client changed under us (closed, or moved by another
+     * CPU): give the connection back untouched. */
     leg->lb_nxt = np->lb_nxt;
     leg->be_nxt = np->be_nxt;
     leg->lb_ts = np->lb_ts_last;
     leg->be_ts = np->be_ts_last;
     leg->owner = id;
+    leg->be_edge = np->be_edge;
     leg->epoch = epoch + 1;
     leg->retire = 0;
     pool_release(cfg, pid, leg);
+    if (ok == -1) {
+      stat_inc(RM_ST_REMATCH_WINDOW);
+      return -3;
+    }
     return -1;
   }
   stat_inc(RM_ST_SPLICES);
@@ -524,6 +556,9 @@ static __noinline int client_syn_new(struct xdp_md *ctx, struct rm_pkt *pk,
   c->resp_first_ns = 0;
   c->last_seen_ns = now;
   c->lb_win = 0;
+  c->cflags = 0;
+  c->c_edge = pk->seq + 1 + 0xffff; /* the SYN-ACK's window is unscaled */
+  c->s_win = 0xffff;
   bpf_spin_unlock(&c->lock);
 
   if (bpf_map_update_elem(&client_ids, key, &id, BPF_NOEXIST)) {
@@ -631,8 +666,16 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     int resp_acked = c->phase == RM_PH_IDLE ||
                      (pk->ack_f && !rm_before(pk->ack, c->s_nxt));
     int req_acked = pool == RM_NO_ID || c->b_acked == c->c_nxt + c->d_req;
+    if (new_data && c->phase == RM_PH_REQ && (c->cflags & RM_CF_SMALLWRITE) &&
+        !(c->cflags & RM_CF_PINNED) && pool != RM_NO_ID) {
+      c->cflags |= RM_CF_PINNED;
+      st_a = RM_ST_PIPELINED;
+    }
     if (new_data && c->phase != RM_PH_REQ) {
-      if (resp_acked && req_acked) {
+      if (resp_acked && req_acked && (c->cflags & RM_CF_PINNED) && pool != RM_NO_ID) {
+        /* A pipelining client: a request starts, but it stays put. */
+        boundary = 1;
+      } else if (resp_acked && req_acked) {
         boundary = 1;
         __u32 next = c->req_no + 1;
         int fresh = dec && (__u32)(dec >> 32) == next;
@@ -642,6 +685,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
         if (pool != RM_NO_ID && next > 1 && cfg->rematch)
           st_a = fresh ? RM_ST_DECISION_APPLIED : RM_ST_DECISION_LATE;
       } else {
+        c->cflags |= RM_CF_PINNED;
         st_a = RM_ST_PIPELINED;
       }
     }
@@ -660,9 +704,15 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   }
 
   if (want != RM_NO_ID) {
-    if (do_splice(cfg, id, epoch, want, pk) == 0) {
+    int r = do_splice(cfg, id, epoch, want, pk);
+    if (r == 0) {
       epoch++;
       pool = 0; /* spliced now */
+    } else if (pool == RM_NO_ID && r == -2) {
+      /* No idle pooled connection this instant, but one is being opened:
+       * drop the segment, the client's retransmission will find it. */
+      stat_inc(RM_ST_NO_POOL_WAIT);
+      return XDP_DROP;
     } else if (pool == RM_NO_ID) {
       /* Nowhere to send the first request: refuse cleanly. */
       client_free(id, key, epoch);
@@ -760,6 +810,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     leg->be_nxt = c->s_nxt - c->d_resp;
     leg->lb_ts = c->lb_ts_last;
     leg->be_ts = c->b_ts_last;
+    leg->be_edge = c->b_edge;
     release = 1;
     c->pool_id = RM_NO_ID;
     c->backend_id = RM_NO_ID;
@@ -785,6 +836,13 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   }
 
   /* Forward. Trackers first. */
+  if (len && rm_after(pk->seq + len, c->c_nxt)) {
+    int starts_write = boundary || (c->cflags & RM_CF_LASTPSH);
+    if (starts_write && pk->psh) c->cflags |= RM_CF_SMALLWRITE;
+    else c->cflags &= ~RM_CF_SMALLWRITE;
+    if (pk->psh) c->cflags |= RM_CF_LASTPSH;
+    else c->cflags &= ~RM_CF_LASTPSH;
+  }
   if (rm_after(pk->seq + len + pk->fin, c->c_nxt)) c->c_nxt = pk->seq + len + pk->fin;
   if (pk->ack_f && rm_after(pk->ack, c->c_acked) && !rm_after(pk->ack, c->s_nxt))
     c->c_acked = pk->ack;
@@ -830,6 +888,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     leg->be_nxt = c->s_nxt - c->d_resp;
     leg->lb_ts = c->lb_ts_last;
     leg->be_ts = c->b_ts_last;
+    leg->be_edge = c->b_edge;
   }
 
   __builtin_memcpy(x->dst_mac, c->b_mac, 6);
@@ -856,6 +915,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     c->lb_win = w > 0xffff ? 0xffff : w;
   }
 unlock:
+  r->window = c->s_win;
   bpf_spin_unlock(&c->lock);
   if (st_b != RM_ST__MAX) stat_inc(st_b);
 
@@ -881,7 +941,6 @@ unlock:
     return XDP_DROP;
   }
   if (reply) {
-    r->window = 0xffff;
     r->ws = 0xff;
     stat_inc(RM_ST_TX_FINACK);
     return rm_send_reply(ctx, pk, r);
@@ -976,8 +1035,11 @@ static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
   bpf_spin_unlock(&p->lock);
   if (dead == 2) stat_inc(RM_ST_DROP_POOL_DATA);
   if (dead) {
+    /* It left the idle set while its entry is still queued. */
+    struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
+    if (bl) __sync_fetch_and_sub(&bl->idle, 1);
     stat_inc(RM_ST_POOL_DEAD);
-    emit(cfg, RM_EV_POOL_DEAD, RM_NO_ID, bid, pid, 0);
+    emit(cfg, RM_EV_POOL_DEAD, RM_NO_ID, bid, pid, dead == 2);
   }
   if (!reply) {
     stat_inc(RM_ST_CONSUMED);
@@ -1012,6 +1074,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     /* The backend's SYN-ACK: what userspace cannot read from its socket. */
     p->be_isn = pk->seq;
     p->be_ts_last = pk->tsval;
+    p->be_edge = pk->ack + bpf_ntohs(pk->tcp->window); /* unscaled in SYNs */
     p->be_wscale = pk->has_ws ? pk->ws : 0;
     p->be_mss = pk->mss;
     p->flags = (pk->has_ts ? RM_LEG_TS : 0) | (pk->has_sackperm ? RM_LEG_SACK : 0) |
@@ -1058,6 +1121,8 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     return XDP_DROP;
   }
   bid = c->backend_id;
+  __u32 cap_field = cfg->client_window_cap >> c->s_wscale;
+  if (cfg->client_window_cap && cap_field == 0) cap_field = 1;
   if (pk->ack_f && rm_after(pk->ack, c->b_acked) &&
       !rm_after(pk->ack, c->c_nxt + c->d_req))
     c->b_acked = pk->ack;
@@ -1065,6 +1130,18 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     if (rm_after(pk->tsval, c->b_ts_last)) c->b_ts_last = pk->tsval;
     __u32 out = pk->tsval + c->ts_b2c;
     if (rm_after(out, c->s_ts_last)) c->s_ts_last = out;
+  }
+  if (pk->ack_f) {
+    __u32 wf = bpf_ntohs(pk->tcp->window);
+    __u32 be = pk->ack + (wf << c->b_wscale);
+    if (rm_after(be, c->b_edge)) c->b_edge = be;
+    __u32 w = (wf << c->b_wscale) >> c->s_wscale;
+    if (w > 0xffff) w = 0xffff;
+    if (cap_field && w > cap_field) w = cap_field;
+    c->s_win = w;
+    __u32 a = rm_before(pk->ack, c->e_c_nxt + c->d_req) ? c->e_c_nxt : pk->ack - c->d_req;
+    __u32 ce = a + (w << c->s_wscale);
+    if (rm_after(ce, c->c_edge)) c->c_edge = ce;
   }
   __u32 seq_out_end = pk->seq + c->d_resp + len + pk->fin;
   if (rm_after(seq_out_end, c->s_nxt)) c->s_nxt = seq_out_end;
@@ -1102,6 +1179,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     leg->be_nxt = c->s_nxt - c->d_resp;
     leg->lb_ts = c->lb_ts_last;
     leg->be_ts = c->b_ts_last;
+    leg->be_edge = c->b_edge;
   }
   __builtin_memcpy(x->dst_mac, c->mac, 6);
   x->vlan_tci = c->vlan_tci;
@@ -1119,6 +1197,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   x->tsecr_floor_out = c->e_c_ts;
   x->ws_in = c->b_wscale;
   x->ws_out = c->s_wscale;
+  x->win_cap = cap_field;
   x->keep_ts = (c->c_flags & RM_LEG_TS) != 0;
   x->keep_sack = (c->c_flags & RM_LEG_SACK) != 0;
   bpf_spin_unlock(&c->lock);
@@ -1246,9 +1325,10 @@ int xdp_ctl(struct xdp_md *ctx) {
     leg->be_nxt = c->s_nxt - c->d_resp;
     leg->lb_ts = c->lb_ts_last;
     leg->be_ts = c->b_ts_last;
+    leg->be_edge = c->b_edge;
     leg->owner = id;
     leg->epoch = epoch;
-    leg->retire = !clean;
+    leg->retire = clean ? 0 : 2;
     c->pool_id = RM_NO_ID;
     c->backend_id = RM_NO_ID;
     c->phase = RM_PH_IDLE;

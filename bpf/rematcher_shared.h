@@ -57,7 +57,7 @@ struct rm_pool_key {
 /* --------------------------------------------------------------- config */
 
 /* Written by userspace into the one-element `config` array before traffic
- * flows; read by the datapath on every packet. 28 bytes. */
+ * flows; read by the datapath on every packet. 36 bytes. */
 struct rm_config {
   __u32 vip;           /* network order */
   __u16 vip_port;      /* network order */
@@ -71,6 +71,11 @@ struct rm_config {
   __u32 events;        /* 1: emit ring-buffer events */
   __u32 max_clients;   /* admission limit (<= clients map size) */
   __u32 _pad;
+  __u32 client_window_cap; /* bytes: most the LB lets a client send ahead.
+                              Every pooled connection can take this much, so
+                              a rematch never turns the client's window into
+                              loss at the new backend. 0: no cap. */
+  __u32 _pad2;
 };
 
 /* -------------------------------------------------------------- records */
@@ -102,7 +107,7 @@ enum rm_leg_flags {
  * 4-tuple maps to the id through `client_ids`. All fields under `lock`.
  * "client space" = sequence numbers of the client<->LB leg; "pool space" =
  * those of the LB<->backend pooled connection.
- * Layout: 4-byte lock, then 4-byte fields, then 8-byte fields; 200 bytes. */
+ * Layout: 4-byte lock, then 4-byte fields, then 8-byte fields; 216 bytes. */
 struct rm_client {
   RM_SPIN_LOCK lock;
   __u32 state;       /* enum rm_client_state */
@@ -151,14 +156,35 @@ struct rm_client {
   __u8 b_mac[6];     /* backend's MAC */
   __u16 b_vlan_tci;  /* network order */
   __u16 lb_win;      /* last window field sent to the backend */
-  __u16 _pad;
+  __u16 cflags;      /* RM_CF_* */
 
   /* request accounting */
   __u32 req_no;      /* requests started on this connection */
   __u32 rematches;
+  /* Receive-window edges, so a rematch never lets the client send past what
+   * the new backend connection will accept (see do_splice). */
+  __u32 c_edge;      /* client space: highest ack + window the client was
+                        told (its send limit) */
+  __u32 b_edge;      /* pool space: highest ack + window the backend told */
+  __u32 s_win;       /* last window field sent to the client */
+  __u32 _pad2;
   __u64 req_start_ns;
   __u64 resp_first_ns;
   __u64 last_seen_ns; /* coarse clock; for idle and linger timers */
+};
+
+enum rm_client_flags {
+  /* The client sent a request before acknowledging the previous response
+   * (pipelining). Responses may still be owed by its backend at any later
+   * boundary, so it stays on that backend for the rest of its life. */
+  RM_CF_PINNED = 1,
+  /* The client's last data segment carried PSH (the end of a write). */
+  RM_CF_LASTPSH = 2,
+  /* The client's last write was a single segment (it began after a PSH and
+   * carried PSH itself): a small request. More request data right after
+   * such a write, before any response, is taken for pipelining. Multi-
+   * segment writes (uploads) do not set it. */
+  RM_CF_SMALLWRITE = 4,
 };
 
 enum rm_fin_flags {
@@ -179,7 +205,7 @@ enum rm_pool_state {
 /* One pooled backend connection, indexed by pool id. Its leg state (lb_nxt,
  * be_nxt, TS) is authoritative while IDLE; while BUSY the owner's client
  * record holds the live values and writes them back on release.
- * Layout: 4-byte lock, 4-byte fields, 8-byte fields; 80 bytes. */
+ * Layout: 4-byte lock, 4-byte fields, 8-byte fields; 88 bytes. */
 struct rm_pool {
   RM_SPIN_LOCK lock;
   __u32 state;        /* enum rm_pool_state */
@@ -203,6 +229,8 @@ struct rm_pool {
                          (RM_IDLE_ENTRY), so an entry left behind by a
                          retired connection never matches its successor */
   __u32 uses;         /* splices carried */
+  __u32 be_edge;      /* highest ack + window the backend advertised */
+  __u32 _pad2;
   __u64 last_used_ns;
 };
 
@@ -219,7 +247,8 @@ struct rm_backend {
  * through mmap to build the policy snapshot. 48 bytes. */
 struct rm_backend_load {
   __u32 outstanding;   /* requests in flight */
-  __u32 _pad;
+  __u32 idle;          /* entries in the idle queue (atomic; may count a
+                          dead entry until it is popped) */
   __u64 requests;      /* requests started */
   __u64 ewma_first_ns; /* EWMA(1/8) of request start -> first response byte */
   __u64 ewma_last_ns;  /* EWMA(1/8) of request start -> response fully acked */
@@ -230,6 +259,9 @@ struct rm_backend_load {
 enum rm_backend_flags {
   RM_BE_ACTIVE = 1,   /* may receive new splices */
   RM_BE_DRAINING = 2, /* keeps its clients until their next request */
+  RM_BE_CAN_GROW = 4, /* its pool is below its limit: a client that finds
+                         no idle connection waits (its retransmission
+                         finds one) instead of being refused */
 };
 
 /* Policy decision for one client, written by userspace, read by the
@@ -272,6 +304,11 @@ enum rm_stat {
   RM_ST_POOL_DEAD,          /* pooled connection marked dead */
   RM_ST_CONSUMED,           /* handshake ACKs and pure ACKs absorbed */
   RM_ST_STALE_ACKED,        /* stale backend segment answered in place */
+  RM_ST_NO_POOL_WAIT,       /* no idle pooled connection yet: first data
+                               dropped while the pool grows */
+  RM_ST_REMATCH_WINDOW,     /* rematch declined: the new connection's
+                               receive window is smaller than what the
+                               client may already send */
   RM_ST__MAX,
 };
 

@@ -28,6 +28,8 @@ struct rm_xlate {
   __u32 tsecr_floor_in;
   __u32 tsecr_floor_out;
   __u8 ws_in, ws_out;  /* window shifts: sender's and receiver's view */
+  __u16 _pad;
+  __u32 win_cap;       /* most the window field may say (0: no cap) */
   __u8 keep_ts, keep_sack; /* destination leg negotiated them */
 };
 
@@ -136,7 +138,9 @@ static __noinline int rm_xlate_packet(struct rm_pkt *pk, const struct rm_xlate *
   if (!pk->syn) {
     __u32 w = (__u32)bpf_ntohs(tcp->window) << x->ws_in;
     w >>= x->ws_out;
-    tcp->window = bpf_htons(w > 0xffff ? 0xffff : w);
+    if (w > 0xffff) w = 0xffff;
+    if (x->win_cap && w > x->win_cap) w = x->win_cap;
+    tcp->window = bpf_htons(w);
   }
   /* ECN is negotiated on neither leg (see DESIGN.md); never pass its
    * signals across. */

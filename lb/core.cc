@@ -107,6 +107,7 @@ absl::Status Core::Init() {
   cfg.rematch = opts_.rematch;
   cfg.events = 1;
   cfg.max_clients = opts_.max_clients;
+  cfg.client_window_cap = opts_.client_window_cap;
   if (auto st = dp_->SetConfig(cfg); !st.ok()) return st;
 
   PoolOptions popts;
@@ -184,8 +185,9 @@ absl::StatusOr<uint32_t> Core::AddBackend(const BackendSpec& spec) {
   rm_backend rb{};
   rb.ip = spec.ip;
   rb.port = spec.port;
-  rb.flags = RM_BE_ACTIVE;
+  rb.flags = RM_BE_ACTIVE | RM_BE_CAN_GROW;
   if (auto st = dp_->SetBackend(id, rb); !st.ok()) return st;
+  backends_[id].flags = rb.flags;
   if (auto st = pools_->AddBackend(id, spec); !st.ok()) return st;
   if (auto st = PublishBackends(); !st.ok()) return st;
   LOG(INFO) << "backend " << id << " = " << AddrString(spec.ip, spec.port) << " weight "
@@ -204,6 +206,7 @@ absl::Status Core::RemoveBackend(uint32_t id) {
   rb.port = it->second.spec.port;
   rb.flags = RM_BE_DRAINING;
   if (auto st = dp_->SetBackend(id, rb); !st.ok()) return st;
+  it->second.flags = rb.flags;
   pools_->RemoveBackend(id);
   LOG(INFO) << "backend " << id << " removed: its clients move at their next request";
   return PublishBackends();
@@ -219,6 +222,7 @@ absl::Status Core::DrainBackend(uint32_t id) {
   rb.port = it->second.spec.port;
   rb.flags = RM_BE_ACTIVE | RM_BE_DRAINING;
   if (auto st = dp_->SetBackend(id, rb); !st.ok()) return st;
+  it->second.flags = rb.flags;
   LOG(INFO) << "backend " << id << " draining";
   return PublishBackends();
 }
@@ -282,7 +286,7 @@ void Core::OnEvent(const rm_event& ev) {
         pool_acks_sent_++;
       break;
     case RM_EV_POOL_DEAD:
-      pools_->OnDead(ev.pool_id);
+      pools_->OnDead(ev.pool_id, ev.req_no != 0);
       break;
     case RM_EV_NEED_POOL:
       pools_->OnNeed(ev.backend_id);
@@ -381,9 +385,19 @@ void Core::Tick() {
     if (healthy != was) changed = true;
   }
   if (changed) PublishBackends().IgnoreError();
-  if (now - last_gc_ >= absl::Seconds(1)) {
-    last_gc_ = now;
-    CollectClients();
+  // Tell the datapath which pools can still grow (first data then waits for
+  // a connection instead of being refused).
+  for (auto& [id, b] : backends_) {
+    if (b.removed) continue;
+    uint16_t flags = b.draining ? (RM_BE_ACTIVE | RM_BE_DRAINING) : RM_BE_ACTIVE;
+    if (pools_->CanGrow(id)) flags |= RM_BE_CAN_GROW;
+    if (flags != b.flags) {
+      rm_backend rb{};
+      rb.ip = b.spec.ip;
+      rb.port = b.spec.port;
+      rb.flags = flags;
+      if (dp_->SetBackend(id, rb).ok()) b.flags = flags;
+    }
   }
   if (opts_.stats_interval > absl::ZeroDuration() && now - last_stats_ >= opts_.stats_interval) {
     PrintStats();
@@ -617,6 +631,19 @@ std::string Core::HandleCommand(const std::string& line) {
 }
 
 absl::Status Core::Run() {
+  gc_thread_ = std::thread([this] {
+    while (!stop_.load()) {
+      CollectClients();
+      for (int i = 0; i < 10 && !stop_.load(); i++) absl::SleepFor(absl::Milliseconds(100));
+    }
+  });
+  struct Join {
+    Core* c;
+    ~Join() {
+      c->stop_.store(true);
+      if (c->gc_thread_.joinable()) c->gc_thread_.join();
+    }
+  } join{this};
   started_ = absl::Now();
   last_stats_ = started_;
   last_gc_ = started_;

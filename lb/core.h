@@ -11,6 +11,7 @@
 #define REMATCHER_LB_CORE_H_
 
 #include <atomic>
+#include <thread>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -41,6 +42,7 @@ struct CoreOptions {
   uint32_t max_backends = RM_MAX_BACKENDS;
   uint16_t mss = 1400;
   uint8_t client_wscale = 7;
+  uint32_t client_window_cap = 128 * 1024;
   bool rematch = true;
   bool allow_generic_xdp = false;
   std::string policy = "rr";
@@ -110,6 +112,7 @@ class Core {
     BackendSpec spec;
     bool draining = false;
     bool removed = false;
+    uint16_t flags = 0;  // last written to the datapath
   };
 
   CoreOptions opts_;
@@ -120,6 +123,9 @@ class Core {
   int epfd_ = -1, timerfd_ = -1, sigfd_ = -1, ctlfd_ = -1;
   absl::flat_hash_map<int, bool> watched_;  // connecting fds in epoll
   std::atomic<bool> stop_{false};
+  // Client GC runs on its own thread: a full scan of the client table takes
+  // milliseconds, which must not delay policy decisions.
+  std::thread gc_thread_;
 
   absl::flat_hash_map<uint32_t, Backend> backends_;
   std::vector<BackendInfo> snapshot_;            // policy view, by index

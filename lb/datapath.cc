@@ -58,6 +58,8 @@ const char* StatName(int stat) {
       "pool_dead",
       "consumed",
       "stale_acked",
+      "no_pool_wait",
+      "rematch_declined_window",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];
@@ -256,6 +258,7 @@ absl::Status Datapath::PushIdle(uint32_t backend, uint32_t pid, uint16_t gen) {
   uint32_t entry = RM_IDLE_ENTRY(pid, gen & 0xfff);
   if (bpf_map_update_elem(idle_queue_fds_[backend], nullptr, &entry, 0))
     return Errno(errno, "queueing idle pooled connection");
+  __atomic_fetch_add(&load_[backend].idle, 1, __ATOMIC_RELAXED);
   return absl::OkStatus();
 }
 
@@ -266,6 +269,7 @@ absl::StatusOr<std::optional<uint32_t>> Datapath::PopIdle(uint32_t backend) {
     if (errno == ENOENT) return std::optional<uint32_t>();
     return Errno(errno, "popping idle pooled connection");
   }
+  __atomic_fetch_sub(&load_[backend].idle, 1, __ATOMIC_RELAXED);
   return std::optional<uint32_t>(RM_IDLE_PID(pid));
 }
 

@@ -35,6 +35,10 @@ DEFINE_string(policy_args, "", "Configuration passed to the policy, key=value,..
 DEFINE_uint32(mss, 1400, "MSS advertised to clients and used by pooled connections; clients "
               "below it are refused.");
 DEFINE_uint32(client_wscale, 7, "Window scale the LB advertises to clients (0..14).");
+DEFINE_uint32(client_window_cap, 128 * 1024,
+              "Most bytes a client may send ahead (its advertised window is capped). Every "
+              "pooled connection accepts this much, so moving a client never overruns the new "
+              "backend. 0: no cap (uploads then pin clients whose window grew).");
 DEFINE_bool(rematch, true, "Move clients between backends at request boundaries.");
 DEFINE_bool(allow_generic_xdp, false, "Fall back to generic XDP if native attach fails.");
 DEFINE_double(stats_interval_s, 1.0, "Live statistics period in seconds (0: off).");
@@ -109,6 +113,7 @@ int Main(int argc, char** argv) {
   o.mss = FLAGS_mss;
   o.client_wscale = FLAGS_client_wscale;
   o.rematch = FLAGS_rematch;
+  o.client_window_cap = FLAGS_client_window_cap;
   o.allow_generic_xdp = FLAGS_allow_generic_xdp;
   o.policy = FLAGS_policy;
   o.policy_args = FLAGS_policy_args;

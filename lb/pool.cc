@@ -279,13 +279,33 @@ void PoolManager::Retire(uint32_t pid, bool send_rst) {
   free_ids_.push_back(pid);
 }
 
-void PoolManager::OnDead(uint32_t pid) {
+void PoolManager::OnDead(uint32_t pid, bool reset) {
   auto it = conns_.find(pid);
   if (it == conns_.end() || it->second.state != Conn::kLive) return;
   auto rec = dp_->GetPool(pid);
   if (rec.ok() && rec->state != RM_P_DEAD) return;  // stale report
-  VLOG(1) << "pooled connection " << pid << " to backend " << it->second.backend << " retired";
-  Retire(pid, /*send_rst=*/true);
+  uint32_t backend = it->second.backend;
+  VLOG(1) << "pooled connection " << pid << " to backend " << backend << " retired";
+  Retire(pid, reset);
+  Refill(backend, absl::Now());
+}
+
+void PoolManager::Refill(uint32_t backend, absl::Time now) {
+  auto it = backends_.find(backend);
+  if (it == backends_.end()) return;
+  Backend& b = it->second;
+  if (b.removed || now < b.next_try) return;
+  uint32_t have = b.live + b.connecting;
+  // While failing, probe with one connection at a time.
+  uint32_t want = b.failures ? std::min<uint32_t>(b.target, have + 1) : b.target;
+  for (uint32_t n = have; n < want && n < have + 32; n++) {
+    absl::Status st = OpenOne(backend);
+    if (!st.ok()) {
+      LOG_EVERY_N(ERROR, 20) << "backend " << backend << ": cannot open pooled connection: " << st;
+      b.next_try = now + absl::Seconds(1);
+      break;
+    }
+  }
 }
 
 void PoolManager::OnNeed(uint32_t backend) {
@@ -298,6 +318,7 @@ void PoolManager::OnNeed(uint32_t backend) {
                              << "growing pool to " << grown;
     b.target = grown;
   }
+  Refill(backend, absl::Now());
 }
 
 void PoolManager::Tick(absl::Time now) {
@@ -318,18 +339,15 @@ void PoolManager::Tick(absl::Time now) {
     Retire(pid, false);
   }
   for (auto& [id, b] : backends_) {
-    if (b.removed || now < b.next_try) continue;
-    uint32_t have = b.live + b.connecting;
-    // While failing, probe with one connection at a time.
-    uint32_t want = b.failures ? std::min<uint32_t>(b.target, have + 1) : b.target;
-    for (uint32_t n = have; n < want && n < have + 32; n++) {
-      absl::Status st = OpenOne(id);
-      if (!st.ok()) {
-        LOG_EVERY_N(ERROR, 20) << "backend " << id << ": cannot open pooled connection: " << st;
-        b.next_try = now + absl::Seconds(1);
-        break;
-      }
+    // Keep a spare margin of idle connections, so a burst of new clients
+    // finds one without waiting for a connect.
+    uint32_t low_water = std::max(2u, b.target / 8);
+    if (!b.removed && b.failures == 0 && Idle(id) < low_water &&
+        b.target < opts_.max_conns_per_backend) {
+      b.target = std::min(opts_.max_conns_per_backend, b.target + std::max(4u, b.target / 4));
+      VLOG(1) << "backend " << id << ": idle pool low, target " << b.target;
     }
+    Refill(id, now);
   }
 }
 
@@ -349,13 +367,14 @@ bool PoolManager::backend_failing(uint32_t backend) const {
 }
 
 uint32_t PoolManager::Idle(uint32_t backend) const {
-  uint32_t n = 0;
-  for (const auto& [pid, c] : conns_) {
-    if (c.backend != backend || c.state != Conn::kLive) continue;
-    auto rec = dp_->GetPool(pid);
-    if (rec.ok() && rec->state == RM_P_IDLE) n++;
-  }
-  return n;
+  if (backend >= RM_MAX_BACKENDS) return 0;
+  return __atomic_load_n(&dp_->BackendLoad(backend).idle, __ATOMIC_RELAXED);
+}
+
+bool PoolManager::CanGrow(uint32_t backend) const {
+  auto it = backends_.find(backend);
+  return it != backends_.end() && !it->second.removed &&
+         it->second.live + it->second.connecting < opts_.max_conns_per_backend;
 }
 
 absl::Status PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,

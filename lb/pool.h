@@ -72,12 +72,14 @@ class PoolManager {
   void Tick(absl::Time now);
 
   // Datapath reports.
-  void OnDead(uint32_t pid);
+  // reset: the backend was not told (no FIN/RST passed): send it a RST.
+  void OnDead(uint32_t pid, bool reset);
   void OnNeed(uint32_t backend);
 
   uint32_t Established(uint32_t backend) const;  // live (idle or busy)
   uint32_t Connecting(uint32_t backend) const;
-  uint32_t Idle(uint32_t backend) const;         // from the records
+  uint32_t Idle(uint32_t backend) const;  // entries in the idle queue
+  bool CanGrow(uint32_t backend) const;   // below max_conns_per_backend
   const PoolStats& stats() const { return stats_; }
   bool backend_failing(uint32_t backend) const;
 
@@ -105,6 +107,8 @@ class PoolManager {
   };
 
   absl::Status OpenOne(uint32_t backend);
+  // Opens connections until the backend's target is met (bounded per call).
+  void Refill(uint32_t backend, absl::Time now);
   absl::Status Finish(uint32_t pid, Conn& c);
   void Retire(uint32_t pid, bool send_rst);
   absl::StatusOr<uint32_t> AllocId();

@@ -500,7 +500,7 @@ class Worker {
     if (r.upload_size > 0) {
       absl::StrAppend(&o, "Content-Length: ", r.upload_size, "\r\n");
     }
-    if (opt_.new_conn_per_request) o.append("Connection: close\r\n");
+    if (opt_.new_conn_per_request && opt_.close_header) o.append("Connection: close\r\n");
     o.append("\r\n");
   }
 
@@ -761,6 +761,12 @@ class Worker {
       Record(r, latency_us, s.status, "ok", backend);
     }
 
+    if (opt_.new_conn_per_request && !opt_.close_header && s.keep_alive &&
+        request_fully_sent) {
+      // The client closes first: FIN right after the response.
+      RemoveConn(c);
+      return false;
+    }
     if (!s.keep_alive || !request_fully_sent || opt_.new_conn_per_request) {
       Retire(c, now);
       return true;

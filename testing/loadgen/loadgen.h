@@ -36,6 +36,9 @@ struct Options {
   uint64_t delay_us = 0;
   int pipeline = 1;
   bool new_conn_per_request = false;
+  // With new_conn_per_request: send "Connection: close" (the server closes
+  // first) or not (the client closes first after the response).
+  bool close_header = true;
   int64_t timeout_ms = 5000;
   bool verify = true;
   std::string latency_csv;  // empty: none

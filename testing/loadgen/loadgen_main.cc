@@ -27,6 +27,9 @@ DEFINE_uint64(seed, 1, "seed for the deterministic per-request choices");
 DEFINE_uint64(delay_us, 0, "delay_us passed to the backend");
 DEFINE_int32(pipeline, 1, "requests written back to back per connection before reading");
 DEFINE_bool(new_conn_per_request, false, "connect, one request (Connection: close), close");
+DEFINE_bool(close_header, true,
+            "with --new_conn_per_request: send Connection: close (server closes first); "
+            "false: the client closes first after reading the response");
 DEFINE_int64(timeout_ms, 5000, "per request (and per connect) timeout");
 DEFINE_bool(verify, true, "verify every body byte, X-Body-Fnv and uploads");
 DEFINE_bool(json, false, "print one JSON object instead of text");
@@ -69,6 +72,7 @@ int main(int argc, char** argv) {
   o.delay_us = FLAGS_delay_us;
   o.pipeline = FLAGS_pipeline;
   o.new_conn_per_request = FLAGS_new_conn_per_request;
+  o.close_header = FLAGS_close_header;
   o.timeout_ms = FLAGS_timeout_ms;
   o.verify = FLAGS_verify;
   o.latency_csv = FLAGS_latency_csv;

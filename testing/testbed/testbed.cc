@@ -134,17 +134,29 @@ absl::Status Testbed::AddNamespace(const std::string& ns) {
 absl::Status Testbed::AddHost(const std::string& ns, const std::string& peer, const MacAddr& mac,
                               const MacAddr& peer_mac, const std::vector<std::string>& cidrs) {
   const std::string sw = switch_ns();
+  // The LB's link carries every flow twice (in and out) through one veth
+  // XDP ring of 256 frames; give it one queue per CPU so flows are hashed
+  // over several rings, as RSS would on a NIC. Per-flow order is kept.
+  const std::string queues = ns == lb_ns() ? "2" : "1";
   std::vector<std::vector<std::string>> steps = {
-      {"ip", "-n", sw, "link", "add", peer, "address", MacString(peer_mac), "type", "veth", "peer",
-       "name", "eth0", "address", MacString(mac), "netns", ns},
+      {"ip", "-n", sw, "link", "add", peer, "address", MacString(peer_mac), "numtxqueues",
+       queues, "numrxqueues", queues, "type", "veth", "peer", "name", "eth0", "address",
+       MacString(mac), "numtxqueues", queues, "numrxqueues", queues, "netns", ns},
       {"ip", "-n", sw, "link", "set", peer, "master", bridge()},
   };
   for (const std::string& c : cidrs) steps.push_back({"ip", "-n", ns, "addr", "add", c, "dev", "eth0"});
   for (auto& step : steps)
     if (absl::StatusOr<std::string> r = Run("", step); !r.ok()) return r.status();
   // Offload off on both ends before either carries traffic.
-  if (auto r = Run(ns, {"ethtool", "-K", "eth0", "tx", "off"}); !r.ok()) return r.status();
-  if (auto r = Run(sw, {"ethtool", "-K", peer, "tx", "off"}); !r.ok()) return r.status();
+  // tx off: see the file comment. gro on: gives every veth receive side a
+  // NAPI ring. Without it veth delivers through the sending CPU's backlog,
+  // so a flow sent from two CPUs is reordered on the wire, which the TCP
+  // stacks then count as PAWS drops and out-of-order segments that no load
+  // balancer caused.
+  if (auto r = Run(ns, {"ethtool", "-K", "eth0", "tx", "off", "gro", "on"}); !r.ok())
+    return r.status();
+  if (auto r = Run(sw, {"ethtool", "-K", peer, "tx", "off", "gro", "on"}); !r.ok())
+    return r.status();
   if (auto r = Run("", {"ip", "-n", sw, "link", "set", peer, "up"}); !r.ok()) return r.status();
   return Run("", {"ip", "-n", ns, "link", "set", "eth0", "up"}).status();
 }
