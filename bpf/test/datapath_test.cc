@@ -905,8 +905,9 @@ TEST_F(DatapathTest, ClientFinQuiescentThenFinalAckFreesRecord) {
   BackendPos b;
   Epoch e = Splice(c, p, b, 300);
   Exchange(c, p, e, b, 500);
+  // In-place replies carry the last window the client was told.
   Seg fin = ClientSeg(c, {}, FIN | ACK);
-  Bytes want = ToClient(c).Flags(FIN | ACK).Seq(c.s_nxt).Ack(c.c_nxt).Window(65535)
+  Bytes want = ToClient(c).Flags(FIN | ACK).Seq(c.s_nxt).Ack(c.c_nxt).Window(uint16_t(Client(c.id).s_win))
                    .Nop().Nop().Timestamps(c.s_ts, fin.tsval).Build();
   ExpectTx("client FIN between requests", BuildSeg(FromClient(c), fin), want,
            {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}});
@@ -921,7 +922,7 @@ TEST_F(DatapathTest, ClientFinQuiescentThenFinalAckFreesRecord) {
   // FIN retransmitted: the same FIN-ACK again.
   Seg fin2 = fin;
   ExpectTx("client FIN retransmitted", BuildSeg(FromClient(c), fin2),
-           ToClient(c).Flags(FIN | ACK).Seq(c.s_nxt).Ack(c.c_nxt).Window(65535)
+           ToClient(c).Flags(FIN | ACK).Seq(c.s_nxt).Ack(c.c_nxt).Window(uint16_t(Client(c.id).s_win))
                .Nop().Nop().Timestamps(c.s_ts, fin.tsval).Build(),
            {{RM_ST_TX_FINACK, 1}});
   Seg last;
@@ -1082,7 +1083,7 @@ TEST_F(DatapathTest, IdleReleaseKeepaliveAndResplice) {
   ka.tsval = ++c.tsval;
   ka.tsecr = c.s_ts;
   c.c_ts = c.tsval;
-  Bytes want = ToClient(c).Flags(ACK).Seq(c.s_nxt).Ack(c.c_nxt).Window(65535).Nop().Nop()
+  Bytes want = ToClient(c).Flags(ACK).Seq(c.s_nxt).Ack(c.c_nxt).Window(uint16_t(Client(c.id).s_win)).Nop().Nop()
                    .Timestamps(c.s_ts, ka.tsval).Build();
   // (Counted as tx_finack: the datapath counts every in-place client reply there.)
   ExpectTx("keepalive while unspliced", BuildSeg(FromClient(c), ka), want,

@@ -280,6 +280,7 @@ class DatapathFixture : public ::testing::Test {
     r.key = PoolKey(p);
     r.lb_nxt = p.lb_nxt;
     r.be_nxt = p.be_nxt;
+    r.be_edge = p.lb_nxt + (1u << 20);  // the backend has advertised 1 MiB
     r.lb_ts_last = p.lb_ts;
     r.be_ts_last = p.be_ts;
     r.be_isn = p.be_nxt - 1;

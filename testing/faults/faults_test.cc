@@ -118,6 +118,7 @@ class FaultsTest : public ::testing::Test {
     if (absl::Status s = Testbed::Available(); !s.ok())
       GTEST_SKIP() << "SKIPPED: " << s.message();
     testbed::TestbedOptions o;
+    o.gro = false;  // these tests count individual frames on the links
     o.prefix = kPrefix;
     o.num_clients = 1;
     o.num_backends = 1;

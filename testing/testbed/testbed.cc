@@ -153,9 +153,10 @@ absl::Status Testbed::AddHost(const std::string& ns, const std::string& peer, co
   // so a flow sent from two CPUs is reordered on the wire, which the TCP
   // stacks then count as PAWS drops and out-of-order segments that no load
   // balancer caused.
-  if (auto r = Run(ns, {"ethtool", "-K", "eth0", "tx", "off", "gro", "on"}); !r.ok())
+  const char* gro = options_.gro ? "on" : "off";
+  if (auto r = Run(ns, {"ethtool", "-K", "eth0", "tx", "off", "gro", gro}); !r.ok())
     return r.status();
-  if (auto r = Run(sw, {"ethtool", "-K", peer, "tx", "off", "gro", "on"}); !r.ok())
+  if (auto r = Run(sw, {"ethtool", "-K", peer, "tx", "off", "gro", gro}); !r.ok())
     return r.status();
   if (auto r = Run("", {"ip", "-n", sw, "link", "set", peer, "up"}); !r.ok()) return r.status();
   return Run("", {"ip", "-n", ns, "link", "set", "eth0", "up"}).status();

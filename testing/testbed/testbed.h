@@ -48,6 +48,9 @@ struct TestbedOptions {
   int num_backends = 1;        // 0..254
   int tcp_ecn = 2;             // net.ipv4.tcp_ecn in every namespace
   bool attach_xdp_pass = true;
+  // GRO (and with it a NAPI ring) on every veth: keeps each flow in order
+  // (see testbed.cc). Off for tests that count individual frames on links.
+  bool gro = true;
   absl::Duration command_timeout = absl::Seconds(10);
 };
 
