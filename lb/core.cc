@@ -61,7 +61,9 @@ absl::StatusOr<std::unique_ptr<Core>> Core::Create(const CoreOptions& opts) {
 }
 
 Core::~Core() {
-  // Pools first (their sockets close silently), then the datapath detaches.
+  // Probes first (they leave the epoll set), pools next (their sockets
+  // close silently), then the datapath detaches.
+  health_.reset();
   pools_.reset();
   if (rb_) ring_buffer__free(rb_);
   for (int fd : {epfd_, timerfd_, sigfd_, ctlfd_})
@@ -117,6 +119,22 @@ absl::Status Core::Init() {
   popts.mss = opts_.mss;
   pools_ = std::make_unique<PoolManager>(dp_.get(), popts);
 
+  epfd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epfd_ < 0) return Errno("epoll_create1");
+  HealthOptions hopts = opts_.health;
+  hopts.lb_ip = opts_.lb_ip;
+  if (auto st = ValidateHealthOptions(hopts); !st.ok()) return st;
+  health_ = std::make_unique<HealthChecker>(hopts, epfd_, pools_.get(), dp_.get());
+  if (hopts.interval > absl::ZeroDuration())
+    LOG(INFO) << "health checks every " << hopts.interval << " (timeout " << hopts.timeout
+              << ", rise " << hopts.rise << ", fall " << hopts.fall << "): "
+              << (hopts.http_path.empty() ? std::string("TCP connect")
+                                          : absl::StrCat("HTTP GET ", hopts.http_path, " -> 2xx"))
+              << (hopts.passive ? ", plus pooled-connect failures" : "");
+  else
+    LOG(INFO) << "active health checks off; "
+              << (hopts.passive ? "pooled-connect failures still count" : "passive ones off too");
+
   if (auto st = dp_->Attach(opts_.ifindex, opts_.allow_generic_xdp); !st.ok()) return st;
   LOG(INFO) << "XDP attached to " << opts_.ifname << " ("
             << (dp_->attached_generic() ? "generic" : "native") << "), VIP "
@@ -127,8 +145,6 @@ absl::Status Core::Init() {
     if (!id.ok()) return id.status();
   }
 
-  epfd_ = epoll_create1(EPOLL_CLOEXEC);
-  if (epfd_ < 0) return Errno("epoll_create1");
   rb_ = ring_buffer__new(dp_->events_fd(), &Core::OnEventThunk, this, nullptr);
   if (!rb_) return Errno("ring_buffer__new");
   auto add = [&](int fd, uint32_t events) -> absl::Status {
@@ -189,6 +205,7 @@ absl::StatusOr<uint32_t> Core::AddBackend(const BackendSpec& spec) {
   if (auto st = dp_->SetBackend(id, rb); !st.ok()) return st;
   backends_[id].flags = rb.flags;
   if (auto st = pools_->AddBackend(id, spec); !st.ok()) return st;
+  health_->AddBackend(id, spec);
   if (auto st = PublishBackends(); !st.ok()) return st;
   LOG(INFO) << "backend " << id << " = " << AddrString(spec.ip, spec.port) << " weight "
             << spec.weight;
@@ -208,6 +225,7 @@ absl::Status Core::RemoveBackend(uint32_t id) {
   if (auto st = dp_->SetBackend(id, rb); !st.ok()) return st;
   it->second.flags = rb.flags;
   pools_->RemoveBackend(id);
+  health_->RemoveBackend(id);
   LOG(INFO) << "backend " << id << " removed: its clients move at their next request";
   return PublishBackends();
 }
@@ -255,7 +273,7 @@ absl::Status Core::PublishBackends() {
     info.ipv4 = b.spec.ip;
     info.port = b.spec.port;
     info.weight = b.spec.weight;
-    bool healthy = !pools_->backend_failing(id);
+    bool healthy = health_->healthy(id);
     info.flags = (healthy ? RM_BACKEND_HEALTHY : 0) | (b.draining ? RM_BACKEND_DRAINING : 0);
     snap_index_[id] = snapshot_.size();
     snapshot_.push_back(info);
@@ -286,6 +304,9 @@ void Core::OnEvent(const rm_event& ev) {
         pool_acks_sent_++;
       break;
     case RM_EV_POOL_DEAD:
+      // An idle connection (no client) dying means the backend closed or
+      // reset it unprompted: worth an early probe.
+      if (ev.client_id == RM_NO_ID) health_->OnIdleConnDied(ev.backend_id);
       pools_->OnDead(ev.pool_id, ev.req_no != 0);
       break;
     case RM_EV_NEED_POOL:
@@ -320,6 +341,11 @@ void Core::OnRequestDone(const rm_event& ev) {
     req.requests_on_connection = ev.req_no;
     std::optional<size_t> pick = policy_->Pick(snap, req);
     if (pick) target = snapshot_[*pick].id;
+    // "No preference" (or a pick out of service) must not keep a client on
+    // a backend that left service: its next request goes elsewhere.
+    if (!Eligible(target)) {
+      if (auto fb = FallbackBackend(target)) target = *fb;
+    }
   }
   // A decision that keeps the client in place is still a decision: the
   // datapath counts it as applied, not late.
@@ -365,6 +391,118 @@ void Core::CollectClients() {
   for (auto [id, older] : to_release) dp_->ReleaseIdleClient(id, older).IgnoreError();
 }
 
+bool Core::Eligible(uint32_t backend) const {
+  auto it = snap_index_.find(backend);
+  if (it == snap_index_.end()) return false;
+  uint32_t f = snapshot_[it->second].flags;
+  return (f & RM_BACKEND_HEALTHY) && !(f & RM_BACKEND_DRAINING);
+}
+
+std::optional<uint32_t> Core::FallbackBackend(uint32_t avoid) {
+  for (size_t i = 0; i < snapshot_.size(); i++) {
+    const BackendInfo& b = snapshot_[fallback_cursor_++ % snapshot_.size()];
+    if (b.id != avoid && Eligible(b.id)) return b.id;
+  }
+  return std::nullopt;
+}
+
+uint16_t Core::DatapathFlags(uint32_t id, const Backend& b) const {
+  if (b.removed) return RM_BE_DRAINING;
+  uint16_t flags = RM_BE_ACTIVE;
+  // Out of service: no new splices (the same flags as a drain); clients on
+  // it stay until their next request, which MoveClientsOff sends elsewhere.
+  if (b.draining || !health_->healthy(id)) flags |= RM_BE_DRAINING;
+  if (pools_->CanGrow(id)) flags |= RM_BE_CAN_GROW;
+  return flags;
+}
+
+void Core::ApplyHealth(const HealthTransition& t) {
+  auto it = backends_.find(t.backend);
+  if (it == backends_.end() || it->second.removed) return;
+  Backend& b = it->second;
+  uint16_t flags = DatapathFlags(t.backend, b);
+  rm_backend rb{};
+  rb.ip = b.spec.ip;
+  rb.port = b.spec.port;
+  rb.flags = flags;
+  // Flags before lists: the datapath stops splicing onto it first.
+  if (auto st = dp_->SetBackend(t.backend, rb); st.ok()) b.flags = flags;
+  else LOG(ERROR) << "backend " << t.backend << ": updating datapath flags: " << st;
+  if (auto st = PublishBackends(); !st.ok())
+    LOG(ERROR) << "publishing backends after a health change: " << st;
+  if (t.up) {
+    pools_->RetryNow(t.backend);
+    return;
+  }
+  size_t moved = MoveClientsOff(t.backend);
+  uint32_t retired = t.failed ? pools_->RetireIdle(t.backend) : 0;
+  LOG(INFO) << "backend " << t.backend << " out of service: " << moved
+            << " clients redirected for their next request"
+            << (t.failed ? absl::StrCat(", ", retired, " idle pooled connections retired")
+                         : std::string());
+}
+
+size_t Core::MoveClientsOff(uint32_t backend) {
+  std::vector<std::pair<uint32_t, rm_client>> hit;
+  dp_->ForEachClient([&](uint32_t id, const rm_client& c) {
+       if (c.state != RM_C_ESTABLISHED) return;
+       uint64_t d = dp_->GetDecision(id);
+       bool decided_here = d && static_cast<uint32_t>(d >> 32) == c.req_no + 1 &&
+                           static_cast<uint32_t>(d) - 1 == backend;
+       if (c.backend_id == backend || decided_here) hit.push_back({id, c});
+     }).IgnoreError();
+  size_t moved = 0;
+  for (auto& [id, c] : hit) {
+    forced_.erase(id);
+    std::optional<uint32_t> target;
+    if (!snapshot_.empty()) {
+      Snapshot snap;
+      snap.now_ns = MonoNowNs();
+      snap.backends = absl::MakeConstSpan(snapshot_);
+      Request req;
+      req.client_id = id;
+      auto cur = snap_index_.find(c.backend_id);
+      if (cur != snap_index_.end()) req.current_backend = cur->second;
+      req.requests_on_connection = c.req_no;
+      std::optional<size_t> pick = policy_->Pick(snap, req);
+      if (pick && Eligible(snapshot_[*pick].id)) target = snapshot_[*pick].id;
+    }
+    if (!target) target = FallbackBackend(backend);
+    if (!target) break;  // nothing in service: they stay (and fail) where they are
+    dp_->SetDecision(id, c.req_no + 1, *target);
+    moved++;
+  }
+  return moved;
+}
+
+void Core::WatchLimits(absl::Time now) {
+  if (now - last_limits_check_ < absl::Seconds(1)) return;
+  last_limits_check_ = now;
+  auto st = dp_->Stats();
+  if (!st.ok()) return;
+  uint64_t full = (*st)[RM_ST_DROP_TABLE_FULL], no_pool = (*st)[RM_ST_DROP_NO_POOL];
+  limits_seen_table_full_ = full;
+  limits_seen_no_pool_ = no_pool;
+  // At most one line per 10 s, summing what happened since the last one.
+  bool pending = full != limits_logged_table_full_ || no_pool != limits_logged_no_pool_;
+  if (!pending || now - last_limit_log_ < absl::Seconds(10)) return;
+  last_limit_log_ = now;
+  if (full != limits_logged_table_full_)
+    LOG(ERROR) << "client table full (--max_clients=" << opts_.max_clients << "): "
+               << full - limits_logged_table_full_
+               << " new clients refused with RST since the last report (counter "
+                  "drop_table_full = "
+               << full << ")";
+  if (no_pool != limits_logged_no_pool_)
+    LOG(ERROR) << "no pooled connection for " << no_pool - limits_logged_no_pool_
+               << " clients since the last report (pools at --max_conns_per_backend="
+               << opts_.max_conns_per_backend
+               << " or no backend in service; refused with RST, counter drop_no_pool = "
+               << no_pool << ")";
+  limits_logged_table_full_ = full;
+  limits_logged_no_pool_ = no_pool;
+}
+
 void Core::Tick() {
   absl::Time now = absl::Now();
   pools_->Tick(now);
@@ -376,21 +514,25 @@ void Core::Tick() {
     e.data.fd = fd;
     if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &e) == 0) watched_[fd] = true;
   }
-  // Health follows the pools: a backend with no live connection that keeps
-  // failing leaves the snapshot's eligible set (and the first-request list).
-  bool changed = false;
-  for (BackendInfo& b : snapshot_) {
-    bool healthy = !pools_->backend_failing(b.id);
-    bool was = (b.flags & RM_BACKEND_HEALTHY) != 0;
-    if (healthy != was) changed = true;
+  // Forget connecting fds that were closed (timed out): epoll dropped them
+  // with the close, and a new socket may reuse the number.
+  if (!watched_.empty()) {
+    std::vector<int> fds = pools_->ConnectingFds();
+    absl::flat_hash_map<int, bool> live;
+    for (int fd : fds) live[fd] = true;
+    for (auto it = watched_.begin(); it != watched_.end();) {
+      if (!live.contains(it->first)) watched_.erase(it++);
+      else ++it;
+    }
   }
-  if (changed) PublishBackends().IgnoreError();
+  // Health: active probes and passive signals; transitions change the
+  // datapath's flags and lists, the snapshot, and where clients go next.
+  for (const HealthTransition& t : health_->Tick(now)) ApplyHealth(t);
   // Tell the datapath which pools can still grow (first data then waits for
   // a connection instead of being refused).
   for (auto& [id, b] : backends_) {
     if (b.removed) continue;
-    uint16_t flags = b.draining ? (RM_BE_ACTIVE | RM_BE_DRAINING) : RM_BE_ACTIVE;
-    if (pools_->CanGrow(id)) flags |= RM_BE_CAN_GROW;
+    uint16_t flags = DatapathFlags(id, b);
     if (flags != b.flags) {
       rm_backend rb{};
       rb.ip = b.spec.ip;
@@ -399,6 +541,7 @@ void Core::Tick() {
       if (dp_->SetBackend(id, rb).ok()) b.flags = flags;
     }
   }
+  WatchLimits(now);
   if (opts_.stats_interval > absl::ZeroDuration() && now - last_stats_ >= opts_.stats_interval) {
     PrintStats();
     last_stats_ = now;
@@ -418,7 +561,8 @@ std::vector<BackendStatus> Core::Backends() {
     s.id = id;
     s.addr = AddrString(b.spec.ip, b.spec.port);
     s.weight = b.spec.weight;
-    s.healthy = !pools_->backend_failing(id);
+    s.healthy = health_->healthy(id);
+    s.health = health_->status(id);
     s.draining = b.draining;
     s.removed = b.removed;
     s.pool_live = pools_->Established(id);
@@ -435,17 +579,24 @@ std::vector<BackendStatus> Core::Backends() {
 }
 
 std::string Core::BackendsText() {
-  std::string out = absl::StrFormat("%-3s %-21s %-6s %-8s %9s %5s %12s %10s %10s %10s\n", "id",
-                                    "address", "weight", "state", "pool", "out", "requests",
-                                    "rematch_in", "ewma_1st", "ewma_last");
+  std::string out = absl::StrFormat("%-3s %-21s %-6s %-8s %9s %5s %12s %10s %10s %10s  %s\n",
+                                    "id", "address", "weight", "state", "pool", "out",
+                                    "requests", "rematch_in", "ewma_1st", "ewma_last", "check");
   for (const BackendStatus& s : Backends()) {
-    const char* state = s.removed ? "removed" : s.draining ? "draining"
-                                            : s.healthy    ? "up"
-                                                           : "down";
-    absl::StrAppendFormat(&out, "%-3u %-21s %-6u %-8s %4u/%-4u %5u %12u %10u %8.2fms %8.2fms\n",
+    const char* state = s.removed      ? "removed"
+                        : s.draining   ? "draining"
+                        : s.healthy    ? "up"
+                        : s.health.up ? "ejected"
+                                       : "down";
+    // Last check result, with the open streak ("ok x2", "refused x3").
+    std::string check = s.health.last;
+    uint32_t streak = s.health.fail_streak ? s.health.fail_streak : s.health.ok_streak;
+    if (streak > 1) absl::StrAppend(&check, " x", streak);
+    absl::StrAppendFormat(&out,
+                          "%-3u %-21s %-6u %-8s %4u/%-4u %5u %12u %10u %8.2fms %8.2fms  %s\n",
                           s.id, s.addr, s.weight, state, s.pool_idle, s.pool_live, s.outstanding,
                           s.requests, s.rematched_in, s.ewma_first_ns / 1e6,
-                          s.ewma_last_ns / 1e6);
+                          s.ewma_last_ns / 1e6, check);
   }
   return out;
 }
@@ -496,7 +647,12 @@ std::string Core::MetricsText() {
                   "# TYPE rematcher_backend_outstanding gauge\n",
                   "# TYPE rematcher_backend_latency_ewma_seconds gauge\n",
                   "# TYPE rematcher_backend_pool_connections gauge\n",
-                  "# TYPE rematcher_backend_rematched_in_total counter\n");
+                  "# TYPE rematcher_backend_rematched_in_total counter\n",
+                  "# HELP rematcher_backend_up 1 while the backend passes its health checks "
+                  "and is not ejected.\n",
+                  "# TYPE rematcher_backend_up gauge\n",
+                  "# TYPE rematcher_backend_health_checks_total counter\n",
+                  "# TYPE rematcher_backend_health_transitions_total counter\n");
   for (const BackendStatus& s : Backends()) {
     std::string l = absl::StrCat("{backend=\"", s.id, "\",address=\"", s.addr, "\"}");
     absl::StrAppend(&out, "rematcher_backend_requests_total", l, " ", s.requests, "\n");
@@ -510,6 +666,19 @@ std::string Core::MetricsText() {
                     "\",to=\"first_byte\"} ", s.ewma_first_ns / 1e9, "\n");
     absl::StrAppend(&out, "rematcher_backend_latency_ewma_seconds{backend=\"", s.id,
                     "\",to=\"last_byte_acked\"} ", s.ewma_last_ns / 1e9, "\n");
+    absl::StrAppend(&out, "rematcher_backend_up", l, " ", s.healthy ? 1 : 0, "\n");
+    absl::StrAppend(&out, "rematcher_backend_health_checks_total{backend=\"", s.id,
+                    "\",result=\"ok\"} ", s.health.checks_ok, "\n");
+    absl::StrAppend(&out, "rematcher_backend_health_checks_total{backend=\"", s.id,
+                    "\",result=\"failed\"} ", s.health.checks_failed, "\n");
+    absl::StrAppend(&out, "rematcher_backend_health_checks_total{backend=\"", s.id,
+                    "\",result=\"passive_failure\"} ", s.health.passive_failures, "\n");
+    absl::StrAppend(&out, "rematcher_backend_health_transitions_total{backend=\"", s.id,
+                    "\",to=\"down\"} ", s.health.went_down, "\n");
+    absl::StrAppend(&out, "rematcher_backend_health_transitions_total{backend=\"", s.id,
+                    "\",to=\"up\"} ", s.health.went_up, "\n");
+    absl::StrAppend(&out, "rematcher_backend_health_transitions_total{backend=\"", s.id,
+                    "\",to=\"ejected\"} ", s.health.ejections, "\n");
   }
   absl::StrAppend(&out, "# TYPE rematcher_policy_decisions_total counter\n",
                   "rematcher_policy_decisions_total ", decisions_written_, "\n");
@@ -671,6 +840,8 @@ absl::Status Core::Run() {
         OnControlReadable();
       } else if (fd == ring_buffer__epoll_fd(rb_)) {
         ring_buffer__consume(rb_);
+      } else if (health_->Handles(fd)) {
+        health_->OnEvent(fd, evs[i].events);
       } else {
         watched_.erase(fd);
         epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);

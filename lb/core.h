@@ -14,6 +14,7 @@
 #include <thread>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "lb/datapath.h"
+#include "lb/health.h"
 #include "lb/policy.h"
 #include "lb/pool.h"
 
@@ -55,6 +57,7 @@ struct CoreOptions {
   absl::Duration half_open_timeout = absl::Seconds(5);
   absl::Duration duration = absl::ZeroDuration();  // 0: until signalled
   std::string control_socket;  // empty: none
+  HealthOptions health;        // lb_ip is filled in from lb_ip above
 };
 
 // One row of `backends` output and of the policy snapshot.
@@ -66,6 +69,7 @@ struct BackendStatus {
   uint32_t pool_live, pool_idle, outstanding;
   uint64_t requests, responses, rematched_in;
   uint64_t ewma_first_ns, ewma_last_ns;
+  HealthStatus health;
 };
 
 class Core {
@@ -105,6 +109,17 @@ class Core {
   void CollectClients();
   void PrintStats();
   absl::Status PublishBackends();
+  // Health: applies a transition (datapath flags, lists, pools, clients).
+  void ApplyHealth(const HealthTransition& t);
+  // Points every client on (or decided for) a backend that left service at
+  // an eligible one for its next request. Returns how many.
+  size_t MoveClientsOff(uint32_t backend);
+  // A backend for new requests when the policy's choice is not eligible
+  // (round robin over eligible ones); nullopt when none is.
+  std::optional<uint32_t> FallbackBackend(uint32_t avoid);
+  bool Eligible(uint32_t backend) const;
+  // Rate-limited ERRORs when the datapath refuses clients at a limit.
+  void WatchLimits(absl::Time now);
   absl::Status OpenControlSocket();
   void OnControlReadable();
 
@@ -114,11 +129,16 @@ class Core {
     bool removed = false;
     uint16_t flags = 0;  // last written to the datapath
   };
+  // What the datapath should hold for a backend now: out of service
+  // (draining, removed, failing its checks) takes RM_BE_ACTIVE's splices
+  // away; CAN_GROW while its pool may grow.
+  uint16_t DatapathFlags(uint32_t id, const Backend& b) const;
 
   CoreOptions opts_;
   std::unique_ptr<Datapath> dp_;
   std::unique_ptr<PoolManager> pools_;
   std::unique_ptr<Policy> policy_;
+  std::unique_ptr<HealthChecker> health_;
   ring_buffer* rb_ = nullptr;
   int epfd_ = -1, timerfd_ = -1, sigfd_ = -1, ctlfd_ = -1;
   absl::flat_hash_map<int, bool> watched_;  // connecting fds in epoll
@@ -135,6 +155,11 @@ class Core {
   uint64_t decisions_written_ = 0, pool_acks_sent_ = 0, events_ = 0;
   absl::Time started_, last_stats_, last_gc_;
   StatsArray last_counters_{};
+  size_t fallback_cursor_ = 0;
+  absl::Time last_limits_check_ = absl::InfinitePast();
+  absl::Time last_limit_log_ = absl::InfinitePast();
+  uint64_t limits_seen_table_full_ = 0, limits_seen_no_pool_ = 0;
+  uint64_t limits_logged_table_full_ = 0, limits_logged_no_pool_ = 0;
 };
 
 }  // namespace rematcher

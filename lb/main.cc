@@ -50,6 +50,22 @@ DEFINE_string(policy_dir, "", "Extra directory to search for built-in policy .so
 DEFINE_int32(nice, -10, "Scheduling priority of the control loop (-20..19). Policy decisions "
              "must beat the client's next request; on a busy host a raised priority keeps "
              "them on time.");
+DEFINE_uint32(health_interval_ms, 2000, "Active health check period per backend (TCP connect, "
+              "plus --health_http_path if set); 0: active checks off.");
+DEFINE_uint32(health_timeout_ms, 1000, "A health check not answered in this long has failed.");
+DEFINE_uint32(health_rise, 2, "Consecutive passed checks that bring a down backend back.");
+DEFINE_uint32(health_fall, 3, "Consecutive failed checks (or failed pooled connects) that take a "
+              "backend out of service.");
+DEFINE_string(health_http_path, "", "If set, health checks GET this path (e.g. /r?size=0) and "
+              "expect a 2xx status; empty: TCP connect only.");
+DEFINE_bool(health_passive, true, "Count failed or timed-out pooled-connection connects as "
+            "failed checks.");
+DEFINE_double(health_latency_factor, 0, "Eject a backend whose first-byte latency EWMA is over "
+              "this many times the median of the others (and over --health_latency_min_ms); "
+              "0: off.");
+DEFINE_double(health_latency_min_ms, 50, "Latency below this never ejects a backend.");
+DEFINE_double(health_latency_eject_s, 10, "First latency ejection lasts this long; repeated "
+              "ones last longer (up to 8x).");
 DEFINE_bool(sandbox_load, true, "In sandbox mode, run a closed-loop load from a client namespace.");
 DEFINE_uint32(sandbox_connections, 16, "Connections of the sandbox's load.");
 DEFINE_uint32(sandbox_backends, 3, "Backends in the sandbox (the last one is slow).");
@@ -124,6 +140,18 @@ int Main(int argc, char** argv) {
   o.client_idle_timeout = absl::Seconds(FLAGS_client_idle_timeout_s);
   o.duration = absl::Seconds(FLAGS_duration_s);
   o.control_socket = FLAGS_control_socket;
+  if (FLAGS_health_latency_min_ms < 0 || FLAGS_health_latency_eject_s <= 0)
+    return Fail("--health_latency_min_ms must be >= 0 and --health_latency_eject_s > 0");
+  o.health.interval = absl::Milliseconds(FLAGS_health_interval_ms);
+  o.health.timeout = absl::Milliseconds(FLAGS_health_timeout_ms);
+  o.health.rise = FLAGS_health_rise;
+  o.health.fall = FLAGS_health_fall;
+  o.health.http_path = FLAGS_health_http_path;
+  o.health.passive = FLAGS_health_passive;
+  o.health.latency_factor = FLAGS_health_latency_factor;
+  o.health.latency_min = absl::Milliseconds(FLAGS_health_latency_min_ms);
+  o.health.latency_eject = absl::Seconds(FLAGS_health_latency_eject_s);
+  if (auto st = ValidateHealthOptions(o.health); !st.ok()) return Fail(std::string(st.message()));
 
   if (FLAGS_nice < -20 || FLAGS_nice > 19) return Fail("--nice must be in -20..19");
   if (setpriority(PRIO_PROCESS, 0, FLAGS_nice))

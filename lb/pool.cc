@@ -189,11 +189,18 @@ void PoolManager::OnWritable(int fd) {
   if (st.ok()) {
     b.live++;
     b.failures = 0;
+    b.counters.connects_ok++;
     stats_.established++;
     return;
   }
   stats_.connect_failures++;
   b.failures++;
+  b.counters.connects_failed++;
+  b.counters.last_error = err == ECONNREFUSED   ? "connect refused"
+                          : err == EHOSTUNREACH ? "host unreachable"
+                          : err == ETIMEDOUT    ? "connect timed out"
+                          : err                 ? strerror(err)
+                                                : std::string(st.message());
   // Back off while a backend refuses: 50 ms doubling to 5 s.
   absl::Duration backoff = std::min(absl::Milliseconds(50) * (1 << std::min(b.failures, 7)),
                                     absl::Seconds(5));
@@ -317,6 +324,14 @@ void PoolManager::OnNeed(uint32_t backend) {
     LOG_EVERY_N(WARNING, 10) << "backend " << backend << ": all pooled connections busy; "
                              << "growing pool to " << grown;
     b.target = grown;
+    b.at_limit_logged = false;
+  } else if (!b.at_limit_logged && b.live + b.connecting >= opts_.max_conns_per_backend) {
+    // Once per episode (re-armed when the pool can grow again): new clients
+    // of this backend now wait for a release or are refused (drop_no_pool).
+    b.at_limit_logged = true;
+    LOG(ERROR) << "backend " << backend << " (" << AddrString(b.spec.ip, b.spec.port)
+               << "): pool at --max_conns_per_backend=" << opts_.max_conns_per_backend
+               << " and all busy; new clients wait or are refused (counter drop_no_pool)";
   }
   Refill(backend, absl::Now());
 }
@@ -331,6 +346,8 @@ void PoolManager::Tick(absl::Time now) {
     b.connecting--;
     b.failures++;
     stats_.connect_failures++;
+    b.counters.connects_failed++;
+    b.counters.last_error = "connect timed out";
     b.next_try = now + std::min(absl::Milliseconds(50) * (1 << std::min(b.failures, 7)),
                                 absl::Seconds(5));
     LOG_EVERY_N(ERROR, 20) << "backend " << c.backend << " ("
@@ -364,6 +381,43 @@ uint32_t PoolManager::Connecting(uint32_t backend) const {
 bool PoolManager::backend_failing(uint32_t backend) const {
   auto it = backends_.find(backend);
   return it != backends_.end() && it->second.failures > 0 && it->second.live == 0;
+}
+
+PoolBackendCounters PoolManager::Counters(uint32_t backend) const {
+  auto it = backends_.find(backend);
+  return it == backends_.end() ? PoolBackendCounters{} : it->second.counters;
+}
+
+uint32_t PoolManager::RetireIdle(uint32_t backend) {
+  uint32_t n = 0;
+  // Bounded: the queue holds at most max_conns_per_backend live entries
+  // plus stale ones.
+  for (uint32_t i = 0; i < 4 * RM_MAX_POOL_PER_BACKEND; i++) {
+    auto e = dp_->PopIdle(backend);
+    if (!e.ok() || !e->has_value()) break;
+    uint32_t pid = **e;
+    auto c = conns_.find(pid);
+    auto rec = dp_->GetPool(pid);
+    if (c != conns_.end() && c->second.state == Conn::kLive && c->second.backend == backend &&
+        rec.ok() && rec->state == RM_P_IDLE) {
+      Retire(pid, /*send_rst=*/true);
+      n++;
+    } else {
+      // A stale entry (its connection died or was replaced): the datapath
+      // already took it off the idle count when it died, and PopIdle took
+      // it off again. Give that back.
+      __atomic_fetch_add(&const_cast<rm_backend_load&>(dp_->BackendLoad(backend)).idle, 1,
+                         __ATOMIC_RELAXED);
+    }
+  }
+  return n;
+}
+
+void PoolManager::RetryNow(uint32_t backend) {
+  auto it = backends_.find(backend);
+  if (it == backends_.end() || it->second.removed) return;
+  it->second.next_try = absl::InfinitePast();
+  Refill(backend, absl::Now());
 }
 
 uint32_t PoolManager::Idle(uint32_t backend) const {

@@ -54,6 +54,12 @@ struct PoolStats {
   uint64_t opened = 0, established = 0, connect_failures = 0, retired = 0;
 };
 
+// Per-backend connect outcomes, for passive health checking.
+struct PoolBackendCounters {
+  uint64_t connects_ok = 0, connects_failed = 0;
+  std::string last_error;  // short: "refused", "timed out", ...
+};
+
 class PoolManager {
  public:
   PoolManager(Datapath* dp, const PoolOptions& opts) : dp_(dp), opts_(opts) {}
@@ -82,6 +88,15 @@ class PoolManager {
   bool CanGrow(uint32_t backend) const;   // below max_conns_per_backend
   const PoolStats& stats() const { return stats_; }
   bool backend_failing(uint32_t backend) const;
+  PoolBackendCounters Counters(uint32_t backend) const;
+
+  // Health transitions (HealthChecker via the Core). RetireIdle: the backend
+  // failed its checks, so its idle pooled connections are suspect: take
+  // them out of the idle queue and retire them (RST towards the backend);
+  // returns how many. Busy ones finish or die on their own. RetryNow: the
+  // backend is back: drop the connect back-off and refill at once.
+  uint32_t RetireIdle(uint32_t backend);
+  void RetryNow(uint32_t backend);
 
   // Sends a bare ACK (or RST) on a pooled connection from its recorded state
   // through a raw socket: used for the ACK the old backend is owed at a
@@ -104,6 +119,8 @@ class PoolManager {
     uint32_t live = 0, connecting = 0;
     int failures = 0;
     absl::Time next_try;
+    PoolBackendCounters counters;
+    bool at_limit_logged = false;
   };
 
   absl::Status OpenOne(uint32_t backend);
