@@ -1,0 +1,126 @@
+// Shared pieces for end-to-end tests of the real rematcher binary on a
+// namespace testbed (the pattern of //lb:e2e_test, extracted): a testbed with
+// test backends, rematcher started in the LB namespace with a control socket,
+// loadgen runs from client namespaces, control-socket parsing and nstat
+// snapshots of every client and backend.
+//
+// Nothing here uses gtest: every call returns a status or a value, so a test
+// decides what is fatal. Needs root (namespaces, XDP); see Testbed::Available.
+#ifndef REMATCHER_LB_TESTING_E2E_FIXTURE_H_
+#define REMATCHER_LB_TESTING_E2E_FIXTURE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "testing/testbed/nstat.h"
+#include "testing/testbed/process.h"
+#include "testing/testbed/testbed.h"
+
+namespace rematcher::e2e {
+
+// ---- parsing -------------------------------------------------------------
+
+// "key":<int> anywhere in loadgen's flat JSON; -1 when absent.
+int64_t JsonInt(const std::string& json, const std::string& key);
+// "b0":123 inside loadgen's "backends" object.
+std::map<std::string, int64_t> BackendCounts(const std::string& json);
+// "name value" lines of the control socket's `stats`.
+std::map<std::string, uint64_t> ParseStats(const std::string& text);
+
+// One row of the control socket's `backends`.
+struct BackendRow {
+  uint32_t id = 0;
+  std::string addr;
+  std::string state;  // up | down | draining | removed
+  uint32_t pool_idle = 0;
+  uint32_t pool_live = 0;
+  int64_t outstanding = 0;  // as printed (a u32 on the wire: see the parser)
+  uint64_t requests = 0;
+};
+std::vector<BackendRow> ParseBackends(const std::string& text);
+
+// ---- the bed -------------------------------------------------------------
+
+struct BedOptions {
+  testbed::TestbedOptions testbed;  // prefix, clients, backends, gro...
+  std::string control_socket;       // e.g. /run/rematcher/<prefix>.sock
+  std::string vip = "198.18.0.10:8080";
+  uint16_t backend_port = 8080;
+};
+
+class E2eBed {
+ public:
+  // Builds the testbed (no processes yet). FailedPrecondition when this
+  // process cannot (not root, no BPF): callers print SKIPPED.
+  static absl::StatusOr<std::unique_ptr<E2eBed>> Create(const BedOptions& options);
+  ~E2eBed();
+
+  testbed::Testbed& tb() { return *tb_; }
+  const BedOptions& options() const { return options_; }
+  std::string TempPath(const std::string& name) const;
+
+  // Test backend i (//testing/backend) listening on backend_port, with
+  // extra flags; waits for its listener. Replaces a previous one.
+  absl::Status StartBackend(int i, const std::vector<std::string>& extra = {});
+  // Sends sig to backend i's process (SIGKILL: no FIN, the kernel resets
+  // its connections on the next segment) and reaps it when it is fatal.
+  void KillBackend(int i, int sig);
+  bool BackendRunning(int i);
+  // "ip:port,ip:port,..." of every backend.
+  std::string BackendList() const;
+
+  // rematcher --iface=eth0 in the LB namespace with the control socket;
+  // waits until pool_established >= conns_per_backend x backends.
+  absl::Status StartLb(const std::string& policy, const std::vector<std::string>& extra = {},
+                       int conns_per_backend = 16);
+  void StopLb();
+  bool LbRunning();
+  std::string LbLog() const;
+
+  absl::StatusOr<std::string> Ctl(const std::string& cmd) const;
+  absl::StatusOr<std::map<std::string, uint64_t>> Stats() const;
+  absl::StatusOr<std::vector<BackendRow>> Backends() const;
+  // Polls `backends` until every backend not removed has idle == live and
+  // live >= min_live, bounded; returns the last rows (check them).
+  std::vector<BackendRow> WaitPoolsQuiet(uint32_t min_live, absl::Duration timeout) const;
+
+  // loadgen from client i against the VIP with --json plus flags; returns
+  // the JSON (stdout), exit code and stderr. The run is bounded by timeout.
+  struct LoadResult {
+    int exit_code = -1;
+    std::string json;
+    std::string err;
+    absl::Duration elapsed;
+  };
+  absl::StatusOr<LoadResult> Load(int client, const std::vector<std::string>& flags,
+                                  absl::Duration timeout);
+  // Same, in the background: stdout goes to out_path.
+  absl::StatusOr<testbed::Process> SpawnLoad(int client, const std::vector<std::string>& flags,
+                                             const std::string& out_path);
+
+  // nstat of every client and backend ("c0".."cN", "b0".."bM").
+  struct Snap {
+    std::vector<std::pair<std::string, testbed::NstatCounters>> hosts;
+  };
+  absl::StatusOr<Snap> TakeNstat() const;
+  static std::map<std::string, testbed::NstatDelta> Diff(const Snap& before, const Snap& after);
+
+ private:
+  explicit E2eBed(const BedOptions& o) : options_(o) {}
+  BedOptions options_;
+  std::unique_ptr<testbed::Testbed> tb_;
+  std::vector<testbed::Process> backends_;
+  testbed::Process lb_;
+  std::string dir_;
+  std::string lb_log_;
+};
+
+}  // namespace rematcher::e2e
+
+#endif  // REMATCHER_LB_TESTING_E2E_FIXTURE_H_
