@@ -647,7 +647,24 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     return XDP_DROP;
   }
 
-  /* Phase A: does this segment start a request, and where should it go? */
+  struct rm_scratch *sc = scratch_get();
+  if (!sc) return XDP_DROP;
+  struct rm_xlate *x = &sc->x;
+  struct rm_reply *r = &sc->r;
+  struct rm_leg *leg = &sc->leg;
+  /* No zeroing on the hot path: the forward path assigns every field of x,
+   * the reply and release paths every field of r and leg they use. */
+  leg->retire = 0;
+  int verdict = XDP_TX, reply = 0, free_it = 0, started = 0, resp_done = 0;
+  int retire = 0, release = 0;
+  __u32 bid = RM_NO_ID, req_no = 0;
+  __u64 req_start = 0, first_ns = 0;
+  /* Data may start a request, whose start time feeds the latency EWMAs. */
+  now = len ? now_ns() : bpf_ktime_get_coarse_ns();
+
+  /* Phase A: does this segment start a request, and where should it go?
+   * In the common case (no splice to make) phase B follows under the same
+   * lock; only a (re)splice or a bad state drops it in between. */
   __u32 epoch, pool, want = RM_NO_ID, st_a = RM_ST__MAX, st_b = RM_ST__MAX;
   int boundary = 0, first = 0, state;
   bpf_spin_lock(&c->lock);
@@ -690,25 +707,21 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
       }
     }
   }
-  bpf_spin_unlock(&c->lock);
-  if (st_a != RM_ST__MAX) stat_inc(st_a);
-
-  if (first) stat_inc(RM_ST_HANDSHAKES);
-  if (state == RM_C_SYN_RCVD || state == RM_C_FREE) {
-    stat_inc(RM_ST_DROP_BAD_STATE);
-    return XDP_DROP;
-  }
-  if (state == RM_C_CLOSED) {
-    stat_inc(RM_ST_DROP_BAD_STATE);
-    return XDP_DROP;
-  }
-
-  if (want != RM_NO_ID) {
-    int r = do_splice(cfg, id, epoch, want, pk);
-    if (r == 0) {
+  int bad = state == RM_C_SYN_RCVD || state == RM_C_FREE || state == RM_C_CLOSED;
+  if (bad || want != RM_NO_ID) {
+    bpf_spin_unlock(&c->lock);
+    if (st_a != RM_ST__MAX) stat_inc(st_a);
+    st_a = RM_ST__MAX;
+    if (first) stat_inc(RM_ST_HANDSHAKES);
+    first = 0;
+    if (bad) {
+      stat_inc(RM_ST_DROP_BAD_STATE);
+      return XDP_DROP;
+    }
+    int rs = do_splice(cfg, id, epoch, want, pk);
+    if (rs == 0) {
       epoch++;
-      pool = 0; /* spliced now */
-    } else if (pool == RM_NO_ID && r == -2) {
+    } else if (pool == RM_NO_ID && rs == -2) {
       /* No idle pooled connection this instant, but one is being opened:
        * drop the segment, the client's retransmission will find it. */
       stat_inc(RM_ST_NO_POOL_WAIT);
@@ -718,29 +731,13 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
       client_free(id, key, epoch);
       return send_rst(ctx, pk);
     }
-  }
-
-  /* Phase B: update the trackers and take a consistent copy of the splice. */
-  struct rm_scratch *sc = scratch_get();
-  if (!sc) return XDP_DROP;
-  struct rm_xlate *x = &sc->x;
-  struct rm_reply *r = &sc->r;
-  struct rm_leg *leg = &sc->leg;
-  __builtin_memset(x, 0, sizeof(*x));
-  __builtin_memset(r, 0, sizeof(*r));
-  __builtin_memset(leg, 0, sizeof(*leg));
-  int verdict = XDP_TX, reply = 0, free_it = 0, started = 0, resp_done = 0;
-  int retire = 0, release = 0;
-  __u32 bid = RM_NO_ID, req_no = 0;
-  __u64 req_start = 0, first_ns = 0;
-  if (!now) now = bpf_ktime_get_coarse_ns();
-  if (boundary) now = now_ns();
-
-  bpf_spin_lock(&c->lock);
-  if (c->epoch != epoch) {
-    bpf_spin_unlock(&c->lock);
-    stat_inc(RM_ST_DROP_STALE);
-    return XDP_DROP;
+    /* Phase B: update the trackers and take a consistent copy. */
+    bpf_spin_lock(&c->lock);
+    if (c->epoch != epoch) {
+      bpf_spin_unlock(&c->lock);
+      stat_inc(RM_ST_DROP_STALE);
+      return XDP_DROP;
+    }
   }
   c->last_seen_ns = now;
   state = c->state;
@@ -907,6 +904,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   x->tsecr_floor_out = c->e_b_ts;
   x->ws_in = c->c_wscale;
   x->ws_out = c->lb_wscale;
+  x->win_cap = 0;
   x->keep_ts = (c->b_flags & RM_LEG_TS) != 0;
   x->keep_sack = (c->b_flags & RM_LEG_SACK) != 0;
   {
@@ -917,6 +915,8 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
 unlock:
   r->window = c->s_win;
   bpf_spin_unlock(&c->lock);
+  if (st_a != RM_ST__MAX) stat_inc(st_a);
+  if (first) stat_inc(RM_ST_HANDSHAKES);
   if (st_b != RM_ST__MAX) stat_inc(st_b);
 
   if (started) {
@@ -942,6 +942,11 @@ unlock:
   }
   if (reply) {
     r->ws = 0xff;
+    r->synack = 0;
+    r->sack_perm = 0;
+    r->mss = 0;
+    r->set_mac = 0;
+    r->set_addr = 0;
     stat_inc(RM_ST_TX_FINACK);
     return rm_send_reply(ctx, pk, r);
   }
@@ -1106,8 +1111,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   if (!sc) return XDP_DROP;
   struct rm_xlate *x = &sc->x;
   struct rm_leg *leg = &sc->leg;
-  __builtin_memset(x, 0, sizeof(*x));
-  __builtin_memset(leg, 0, sizeof(*leg));
+  /* Every field of x is assigned below; leg only on the retire path. */
   int first_byte = 0, retire = 0;
   __u32 req_no = 0, bid = RM_NO_ID;
   __u64 req_start = 0, now = 0;

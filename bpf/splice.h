@@ -109,9 +109,8 @@ static __noinline int rm_xlate_packet(struct rm_pkt *pk, const struct rm_xlate *
   void *end = pk->data_end;
   int ok = 1;
 
-  __u64 old_sum = rm_sum_words(tcp, pk->tcp_hlen / 4, end, &ok);
-  old_sum += ip->saddr;
-  old_sum += ip->daddr;
+  __u64 old_addr = (__u64)ip->saddr + ip->daddr;
+  __u64 old_sum = rm_sum_words(tcp, pk->tcp_hlen / 4, end, &ok) + old_addr;
   if (!ok) return -1;
 
   /* L2: the frame came addressed to us; send it from us to the peer. */
@@ -122,10 +121,9 @@ static __noinline int rm_xlate_packet(struct rm_pkt *pk, const struct rm_xlate *
   /* L3 */
   ip->saddr = x->saddr;
   ip->daddr = x->daddr;
-  ip->check = 0;
-  __u64 isum = rm_sum_words(ip, ip->ihl, end, &ok);
-  if (!ok) return -1;
-  ip->check = (__u16)~rm_fold(isum);
+  __u64 new_addr = (__u64)ip->saddr + ip->daddr;
+  /* Only the addresses changed: RFC 1624 over {check, saddr, daddr}. */
+  ip->check = rm_csum_replace((__u64)ip->check + old_addr, new_addr);
 
   /* L4 */
   tcp->source = x->sport;
@@ -149,9 +147,7 @@ static __noinline int rm_xlate_packet(struct rm_pkt *pk, const struct rm_xlate *
   if (rm_xlate_ts(pk, x) || rm_xlate_sack(pk, x)) return -1;
 
   tcp->check = 0;
-  __u64 new_sum = rm_sum_words(tcp, pk->tcp_hlen / 4, end, &ok);
-  new_sum += ip->saddr;
-  new_sum += ip->daddr;
+  __u64 new_sum = rm_sum_words(tcp, pk->tcp_hlen / 4, end, &ok) + new_addr;
   if (!ok) return -1;
   tcp->check = rm_csum_replace(old_sum, new_sum);
   return 0;

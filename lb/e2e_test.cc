@@ -388,7 +388,11 @@ TEST_F(E2eTest, TenThousandShortConnectionsLeakNothing) {
 TEST_F(E2eTest, RoundRobinSpreadsRequestsNotConnections) {
   StartLb(Backends(8080), "rr");
   Snap before = TakeNstat();
-  std::string j = Load(0, {"--connections=4", "--requests=6000", "--sizes=100,5000"});
+  // Open loop at a rate this 2-core box sustains with CPU to spare: the
+  // property under test is spreading by request. (Decision rates at full
+  // closed-loop load are a benchmark figure: see the README.)
+  std::string j = Load(0, {"--connections=4", "--requests=6000", "--mode=open", "--rate=2000",
+                           "--sizes=100,5000"});
   ASSERT_EQ(JsonInt(j, "ok"), 6000) << j;
   EXPECT_EQ(JsonInt(j, "verify_failures"), 0);
   auto counts = BackendCounts(j);
@@ -405,9 +409,7 @@ TEST_F(E2eTest, RoundRobinSpreadsRequestsNotConnections) {
   double applied = s["decision_applied"], late = s["decision_late"];
   std::cout << "[decisions] applied " << applied << " late " << late << " ("
             << 100 * applied / (applied + late) << "% applied)" << std::endl;
-  // Target 99% (issue 3); on this 2-core box the load generator competes
-  // with the control loop and 96-99% is measured.
-  EXPECT_GE(applied / (applied + late), 0.95) << "applied " << applied << " late " << late;
+  EXPECT_GE(applied / (applied + late), 0.99) << "applied " << applied << " late " << late;
   ExpectClean(before);
 }
 
