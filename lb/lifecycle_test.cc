@@ -1,0 +1,487 @@
+// Lifecycle end to end: the real rematcher binary on a namespace testbed
+// (prefix "rmlc"), exercising runtime limits and backend health:
+//   - at --max_clients, a new client is refused with an RST at once and
+//     counted (drop_table_full), an ERROR names the limit, and the clients
+//     already admitted keep working byte for byte; --max_backends refuses
+//     an extra backend with an error naming the flag;
+//   - a backend whose host becomes unreachable fails its probes, is marked
+//     down, its clients go to the others without a hang, and it comes back
+//     (marked up, pool refilled) when the host returns;
+//   - a backend refusing connections at start is logged clearly and marked
+//     down while the others serve; started later, it is marked up (HTTP
+//     probe) and takes requests.
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "lb/control_client.h"
+#include "testing/backend/body.h"
+#include "testing/backend/test_util.h"
+#include "testing/testbed/testbed.h"
+
+namespace rematcher {
+namespace {
+
+using backend::FillBody;
+using backend::testutil::RunfilePath;
+using backend::testutil::TempDir;
+using testbed::Process;
+using testbed::Testbed;
+
+constexpr char kSock[] = "/run/rematcher/lifecycle.sock";
+constexpr char kVip[] = "198.18.0.10";
+
+std::map<std::string, uint64_t> ParseStats(const std::string& text) {
+  std::map<std::string, uint64_t> out;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    std::vector<std::string> kv = absl::StrSplit(line, ' ');
+    uint64_t v;
+    if (kv.size() == 2 && absl::SimpleAtoi(kv[1], &v)) out[kv[0]] = v;
+  }
+  return out;
+}
+
+int64_t JsonInt(const std::string& json, const std::string& key) {
+  std::smatch m;
+  if (!std::regex_search(json, m, std::regex("\"" + key + "\":(-?[0-9]+)"))) return -1;
+  int64_t v = -1;
+  absl::SimpleAtoi(m[1].str(), &v);
+  return v;
+}
+
+int64_t BackendCount(const std::string& json, const std::string& name) {
+  std::smatch m;
+  if (!std::regex_search(json, m, std::regex("\"" + name + "\":([0-9]+)"))) return 0;
+  return std::stoll(m[1].str());
+}
+
+// A TCP connect from inside network namespace ns (on a thread of its own
+// that entered it; the socket stays in ns). Returns the fd, or -errno.
+int ConnectFrom(const std::string& ns, const std::string& ip, uint16_t port,
+                absl::Duration timeout) {
+  int result = -EINVAL;
+  std::thread t([&] {
+    int nsfd = open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
+    if (nsfd < 0 || setns(nsfd, CLONE_NEWNET)) {
+      result = -errno;
+      if (nsfd >= 0) close(nsfd);
+      return;
+    }
+    close(nsfd);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) && errno != EINPROGRESS) {
+      result = -errno;
+      close(fd);
+      return;
+    }
+    pollfd p{fd, POLLOUT, 0};
+    if (poll(&p, 1, absl::ToInt64Milliseconds(timeout)) != 1) {
+      result = -ETIMEDOUT;
+      close(fd);
+      return;
+    }
+    int err = 0;
+    socklen_t len = sizeof(err);
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err) {
+      result = -err;
+      close(fd);
+      return;
+    }
+    // Blocking from here on, with a bound on every read.
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    timeval tv{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    result = fd;
+  });
+  t.join();
+  return result;
+}
+
+// One keep-alive request on fd; checks status 200 and the body byte for byte.
+::testing::AssertionResult RequestOk(int fd, uint64_t size, uint64_t seed) {
+  std::string req = absl::StrCat("GET /r?size=", size, "&seed=", seed,
+                                 " HTTP/1.1\r\nHost: vip\r\n\r\n");
+  if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size()))
+    return ::testing::AssertionFailure() << "send: " << strerror(errno);
+  std::string buf;
+  char tmp[65536];
+  size_t head_end = std::string::npos;
+  int64_t clen = -1;
+  for (;;) {
+    if (head_end == std::string::npos) {
+      head_end = buf.find("\r\n\r\n");
+      if (head_end != std::string::npos) {
+        std::smatch m;
+        std::string head = buf.substr(0, head_end);
+        if (head.rfind("HTTP/1.1 200", 0) != 0)
+          return ::testing::AssertionFailure() << "status: " << head.substr(0, 40);
+        if (!std::regex_search(head, m, std::regex("[Cc]ontent-[Ll]ength: *([0-9]+)")))
+          return ::testing::AssertionFailure() << "no Content-Length in " << head;
+        clen = std::stoll(m[1].str());
+        head_end += 4;
+      }
+    }
+    if (clen >= 0 && buf.size() >= head_end + clen) break;
+    ssize_t n = recv(fd, tmp, sizeof(tmp), 0);
+    if (n <= 0)
+      return ::testing::AssertionFailure()
+             << "recv: " << (n == 0 ? "eof" : strerror(errno)) << " after " << buf.size()
+             << " bytes";
+    buf.append(tmp, n);
+  }
+  if (buf.size() != head_end + clen)
+    return ::testing::AssertionFailure() << "extra bytes after the body";
+  std::string want(size, 0);
+  FillBody(seed, 0, want.data(), size);
+  if (buf.compare(head_end, clen, want) != 0 || static_cast<uint64_t>(clen) != size)
+    return ::testing::AssertionFailure() << "body differs (seed " << seed << ")";
+  return ::testing::AssertionSuccess();
+}
+
+class LifecycleTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (getuid() != 0) return;
+    testbed::TestbedOptions o;
+    o.prefix = "rmlc";
+    o.num_clients = 2;
+    o.num_backends = 3;
+    auto tb = Testbed::Create(o);
+    if (!tb.ok()) {
+      setup_error_ = new std::string(tb.status().ToString());
+      return;
+    }
+    tb_ = tb->release();
+    procs_ = new std::map<int, Process>();
+    for (int i = 0; i < 3; i++) StartBackend(i, 8080);
+  }
+
+  static void StartBackend(int i, int port) {
+    auto p = tb_->Spawn(tb_->backend_ns(i), {RunfilePath("testing/backend/backend"),
+                                             absl::StrCat("--listen=0.0.0.0:", port),
+                                             absl::StrCat("--name=b", i)});
+    ASSERT_TRUE(p.ok()) << p.status();
+    (*procs_)[i * 100000 + port] = std::move(*p);
+    ASSERT_TRUE(tb_->WaitForTcpListener(tb_->backend_ns(i), tb_->backend_ip(i), port,
+                                        absl::Seconds(10))
+                    .ok());
+  }
+
+  static void TearDownTestSuite() {
+    delete procs_;
+    procs_ = nullptr;
+    delete tb_;
+    tb_ = nullptr;
+  }
+
+  void SetUp() override {
+    if (getuid() != 0) GTEST_SKIP() << "SKIPPED: needs root (namespaces, XDP, BPF)";
+    if (setup_error_) GTEST_SKIP() << "SKIPPED: testbed unavailable: " << *setup_error_;
+    ASSERT_NE(tb_, nullptr);
+  }
+
+  void TearDown() override {
+    if (lb_.valid()) lb_.Stop(absl::Seconds(5)).IgnoreError();
+    lb_ = Process();
+    // A test may have taken a backend's link down.
+    for (int i = 0; i < 3; i++)
+      tb_->Run(tb_->backend_ns(i), {"ip", "link", "set", "eth0", "up"}).IgnoreError();
+  }
+
+  std::string Addr(int i, int port) const { return absl::StrCat(tb_->backend_ip(i), ":", port); }
+
+  // Starts rematcher and waits for `want_established` pooled connections.
+  void StartLb(const std::vector<std::string>& backends, uint32_t want_established,
+               std::vector<std::string> extra) {
+    std::vector<std::string> argv = {RunfilePath("lb/rematcher"),
+                                     "--iface=eth0",
+                                     absl::StrCat("--vip=", kVip, ":8080"),
+                                     "--backends=" + absl::StrJoin(backends, ","),
+                                     "--policy=rr",
+                                     "--stats_interval_s=0",
+                                     std::string("--control_socket=") + kSock};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    lb_log_ = TempDir() + "/" +
+              ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".log";
+    auto p = tb_->Spawn(tb_->lb_ns(), argv, {lb_log_, lb_log_});
+    ASSERT_TRUE(p.ok()) << p.status();
+    lb_ = std::move(*p);
+    absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (absl::Now() < deadline) {
+      auto r = SendControlCommand(kSock, "stats");
+      if (r.ok() && ParseStats(*r)["pool_established"] >= want_established) return;
+      ASSERT_TRUE(lb_.Running()) << "rematcher exited: " << Log();
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    FAIL() << "pools not established in time: " << Log();
+  }
+
+  std::string Log() {
+    std::ifstream f(lb_log_);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+
+  std::string Ctl(const std::string& cmd) {
+    auto r = SendControlCommand(kSock, cmd);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : "";
+  }
+  std::map<std::string, uint64_t> Stats() { return ParseStats(Ctl("stats")); }
+
+  // The `backends` row of addr: {state, "idle/live"}.
+  std::pair<std::string, std::string> Row(const std::string& addr) {
+    for (absl::string_view line : absl::StrSplit(Ctl("backends"), '\n', absl::SkipEmpty())) {
+      std::vector<std::string> t = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      if (t.size() > 4 && t[1] == addr) return {t[3], t[4]};
+    }
+    return {"absent", ""};
+  }
+  uint32_t PoolLive(const std::string& addr) {
+    std::vector<std::string> p = absl::StrSplit(Row(addr).second, '/');
+    uint32_t v = 0;
+    return p.size() == 2 && absl::SimpleAtoi(p[1], &v) ? v : 0;
+  }
+
+  // Polls until addr's state is `state`; returns how long it took.
+  absl::StatusOr<absl::Duration> WaitState(const std::string& addr, const std::string& state,
+                                           absl::Duration timeout) {
+    absl::Time start = absl::Now();
+    while (absl::Now() - start < timeout) {
+      if (Row(addr).first == state) return absl::Now() - start;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return absl::DeadlineExceededError(absl::StrCat(addr, " not ", state, " after ", absl::FormatDuration(timeout),
+                                                    ": ", Ctl("backends")));
+  }
+
+  bool WaitLog(const std::string& needle, absl::Duration timeout) {
+    absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      if (Log().find(needle) != std::string::npos) return true;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return false;
+  }
+
+  // Loadgen in the background from client ns; its JSON lands in *out_path.
+  absl::StatusOr<Process> StartLoad(int client, const std::string& out_path,
+                                    std::vector<std::string> flags) {
+    std::vector<std::string> argv = {RunfilePath("testing/loadgen/loadgen"),
+                                     absl::StrCat("--target=", kVip, ":8080"), "--json",
+                                     "--max_time_s=60"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    return tb_->Spawn(tb_->client_ns(client), argv, {out_path, out_path + ".err"});
+  }
+  std::string ReadFile(const std::string& path) {
+    std::ifstream f(path);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+
+  static Testbed* tb_;
+  static std::map<int, Process>* procs_;
+  static std::string* setup_error_;
+  Process lb_;
+  std::string lb_log_;
+};
+
+Testbed* LifecycleTest::tb_ = nullptr;
+std::map<int, Process>* LifecycleTest::procs_ = nullptr;
+std::string* LifecycleTest::setup_error_ = nullptr;
+
+TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) {
+  constexpr int kMax = 20;
+  StartLb({Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)}, 3 * 8,
+          {absl::StrCat("--max_clients=", kMax), "--conns_per_backend=8",
+           "--max_conns_per_backend=32", "--max_backends=3"});
+  // Hold kMax keep-alive connections, each with a verified request.
+  std::vector<int> fds;
+  for (int i = 0; i < kMax; i++) {
+    int fd = ConnectFrom(tb_->client_ns(i % 2), kVip, 8080, absl::Seconds(3));
+    ASSERT_GE(fd, 0) << "connection " << i << ": " << strerror(-fd) << Log();
+    fds.push_back(fd);
+    EXPECT_TRUE(RequestOk(fd, 1000 + i, 100 + i)) << "connection " << i;
+  }
+  uint64_t full_before = Stats()["drop_table_full"];
+  // The next one is refused at once with an RST (ECONNREFUSED), not left
+  // to time out.
+  absl::Time t0 = absl::Now();
+  int extra = ConnectFrom(tb_->client_ns(0), kVip, 8080, absl::Seconds(3));
+  absl::Duration took = absl::Now() - t0;
+  EXPECT_LT(extra, 0) << "connection beyond --max_clients was admitted";
+  if (extra >= 0) close(extra);
+  EXPECT_TRUE(extra == -ECONNREFUSED || extra == -ECONNRESET) << strerror(-extra);
+  EXPECT_LT(took, absl::Milliseconds(500));
+  // A few more, from the other client too: all refused and counted.
+  for (int i = 0; i < 4; i++) {
+    int fd = ConnectFrom(tb_->client_ns(1), kVip, 8080, absl::Seconds(3));
+    EXPECT_EQ(fd, -ECONNREFUSED);
+    if (fd >= 0) close(fd);
+  }
+  EXPECT_GE(Stats()["drop_table_full"], full_before + 5);
+  EXPECT_TRUE(WaitLog(absl::StrCat("client table full (--max_clients=", kMax, ")"),
+                      absl::Seconds(5)))
+      << Log();
+  // Nothing admitted was harmed: every held connection still serves,
+  // byte exact, across backends (rr moves them at each request).
+  for (int round = 0; round < 3; round++)
+    for (int i = 0; i < kMax; i++)
+      EXPECT_TRUE(RequestOk(fds[i], 70000 + 13 * i, 1000 * round + i))
+          << "admitted connection " << i << " round " << round;
+  for (int fd : fds) close(fd);
+  // Slots come back once the closed clients are collected (linger 2 s).
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  int again = -1;
+  while (absl::Now() < deadline) {
+    again = ConnectFrom(tb_->client_ns(0), kVip, 8080, absl::Seconds(3));
+    if (again >= 0) break;
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+  ASSERT_GE(again, 0) << "no client slot came back after closing: " << Log();
+  EXPECT_TRUE(RequestOk(again, 5000, 42));
+  close(again);
+  // The backend limit refuses with a message naming the flag.
+  EXPECT_EQ(Ctl("add 198.18.2.200:8080"), "error: backend table full (--max_backends=3)\n");
+  EXPECT_TRUE(lb_.Running()) << Log();
+}
+
+TEST_F(LifecycleTest, UnreachableBackendGoesDownClientsMoveAndItComesBack) {
+  const std::string b2 = Addr(2, 8080);
+  StartLb({Addr(0, 8080), Addr(1, 8080), b2}, 3 * 8,
+          {"--conns_per_backend=8", "--health_interval_ms=300", "--health_timeout_ms=300",
+           "--health_rise=2", "--health_fall=2"});
+  std::string out = TempDir() + "/unreachable.json";
+  auto load = StartLoad(0, out, {"--connections=6", "--duration_s=14", "--timeout_ms=3000",
+                                 "--sizes=100,5000", "--allow_errors"});
+  ASSERT_TRUE(load.ok()) << load.status();
+  absl::SleepFor(absl::Seconds(2));
+  // The host vanishes: nothing answers, not even an RST.
+  ASSERT_TRUE(tb_->Run(tb_->backend_ns(2), {"ip", "link", "set", "eth0", "down"}).ok());
+  auto down = WaitState(b2, "down", absl::Seconds(10));
+  ASSERT_TRUE(down.ok()) << down.status() << Log();
+  std::cout << "[health] unreachable backend marked down after " << *down << std::endl;
+  EXPECT_LT(*down, absl::Seconds(5));
+  EXPECT_TRUE(WaitLog("(" + b2 + ") is DOWN", absl::Seconds(1))) << Log();
+  absl::SleepFor(absl::Seconds(4));
+  // While down, nothing new goes there (a request already in flight may
+  // have been counted at the moment of the outage).
+  EXPECT_EQ(Row(b2).first, "down");
+  // The host returns.
+  ASSERT_TRUE(tb_->Run(tb_->backend_ns(2), {"ip", "link", "set", "eth0", "up"}).ok());
+  auto up = WaitState(b2, "up", absl::Seconds(15));
+  ASSERT_TRUE(up.ok()) << up.status() << Log();
+  std::cout << "[health] backend marked up again after " << *up << std::endl;
+  EXPECT_TRUE(WaitLog("(" + b2 + ") is UP", absl::Seconds(1))) << Log();
+  // Its pool refills.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline && PoolLive(b2) < 8) absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_GE(PoolLive(b2), 8u) << Ctl("backends");
+  // The load ends on time, byte exact; only requests caught on the way to
+  // the vanished host (before it was marked down) failed, by timeout.
+  auto rc = load->Wait(absl::Seconds(40));
+  ASSERT_TRUE(rc.ok()) << "loadgen hung";
+  std::string j = ReadFile(out);
+  std::cout << "[load] " << j << std::endl;
+  EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
+  EXPECT_GT(JsonInt(j, "ok"), 1000) << j;
+  EXPECT_LE(JsonInt(j, "errors"), 18) << j;
+  EXPECT_GT(BackendCount(j, "b0"), 0) << j;
+  EXPECT_GT(BackendCount(j, "b1"), 0) << j;
+  // After the return it serves again.
+  auto after = tb_->RunCommand(
+      tb_->client_ns(1),
+      {RunfilePath("testing/loadgen/loadgen"), absl::StrCat("--target=", kVip, ":8080"),
+       "--json", "--connections=3", "--requests=600", "--sizes=100"},
+      absl::Seconds(60));
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(JsonInt(after->out, "ok"), 600) << after->out << after->err;
+  EXPECT_GT(BackendCount(after->out, "b2"), 100) << after->out;
+  auto m = Ctl("metrics");
+  EXPECT_NE(m.find("rematcher_backend_up{backend=\"2\",address=\"" + b2 + "\"} 1"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("rematcher_backend_health_transitions_total{backend=\"2\",to=\"down\"} 1"),
+            std::string::npos)
+      << m;
+  EXPECT_TRUE(lb_.Running()) << Log();
+}
+
+TEST_F(LifecycleTest, RefusingBackendAtStartIsDownOthersServeThenItJoins) {
+  // Nothing listens on b2:8090 yet: connects are refused.
+  const std::string b2 = Addr(2, 8090);
+  StartLb({Addr(0, 8080), Addr(1, 8080), b2}, 2 * 8,
+          {"--conns_per_backend=8", "--health_interval_ms=300", "--health_timeout_ms=500",
+           "--health_rise=2", "--health_fall=3", "--health_http_path=/r?size=0"});
+  auto down = WaitState(b2, "down", absl::Seconds(10));
+  ASSERT_TRUE(down.ok()) << down.status() << Log();
+  EXPECT_TRUE(WaitLog("(" + b2 + ") is DOWN", absl::Seconds(1))) << Log();
+  EXPECT_NE(Log().find("refused"), std::string::npos) << Log();
+  auto r = tb_->RunCommand(
+      tb_->client_ns(0),
+      {RunfilePath("testing/loadgen/loadgen"), absl::StrCat("--target=", kVip, ":8080"),
+       "--json", "--connections=4", "--requests=2000", "--sizes=100,20000"},
+      absl::Seconds(60));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(JsonInt(r->out, "ok"), 2000) << r->out << r->err;
+  EXPECT_EQ(JsonInt(r->out, "errors"), 0) << r->out;
+  EXPECT_EQ(JsonInt(r->out, "verify_failures"), 0) << r->out;
+  EXPECT_EQ(BackendCount(r->out, "b2"), 0) << r->out;
+  // The backend starts: HTTP checks pass, it is marked up, its pool fills
+  // and it takes requests.
+  StartBackend(2, 8090);
+  auto up = WaitState(b2, "up", absl::Seconds(15));
+  ASSERT_TRUE(up.ok()) << up.status() << Log();
+  EXPECT_TRUE(WaitLog("(" + b2 + ") is UP: 2 consecutive checks passed (HTTP 200",
+                      absl::Seconds(1)))
+      << Log();
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline && PoolLive(b2) < 8) absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_GE(PoolLive(b2), 8u) << Ctl("backends");
+  r = tb_->RunCommand(
+      tb_->client_ns(1),
+      {RunfilePath("testing/loadgen/loadgen"), absl::StrCat("--target=", kVip, ":8080"),
+       "--json", "--connections=3", "--requests=900", "--sizes=100"},
+      absl::Seconds(60));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(JsonInt(r->out, "ok"), 900) << r->out << r->err;
+  EXPECT_GT(BackendCount(r->out, "b2"), 200) << r->out;
+  // A path the backends answer 404 for takes everything down, with the
+  // status in the log, and the binary keeps running.
+  lb_.Stop(absl::Seconds(5)).IgnoreError();
+  lb_ = Process();
+  StartLb({Addr(0, 8080)}, 8,
+          {"--conns_per_backend=8", "--health_interval_ms=200", "--health_fall=2",
+           "--health_http_path=/nope"});
+  auto d = WaitState(Addr(0, 8080), "down", absl::Seconds(10));
+  EXPECT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(WaitLog("last: HTTP 404", absl::Seconds(1))) << Log();
+  EXPECT_TRUE(lb_.Running()) << Log();
+}
+
+}  // namespace
+}  // namespace rematcher
