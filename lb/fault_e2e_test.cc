@@ -1,0 +1,430 @@
+// Fault end to end: the real rematcher binary (rematching on) between real
+// kernel TCP clients and backends, while testing/faults injects loss,
+// duplication and reordering on every client and backend link in both
+// directions, and while backends close pooled connections (request limit,
+// idle timeout) or die (SIGKILL) and come back. Every body is verified byte
+// for byte by loadgen.
+//
+// Where the faults act (measured, see the report printed by each case):
+// the testbed runs with GRO on (the LB tests need it), but GRO on the
+// switch-side veth peers merges the host's frames into super-frames before
+// the fault hooks see them: a "5% loss" then drops whole 64 KiB bursts, and
+// the reorder relay cannot forward merged frames larger than the MTU
+// (relay_lost, measured 839 of 4200 frames). So this test turns GRO off on
+// the switch-side peers only (hosts keep it): every fault then acts on one
+// wire frame, and each case checks relay_lost == 0 and prints dropped frames
+// next to the hosts' TcpRetransSegs.
+//
+// PAWS: the injected reordering itself (a held frame overtaken, up to
+// reorder_max_hold late) makes the receiving kernel drop a few segments as
+// PAWSEstab even on a direct client->backend path with no LB at all
+// (measured: 1-2 per ~90,000-180,000 segments at 1%). So PAWSEstab is bounded
+// by a small rate here rather than 0; TCPACKSkippedPAWS and TcpInCsumErrors
+// (no corruption is injected) must stay 0.
+//
+// CI runs FAULT_E2E_REQUESTS requests per fault level (default 3000); the
+// manual target //lb:fault_e2e_long_test defines it as 100,000.
+#include <signal.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "lb/testing/e2e_fixture.h"
+#include "testing/faults/faults.h"
+
+#ifndef FAULT_E2E_REQUESTS
+#define FAULT_E2E_REQUESTS 3000
+#endif
+#ifndef FAULT_E2E_PREFIX
+#define FAULT_E2E_PREFIX "rmfe"
+#endif
+
+namespace rematcher {
+namespace {
+
+using e2e::BackendRow;
+using e2e::E2eBed;
+using e2e::JsonInt;
+using faults::FaultInjector;
+using faults::FaultSpec;
+
+constexpr int kClients = 2;
+constexpr int kBackends = 3;
+constexpr int kPool = 16;
+constexpr uint64_t kRequests = FAULT_E2E_REQUESTS;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path);
+  return std::string((std::istreambuf_iterator<char>(f)), {});
+}
+
+int64_t Get(const testbed::NstatDelta& d, const char* k) {
+  auto it = d.find(k);
+  return it == d.end() ? 0 : it->second;
+}
+
+class FaultE2eTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    e2e::BedOptions o;
+    o.testbed.prefix = FAULT_E2E_PREFIX;
+    o.testbed.num_clients = kClients;
+    o.testbed.num_backends = kBackends;
+    o.testbed.gro = true;
+    o.control_socket = absl::StrCat("/run/rematcher/", FAULT_E2E_PREFIX, ".sock");
+    auto bed = E2eBed::Create(o);
+    if (!bed.ok()) {
+      skip_ = new std::string(bed.status().ToString());
+      return;
+    }
+    bed_ = bed->release();
+    // GRO off on the switch-side peers only: see the file comment.
+    testbed::Testbed& tb = bed_->tb();
+    std::vector<std::string> peers = {tb.lb_peer_ifname()};
+    for (int i = 0; i < kClients; i++) peers.push_back(tb.client_peer_ifname(i));
+    for (int i = 0; i < kBackends; i++) peers.push_back(tb.backend_peer_ifname(i));
+    for (const std::string& p : peers) {
+      auto r = tb.Run(tb.switch_ns(), {"ethtool", "-K", p, "gro", "off"});
+      if (!r.ok()) {
+        setup_error_ = new std::string(r.status().ToString());
+        return;
+      }
+    }
+  }
+
+  static void TearDownTestSuite() {
+    delete bed_;
+    bed_ = nullptr;
+  }
+
+  void SetUp() override {
+    if (skip_) GTEST_SKIP() << "SKIPPED: " << *skip_;
+    ASSERT_EQ(setup_error_, nullptr) << *setup_error_;
+    ASSERT_NE(bed_, nullptr);
+    for (int i = 0; i < kBackends; i++) ASSERT_TRUE(bed_->StartBackend(i).ok());
+  }
+
+  void TearDown() override {
+    faults_.clear();  // detaches
+    if (bed_ == nullptr) return;
+    if (HasFailure()) std::cout << "[rematcher log]\n" << bed_->LbLog() << std::endl;
+    bed_->StopLb();
+  }
+
+  E2eBed& bed() { return *bed_; }
+
+  void AttachFaults(double rate, uint64_t seed) {
+    FaultSpec spec;
+    spec.loss = rate;
+    spec.duplicate = rate;
+    spec.reorder = rate;
+    spec.dir = faults::Direction::kBoth;
+    spec.seed = seed;
+    auto f = faults::AttachToLinks(bed().tb(), faults::LinkSet::kClientsAndBackends, spec);
+    ASSERT_TRUE(f.ok()) << f.status();
+    faults_ = std::move(*f);
+  }
+
+  // Prints the injectors' counters, checks the relay lost nothing, and
+  // returns the frames dropped on purpose.
+  uint64_t ReportFaults() {
+    uint64_t dropped = 0, dup = 0, reordered = 0, seen = 0;
+    for (auto& f : faults_) {
+      auto c = f->Counters();
+      EXPECT_TRUE(c.ok()) << c.status();
+      if (!c.ok()) continue;
+      std::cout << "[faults] " << f->ifname() << "\n" << c->ToString() << std::endl;
+      for (const faults::DirectionCounters* d : {&c->from_host, &c->to_host}) {
+        EXPECT_EQ(d->relay_lost, 0u) << f->ifname() << ": unplanned loss in the relay";
+        dropped += d->dropped;
+        dup += d->duplicated;
+        reordered += d->reordered;
+        seen += d->seen;
+      }
+    }
+    std::cout << "[faults] total frames " << seen << ": dropped " << dropped << ", duplicated "
+              << dup << ", reordered " << reordered << std::endl;
+    return dropped;
+  }
+
+  // nstat on every client and backend: no PAWS damage beyond what the
+  // injected reordering causes on its own (see the file comment), no
+  // skipped ACKs, no checksum errors. Returns total retransmissions.
+  int64_t CheckNstat(const E2eBed::Snap& before, bool faults_on) {
+    auto after = bed().TakeNstat();
+    EXPECT_TRUE(after.ok()) << after.status();
+    if (!after.ok()) return 0;
+    int64_t retrans = 0;
+    for (auto& [host, d] : E2eBed::Diff(before, *after)) {
+      SCOPED_TRACE(host);
+      int64_t out = Get(d, "TcpOutSegs"), in = Get(d, "TcpInSegs"), re = Get(d, "TcpRetransSegs");
+      retrans += re;
+      std::cout << "[nstat] " << host << " out " << out << " in " << in << " retrans " << re
+                << " RTO " << Get(d, "TcpExtTCPTimeouts") << " PAWSEstab "
+                << Get(d, "TcpExtPAWSEstab") << " DSACKRecv " << Get(d, "TcpExtTCPDSACKRecv")
+                << " EstabResets " << Get(d, "TcpEstabResets") << " OutRsts "
+                << Get(d, "TcpOutRsts") << std::endl;
+      EXPECT_EQ(Get(d, "TcpExtTCPACKSkippedPAWS"), 0);
+      EXPECT_EQ(Get(d, "TcpInCsumErrors"), 0);
+      int64_t paws_allowed = faults_on ? std::max<int64_t>(5, in / 5000) : 0;
+      EXPECT_LE(Get(d, "TcpExtPAWSEstab"), paws_allowed) << "of " << in << " segments received";
+    }
+    return retrans;
+  }
+
+  // Pools quiet once the load stops: every live pooled connection idle
+  // (none leaked in a splice, none shared), each pool back to its size,
+  // every pooled connection ever established either live or retired, and
+  // exactly one established socket per live pooled connection in the LB.
+  void CheckPoolsQuiet() {
+    std::vector<BackendRow> rows = bed().WaitPoolsQuiet(kPool, absl::Seconds(15));
+    ASSERT_EQ(rows.size(), static_cast<size_t>(kBackends)) << *bed().Ctl("backends");
+    uint64_t live = 0;
+    for (const BackendRow& b : rows) {
+      SCOPED_TRACE(b.addr);
+      EXPECT_EQ(b.pool_idle, b.pool_live) << "pooled connections not back idle";
+      EXPECT_GE(b.pool_live, static_cast<uint32_t>(kPool));
+      live += b.pool_live;
+    }
+    auto s = bed().Stats();
+    ASSERT_TRUE(s.ok()) << s.status();
+    std::cout << "[pools] live " << live << " established " << (*s)["pool_established"]
+              << " retired " << (*s)["pool_retired"] << " pool_dead " << (*s)["pool_dead"]
+              << " connect_failures " << (*s)["pool_connect_failures"] << std::endl;
+    EXPECT_EQ((*s)["pool_established"], live + (*s)["pool_retired"])
+        << "pooled connections neither live nor retired";
+    auto ss = bed().tb().Run(bed().tb().lb_ns(), {"ss", "-Htn", "state", "established"});
+    ASSERT_TRUE(ss.ok());
+    EXPECT_EQ(static_cast<uint64_t>(std::count(ss->begin(), ss->end(), '\n')), live) << *ss;
+  }
+
+  void PrintStats(const std::map<std::string, uint64_t>& s) {
+    std::cout << "[lb]";
+    for (const char* k : {"splices", "rematches", "decision_applied", "decision_late",
+                          "pipelined", "closed_clean", "closed_retire", "pool_dead", "tx_rst",
+                          "drop_no_pool", "drop_bad_state", "drop_stale", "drop_malformed",
+                          "stale_acked", "pool_retired", "pool_established",
+                          "pool_connect_failures"}) {
+      auto it = s.find(k);
+      if (it != s.end()) std::cout << " " << k << "=" << it->second;
+    }
+    std::cout << std::endl;
+  }
+
+  // N requests with mixed sizes and uploads from both clients at once under
+  // loss + duplication + reordering at `rate` on every link.
+  void RunUnderFaults(double rate, const std::string& policy) {
+    ASSERT_TRUE(bed().StartLb(policy).ok()) << bed().LbLog();
+    auto before = bed().TakeNstat();
+    ASSERT_TRUE(before.ok()) << before.status();
+    AttachFaults(rate, 1000 + static_cast<uint64_t>(rate * 1000));
+    const uint64_t per_client = kRequests / kClients;
+    // Bound on the whole run: TCP recovery explains a few RTO backoffs on
+    // some requests, not a stall; the per-request timeout is far above any
+    // recovery seen (p999 and max are printed).
+    const double max_time_s = 60 + static_cast<double>(per_client) * (rate >= 0.05 ? 0.03 : 0.01);
+    std::vector<std::string> flags = {
+        "--connections=8", absl::StrCat("--requests=", per_client),
+        "--sizes=0,100,10000,65536,300000", "--upload_sizes=0,0,5000,100000",
+        "--timeout_ms=30000", absl::StrCat("--max_time_s=", max_time_s), "--allow_errors"};
+    std::string out1 = bed().TempPath("load_c1.json");
+    std::vector<std::string> f1 = flags;
+    f1.push_back("--seed=7");
+    auto bg = bed().SpawnLoad(1, f1, out1);
+    ASSERT_TRUE(bg.ok()) << bg.status();
+    auto r = bed().Load(0, flags, absl::Seconds(max_time_s + 30));
+    ASSERT_TRUE(r.ok()) << r.status();
+    auto rc = bg->Wait(absl::Seconds(max_time_s + 30));
+    ASSERT_TRUE(rc.ok()) << rc.status();
+    std::vector<std::string> jsons = {r->json, ReadFile(out1)};
+    for (int c = 0; c < kClients; c++) {
+      const std::string& j = jsons[c];
+      SCOPED_TRACE(absl::StrCat("client ", c));
+      std::cout << "[loadgen c" << c << "] " << j << std::endl;
+      EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
+      EXPECT_EQ(JsonInt(j, "ok"), static_cast<int64_t>(per_client)) << j;
+      EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
+      EXPECT_EQ(JsonInt(j, "timeout"), 0) << j;
+    }
+    EXPECT_EQ(r->exit_code, 0) << r->err;
+    EXPECT_EQ(*rc, 0) << ReadFile(out1 + ".err");
+    std::cout << "[time] client 0 took " << r->elapsed << " for " << per_client << " requests"
+              << std::endl;
+    uint64_t dropped = ReportFaults();
+    faults_.clear();  // detach before judging the quiet state
+    int64_t retrans = CheckNstat(*before, /*faults_on=*/true);
+    std::cout << "[loss] frames dropped " << dropped << ", segments retransmitted " << retrans
+              << std::endl;
+    // Loss was really injected and repaired by TCP.
+    EXPECT_GT(dropped, 0u);
+    EXPECT_GE(retrans, static_cast<int64_t>(dropped) / 2);
+    auto s = bed().Stats();
+    ASSERT_TRUE(s.ok());
+    PrintStats(*s);
+    EXPECT_GT((*s)["rematches"], 0u) << "rematching never happened";
+    EXPECT_EQ((*s)["drop_malformed"], 0u);
+    CheckPoolsQuiet();
+  }
+
+  void RunBackendCloses(const std::vector<std::string>& backend_flags);
+
+  static E2eBed* bed_;
+  static std::string* skip_;
+  static std::string* setup_error_;
+  std::vector<std::unique_ptr<FaultInjector>> faults_;
+};
+
+E2eBed* FaultE2eTest::bed_ = nullptr;
+std::string* FaultE2eTest::skip_ = nullptr;
+std::string* FaultE2eTest::setup_error_ = nullptr;
+
+// DISABLED, bug (measured 2026-11-26, 3000 requests, rr): through rematcher
+// under 1% loss+dup+reorder on every link, 3 requests hung to the 30 s
+// timeout and 1 got a non-200 status (the backend saw a malformed request);
+// after the run one pooled connection per backend stayed busy (19/20 idle:
+// leaked in a splice); TcpInCsumErrors 4/1/.. on hosts although no corruption
+// is injected (0 on a direct path with the same faults). The datapath also
+// marks most clients as pipelining under retransmission (pipelined 1041 for
+// 3000 requests), which stops rematching for them.
+TEST_F(FaultE2eTest, DISABLED_OnePercentLossReorderDuplicationBothSides) {
+  RunUnderFaults(0.01, "rr");
+}
+
+// DISABLED, bug: at 5% all 3000 requests completed byte exact, but
+// TcpInCsumErrors 3/1/1 on backends and c1 (no corruption injected),
+// PAWSEstab above the direct-path rate on b0/b1, pipelined 4181 (rematching
+// nearly stopped: 81 rematches).
+TEST_F(FaultE2eTest, DISABLED_FivePercentLossReorderDuplicationBothSides) {
+  RunUnderFaults(0.05, "p2c");
+}
+
+// Backends close pooled connections themselves, under 1% faults: after 10
+// requests on a connection (the 10th response says Connection: close and is
+// followed by the backend's FIN) and after 200 ms idle (FIN on an idle pooled
+// connection). Requests keep succeeding; a client sees a close only on an
+// exchange its backend closed (loadgen resends what was never answered);
+// the pools refill.
+void FaultE2eTest::RunBackendCloses(const std::vector<std::string>& backend_flags) {
+  for (int i = 0; i < kBackends; i++) ASSERT_TRUE(bed().StartBackend(i, backend_flags).ok());
+  ASSERT_TRUE(bed().StartLb("rr").ok()) << bed().LbLog();
+  auto s0 = bed().Stats();
+  ASSERT_TRUE(s0.ok());
+  // Idle pooled connections die of the keepalive timeout before any load.
+  absl::SleepFor(absl::Milliseconds(800));
+  auto before = bed().TakeNstat();
+  ASSERT_TRUE(before.ok());
+  AttachFaults(0.01, 77);
+  const uint64_t n = std::max<uint64_t>(1000, kRequests / 3);
+  auto r = bed().Load(0, {"--connections=8", absl::StrCat("--requests=", n),
+                          "--sizes=0,100,10000,300000", "--upload_sizes=0,0,5000",
+                          "--timeout_ms=30000", "--max_time_s=150", "--allow_errors"},
+                      absl::Seconds(180));
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::cout << "[loadgen] " << r->json << std::endl;
+  EXPECT_EQ(JsonInt(r->json, "verify_failures"), 0) << r->json;
+  EXPECT_EQ(JsonInt(r->json, "timeout"), 0) << r->json;
+  EXPECT_EQ(JsonInt(r->json, "unfinished"), 0) << r->json;
+  EXPECT_EQ(JsonInt(r->json, "protocol"), 0) << r->json;
+  EXPECT_EQ(JsonInt(r->json, "bad_status"), 0) << r->json;
+  // Every request gets through (the ones on a closing exchange are resent).
+  EXPECT_EQ(JsonInt(r->json, "ok"), static_cast<int64_t>(n)) << r->json;
+  ReportFaults();
+  faults_.clear();
+  CheckNstat(*before, /*faults_on=*/true);
+  auto s1 = bed().Stats();
+  ASSERT_TRUE(s1.ok());
+  PrintStats(*s1);
+  EXPECT_GT((*s1)["pool_retired"], (*s0)["pool_retired"]);
+  EXPECT_GT((*s1)["pool_established"], (*s0)["pool_established"] + 3 * kPool)
+      << "pools did not refill";
+  // The backends keep closing idle pooled connections: pools stay refilled.
+  absl::SleepFor(absl::Milliseconds(600));
+  std::vector<BackendRow> rows = bed().WaitPoolsQuiet(kPool, absl::Seconds(10));
+  std::cout << *bed().Ctl("backends") << std::endl;
+  for (const BackendRow& b : rows) EXPECT_GE(b.pool_live, 1u) << b.addr;
+}
+
+// Backend FIN that delimits a response (Connection: close on every 10th).
+// DISABLED, bug: under 1% faults 2 of 1000 requests hung to the 30 s timeout
+// (998 ok, 0 verify failures; pool_retired 75, drop_bad_state 48, tx_rst 1,
+// client OutRsts 1): the same stall as the 1% case above.
+TEST_F(FaultE2eTest, DISABLED_BackendFinDelimitsResponseUnderFaults) {
+  RunBackendCloses({"--max_requests_per_conn=10"});
+}
+
+// DISABLED, bug: backends closing idle pooled connections (keepalive 200 ms)
+// leave rematcher with empty pools (backends `0/0`, pool_established 9410,
+// pool_retired 11074, pool_dead 9401, drop_stale 3587, pool_connect_failures
+// 1664) and every client request hangs: 0 of 1000 ok, 32 timeouts (30 s),
+// 968 unfinished. See the report of the fault test session.
+TEST_F(FaultE2eTest, DISABLED_BackendFinOnIdlePooledConnectionUnderFaults) {
+  RunBackendCloses({"--max_requests_per_conn=10", "--keepalive_timeout_ms=200"});
+}
+
+// SIGKILL one backend under load and restart it: requests in flight to it
+// fail fast (reset/EOF, never a timeout), the other clients keep being
+// served by the other backends, no byte is wrong, and the pool of the
+// restarted backend refills.
+TEST_F(FaultE2eTest, BackendKilledMidLoadAndRestarted) {
+  ASSERT_TRUE(bed().StartLb("rr").ok()) << bed().LbLog();
+  std::vector<std::string> flags = {"--connections=8", "--duration_s=8",
+                                    "--sizes=0,100,10000,300000", "--upload_sizes=0,0,5000",
+                                    "--timeout_ms=5000", "--max_time_s=30", "--allow_errors"};
+  std::string out1 = bed().TempPath("kill_c1.json");
+  std::vector<std::string> f1 = flags;
+  f1.push_back("--seed=9");
+  auto bg = bed().SpawnLoad(1, f1, out1);
+  ASSERT_TRUE(bg.ok());
+  absl::SleepFor(absl::Seconds(2));
+  bed().KillBackend(1, SIGKILL);
+  absl::Time killed = absl::Now();
+  absl::SleepFor(absl::Seconds(2));
+  auto mid = bed().Backends();
+  ASSERT_TRUE(mid.ok());
+  std::cout << "[backends while b1 is dead]\n" << *bed().Ctl("backends") << std::endl;
+  ASSERT_TRUE(bed().StartBackend(1).ok());
+  std::cout << "[restart] b1 back after " << absl::Now() - killed << std::endl;
+  auto r = bed().Load(0, {"--connections=8", "--duration_s=4", "--sizes=0,100,10000,300000",
+                          "--timeout_ms=5000", "--max_time_s=30", "--allow_errors"},
+                      absl::Seconds(60));
+  ASSERT_TRUE(r.ok());
+  auto rc = bg->Wait(absl::Seconds(60));
+  ASSERT_TRUE(rc.ok());
+  std::string j1 = ReadFile(out1);
+  for (const std::string& j : {j1, r->json}) {
+    std::cout << "[loadgen] " << j << std::endl;
+    EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
+    // Fail fast: reset or EOF, never a hang to the timeout.
+    EXPECT_EQ(JsonInt(j, "timeout"), 0) << j;
+    EXPECT_EQ(JsonInt(j, "unfinished"), 0) << j;
+    EXPECT_EQ(JsonInt(j, "protocol"), 0) << j;
+    EXPECT_EQ(JsonInt(j, "bad_status"), 0) << j;
+    EXPECT_GT(JsonInt(j, "ok"), 500) << j;
+  }
+  // The client running across the kill lost at most the requests in flight
+  // on b1 (8 connections, each had at most one).
+  EXPECT_LE(JsonInt(j1, "errors"), 8) << j1;
+  auto s = bed().Stats();
+  ASSERT_TRUE(s.ok());
+  PrintStats(*s);
+  // After the restart the pool of b1 refills and it serves again.
+  CheckPoolsQuiet();
+  auto r2 = bed().Load(0, {"--connections=4", "--requests=600", "--sizes=100",
+                           "--timeout_ms=5000", "--max_time_s=30"},
+                       absl::Seconds(60));
+  ASSERT_TRUE(r2.ok());
+  EXPECT_EQ(JsonInt(r2->json, "ok"), 600) << r2->json;
+  EXPECT_GT(e2e::BackendCounts(r2->json)["b1"], 100) << r2->json;
+}
+
+}  // namespace
+}  // namespace rematcher
