@@ -297,6 +297,10 @@ static __noinline int send_rst(struct xdp_md *ctx, struct rm_pkt *pk) {
  * window by this much: a fresh pooled connection advertises ~64 KB in its
  * SYN-ACK and Linux queues a segment that starts inside the window. */
 #define RM_WINDOW_SLACK 65535
+/* How long a client's first request may wait for an idle pooled connection
+ * (its segments are dropped meanwhile and retransmitted) before it is
+ * refused with RST: a pool that never fills must not hang clients. */
+#define RM_NO_POOL_WAIT_NS 1000000000ull
 
 /* Put client `id` (seen at epoch `epoch`) on an idle pooled connection of
  * backend `want` (or the next one round-robin for RM_ANY_BACKEND), handing
@@ -557,6 +561,7 @@ static __noinline int client_syn_new(struct xdp_md *ctx, struct rm_pkt *pk,
   c->last_seen_ns = now;
   c->lb_win = 0;
   c->cflags = 0;
+  c->req_backend = RM_NO_ID;
   c->c_edge = pk->seq + 1 + 0xffff; /* the SYN-ACK's window is unscaled */
   c->s_win = 0xffff;
   bpf_spin_unlock(&c->lock);
@@ -657,8 +662,8 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   leg->retire = 0;
   int verdict = XDP_TX, reply = 0, free_it = 0, started = 0, resp_done = 0;
   int retire = 0, release = 0;
-  __u32 bid = RM_NO_ID, req_no = 0;
-  __u64 req_start = 0, first_ns = 0;
+  __u32 bid = RM_NO_ID, req_no = 0, done_bid = RM_NO_ID;
+  __u64 done_start = 0, done_first = 0;
   /* Data may start a request, whose start time feeds the latency EWMAs. */
   now = len ? now_ns() : bpf_ktime_get_coarse_ns();
 
@@ -667,10 +672,13 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
    * lock; only a (re)splice or a bad state drops it in between. */
   __u32 epoch, pool, want = RM_NO_ID, st_a = RM_ST__MAX, st_b = RM_ST__MAX;
   int boundary = 0, first = 0, state;
+  __u64 wait_since;
   bpf_spin_lock(&c->lock);
   state = c->state;
   epoch = c->epoch;
   pool = c->pool_id;
+  wait_since = c->last_seen_ns; /* last activity: the handshake, or the
+                                   previous exchange */
   if (state == RM_C_SYN_RCVD) {
     if (pk->ack_f && pk->ack == c->s_isn + 1 && !pk->syn && !pk->rst) {
       c->state = state = RM_C_ESTABLISHED;
@@ -721,9 +729,10 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     int rs = do_splice(cfg, id, epoch, want, pk);
     if (rs == 0) {
       epoch++;
-    } else if (pool == RM_NO_ID && rs == -2) {
+    } else if (pool == RM_NO_ID && rs == -2 && now - wait_since < RM_NO_POOL_WAIT_NS) {
       /* No idle pooled connection this instant, but one is being opened:
-       * drop the segment, the client's retransmission will find it. */
+       * drop the segment, the client's retransmission will find it. The
+       * wait is bounded: after RM_NO_POOL_WAIT_NS the client is refused. */
       stat_inc(RM_ST_NO_POOL_WAIT);
       return XDP_DROP;
     } else if (pool == RM_NO_ID) {
@@ -811,7 +820,12 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     release = 1;
     c->pool_id = RM_NO_ID;
     c->backend_id = RM_NO_ID;
-    if (c->phase == RM_PH_RESP) resp_done = 1;
+    if (c->phase == RM_PH_RESP) {
+      resp_done = 1;
+      done_bid = c->req_backend;
+      done_start = c->req_start_ns;
+      done_first = c->resp_first_ns;
+    }
     c->phase = RM_PH_IDLE;
     if (pk->rst) {
       free_it = 1;
@@ -849,18 +863,22 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     if (rm_after(out, c->lb_ts_last)) c->lb_ts_last = out;
   }
   if (c->phase == RM_PH_RESP && pk->ack_f && !rm_before(pk->ack, c->s_nxt)) {
+    /* The response is fully acknowledged: account it to the backend and
+     * request it belongs to, before a new request (maybe elsewhere) starts. */
     c->phase = RM_PH_IDLE;
     resp_done = 1;
+    done_bid = c->req_backend;
+    done_start = c->req_start_ns;
+    done_first = c->resp_first_ns;
   }
   if (boundary) {
     c->phase = RM_PH_REQ;
     c->req_no++;
     c->req_start_ns = now;
+    c->req_backend = c->backend_id;
     started = 1;
   }
   req_no = c->req_no;
-  req_start = c->req_start_ns;
-  first_ns = c->resp_first_ns;
   if (pk->fin && !(c->fin_flags & RM_FIN_C)) {
     c->fin_flags |= RM_FIN_C;
     c->c_fin_seq = pk->seq + len;
@@ -923,11 +941,11 @@ unlock:
     backend_outstanding(bid, 1, 1);
     emit(cfg, RM_EV_REQ_START, id, bid, pool, req_no);
   }
-  if (resp_done) {
-    backend_outstanding(bid, -1, 0);
-    if (req_start && first_ns) {
+  if (resp_done && done_bid != RM_NO_ID) {
+    backend_outstanding(done_bid, -1, 0);
+    if (done_start && done_first) {
       __u64 t = now_ns();
-      backend_sample(bid, 0, t > req_start ? t - req_start : 0);
+      backend_sample(done_bid, 0, t > done_start ? t - done_start : 0);
     }
   }
   leg->owner = id;
@@ -1113,7 +1131,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   struct rm_leg *leg = &sc->leg;
   /* Every field of x is assigned below; leg only on the retire path. */
   int first_byte = 0, retire = 0;
-  __u32 req_no = 0, bid = RM_NO_ID;
+  __u32 req_no = 0, bid = RM_NO_ID, req_bid = RM_NO_ID;
   __u64 req_start = 0, now = 0;
   if (len) now = now_ns();
 
@@ -1161,6 +1179,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   }
   req_no = c->req_no;
   req_start = c->req_start_ns;
+  req_bid = c->req_backend;
   if (pk->fin && !(c->fin_flags & RM_FIN_B)) {
     c->fin_flags |= RM_FIN_B;
     c->b_fin_seq = pk->seq + len;
@@ -1210,7 +1229,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     emit(cfg, RM_EV_REQ_DONE, owner, bid, pid, req_no);
     backend_sample(bid, now > req_start ? now - req_start : 0, 0);
   } else if (first_byte == 2) {
-    backend_outstanding(bid, 1, 0);
+    backend_outstanding(req_bid, 1, 0);
   }
   if (pk->vlan && !x->vlan_tci) {
     stat_inc(RM_ST_DROP_UNSUPPORTED);

@@ -167,7 +167,7 @@ struct rm_client {
                         told (its send limit) */
   __u32 b_edge;      /* pool space: highest ack + window the backend told */
   __u32 s_win;       /* last window field sent to the client */
-  __u32 _pad2;
+  __u32 req_backend; /* backend the request in flight was sent to */
   __u64 req_start_ns;
   __u64 resp_first_ns;
   __u64 last_seen_ns; /* coarse clock; for idle and linger timers */

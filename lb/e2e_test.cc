@@ -425,6 +425,17 @@ TEST_F(E2eTest, ThousandsOfRematchesMixedSizesByteExact) {
   EXPECT_GT(s["rematches"], 2000u);
   EXPECT_EQ(s["drop_malformed"], 0u);
   EXPECT_EQ(s["pool_dead"], 0u);
+  // Every response was acknowledged: outstanding is back to 0 on every
+  // backend (accounted to the backend that served it, never underflowing).
+  std::string b = Ctl("backends");
+  int rows = 0;
+  for (const std::string& line : std::vector<std::string>(absl::StrSplit(b, '\n'))) {
+    std::smatch m;
+    if (!std::regex_search(line, m, std::regex(" [0-9]+/[0-9]+ +([0-9]+) "))) continue;
+    rows++;
+    EXPECT_EQ(m[1].str(), "0") << b;
+  }
+  EXPECT_EQ(rows, 3) << b;
   ExpectClean(before);
 }
 
