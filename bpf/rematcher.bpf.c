@@ -149,6 +149,16 @@ struct rm_leg {
   __u32 retire;       /* 1: mark dead instead of queueing */
 };
 
+/* A pooled connection's leg state as it stands in the client record that
+ * carries it (pool space). Call under the client's lock. */
+static __always_inline void leg_from_client(struct rm_leg *leg, const struct rm_client *c) {
+  leg->lb_nxt = c->c_nxt + c->d_req;
+  leg->be_nxt = c->s_nxt - c->d_resp;
+  leg->lb_ts = c->lb_ts_last;
+  leg->be_ts = c->b_ts_last;
+  leg->be_edge = c->b_edge;
+}
+
 static __noinline void emit_ev(__u32 type, __u32 client, __u32 backend,
                                __u32 pool, __u32 req_no) {
   __u32 z = 0;
@@ -433,11 +443,7 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
     old_pid = c->pool_id;
     old_bid = c->backend_id;
     if (old_pid != RM_NO_ID) {
-      leg->lb_nxt = c->c_nxt + c->d_req;
-      leg->be_nxt = c->s_nxt - c->d_resp;
-      leg->lb_ts = c->lb_ts_last;
-      leg->be_ts = c->b_ts_last;
-      leg->be_edge = c->b_edge;
+      leg_from_client(leg, c);
       need_ack = pk->ack_f && rm_after(pk->ack, c->c_acked);
       win = c->lb_win;
       c->rematches++;
@@ -812,11 +818,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
                   pk->seq == c->c_nxt && len == 0 && !(c->fin_flags & RM_FIN_B);
   if (state == RM_C_ESTABLISHED && (pk->rst || pk->fin) && quiescent) {
     /* Clean close between requests: keep the pooled connection. */
-    leg->lb_nxt = c->c_nxt + c->d_req;
-    leg->be_nxt = c->s_nxt - c->d_resp;
-    leg->lb_ts = c->lb_ts_last;
-    leg->be_ts = c->b_ts_last;
-    leg->be_edge = c->b_edge;
+    leg_from_client(leg, c);
     release = 1;
     c->pool_id = RM_NO_ID;
     c->backend_id = RM_NO_ID;
@@ -899,11 +901,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   }
   if (retire) {
     st_b = RM_ST_CLOSED_RETIRE;
-    leg->lb_nxt = c->c_nxt + c->d_req;
-    leg->be_nxt = c->s_nxt - c->d_resp;
-    leg->lb_ts = c->lb_ts_last;
-    leg->be_ts = c->b_ts_last;
-    leg->be_edge = c->b_edge;
+    leg_from_client(leg, c);
   }
 
   __builtin_memcpy(x->dst_mac, c->b_mac, 6);
@@ -1198,11 +1196,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     retire = 1;
   }
   if (retire) {
-    leg->lb_nxt = c->c_nxt + c->d_req;
-    leg->be_nxt = c->s_nxt - c->d_resp;
-    leg->lb_ts = c->lb_ts_last;
-    leg->be_ts = c->b_ts_last;
-    leg->be_edge = c->b_edge;
+    leg_from_client(leg, c);
   }
   __builtin_memcpy(x->dst_mac, c->mac, 6);
   x->vlan_tci = c->vlan_tci;
@@ -1344,11 +1338,7 @@ int xdp_ctl(struct xdp_md *ctx) {
     pool = c->pool_id;
     epoch = c->epoch;
     clean = quiescent && c->state == RM_C_ESTABLISHED;
-    leg->lb_nxt = c->c_nxt + c->d_req;
-    leg->be_nxt = c->s_nxt - c->d_resp;
-    leg->lb_ts = c->lb_ts_last;
-    leg->be_ts = c->b_ts_last;
-    leg->be_edge = c->b_edge;
+    leg_from_client(leg, c);
     leg->owner = id;
     leg->epoch = epoch;
     leg->retire = clean ? 0 : 2;
