@@ -437,6 +437,10 @@ absl::Status PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint
   if (it == conns_.end()) return absl::NotFoundError("no such pooled connection");
   auto rec = dp_->GetPool(pid);
   if (!rec.ok()) return rec.status();
+  // The owed ACK is only useful while the connection sits idle: once the
+  // next client carries it, its packets are newer and a late ACK with older
+  // timestamps would be dropped (PAWS) or be noise.
+  if (!rst && rec->state != RM_P_IDLE) return absl::OkStatus();
   if (raw_fd_ < 0) {
     raw_fd_ = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
     if (raw_fd_ < 0) return Errno("raw socket (needs CAP_NET_RAW)");
