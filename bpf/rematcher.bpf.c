@@ -642,6 +642,21 @@ static __noinline int client_syn_again(struct xdp_md *ctx, struct rm_pkt *pk,
 }
 
 /* Everything a client segment on an established (or closing) flow needs. */
+/* The client's FIN, between requests: answer FIN|ACK in place and wait
+ * for its last ACK. Under the client's lock. */
+static __always_inline void answer_client_fin(struct rm_client *c, struct rm_reply *r,
+                                              const struct rm_pkt *pk) {
+  c->state = RM_C_LAST_ACK;
+  c->c_nxt = pk->seq + 1;
+  r->seq = c->s_nxt;
+  r->ack = c->c_nxt;
+  r->flags = RM_TH_FIN | RM_TH_ACK;
+  r->ts = (c->c_flags & RM_LEG_TS) != 0;
+  r->tsval = c->s_ts_last;
+  r->tsecr = pk->tsval;
+  c->s_nxt++;
+}
+
 static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
                                          const struct rm_config *cfg,
                                          const struct rm_flow_key *key, __u32 id) {
@@ -785,16 +800,8 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     if (pk->rst) {
       free_it = 1;
     } else if (pk->fin && pk->seq == c->c_nxt && len == 0) {
-      c->state = RM_C_LAST_ACK;
-      c->c_nxt = pk->seq + 1;
+      answer_client_fin(c, r, pk);
       reply = 1;
-      r->seq = c->s_nxt;
-      r->ack = c->c_nxt;
-      r->flags = RM_TH_FIN | RM_TH_ACK;
-      r->ts = (c->c_flags & RM_LEG_TS) != 0;
-      r->tsval = c->s_ts_last;
-      r->tsecr = pk->tsval;
-      c->s_nxt++;
       st_b = RM_ST_CLOSED_CLEAN;
     } else if (len == 0 && rm_before(pk->seq, c->c_nxt)) {
       /* keepalive probe */
@@ -832,16 +839,8 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     if (pk->rst) {
       free_it = 1;
     } else {
-      c->state = RM_C_LAST_ACK;
-      c->c_nxt = pk->seq + 1;
+      answer_client_fin(c, r, pk);
       reply = 1;
-      r->seq = c->s_nxt;
-      r->ack = c->c_nxt;
-      r->flags = RM_TH_FIN | RM_TH_ACK;
-      r->ts = (c->c_flags & RM_LEG_TS) != 0;
-      r->tsval = c->s_ts_last;
-      r->tsecr = pk->tsval;
-      c->s_nxt++;
     }
     st_b = RM_ST_CLOSED_CLEAN;
     verdict = XDP_DROP;
