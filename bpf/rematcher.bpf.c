@@ -135,6 +135,14 @@ struct {
   __uint(max_entries, 1 << 20);
 } events SEC(".maps");
 
+/* Ring-buffer position up to which the core has been woken (see rb_send). */
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, __u64);
+} events_woken SEC(".maps");
+
 /* --------------------------------------------------------------- helpers */
 
 static __always_inline void stat_inc(__u32 idx) {
@@ -159,6 +167,41 @@ static __always_inline void leg_from_client(struct rm_leg *leg, const struct rm_
   leg->be_edge = c->b_edge;
 }
 
+/* Sends one event. A wakeup costs an IPI (a VM exit here), so the core is
+ * woken only when it may be asleep: when it has consumed everything up to
+ * the last wakeup. The kernel's own rule (wake when the consumer has caught
+ * up to this very record) would never fire behind a deferred record.
+ * Deferred events (REQ_DONE) never wake; they are read with the next
+ * waking event or the core's tick. The check runs between reserve and
+ * submit, behind a full barrier, so a consumer that misses this record
+ * before sleeping is woken; one still running sees it as reserved and
+ * waits for the submit. */
+static __always_inline void rb_send(const struct rm_event *ev, int defer) {
+  __u32 z = 0;
+  struct rm_event *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+  if (!rec) {
+    stat_inc(RM_ST_EVENTS_LOST);
+    return;
+  }
+  __builtin_memcpy(rec, ev, sizeof(*rec));
+  __u64 flags = BPF_RB_NO_WAKEUP;
+  __u64 *woken = bpf_map_lookup_elem(&events_woken, &z);
+  if (!defer && woken) {
+    __sync_fetch_and_add(woken, 0); /* full barrier: reserve before read */
+    __u64 cons = bpf_ringbuf_query(&events, BPF_RB_CONS_POS);
+    if (cons >= *woken) {
+      *woken = bpf_ringbuf_query(&events, BPF_RB_PROD_POS);
+      flags = BPF_RB_FORCE_WAKEUP;
+    }
+  } else if (!defer) {
+    flags = BPF_RB_FORCE_WAKEUP;
+  }
+  bpf_ringbuf_submit(rec, flags);
+}
+
+/* Events (see struct rm_event): REQ_DONE only refreshes a decision made at
+ * REQ_START, so it never wakes the core by itself; it is read with the next
+ * waking event or tick. */
 static __noinline void emit_ev(__u32 type, __u32 client, __u32 backend,
                                __u32 pool, __u32 req_no) {
   __u32 z = 0;
@@ -166,25 +209,49 @@ static __noinline void emit_ev(__u32 type, __u32 client, __u32 backend,
   if (!cfg || !cfg->events) return;
   struct rm_event ev = {.type = type, .client_id = client,
                         .backend_id = backend, .pool_id = pool,
-                        .req_no = req_no};
-  bpf_ringbuf_output(&events, &ev, sizeof(ev), 0);
+                        .req_no = req_no, .ack_pool = RM_NO_ID};
+  rb_send(&ev, 0);
+}
+
+/* REQ_DONE carries the time to the first response byte (for the core's
+ * latency histogram). */
+static __noinline void emit_req_done(__u32 client, __u32 backend, __u32 pool,
+                                     __u32 req_no, __u64 first_byte_ns) {
+  __u32 z = 0;
+  struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  if (!cfg || !cfg->events) return;
+  __u64 us = first_byte_ns / 1000;
+  struct rm_event ev = {.type = RM_EV_REQ_DONE, .client_id = client,
+                        .backend_id = backend, .pool_id = pool,
+                        .req_no = req_no, .ack_pool = RM_NO_ID,
+                        .first_byte_us = us > 0xffffffffULL ? 0xffffffff : (__u32)us};
+  rb_send(&ev, 1);
 }
 #define emit(cfg, type, client, backend, pool, req_no) \
   emit_ev(type, client, backend, pool, req_no)
 
 /* The old pooled connection's owed ACK (see DESIGN.md, "The old backend's
  * last ACK"): userspace sends it, since XDP cannot emit two packets. */
+static __always_inline void pool_ack_fill(struct rm_event *ev,
+                                          const struct rm_leg *leg,
+                                          __u32 pool, __u32 window) {
+  ev->ack_pool = pool;
+  ev->seq = leg->lb_nxt;
+  ev->ack = leg->be_nxt;
+  ev->tsval = leg->lb_ts;
+  ev->tsecr = leg->be_ts;
+  ev->window = window;
+}
+
 static __noinline void emit_pool_ack(const struct rm_leg *leg, __u32 client,
                                      __u32 backend, __u32 pool, __u32 window) {
   __u32 z = 0;
   struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
   if (!cfg || !cfg->events) return;
   struct rm_event ev = {.type = RM_EV_POOL_ACK, .client_id = client,
-                        .backend_id = backend, .pool_id = pool,
-                        .seq = leg->lb_nxt, .ack = leg->be_nxt,
-                        .tsval = leg->lb_ts, .tsecr = leg->be_ts,
-                        .window = window};
-  bpf_ringbuf_output(&events, &ev, sizeof(ev), 0);
+                        .backend_id = backend, .pool_id = pool};
+  pool_ack_fill(&ev, leg, pool, window);
+  rb_send(&ev, 0);
 }
 
 static __always_inline __u64 now_ns(void) { return bpf_ktime_get_ns(); }
@@ -336,7 +403,12 @@ struct rm_scratch {
   struct rm_leg leg;    /* client_established / backend_path */
   struct rm_pool_take np; /* do_splice */
   struct rm_leg dleg;   /* do_splice */
+  /* do_splice -> client_established: a rematch's owed ACK, sent on the
+   * request's REQ_START event (one ring-buffer wakeup, not two). */
+  struct rm_event pend;
+  __u32 pend_ack;
 };
+
 
 struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -348,6 +420,42 @@ struct {
 static __always_inline struct rm_scratch *scratch_get(void) {
   __u32 z = 0;
   return bpf_map_lookup_elem(&scratch, &z);
+}
+
+/* The event that starts a request, with the owed ACK of a rematch that
+ * just happened on this CPU, if any. */
+static __noinline void emit_req_start(__u32 client, __u32 backend, __u32 pool,
+                                      __u32 req_no) {
+  __u32 z = 0;
+  struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
+  if (!cfg || !sc) return;
+  struct rm_event *ev = &sc->pend;
+  if (!sc->pend_ack) ev->ack_pool = RM_NO_ID;
+  sc->pend_ack = 0;
+  if (!cfg->events) return;
+  ev->type = RM_EV_REQ_START;
+  ev->client_id = client;
+  ev->backend_id = backend;
+  ev->pool_id = pool;
+  ev->req_no = req_no;
+  rb_send(ev, 0);
+}
+
+/* A pending owed ACK whose request did not start (the packet was dropped
+ * after the rematch): send it on its own. */
+static __noinline void flush_pool_ack(void) {
+  __u32 z = 0;
+  struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
+  if (!cfg || !sc || !sc->pend_ack) return;
+  sc->pend_ack = 0;
+  if (!cfg->events) return;
+  struct rm_event *ev = &sc->pend;
+  ev->type = RM_EV_POOL_ACK;
+  ev->pool_id = ev->ack_pool;
+  ev->req_no = 0;
+  rb_send(ev, 0);
 }
 
 static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
@@ -503,7 +611,11 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
     if (nb) __sync_fetch_and_add(&nb->rematched_in, 1);
     /* The client's ack of the old backend's last bytes rides on a packet
      * that now goes elsewhere; have the old one acked. */
-    if (need_ack) emit_pool_ack(leg, id, old_bid, old_pid, win);
+    if (need_ack) {
+      pool_ack_fill(&sc->pend, leg, old_pid, win);
+      sc->pend.backend_id = old_bid;
+      sc->pend_ack = 1;
+    }
   }
   return 0;
 }
@@ -681,6 +793,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   /* No zeroing on the hot path: the forward path assigns every field of x,
    * the reply and release paths every field of r and leg they use. */
   leg->retire = 0;
+  sc->pend_ack = 0;
   int verdict = XDP_TX, reply = 0, free_it = 0, started = 0, resp_done = 0;
   int retire = 0, release = 0;
   __u32 bid = RM_NO_ID, req_no = 0, done_bid = RM_NO_ID;
@@ -766,6 +879,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     if (c->epoch != epoch) {
       bpf_spin_unlock(&c->lock);
       stat_inc(RM_ST_DROP_STALE);
+      flush_pool_ack();
       return XDP_DROP;
     }
   }
@@ -936,8 +1050,9 @@ unlock:
 
   if (started) {
     backend_outstanding(bid, 1, 1);
-    emit(cfg, RM_EV_REQ_START, id, bid, pool, req_no);
+    emit_req_start(id, bid, pool, req_no);
   }
+  if (sc->pend_ack) flush_pool_ack();
   if (resp_done && done_bid != RM_NO_ID) {
     backend_outstanding(done_bid, -1, 0);
     if (done_start && done_first) {
@@ -1219,8 +1334,9 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   bpf_spin_unlock(&c->lock);
 
   if (first_byte == 1) {
-    emit(cfg, RM_EV_REQ_DONE, owner, bid, pid, req_no);
-    backend_sample(bid, now > req_start ? now - req_start : 0, 0);
+    __u64 fb = now > req_start ? now - req_start : 0;
+    emit_req_done(owner, bid, pid, req_no, fb);
+    backend_sample(bid, fb, 0);
   } else if (first_byte == 2) {
     backend_outstanding(req_bid, 1, 0);
   }

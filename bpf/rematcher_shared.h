@@ -309,6 +309,7 @@ enum rm_stat {
   RM_ST_REMATCH_WINDOW,     /* rematch declined: the new connection's
                                receive window is smaller than what the
                                client may already send */
+  RM_ST_EVENTS_LOST,        /* ring buffer full: an event was lost */
   RM_ST__MAX,
 };
 
@@ -320,10 +321,15 @@ enum rm_event_type {
   RM_EV_POOL_DEAD = 3, /* pooled connection died: replace it */
   RM_EV_NEED_POOL = 4, /* a backend had no idle pooled connection */
   RM_EV_REQ_START = 5, /* a request started: decide its successor early;
-                          RM_EV_REQ_DONE refreshes the decision */
+                          RM_EV_REQ_DONE refreshes the decision. After a
+                          rematch it also carries the old pooled
+                          connection's owed ACK (ack_pool != RM_NO_ID). */
 };
 
-/* Ring-buffer event, 40 bytes. */
+/* Ring-buffer event, 48 bytes. Every event may wake the core (one IPI per
+ * wakeup, costly in a VM), so the datapath sends at most one waking event
+ * per packet: a rematch's owed ACK rides on its REQ_START, and REQ_DONE,
+ * which only refreshes an early decision, never wakes by itself. */
 struct rm_event {
   __u32 type;
   __u32 client_id;
@@ -336,6 +342,10 @@ struct rm_event {
   __u32 tsecr;
   __u16 window;
   __u16 _pad;
+  __u32 ack_pool;    /* RM_EV_REQ_START: pooled connection owed the ACK
+                        above, or RM_NO_ID */
+  __u32 first_byte_us; /* RM_EV_REQ_DONE: request start to first response
+                          byte, microseconds */
 };
 
 /* ----------------------------------------------------------- control */

@@ -294,14 +294,16 @@ void Core::OnEvent(const rm_event& ev) {
   events_++;
   switch (ev.type) {
     case RM_EV_REQ_START:
+      // The decision first (the client's next request may be close); the
+      // old connection's owed ACK has until its backend's loss probe.
+      OnRequestDone(ev);
+      if (ev.ack_pool != RM_NO_ID) SendPoolAck(ev.ack_pool, ev);
+      break;
     case RM_EV_REQ_DONE:
       OnRequestDone(ev);
       break;
     case RM_EV_POOL_ACK:
-      if (pools_->SendAck(ev.pool_id, ev.seq, ev.ack, ev.tsval, ev.tsecr,
-                          ev.window ? ev.window : 0xffff, false)
-              .ok())
-        pool_acks_sent_++;
+      SendPoolAck(ev.pool_id, ev);
       break;
     case RM_EV_POOL_DEAD:
       // An idle connection (no client) dying means the backend closed or
@@ -315,6 +317,13 @@ void Core::OnEvent(const rm_event& ev) {
     default:
       break;
   }
+}
+
+void Core::SendPoolAck(uint32_t pool, const rm_event& ev) {
+  if (pools_->SendAck(pool, ev.seq, ev.ack, ev.tsval, ev.tsecr, ev.window ? ev.window : 0xffff,
+                      false)
+          .ok())
+    pool_acks_sent_++;
 }
 
 void Core::OnRequestDone(const rm_event& ev) {

@@ -105,6 +105,7 @@ class Core {
   static int OnEventThunk(void* ctx, void* data, size_t len);
   void OnEvent(const rm_event& ev);
   void OnRequestDone(const rm_event& ev);
+  void SendPoolAck(uint32_t pool, const rm_event& ev);
   void Tick();
   void CollectClients();
   void PrintStats();

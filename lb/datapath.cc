@@ -60,6 +60,7 @@ const char* StatName(int stat) {
       "stale_acked",
       "no_pool_wait",
       "rematch_declined_window",
+      "events_lost",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];

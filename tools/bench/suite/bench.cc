@@ -84,6 +84,8 @@ DEFINE_double(max_total_s, 0, "Hard bound on the whole run (default: quick 420, 
 DEFINE_int32(client_threads, 2, "loadgen/wrk threads for a single-target run");
 DEFINE_int32(conns_per_backend, 64, "rematcher --conns_per_backend");
 DEFINE_string(prefix, "rmbn", "Testbed namespace prefix");
+DEFINE_string(rematcher_flags, "",
+              "Extra flags for every rematcher contender, space-separated (experiments)");
 
 namespace rematcher::bench {
 namespace {
@@ -102,6 +104,7 @@ struct Contender {
   std::string name;
   Kind kind;
   std::string arg;  // rematcher policy or HAProxy balance algorithm
+  std::string extra = "";  // more rematcher flags
 };
 
 std::vector<Contender> AllContenders() {
@@ -110,6 +113,8 @@ std::vector<Contender> AllContenders() {
       {"rematcher-rr", Kind::kRematcher, "rr"},
       {"rematcher-least_outstanding", Kind::kRematcher, "least_outstanding"},
       {"rematcher-p2c", Kind::kRematcher, "p2c"},
+      // The splice alone: one client on one pooled connection for life.
+      {"rematcher-splice", Kind::kRematcher, "rr", "--rematch=false"},
       {"haproxy-http-leastconn", Kind::kHaproxyHttp, "leastconn"},
       {"haproxy-http-random2", Kind::kHaproxyHttp, "random(2)"},
       {"haproxy-tcp", Kind::kHaproxyTcp, "leastconn"},
@@ -501,15 +506,17 @@ absl::Status Bench::StartContender(const Contender& c) {
       return absl::OkStatus();
     case Kind::kRematcher: {
       unlink(control_socket_.c_str());
-      auto p = bed_->Spawn(
-          bed_->lb_ns(),
-          {rematcher_, "--iface=eth0", absl::StrCat("--vip=", kVip, ":", kPort),
-           "--backends=" + Backends(), "--policy=" + c.arg, "--policy_dir=" + policy_dir_,
-           "--stats_interval_s=0", "--control_socket=" + control_socket_,
-           absl::StrCat("--conns_per_backend=", FLAGS_conns_per_backend),
-           // Dies on its own even if we are SIGKILLed mid-run.
-           absl::StrCat("--duration_s=", static_cast<int>(plan_.max_total_s))},
-          {log, log});
+      std::vector<std::string> argv = {
+          rematcher_, "--iface=eth0", absl::StrCat("--vip=", kVip, ":", kPort),
+          "--backends=" + Backends(), "--policy=" + c.arg, "--policy_dir=" + policy_dir_,
+          "--stats_interval_s=0", "--control_socket=" + control_socket_,
+          absl::StrCat("--conns_per_backend=", FLAGS_conns_per_backend),
+          // Dies on its own even if we are SIGKILLed mid-run.
+          absl::StrCat("--duration_s=", static_cast<int>(plan_.max_total_s))};
+      for (absl::string_view f : absl::StrSplit(absl::StrCat(c.extra, " ", FLAGS_rematcher_flags),
+                                                ' ', absl::SkipEmpty()))
+        argv.emplace_back(f);
+      auto p = bed_->Spawn(bed_->lb_ns(), argv, {log, log});
       if (!p.ok()) return p.status();
       lb_ = std::move(*p);
       absl::Time deadline = absl::Now() + absl::Seconds(20);
