@@ -63,6 +63,7 @@ absl::StatusOr<std::unique_ptr<Core>> Core::Create(const CoreOptions& opts) {
 Core::~Core() {
   // Probes first (they leave the epoll set), pools next (their sockets
   // close silently), then the datapath detaches.
+  metrics_http_.reset();
   health_.reset();
   pools_.reset();
   if (rb_) ring_buffer__free(rb_);
@@ -173,6 +174,14 @@ absl::Status Core::Init() {
     if (auto st = OpenControlSocket(); !st.ok()) return st;
     if (auto st = add(ctlfd_, EPOLLIN); !st.ok()) return st;
   }
+  if (!opts_.metrics_addr.empty()) {
+    MetricsHttpOptions mo;
+    mo.addr = opts_.metrics_addr;
+    auto m = MetricsHttpServer::Create(mo, [this] { return MetricsText(); });
+    if (!m.ok()) return m.status();
+    metrics_http_ = std::move(*m);
+    if (auto st = add(metrics_http_->fd(), EPOLLIN); !st.ok()) return st;
+  }
   return absl::OkStatus();
 }
 
@@ -198,6 +207,7 @@ absl::StatusOr<uint32_t> Core::AddBackend(const BackendSpec& spec) {
   b.spec = spec;
   backends_[id] = b;
   dp_->ResetBackendLoad(id);
+  first_byte_hist_[id].Reset();
   rm_backend rb{};
   rb.ip = spec.ip;
   rb.port = spec.port;
@@ -301,6 +311,7 @@ void Core::OnEvent(const rm_event& ev) {
       break;
     case RM_EV_REQ_DONE:
       OnRequestDone(ev);
+      TimeFirstByte(ev);
       break;
     case RM_EV_POOL_ACK:
       SendPoolAck(ev.pool_id, ev);
@@ -360,6 +371,11 @@ void Core::OnRequestDone(const rm_event& ev) {
   // datapath counts it as applied, not late.
   dp_->SetDecision(ev.client_id, ev.req_no + 1, target);
   decisions_written_++;
+}
+
+void Core::TimeFirstByte(const rm_event& ev) {
+  if (ev.backend_id < first_byte_hist_.size())
+    first_byte_hist_[ev.backend_id].Observe(uint64_t{ev.first_byte_us} * 1000);
 }
 
 void Core::CollectClients() {
@@ -551,6 +567,7 @@ void Core::Tick() {
     }
   }
   WatchLimits(now);
+  if (metrics_http_) metrics_http_->Tick();
   if (opts_.stats_interval > absl::ZeroDuration() && now - last_stats_ >= opts_.stats_interval) {
     PrintStats();
     last_stats_ = now;
@@ -644,53 +661,114 @@ std::string Core::StatsText() {
 }
 
 std::string Core::MetricsText() {
+  // One group per metric family (# HELP, # TYPE, then all its samples), as
+  // the text format wants. Labels are ids and addresses only: never payload.
   std::string out;
+  auto family = [&out](absl::string_view name, absl::string_view type, absl::string_view help) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+  };
   auto st = dp_->Stats();
-  absl::StrAppend(&out, "# HELP rematcher_datapath_total Datapath counters by reason.\n",
-                  "# TYPE rematcher_datapath_total counter\n");
+  family("rematcher_datapath_total", "counter", "Datapath counters by reason.");
   if (st.ok())
     for (int i = 0; i < RM_ST__MAX; i++)
       absl::StrAppend(&out, "rematcher_datapath_total{reason=\"", StatName(i), "\"} ", (*st)[i],
                       "\n");
-  absl::StrAppend(&out, "# TYPE rematcher_backend_requests_total counter\n",
-                  "# TYPE rematcher_backend_outstanding gauge\n",
-                  "# TYPE rematcher_backend_latency_ewma_seconds gauge\n",
-                  "# TYPE rematcher_backend_pool_connections gauge\n",
-                  "# TYPE rematcher_backend_rematched_in_total counter\n",
-                  "# HELP rematcher_backend_up 1 while the backend passes its health checks "
-                  "and is not ejected.\n",
-                  "# TYPE rematcher_backend_up gauge\n",
-                  "# TYPE rematcher_backend_health_checks_total counter\n",
-                  "# TYPE rematcher_backend_health_transitions_total counter\n");
-  for (const BackendStatus& s : Backends()) {
-    std::string l = absl::StrCat("{backend=\"", s.id, "\",address=\"", s.addr, "\"}");
-    absl::StrAppend(&out, "rematcher_backend_requests_total", l, " ", s.requests, "\n");
-    absl::StrAppend(&out, "rematcher_backend_outstanding", l, " ", s.outstanding, "\n");
-    absl::StrAppend(&out, "rematcher_backend_rematched_in_total", l, " ", s.rematched_in, "\n");
+  family("rematcher_rematches_total", "counter",
+         "Clients moved to another backend at a request boundary.");
+  if (st.ok()) absl::StrAppend(&out, "rematcher_rematches_total ", (*st)[RM_ST_REMATCHES], "\n");
+  family("rematcher_boundary_decisions_total", "counter",
+         "Request boundaries that found a fresh policy decision (applied) or none yet (late).");
+  if (st.ok())
+    absl::StrAppend(&out, "rematcher_boundary_decisions_total{result=\"applied\"} ",
+                    (*st)[RM_ST_DECISION_APPLIED], "\n",
+                    "rematcher_boundary_decisions_total{result=\"late\"} ",
+                    (*st)[RM_ST_DECISION_LATE], "\n");
+  family("rematcher_policy_decisions_total", "counter", "Decisions written for the datapath.");
+  absl::StrAppend(&out, "rematcher_policy_decisions_total ", decisions_written_, "\n");
+  PolicyStats ps = policy_->stats();
+  family("rematcher_policy_calls_total", "counter", "Policy Pick calls.");
+  absl::StrAppend(&out, "rematcher_policy_calls_total ", ps.calls, "\n");
+  family("rematcher_policy_no_preference_total", "counter",
+         "Pick calls that returned no preference.");
+  absl::StrAppend(&out, "rematcher_policy_no_preference_total ", ps.no_preference, "\n");
+  family("rematcher_policy_errors_total", "counter",
+         "Picks the host refused (out of range or not eligible).");
+  absl::StrAppend(&out, "rematcher_policy_errors_total ", ps.plugin_errors, "\n");
+  const PoolStats& pst = pools_->stats();
+  family("rematcher_pool_connections_opened_total", "counter",
+         "Pooled backend connections opened (connect started).");
+  absl::StrAppend(&out, "rematcher_pool_connections_opened_total ", pst.opened, "\n");
+  family("rematcher_pool_connections_established_total", "counter",
+         "Pooled backend connections handed to the datapath.");
+  absl::StrAppend(&out, "rematcher_pool_connections_established_total ", pst.established, "\n");
+  family("rematcher_pool_connect_failures_total", "counter",
+         "Pooled backend connections that failed or timed out connecting.");
+  absl::StrAppend(&out, "rematcher_pool_connect_failures_total ", pst.connect_failures, "\n");
+  family("rematcher_pool_connections_retired_total", "counter",
+         "Established pooled backend connections retired (died, or their backend left).");
+  absl::StrAppend(&out, "rematcher_pool_connections_retired_total ", pst.retired, "\n");
+
+  std::vector<BackendStatus> bs = Backends();
+  std::vector<std::string> labels;  // backend="ID",address="IP:PORT"
+  for (const BackendStatus& s : bs)
+    labels.push_back(absl::StrCat("backend=\"", s.id, "\",address=\"", s.addr, "\""));
+  family("rematcher_backend_requests_total", "counter", "Requests started on the backend.");
+  for (size_t i = 0; i < bs.size(); i++)
+    absl::StrAppend(&out, "rematcher_backend_requests_total{", labels[i], "} ", bs[i].requests,
+                    "\n");
+  family("rematcher_backend_outstanding", "gauge", "Requests in flight on the backend.");
+  for (size_t i = 0; i < bs.size(); i++)
+    absl::StrAppend(&out, "rematcher_backend_outstanding{", labels[i], "} ", bs[i].outstanding,
+                    "\n");
+  family("rematcher_backend_rematched_in_total", "counter",
+         "Clients moved onto the backend by a rematch.");
+  for (size_t i = 0; i < bs.size(); i++)
+    absl::StrAppend(&out, "rematcher_backend_rematched_in_total{", labels[i], "} ",
+                    bs[i].rematched_in, "\n");
+  family("rematcher_backend_pool_connections", "gauge",
+         "Pooled connections to the backend: idle (in its queue) and live (established).");
+  for (const BackendStatus& s : bs)
     absl::StrAppend(&out, "rematcher_backend_pool_connections{backend=\"", s.id,
-                    "\",state=\"idle\"} ", s.pool_idle, "\n");
-    absl::StrAppend(&out, "rematcher_backend_pool_connections{backend=\"", s.id,
+                    "\",state=\"idle\"} ", s.pool_idle, "\n",
+                    "rematcher_backend_pool_connections{backend=\"", s.id,
                     "\",state=\"live\"} ", s.pool_live, "\n");
+  family("rematcher_backend_latency_ewma_seconds", "gauge",
+         "EWMA (1/8) of request start to first response byte, and to the response's last "
+         "byte acknowledged.");
+  for (const BackendStatus& s : bs)
     absl::StrAppend(&out, "rematcher_backend_latency_ewma_seconds{backend=\"", s.id,
-                    "\",to=\"first_byte\"} ", s.ewma_first_ns / 1e9, "\n");
-    absl::StrAppend(&out, "rematcher_backend_latency_ewma_seconds{backend=\"", s.id,
+                    "\",to=\"first_byte\"} ", s.ewma_first_ns / 1e9, "\n",
+                    "rematcher_backend_latency_ewma_seconds{backend=\"", s.id,
                     "\",to=\"last_byte_acked\"} ", s.ewma_last_ns / 1e9, "\n");
-    absl::StrAppend(&out, "rematcher_backend_up", l, " ", s.healthy ? 1 : 0, "\n");
+  family("rematcher_backend_time_to_first_byte_seconds", "histogram",
+         "Per request: from its first byte from the client to the first response byte from "
+         "the backend, timed in XDP (microsecond resolution).");
+  for (size_t i = 0; i < bs.size(); i++)
+    first_byte_hist_[bs[i].id].AppendPrometheus(
+        &out, "rematcher_backend_time_to_first_byte_seconds", labels[i]);
+  family("rematcher_backend_up", "gauge",
+         "1 while the backend passes its health checks and is not ejected.");
+  for (size_t i = 0; i < bs.size(); i++)
+    absl::StrAppend(&out, "rematcher_backend_up{", labels[i], "} ", bs[i].healthy ? 1 : 0,
+                    "\n");
+  family("rematcher_backend_health_checks_total", "counter",
+         "Health check results (passive_failure: failed pooled connects).");
+  for (const BackendStatus& s : bs)
     absl::StrAppend(&out, "rematcher_backend_health_checks_total{backend=\"", s.id,
-                    "\",result=\"ok\"} ", s.health.checks_ok, "\n");
-    absl::StrAppend(&out, "rematcher_backend_health_checks_total{backend=\"", s.id,
-                    "\",result=\"failed\"} ", s.health.checks_failed, "\n");
-    absl::StrAppend(&out, "rematcher_backend_health_checks_total{backend=\"", s.id,
+                    "\",result=\"ok\"} ", s.health.checks_ok, "\n",
+                    "rematcher_backend_health_checks_total{backend=\"", s.id,
+                    "\",result=\"failed\"} ", s.health.checks_failed, "\n",
+                    "rematcher_backend_health_checks_total{backend=\"", s.id,
                     "\",result=\"passive_failure\"} ", s.health.passive_failures, "\n");
+  family("rematcher_backend_health_transitions_total", "counter",
+         "Health state changes of the backend.");
+  for (const BackendStatus& s : bs)
     absl::StrAppend(&out, "rematcher_backend_health_transitions_total{backend=\"", s.id,
-                    "\",to=\"down\"} ", s.health.went_down, "\n");
-    absl::StrAppend(&out, "rematcher_backend_health_transitions_total{backend=\"", s.id,
-                    "\",to=\"up\"} ", s.health.went_up, "\n");
-    absl::StrAppend(&out, "rematcher_backend_health_transitions_total{backend=\"", s.id,
+                    "\",to=\"down\"} ", s.health.went_down, "\n",
+                    "rematcher_backend_health_transitions_total{backend=\"", s.id,
+                    "\",to=\"up\"} ", s.health.went_up, "\n",
+                    "rematcher_backend_health_transitions_total{backend=\"", s.id,
                     "\",to=\"ejected\"} ", s.health.ejections, "\n");
-  }
-  absl::StrAppend(&out, "# TYPE rematcher_policy_decisions_total counter\n",
-                  "rematcher_policy_decisions_total ", decisions_written_, "\n");
   return out;
 }
 
@@ -847,6 +925,8 @@ absl::Status Core::Run() {
         }
       } else if (fd == ctlfd_) {
         OnControlReadable();
+      } else if (metrics_http_ && fd == metrics_http_->fd()) {
+        metrics_http_->OnReady();
       } else if (fd == ring_buffer__epoll_fd(rb_)) {
         ring_buffer__consume(rb_);
       } else if (health_->Handles(fd)) {

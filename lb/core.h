@@ -5,11 +5,13 @@
 //   - pooled connections completing their connect();
 //   - a 100 ms tick: pool refill, client GC (closed, half-open, idle), idle
 //     release of pooled connections, live statistics;
-//   - the control socket (root only).
+//   - the control socket (root only);
+//   - the metrics HTTP endpoint (--metrics_addr; lb/metrics_http.h).
 // No payload ever reaches this process.
 #ifndef REMATCHER_LB_CORE_H_
 #define REMATCHER_LB_CORE_H_
 
+#include <array>
 #include <atomic>
 #include <thread>
 #include <cstdint>
@@ -24,6 +26,7 @@
 #include "absl/time/time.h"
 #include "lb/datapath.h"
 #include "lb/health.h"
+#include "lb/metrics_http.h"
 #include "lb/policy.h"
 #include "lb/pool.h"
 
@@ -57,6 +60,7 @@ struct CoreOptions {
   absl::Duration half_open_timeout = absl::Seconds(5);
   absl::Duration duration = absl::ZeroDuration();  // 0: until signalled
   std::string control_socket;  // empty: none
+  std::string metrics_addr;    // IP:PORT of the Prometheus HTTP endpoint; empty: none
   HealthOptions health;        // lb_ip is filled in from lb_ip above
 };
 
@@ -123,6 +127,9 @@ class Core {
   void WatchLimits(absl::Time now);
   absl::Status OpenControlSocket();
   void OnControlReadable();
+  // REQ_DONE's time to first byte (timed by the datapath) into its
+  // backend's histogram: a bucket increment.
+  void TimeFirstByte(const rm_event& ev);
 
   struct Backend {
     BackendSpec spec;
@@ -143,6 +150,7 @@ class Core {
   ring_buffer* rb_ = nullptr;
   int epfd_ = -1, timerfd_ = -1, sigfd_ = -1, ctlfd_ = -1;
   absl::flat_hash_map<int, bool> watched_;  // connecting fds in epoll
+  std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::atomic<bool> stop_{false};
   // Client GC runs on its own thread: a full scan of the client table takes
   // milliseconds, which must not delay policy decisions.
@@ -154,6 +162,7 @@ class Core {
   absl::flat_hash_map<uint32_t, uint32_t> forced_;  // client -> backend
 
   uint64_t decisions_written_ = 0, pool_acks_sent_ = 0, events_ = 0;
+  std::array<LatencyHistogram, RM_MAX_BACKENDS> first_byte_hist_;  // by backend id
   absl::Time started_, last_stats_, last_gc_;
   StatsArray last_counters_{};
   size_t fallback_cursor_ = 0;

@@ -254,6 +254,20 @@ class LifecycleTest : public ::testing::Test {
   }
   std::map<std::string, uint64_t> Stats() { return ParseStats(Ctl("stats")); }
 
+  // GET path from inside ns; the whole response (the server closes).
+  std::string HttpGet(const std::string& ns, const std::string& ip, uint16_t port,
+                      const std::string& path) {
+    int fd = ConnectFrom(ns, ip, port, absl::Seconds(3));
+    if (fd < 0) return absl::StrCat("connect: ", strerror(-fd));
+    std::string req = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: ", ip, "\r\n\r\n");
+    send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    std::string out;
+    char buf[65536];
+    for (ssize_t n; (n = recv(fd, buf, sizeof(buf), 0)) > 0;) out.append(buf, n);
+    close(fd);
+    return out;
+  }
+
   // The `backends` row of addr: {state, "idle/live"}.
   std::pair<std::string, std::string> Row(const std::string& addr) {
     for (absl::string_view line : absl::StrSplit(Ctl("backends"), '\n', absl::SkipEmpty())) {
@@ -318,7 +332,7 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
   constexpr int kMax = 20;
   StartLb({Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)}, 3 * 8,
           {absl::StrCat("--max_clients=", kMax), "--conns_per_backend=8",
-           "--max_conns_per_backend=32", "--max_backends=3"});
+           "--max_conns_per_backend=32", "--max_backends=3", "--metrics_addr=127.0.0.1:9100"});
   // Hold kMax keep-alive connections, each with a verified request.
   std::vector<int> fds;
   for (int i = 0; i < kMax; i++) {
@@ -367,7 +381,39 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
   close(again);
   // The backend limit refuses with a message naming the flag.
   EXPECT_EQ(Ctl("add 198.18.2.200:8080"), "error: backend table full (--max_backends=3)\n");
+  // The metrics endpoint (in the LB's namespace) serves the same text,
+  // with a first-byte histogram that saw the requests above.
+  std::string m = HttpGet(tb_->lb_ns(), "127.0.0.1", 9100, "/metrics");
+  EXPECT_TRUE(absl::StartsWith(m, "HTTP/1.1 200 OK\r\n")) << m;
+  EXPECT_NE(m.find("Content-Type: text/plain; version=0.0.4"), std::string::npos) << m;
+  EXPECT_NE(m.find("rematcher_boundary_decisions_total{result=\"applied\"} "), std::string::npos)
+      << m;
+  uint64_t samples = 0;
+  for (int i = 0; i < 3; i++) {
+    std::string key = absl::StrCat("rematcher_backend_time_to_first_byte_seconds_count{backend=\"",
+                                   i, "\",address=\"", Addr(i, 8080), "\"} ");
+    size_t at = m.find(key);
+    uint64_t v = 0;
+    if (at != std::string::npos &&
+        absl::SimpleAtoi(m.substr(at + key.size(), m.find('\n', at) - at - key.size()), &v))
+      samples += v;
+  }
+  // 81 requests; the last one's REQ_DONE (it never wakes the core) may
+  // still wait for the next tick.
+  EXPECT_GE(samples, 80u) << m;
+  EXPECT_LE(samples, 81u) << m;
+  EXPECT_TRUE(absl::StartsWith(HttpGet(tb_->lb_ns(), "127.0.0.1", 9100, "/healthz"),
+                               "HTTP/1.1 200 OK\r\n"));
   EXPECT_TRUE(lb_.Running()) << Log();
+  // A bad --metrics_addr is refused at start with the flag named.
+  auto bad = tb_->RunCommand(tb_->lb_ns(),
+                             {RunfilePath("lb/rematcher"), "--iface=eth0",
+                              absl::StrCat("--vip=", kVip, ":8080"), "--backends=" + Addr(0, 8080),
+                              "--control_socket=", "--metrics_addr=localhost:9100"},
+                             absl::Seconds(10));
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  EXPECT_EQ(bad->exit_code, 2);
+  EXPECT_NE(bad->err.find("--metrics_addr: 'localhost:9100'"), std::string::npos) << bad->err;
 }
 
 TEST_F(LifecycleTest, UnreachableBackendGoesDownClientsMoveAndItComesBack) {

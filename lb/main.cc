@@ -6,18 +6,21 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/mount.h>
+#include <dirent.h>
 
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "lb/core.h"
+#include "lb/metrics_http.h"
 #include "lb/policy_loader.h"
 #include "lb/sandbox.h"
 
@@ -46,6 +49,8 @@ DEFINE_double(idle_release_ms, 1000, "Hand back the pooled connection of a clien
 DEFINE_double(client_idle_timeout_s, 300, "Forget clients idle this long.");
 DEFINE_double(duration_s, 0, "Stop after this many seconds (0: run until SIGINT/SIGTERM).");
 DEFINE_string(control_socket, "/run/rematcher/rematcher.sock", "Control socket path (root only; empty: none).");
+DEFINE_string(metrics_addr, "", "Serve Prometheus metrics over HTTP (GET /metrics, /healthz) on "
+              "exactly this numeric IP:PORT, e.g. 127.0.0.1:9100 or [::1]:9100. Empty: off.");
 DEFINE_string(policy_dir, "", "Extra directory to search for built-in policy .so files.");
 DEFINE_int32(nice, -10, "Scheduling priority of the control loop (-20..19). Policy decisions "
              "must beat the client's next request; on a busy host a raised priority keeps "
@@ -91,6 +96,50 @@ absl::StatusOr<uint32_t> FirstIpv4(const std::string& ifname) {
   freeifaddrs(ifa);
   if (!out) return absl::NotFoundError(absl::StrCat("interface ", ifname, " has no IPv4 address; pass --lb_ip"));
   return out;
+}
+
+// Name of the network namespace (under /run/netns) the calling thread is
+// in; empty when it is none of those (e.g. the host's own).
+std::string CurrentNetnsName() {
+  struct stat self;
+  if (stat("/proc/thread-self/ns/net", &self)) return "";
+  std::string found;
+  if (DIR* d = opendir("/run/netns")) {
+    while (dirent* e = readdir(d)) {
+      struct stat st;
+      std::string path = std::string("/run/netns/") + e->d_name;
+      if (e->d_name[0] != '.' && stat(path.c_str(), &st) == 0 && st.st_ino == self.st_ino &&
+          st.st_dev == self.st_dev) {
+        found = e->d_name;
+        break;
+      }
+    }
+    closedir(d);
+  }
+  return found;
+}
+
+// How to reach the metrics endpoint from a shell: from the namespace the
+// core serves in (this thread's), and from `peer_ns` too when the address
+// is not loopback (a client namespace of the sandbox).
+void PrintMetricsHowTo(const std::string& addr, const std::string& peer_ns) {
+  auto a = ParseListenAddress(addr);
+  if (!a.ok()) return;
+  std::string host = ListenAddressString(a->addr);
+  bool local_only = absl::StartsWith(host, "127.") || absl::StartsWith(host, "[::1]");
+  // A wildcard bind answers on loopback too.
+  if (absl::StartsWith(host, "0.0.0.0:")) host = absl::StrCat("127.0.0.1:", a->port);
+  if (absl::StartsWith(host, "[::]:")) host = absl::StrCat("[::1]:", a->port);
+  std::string ns = CurrentNetnsName();
+  auto in = [](const std::string& n) { return n.empty() ? "" : "ip netns exec " + n + " "; };
+  std::string text = absl::StrCat("Metrics (Prometheus text), from the LB's namespace",
+                                  ns.empty() ? "" : " " + ns, ":\n  ", in(ns),
+                                  "curl -s http://", host, "/metrics\n");
+  if (!local_only && !peer_ns.empty())
+    absl::StrAppend(&text, "or from a client:\n  ", in(peer_ns), "curl -s http://", host,
+                    "/metrics\n");
+  printf("%s\n", text.c_str());
+  fflush(stdout);
 }
 
 absl::Status ParseBackends(const std::string& list, uint16_t default_port,
@@ -140,6 +189,12 @@ int Main(int argc, char** argv) {
   o.client_idle_timeout = absl::Seconds(FLAGS_client_idle_timeout_s);
   o.duration = absl::Seconds(FLAGS_duration_s);
   o.control_socket = FLAGS_control_socket;
+  if (!FLAGS_metrics_addr.empty()) {
+    auto a = ParseListenAddress(FLAGS_metrics_addr);
+    if (!a.ok()) return Fail(absl::StrCat("--metrics_addr: ", a.status().message()));
+    if (a->port == 0) return Fail("--metrics_addr: the port must be in 1..65535");
+  }
+  o.metrics_addr = FLAGS_metrics_addr;
   if (FLAGS_health_latency_min_ms < 0 || FLAGS_health_latency_eject_s <= 0)
     return Fail("--health_latency_min_ms must be >= 0 and --health_latency_eject_s > 0");
   o.health.interval = absl::Milliseconds(FLAGS_health_interval_ms);
@@ -213,6 +268,9 @@ int Main(int argc, char** argv) {
         LOG(WARNING) << "sandbox load not started: " << st;
     }
     sandbox->PrintHowTo();
+    // The core serves from this thread's namespace (the sandbox's LB).
+    if (!o.metrics_addr.empty())
+      PrintMetricsHowTo(o.metrics_addr, sandbox->testbed().client_ns(1));
   }
   absl::Status st = (*core)->Run();
   fputs((*core)->StatsText().c_str(), stdout);
