@@ -132,7 +132,7 @@ struct {
 
 struct {
   __uint(type, BPF_MAP_TYPE_RINGBUF);
-  __uint(max_entries, 1 << 20);
+  __uint(max_entries, RM_EVENTS_RING);
 } events SEC(".maps");
 
 /* Ring-buffer position up to which the core has been woken (see rb_send). */
@@ -196,6 +196,9 @@ static __always_inline void rb_send(const struct rm_event *ev, int defer) {
   } else if (!defer) {
     flags = BPF_RB_FORCE_WAKEUP;
   }
+  /* Deferred events alone must not fill the ring before the next tick. */
+  if (defer && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > RM_EVENTS_RING / 4)
+    flags = BPF_RB_FORCE_WAKEUP;
   bpf_ringbuf_submit(rec, flags);
 }
 
@@ -433,7 +436,9 @@ static __noinline void emit_req_start(__u32 client, __u32 backend, __u32 pool,
   struct rm_event *ev = &sc->pend;
   if (!sc->pend_ack) ev->ack_pool = RM_NO_ID;
   sc->pend_ack = 0;
-  if (!cfg->events) return;
+  /* Without rematching no decision is needed: only a (forced) move's
+   * owed ACK is worth an event. */
+  if (!cfg->events || (!cfg->rematch && ev->ack_pool == RM_NO_ID)) return;
   ev->type = RM_EV_REQ_START;
   ev->client_id = client;
   ev->backend_id = backend;

@@ -326,6 +326,8 @@ enum rm_event_type {
                           connection's owed ACK (ack_pool != RM_NO_ID). */
 };
 
+#define RM_EVENTS_RING (1 << 20) /* ring buffer bytes */
+
 /* Ring-buffer event, 48 bytes. Every event may wake the core (one IPI per
  * wakeup, costly in a VM), so the datapath sends at most one waking event
  * per packet: a rematch's owed ACK rides on its REQ_START, and REQ_DONE,
