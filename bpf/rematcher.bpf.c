@@ -825,8 +825,12 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     }
   }
   if (state == RM_C_ESTABLISHED && !pk->rst) {
-    int new_data = len > 0 && !rm_after(pk->seq, c->c_nxt) &&
-                   rm_after(pk->seq + len, c->c_nxt);
+    /* Bytes beyond any the client sent before. A segment that overtook
+     * the first one of a request (reordering, or loss of that one) starts
+     * it as well: the epoch's offsets are taken at c_nxt, the end of the
+     * previous request, so the hole in front of it is filled in the new
+     * epoch when the missing bytes arrive. */
+    int new_data = len > 0 && rm_after(pk->seq + len, c->c_nxt);
     int resp_acked = c->phase == RM_PH_IDLE ||
                      (pk->ack_f && !rm_before(pk->ack, c->s_nxt));
     int req_acked = pool == RM_NO_ID || c->b_acked == c->c_nxt + c->d_req;
@@ -836,7 +840,16 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
       st_a = RM_ST_PIPELINED;
     }
     if (new_data && c->phase != RM_PH_REQ) {
-      if (resp_acked && req_acked && (c->cflags & RM_CF_PINNED) && pool != RM_NO_ID) {
+      if (!(resp_acked && req_acked) && pool != RM_NO_ID) {
+        /* New data before the previous exchange is complete: a pipelining
+         * client. It stays where it is from now on; this still starts a
+         * request (accounting, and no second verdict on its later
+         * segments). */
+        c->cflags |= RM_CF_PINNED;
+        st_a = RM_ST_PIPELINED;
+        st_b = resp_acked ? RM_ST_PIN_REQ_UNACKED : RM_ST_PIN_RESP_UNACKED;
+      }
+      if ((c->cflags & RM_CF_PINNED) && pool != RM_NO_ID) {
         /* A pipelining client: a request starts, but it stays put. */
         boundary = 1;
       } else if (resp_acked && req_acked) {
@@ -848,9 +861,6 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
         if (pool != RM_NO_ID && want == c->backend_id) want = RM_NO_ID;
         if (pool != RM_NO_ID && next > 1 && cfg->rematch)
           st_a = fresh ? RM_ST_DECISION_APPLIED : RM_ST_DECISION_LATE;
-      } else {
-        c->cflags |= RM_CF_PINNED;
-        st_a = RM_ST_PIPELINED;
       }
     }
   }
@@ -982,9 +992,11 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     __u32 out = pk->tsval + c->ts_c2b;
     if (rm_after(out, c->lb_ts_last)) c->lb_ts_last = out;
   }
-  if (c->phase == RM_PH_RESP && pk->ack_f && !rm_before(pk->ack, c->s_nxt)) {
-    /* The response is fully acknowledged: account it to the backend and
-     * request it belongs to, before a new request (maybe elsewhere) starts. */
+  if (c->phase == RM_PH_RESP &&
+      (boundary || (pk->ack_f && !rm_before(pk->ack, c->s_nxt)))) {
+    /* The response is fully acknowledged, or a pipelining client starts
+     * its next request: account it to the backend and request it belongs
+     * to, before a new request (maybe elsewhere) starts. */
     c->phase = RM_PH_IDLE;
     resp_done = 1;
     done_bid = c->req_backend;
@@ -1283,8 +1295,12 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     if (rm_after(ce, c->c_edge)) c->c_edge = ce;
   }
   __u32 seq_out_end = pk->seq + c->d_resp + len + pk->fin;
+  /* Only bytes the client has not been sent yet are a response: a
+   * duplicated or retransmitted old segment arriving during the next
+   * request must not end that request. */
+  int new_resp = len && rm_after(seq_out_end - pk->fin, c->s_nxt);
   if (rm_after(seq_out_end, c->s_nxt)) c->s_nxt = seq_out_end;
-  if (len && c->phase != RM_PH_RESP) {
+  if (new_resp && c->phase != RM_PH_RESP) {
     if (c->phase == RM_PH_REQ) {
       first_byte = 1;
       c->resp_first_ns = now;

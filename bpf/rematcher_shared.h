@@ -310,6 +310,9 @@ enum rm_stat {
                                receive window is smaller than what the
                                client may already send */
   RM_ST_EVENTS_LOST,        /* ring buffer full: an event was lost */
+  RM_ST_PIN_RESP_UNACKED,   /* pinned: new data, response not fully acked */
+  RM_ST_PIN_REQ_UNACKED,    /* pinned: new data, backend had not acked the
+                               whole request */
   RM_ST__MAX,
 };
 

@@ -61,6 +61,8 @@ const char* StatName(int stat) {
       "no_pool_wait",
       "rematch_declined_window",
       "events_lost",
+      "pinned_response_unacked",
+      "pinned_request_unacked",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];

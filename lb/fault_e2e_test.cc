@@ -19,8 +19,9 @@
 // reorder_max_hold late) makes the receiving kernel drop a few segments as
 // PAWSEstab even on a direct client->backend path with no LB at all
 // (measured: 1-2 per ~90,000-180,000 segments at 1%). So PAWSEstab is bounded
-// by a small rate here rather than 0; TCPACKSkippedPAWS and TcpInCsumErrors
-// (no corruption is injected) must stay 0.
+// by a small rate here rather than 0 (TCPACKSkippedPAWS, which only follows
+// a PAWS drop, by PAWSEstab); TcpInCsumErrors (no corruption is injected)
+// must stay 0.
 //
 // CI runs FAULT_E2E_REQUESTS requests per fault level (default 3000); the
 // manual target //lb:fault_e2e_long_test defines it as 100,000.
@@ -173,7 +174,9 @@ class FaultE2eTest : public ::testing::Test {
                 << Get(d, "TcpExtPAWSEstab") << " DSACKRecv " << Get(d, "TcpExtTCPDSACKRecv")
                 << " EstabResets " << Get(d, "TcpEstabResets") << " OutRsts "
                 << Get(d, "TcpOutRsts") << std::endl;
-      EXPECT_EQ(Get(d, "TcpExtTCPACKSkippedPAWS"), 0);
+      // The kernel counts an ACK it skipped (rate limit) only for a segment
+      // it PAWS-dropped, so this is bounded by PAWSEstab, not zero.
+      EXPECT_LE(Get(d, "TcpExtTCPACKSkippedPAWS"), Get(d, "TcpExtPAWSEstab"));
       EXPECT_EQ(Get(d, "TcpInCsumErrors"), 0);
       int64_t paws_allowed = faults_on ? std::max<int64_t>(5, in / 5000) : 0;
       EXPECT_LE(Get(d, "TcpExtPAWSEstab"), paws_allowed) << "of " << in << " segments received";
@@ -210,7 +213,7 @@ class FaultE2eTest : public ::testing::Test {
   void PrintStats(const std::map<std::string, uint64_t>& s) {
     std::cout << "[lb]";
     for (const char* k : {"splices", "rematches", "decision_applied", "decision_late",
-                          "pipelined", "closed_clean", "closed_retire", "pool_dead", "tx_rst",
+                          "pipelined", "pinned_response_unacked", "pinned_request_unacked", "closed_clean", "closed_retire", "pool_dead", "tx_rst",
                           "drop_no_pool", "drop_bad_state", "drop_stale", "drop_malformed",
                           "stale_acked", "pool_retired", "pool_established",
                           "pool_connect_failures"}) {
@@ -287,15 +290,11 @@ E2eBed* FaultE2eTest::bed_ = nullptr;
 std::string* FaultE2eTest::skip_ = nullptr;
 std::string* FaultE2eTest::setup_error_ = nullptr;
 
-// DISABLED, bug (measured 2026-11-26, 3000 requests, rr): through rematcher
-// under 1% loss+dup+reorder on every link, 3 requests hung to the 30 s
-// timeout and 1 got a non-200 status (the backend saw a malformed request);
-// after the run one pooled connection per backend stayed busy (19/20 idle:
-// leaked in a splice); TcpInCsumErrors 4/1/.. on hosts although no corruption
-// is injected (0 on a direct path with the same faults). The datapath also
-// marks most clients as pipelining under retransmission (pipelined 1041 for
-// 3000 requests), which stops rematching for them.
-TEST_F(FaultE2eTest, DISABLED_OnePercentLossReorderDuplicationBothSides) {
+// Every request byte exact under 1% loss+dup+reorder on every link, with
+// rematching (fixed 2026-11-26: reordered or lost first request segments,
+// and duplicated old response segments during an upload, had pinned
+// clients as pipelining and left pooled connections busy).
+TEST_F(FaultE2eTest, OnePercentLossReorderDuplicationBothSides) {
   RunUnderFaults(0.01, "rr");
 }
 
@@ -354,10 +353,7 @@ void FaultE2eTest::RunBackendCloses(const std::vector<std::string>& backend_flag
 }
 
 // Backend FIN that delimits a response (Connection: close on every 10th).
-// DISABLED, bug: under 1% faults 2 of 1000 requests hung to the 30 s timeout
-// (998 ok, 0 verify failures; pool_retired 75, drop_bad_state 48, tx_rst 1,
-// client OutRsts 1): the same stall as the 1% case above.
-TEST_F(FaultE2eTest, DISABLED_BackendFinDelimitsResponseUnderFaults) {
+TEST_F(FaultE2eTest, BackendFinDelimitsResponseUnderFaults) {
   RunBackendCloses({"--max_requests_per_conn=10"});
 }
 

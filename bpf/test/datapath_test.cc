@@ -792,11 +792,91 @@ TEST_F(DatapathTest, PipelinedRequestStays) {
   dp_->SetDecision(c.id, 2, 1);
   Seg s = ClientSeg(c, Pattern(40, 6));
   s.ack = acked;  // the response is not acked yet
-  ClientToBackend("pipelined request 2", c, p0, e, s, {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}});
+  ClientToBackend("pipelined request 2", c, p0, e, s,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}, {RM_ST_PIN_RESP_UNACKED, 1}});
   rm_client rec = Client(c.id);
   EXPECT_EQ(rec.pool_id, 0u);
-  EXPECT_EQ(rec.req_no, 1u);
+  // It still starts request 2 (pinned, in place), once: its next segment
+  // is part of the same request, not another verdict.
+  EXPECT_EQ(rec.req_no, 2u);
+  EXPECT_NE(rec.cflags & RM_CF_PINNED, 0);
+  ClientToBackend("rest of request 2", c, p0, e, ClientSeg(c, Pattern(30, 7)),
+                  {{RM_ST_TX_C2B, 1}});
+  EXPECT_EQ(Client(c.id).req_no, 2u);
   EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
+}
+
+// A duplicate (or retransmission) of an old response segment arriving while
+// the client uploads its next request is not a response: the request goes
+// on, its later segments are not taken for pipelining, and the client stays
+// free to move at the following request.
+TEST_F(DatapathTest, OldResponseSegmentDuringNextRequestIsNotAResponse) {
+  PoolSpec p0;
+  AddPool(p0);
+  PoolSpec p1;
+  p1.pid = 1;
+  p1.backend = 1;
+  p1.lb_port = 50001;
+  AddPool(p1);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b);
+  BackendToClient("backend acks request", c, p0, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  BackendPos at_resp = b;
+  BackendToClient("response", c, p0, e, BackendSeg(b, Pattern(500, 9), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+  ClientToBackend("client acks response", c, p0, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+  b.ts_ecr = e.TsvalC2B(c.c_ts);
+  // Request 2, first segment: no decision, stays on backend 0.
+  ClientToBackend("request 2, part 1", c, p0, e, ClientSeg(c, Pattern(1000, 2), ACK),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_LATE, 1}});
+  EXPECT_EQ(Client(c.id).phase, uint8_t(RM_PH_REQ));
+  // The backend's old response segment again (a duplicate on the wire).
+  Seg dup = BackendSeg(at_resp, Pattern(500, 9), ACK | PSH);
+  dup.ack = b.ack;
+  BackendToClient("duplicate of the response", c, p0, e, dup, {{RM_ST_TX_B2C, 1}});
+  EXPECT_EQ(Client(c.id).phase, uint8_t(RM_PH_REQ)) << "an old segment ended the request";
+  ClientToBackend("request 2, part 2", c, p0, e, ClientSeg(c, Pattern(1000, 3)),
+                  {{RM_ST_TX_C2B, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.cflags & RM_CF_PINNED, 0) << "taken for a pipelining client";
+  EXPECT_EQ(rec.req_no, 2u);
+}
+
+// The second segment of a request overtakes the first (reordering, or the
+// first was lost): it starts the request and the rematch, at the offsets of
+// the request's start, and the first segment, arriving later, lands in the
+// hole in front of it on the new backend.
+TEST_F(DatapathTest, ReorderedRequestStartStillRematches) {
+  PoolSpec p0;
+  AddPool(p0);
+  PoolSpec p1;
+  p1.pid = 1;
+  p1.backend = 1;
+  p1.lb_port = 50001;
+  p1.lb_nxt = 0x7000;
+  p1.be_nxt = 0x9000;
+  AddPool(p1);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b);
+  Exchange(c, p0, e, b);
+  dp_->SetDecision(c.id, 2, 1);
+  Epoch e1 = StartEpoch(c, p1);
+  Seg first = ClientSeg(c, Pattern(700, 4), ACK);
+  Seg second = ClientSeg(c, Pattern(300, 5));
+  ClientToBackend("second segment first", c, p1, e1, second,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                   {RM_ST_DECISION_APPLIED, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.pool_id, 1u);
+  EXPECT_EQ(rec.req_no, 2u);
+  EXPECT_EQ(rec.d_req, p1.lb_nxt - e1.c_nxt0);
+  ClientToBackend("first segment, late", c, p1, e1, first, {{RM_ST_TX_C2B, 1}});
+  rec = Client(c.id);
+  EXPECT_EQ(rec.pool_id, 1u);
+  EXPECT_EQ(rec.req_no, 2u);
+  EXPECT_EQ(rec.cflags & RM_CF_PINNED, 0);
 }
 
 // ------------------------------------------------------------------ VLAN
