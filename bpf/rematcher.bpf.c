@@ -205,30 +205,38 @@ static __always_inline void rb_send(const struct rm_event *ev, int defer) {
 /* Events (see struct rm_event): REQ_DONE only refreshes a decision made at
  * REQ_START, so it never wakes the core by itself; it is read with the next
  * waking event or tick. */
-static __noinline void emit_ev(__u32 type, __u32 client, __u32 backend,
-                               __u32 pool, __u32 req_no) {
+/* The helpers below marked RM_GLOBAL are global BPF functions: the
+ * verifier checks each once, on its own, instead of at every call site
+ * (the main program is close to the verifier's 1M-instruction budget).
+ * Their arguments are scalars; what they need beyond them they look up. */
+#define RM_GLOBAL __attribute__((noinline))
+
+RM_GLOBAL int emit_ev(__u32 type, __u32 client, __u32 backend,
+                      __u32 pool, __u32 req_no) {
   __u32 z = 0;
   struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
-  if (!cfg || !cfg->events) return;
+  if (!cfg || !cfg->events) return 0;
   struct rm_event ev = {.type = type, .client_id = client,
                         .backend_id = backend, .pool_id = pool,
                         .req_no = req_no, .ack_pool = RM_NO_ID};
   rb_send(&ev, 0);
+  return 0;
 }
 
 /* REQ_DONE carries the time to the first response byte (for the core's
  * latency histogram). */
-static __noinline void emit_req_done(__u32 client, __u32 backend, __u32 pool,
-                                     __u32 req_no, __u64 first_byte_ns) {
+RM_GLOBAL int emit_req_done(__u32 client, __u32 backend, __u32 pool,
+                            __u32 req_no, __u64 first_byte_ns) {
   __u32 z = 0;
   struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
-  if (!cfg || !cfg->events) return;
+  if (!cfg || !cfg->events) return 0;
   __u64 us = first_byte_ns / 1000;
   struct rm_event ev = {.type = RM_EV_REQ_DONE, .client_id = client,
                         .backend_id = backend, .pool_id = pool,
                         .req_no = req_no, .ack_pool = RM_NO_ID,
                         .first_byte_us = us > 0xffffffffULL ? 0xffffffff : (__u32)us};
   rb_send(&ev, 1);
+  return 0;
 }
 #define emit(cfg, type, client, backend, pool, req_no) \
   emit_ev(type, client, backend, pool, req_no)
@@ -294,6 +302,7 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
   if (!p) return;
   int push = 0, moved = 0;
   __u32 bid, entry;
+  __u64 now = bpf_ktime_get_coarse_ns();
   bpf_spin_lock(&p->lock);
   bid = p->backend_id;
   entry = RM_IDLE_ENTRY(pid, p->gen & 0xfff);
@@ -305,10 +314,13 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
     p->be_edge = leg->be_edge;
     p->owner = RM_NO_ID;
     moved = 1;
+    if (!retire && cfg->pool_max_uses && p->uses >= cfg->pool_max_uses)
+      retire = 2; /* worn out: userspace resets it, a fresh one replaces it */
     if (retire) {
       p->state = RM_P_DEAD;
     } else {
       p->state = RM_P_IDLE;
+      p->last_used_ns = now;
       push = 1;
     }
   }
@@ -425,46 +437,62 @@ static __always_inline struct rm_scratch *scratch_get(void) {
   return bpf_map_lookup_elem(&scratch, &z);
 }
 
-/* The event that starts a request, with the owed ACK of a rematch that
- * just happened on this CPU, if any. */
-static __noinline void emit_req_start(__u32 client, __u32 backend, __u32 pool,
-                                      __u32 req_no) {
+/* pool_release on this CPU's scratch leg (which: 0 leg, 1 dleg). */
+RM_GLOBAL int pool_release_leg(__u32 pid, __u32 which) {
   __u32 z = 0;
   struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
   struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
-  if (!cfg || !sc) return;
+  if (!cfg || !sc) return 0;
+  pool_release(cfg, pid, which ? &sc->dleg : &sc->leg);
+  return 0;
+}
+
+/* The event that starts a request, with the owed ACK of a rematch that
+ * just happened on this CPU, if any. */
+RM_GLOBAL int emit_req_start(__u32 client, __u32 backend, __u32 pool,
+                             __u32 req_no) {
+  __u32 z = 0;
+  struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
+  if (!cfg || !sc) return 0;
   struct rm_event *ev = &sc->pend;
   if (!sc->pend_ack) ev->ack_pool = RM_NO_ID;
   sc->pend_ack = 0;
   /* Without rematching no decision is needed: only a (forced) move's
    * owed ACK is worth an event. */
-  if (!cfg->events || (!cfg->rematch && ev->ack_pool == RM_NO_ID)) return;
+  if (!cfg->events || (!cfg->rematch && ev->ack_pool == RM_NO_ID)) return 0;
   ev->type = RM_EV_REQ_START;
   ev->client_id = client;
   ev->backend_id = backend;
   ev->pool_id = pool;
   ev->req_no = req_no;
   rb_send(ev, 0);
+  return 0;
 }
 
 /* A pending owed ACK whose request did not start (the packet was dropped
  * after the rematch): send it on its own. */
-static __noinline void flush_pool_ack(void) {
+RM_GLOBAL int flush_pool_ack(void) {
   __u32 z = 0;
   struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
   struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
-  if (!cfg || !sc || !sc->pend_ack) return;
+  if (!cfg || !sc || !sc->pend_ack) return 0;
   sc->pend_ack = 0;
-  if (!cfg->events) return;
+  if (!cfg->events) return 0;
   struct rm_event *ev = &sc->pend;
   ev->type = RM_EV_POOL_ACK;
   ev->pool_id = ev->ack_pool;
   ev->req_no = 0;
   rb_send(ev, 0);
+  return 0;
 }
 
-static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
-                                __u32 epoch, __u32 want, struct rm_pkt *pk) {
+/* pk_ack: the segment's ack, with RM_SPLICE_NO_ACK when it carries none. */
+#define RM_SPLICE_NO_ACK (1ull << 32)
+RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
+  __u32 z0 = 0;
+  const struct rm_config *cfg = bpf_map_lookup_elem(&config, &z0);
+  if (!cfg) return -1;
   __u32 pid = RM_NO_ID, bid = RM_NO_ID;
   int can_grow = 0;
   struct rm_pool *p = NULL;
@@ -557,7 +585,7 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
     old_bid = c->backend_id;
     if (old_pid != RM_NO_ID) {
       leg_from_client(leg, c);
-      need_ack = pk->ack_f && rm_after(pk->ack, c->c_acked);
+      need_ack = !(pk_ack & RM_SPLICE_NO_ACK) && rm_after((__u32)pk_ack, c->c_acked);
       win = c->lb_win;
       c->rematches++;
     }
@@ -599,7 +627,7 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
     leg->be_edge = np->be_edge;
     leg->epoch = epoch + 1;
     leg->retire = 0;
-    pool_release(cfg, pid, leg);
+    pool_release_leg(pid, 1);
     if (ok == -1) {
       stat_inc(RM_ST_REMATCH_WINDOW);
       return -3;
@@ -610,7 +638,7 @@ static __noinline int do_splice(const struct rm_config *cfg, __u32 id,
   if (old_pid != RM_NO_ID) {
     leg->owner = id;
     leg->epoch = epoch;
-    pool_release(cfg, old_pid, leg);
+    pool_release_leg(old_pid, 1);
     stat_inc(RM_ST_REMATCHES);
     struct rm_backend_load *nb = bpf_map_lookup_elem(&backend_load, &bid);
     if (nb) __sync_fetch_and_add(&nb->rematched_in, 1);
@@ -875,7 +903,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
       stat_inc(RM_ST_DROP_BAD_STATE);
       return XDP_DROP;
     }
-    int rs = do_splice(cfg, id, epoch, want, pk);
+    int rs = do_splice(id, epoch, want, pk->ack_f ? pk->ack : RM_SPLICE_NO_ACK);
     if (rs == 0) {
       epoch++;
     } else if (pool == RM_NO_ID && rs == -2 && now - wait_since < RM_NO_POOL_WAIT_NS) {
@@ -1080,7 +1108,7 @@ unlock:
   leg->owner = id;
   leg->epoch = epoch;
   if (release) {
-    pool_release(cfg, pool, leg);
+    pool_release_leg(pool, 0);
     if (pk->ack_f) emit_pool_ack(leg, id, bid, pool, 0xffff);
   }
   if (free_it) {
@@ -1109,7 +1137,7 @@ unlock:
   }
   if (retire) {
     leg->retire = 1;
-    pool_release(cfg, pool, leg);
+    pool_release_leg(pool, 0);
   }
   stat_inc(RM_ST_TX_C2B);
   (void)req_no;
@@ -1203,6 +1231,46 @@ static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
   return rm_send_reply(ctx, pk, &r);
 }
 
+/* The backend closed (FIN) the pooled connection before the client
+ * was sent anything of it for the request that opened this epoch: no
+ * acknowledgement of the request (the close itself may carry the first,
+ * which is dropped here), no response byte. It was closing an idle
+ * connection as the request arrived. The client comes off it and its own
+ * retransmission of the request starts a fresh splice: a transparent retry
+ * (as an L7 proxy retries on an empty response), where forwarding the close
+ * would fail the request. Returns XDP_DROP if it did so, -1 if the close
+ * is an ordinary one. */
+RM_GLOBAL int retry_on_close(__u32 pid, __u32 owner, __u32 oepoch, __u32 flags) {
+  struct rm_scratch *sc = scratch_get();
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &owner);
+  if (!sc || !c) return -1;
+  int retry = 0;
+  __u32 req_bid = RM_NO_ID;
+  bpf_spin_lock(&c->lock);
+  if (c->epoch == oepoch && c->pool_id == pid && c->state == RM_C_ESTABLISHED &&
+      c->phase == RM_PH_REQ && !c->fin_flags && c->s_nxt == c->e_s_nxt &&
+      c->b_acked == c->e_c_nxt + c->d_req) {
+    leg_from_client(&sc->leg, c);
+    c->pool_id = RM_NO_ID;
+    c->backend_id = RM_NO_ID;
+    c->c_nxt = c->e_c_nxt;
+    c->phase = RM_PH_IDLE;
+    c->req_no--;
+    c->epoch = oepoch + 1;
+    req_bid = c->req_backend;
+    retry = 1;
+  }
+  bpf_spin_unlock(&c->lock);
+  if (!retry) return -1;
+  backend_outstanding(req_bid, -1, 0);
+  sc->leg.owner = owner;
+  sc->leg.epoch = oepoch;
+  sc->leg.retire = flags ? 1 : 2; /* RST: already closed; FIN: reset it */
+  pool_release_leg(pid, 0);
+  stat_inc(RM_ST_RETRY_ON_CLOSE);
+  return XDP_DROP;
+}
+
 static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
                                         const struct rm_config *cfg) {
   struct rm_pool_key pkey = {.backend_ip = pk->ip->saddr, .lb_ip = pk->ip->daddr,
@@ -1264,6 +1332,10 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   __u64 req_start = 0, now = 0;
   if (len) now = now_ns();
 
+  if (pk->fin && !pk->rst && len == 0) {
+    int r = retry_on_close(pid, owner, oepoch, pk->rst);
+    if (r >= 0) return r;
+  }
   bpf_spin_lock(&c->lock);
   if (c->epoch != oepoch || c->pool_id != pid ||
       (c->state != RM_C_ESTABLISHED && c->state != RM_C_NAT_CLOSE)) {
@@ -1373,7 +1445,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     leg->owner = owner;
     leg->epoch = oepoch;
     leg->retire = 1;
-    pool_release(cfg, pid, leg);
+    pool_release_leg(pid, 0);
   }
   stat_inc(RM_ST_TX_B2C);
   return XDP_TX;
@@ -1442,6 +1514,30 @@ int xdp_ctl(struct xdp_md *ctx) {
   struct rm_ctl *cmd = data + sizeof(struct ethhdr);
   if ((void *)(cmd + 1) > end) return XDP_ABORTED;
   __u32 z = 0;
+  if (cmd->op == RM_CTL_RETIRE_IDLE_POOL) {
+    /* Idle too long (the backend would close it soon): out of service
+     * under the record's lock, so no client takes it meanwhile. Its queue
+     * entry goes stale; userspace resets and replaces it. */
+    __u32 pid = cmd->client_id;
+    struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
+    int r = 0;
+    __u32 bid = 0;
+    if (p) {
+      bpf_spin_lock(&p->lock);
+      if (p->state == RM_P_IDLE && p->last_used_ns < cmd->older_than_ns) {
+        p->state = RM_P_DEAD;
+        bid = p->backend_id;
+        r = 1;
+      }
+      bpf_spin_unlock(&p->lock);
+    }
+    if (r) {
+      struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
+      if (bl) __sync_fetch_and_sub(&bl->idle, 1);
+    }
+    cmd->result = r;
+    return XDP_DROP;
+  }
   struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
   __u32 id = cmd->client_id;
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
@@ -1488,7 +1584,7 @@ int xdp_ctl(struct xdp_md *ctx) {
   }
   bpf_spin_unlock(&c->lock);
 
-  if (act && pool != RM_NO_ID) pool_release(cfg, pool, leg);
+  if (act && pool != RM_NO_ID) pool_release_leg(pool, 0);
   if (act == 1) {
     bpf_map_delete_elem(&client_ids, &key);
     bpf_map_push_elem(&free_client_ids, &id, 0);

@@ -70,7 +70,9 @@ struct rm_config {
   __u32 num_backends;  /* live entries in backend_list */
   __u32 events;        /* 1: emit ring-buffer events */
   __u32 max_clients;   /* admission limit (<= clients map size) */
-  __u32 _pad;
+  __u32 pool_max_uses; /* retire a pooled connection after carrying this
+                          many splices, before the backend's own limit on
+                          requests per connection (0: never) */
   __u32 client_window_cap; /* bytes: most the LB lets a client send ahead.
                               Every pooled connection can take this much, so
                               a rematch never turns the client's window into
@@ -313,6 +315,8 @@ enum rm_stat {
   RM_ST_PIN_RESP_UNACKED,   /* pinned: new data, response not fully acked */
   RM_ST_PIN_REQ_UNACKED,    /* pinned: new data, backend had not acked the
                                whole request */
+  RM_ST_RETRY_ON_CLOSE,     /* backend closed a pooled connection before
+                               taking the request: client re-spliced */
   RM_ST__MAX,
 };
 
@@ -364,6 +368,8 @@ enum rm_ctl_op {
                               connection back (idle release) */
   RM_CTL_FORCE_BACKEND = 2, /* client id, backend id: rematch at next
                                request boundary regardless of decision */
+  RM_CTL_RETIRE_IDLE_POOL = 4, /* pool id (in client_id): retire it if idle
+                                  since before older_than_ns */
   RM_CTL_FREE_CLIENT = 3,  /* client id: free if CLOSED or expired */
 };
 

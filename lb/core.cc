@@ -111,6 +111,7 @@ absl::Status Core::Init() {
   cfg.events = 1;
   cfg.max_clients = opts_.max_clients;
   cfg.client_window_cap = opts_.client_window_cap;
+  cfg.pool_max_uses = opts_.pool_max_uses;
   if (auto st = dp_->SetConfig(cfg); !st.ok()) return st;
 
   PoolOptions popts;
@@ -118,6 +119,8 @@ absl::Status Core::Init() {
   popts.conns_per_backend = opts_.conns_per_backend;
   popts.max_conns_per_backend = opts_.max_conns_per_backend;
   popts.mss = opts_.mss;
+  popts.max_uses = opts_.pool_max_uses;
+  popts.idle_timeout = opts_.pool_idle_timeout;
   pools_ = std::make_unique<PoolManager>(dp_.get(), popts);
 
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -656,7 +659,8 @@ std::string Core::StatsText() {
   const PoolStats& pst = pools_->stats();
   absl::StrAppend(&out, "pool_opened ", pst.opened, "\npool_established ", pst.established,
                   "\npool_connect_failures ", pst.connect_failures, "\npool_retired ",
-                  pst.retired, "\n");
+                  pst.retired, "\npool_idle_entries_compacted ", pst.idle_entries_compacted,
+                  "\npool_idle_timeouts ", pst.idle_timeouts, "\n");
   return out;
 }
 

@@ -48,6 +48,10 @@ struct CoreOptions {
   uint16_t mss = 1400;
   uint8_t client_wscale = 7;
   uint32_t client_window_cap = 128 * 1024;
+  // Pooled connections are retired before the backend's keep-alive limits
+  // bite: after this many splices (0: never) / this long idle (0: never).
+  uint32_t pool_max_uses = 0;
+  absl::Duration pool_idle_timeout = absl::Seconds(60);
   bool rematch = true;
   bool allow_generic_xdp = false;
   std::string policy = "rr";

@@ -63,6 +63,7 @@ const char* StatName(int stat) {
       "events_lost",
       "pinned_response_unacked",
       "pinned_request_unacked",
+      "retry_on_backend_close",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];
@@ -276,6 +277,29 @@ absl::StatusOr<std::optional<uint32_t>> Datapath::PopIdle(uint32_t backend) {
   return std::optional<uint32_t>(RM_IDLE_PID(pid));
 }
 
+absl::StatusOr<size_t> Datapath::CompactIdle(uint32_t backend) {
+  if (backend >= idle_queue_fds_.size()) return absl::OutOfRangeError("backend id");
+  int fd = idle_queue_fds_[backend];
+  std::vector<uint32_t> keep;
+  size_t dropped = 0;
+  for (uint32_t i = 0; i <= RM_MAX_POOL_PER_BACKEND; i++) {
+    uint32_t e;
+    if (bpf_map_lookup_and_delete_elem(fd, nullptr, &e)) {
+      if (errno == ENOENT) break;
+      return Errno(errno, "compacting idle queue");
+    }
+    auto rec = GetPool(RM_IDLE_PID(e));
+    if (rec.ok() && rec->state == RM_P_IDLE && (rec->gen & 0xfff) == RM_IDLE_GEN(e))
+      keep.push_back(e);
+    else
+      dropped++;
+  }
+  for (uint32_t e : keep)
+    if (bpf_map_update_elem(fd, nullptr, &e, 0))
+      return Errno(errno, "requeueing idle pooled connection");
+  return dropped;
+}
+
 absl::StatusOr<rm_client> Datapath::GetClient(uint32_t id) const {
   rm_client c{};
   if (bpf_map_lookup_elem_flags(bpf_map__fd(skel_->maps.clients), &id, &c, BPF_F_LOCK))
@@ -343,6 +367,16 @@ absl::Status Datapath::FreeClient(uint32_t id, uint64_t older_than_ns) {
   auto r = RunCtl(c);
   if (!r.ok()) return r.status();
   return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Datapath::RetireIdlePool(uint32_t pid, uint64_t older_than_ns) {
+  rm_ctl c{};
+  c.op = RM_CTL_RETIRE_IDLE_POOL;
+  c.client_id = pid;
+  c.older_than_ns = older_than_ns;
+  auto r = RunCtl(c);
+  if (!r.ok()) return r.status();
+  return *r == 1;
 }
 
 absl::Status Datapath::ReleaseIdleClient(uint32_t id, uint64_t older_than_ns) {

@@ -82,6 +82,15 @@ class Datapath {
   absl::Status PushIdle(uint32_t backend, uint32_t pid, uint16_t gen = 0);
   // Returns the pool id of the popped entry.
   absl::StatusOr<std::optional<uint32_t>> PopIdle(uint32_t backend);
+  // Drops the entries of a backend's idle queue whose pooled connection is
+  // no longer idle under that generation (it died while queued), keeping
+  // the live ones in order. Returns how many were dropped. Clients that
+  // look for an idle connection meanwhile may find none for a moment (the
+  // datapath's bounded wait covers that).
+  absl::StatusOr<size_t> CompactIdle(uint32_t backend);
+  // Takes an idle pooled connection out of service if it has been idle
+  // since before `older_than_ns` (CLOCK_MONOTONIC_COARSE). True if it did.
+  absl::StatusOr<bool> RetireIdlePool(uint32_t pid, uint64_t older_than_ns);
 
   absl::StatusOr<rm_client> GetClient(uint32_t id) const;
   absl::StatusOr<std::optional<uint32_t>> LookupClient(const rm_flow_key& key) const;

@@ -42,6 +42,14 @@ DEFINE_uint32(client_window_cap, 128 * 1024,
               "Most bytes a client may send ahead (its advertised window is capped). Every "
               "pooled connection accepts this much, so moving a client never overruns the new "
               "backend. 0: no cap (uploads then pin clients whose window grew).");
+DEFINE_uint32(pool_max_uses, 0,
+              "Retire a pooled connection after it carried this many clients or requests "
+              "(splices), below the backend's own limit (nginx keepalive_requests, default "
+              "1000). 0: never.");
+DEFINE_double(pool_idle_timeout_ms, 60000,
+              "Retire a pooled connection idle this long, below the backend's keep-alive "
+              "timeout (nginx keepalive_timeout, default 75 s), so a client never lands on one "
+              "the backend is closing. 0: never.");
 DEFINE_bool(rematch, true, "Move clients between backends at request boundaries.");
 DEFINE_bool(allow_generic_xdp, false, "Fall back to generic XDP if native attach fails.");
 DEFINE_double(stats_interval_s, 1.0, "Live statistics period in seconds (0: off).");
@@ -169,6 +177,7 @@ int Main(int argc, char** argv) {
     return Fail(absl::StrCat("need 1 <= --conns_per_backend <= --max_conns_per_backend <= ",
                              RM_MAX_POOL_PER_BACKEND));
   if (FLAGS_stats_interval_s < 0 || FLAGS_duration_s < 0 || FLAGS_idle_release_ms < 0 ||
+      FLAGS_pool_idle_timeout_ms < 0 ||
       FLAGS_client_idle_timeout_s <= 0)
     return Fail("durations must not be negative");
   o.conns_per_backend = FLAGS_conns_per_backend;
@@ -179,6 +188,8 @@ int Main(int argc, char** argv) {
   o.client_wscale = FLAGS_client_wscale;
   o.rematch = FLAGS_rematch;
   o.client_window_cap = FLAGS_client_window_cap;
+  o.pool_max_uses = FLAGS_pool_max_uses;
+  o.pool_idle_timeout = absl::Milliseconds(FLAGS_pool_idle_timeout_ms);
   o.allow_generic_xdp = FLAGS_allow_generic_xdp;
   o.policy = FLAGS_policy;
   o.policy_args = FLAGS_policy_args;

@@ -254,9 +254,33 @@ absl::Status PoolManager::Finish(uint32_t pid, Conn& c) {
   rec->state = RM_P_IDLE;
   rec->owner = RM_NO_ID;
   rec->uses = 0;
+  {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    rec->last_used_ns = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+  }
   if (auto st = dp_->PutPool(pid, *rec); !st.ok()) return st;
   c.state = Conn::kLive;
-  return dp_->PushIdle(c.backend, pid, rec->gen);
+  absl::Status st = dp_->PushIdle(c.backend, pid, rec->gen);
+  if (!st.ok()) {
+    // E2BIG: the queue is full of entries of connections that died while
+    // idle (a backend closing idle connections); drop them and retry.
+    auto b = backends_.find(c.backend);
+    if (b != backends_.end()) CompactIdle(c.backend, b->second);
+    st = dp_->PushIdle(c.backend, pid, rec->gen);
+  }
+  return st;
+}
+
+void PoolManager::CompactIdle(uint32_t backend, Backend& b) {
+  b.deaths_since_compact = 0;
+  auto n = dp_->CompactIdle(backend);
+  if (!n.ok()) {
+    LOG_EVERY_N(ERROR, 10) << "backend " << backend << ": " << n.status();
+    return;
+  }
+  stats_.idle_entries_compacted += *n;
+  VLOG(1) << "backend " << backend << ": " << *n << " dead idle-queue entries dropped";
 }
 
 void PoolManager::Retire(uint32_t pid, bool send_rst) {
@@ -294,6 +318,13 @@ void PoolManager::OnDead(uint32_t pid, bool reset) {
   uint32_t backend = it->second.backend;
   VLOG(1) << "pooled connection " << pid << " to backend " << backend << " retired";
   Retire(pid, reset);
+  // Backends that close idle connections leave dead entries behind in the
+  // idle queue; the datapath skips a few per splice, but a queue full of
+  // them refuses new connections and starves clients. Compact well before.
+  auto b = backends_.find(backend);
+  if (b != backends_.end() &&
+      ++b->second.deaths_since_compact >= std::max<uint32_t>(32, b->second.target))
+    CompactIdle(backend, b->second);
   Refill(backend, absl::Now());
 }
 
@@ -355,6 +386,7 @@ void PoolManager::Tick(absl::Time now) {
                            << "): connect timed out after " << opts_.connect_timeout;
     Retire(pid, false);
   }
+  if (opts_.idle_timeout > absl::ZeroDuration()) RetireIdleTooLong();
   for (auto& [id, b] : backends_) {
     // Keep a spare margin of idle connections, so a burst of new clients
     // finds one without waiting for a connect.
@@ -386,6 +418,32 @@ bool PoolManager::backend_failing(uint32_t backend) const {
 PoolBackendCounters PoolManager::Counters(uint32_t backend) const {
   auto it = backends_.find(backend);
   return it == backends_.end() ? PoolBackendCounters{} : it->second.counters;
+}
+
+void PoolManager::RetireIdleTooLong() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+  uint64_t limit = absl::ToInt64Nanoseconds(opts_.idle_timeout);
+  if (now <= limit) return;
+  uint64_t cutoff = now - limit;
+  std::vector<uint32_t> old;
+  for (const auto& [pid, c] : conns_) {
+    if (c.state != Conn::kLive) continue;
+    auto rec = dp_->GetPool(pid);
+    if (rec.ok() && rec->state == RM_P_IDLE && rec->last_used_ns < cutoff) old.push_back(pid);
+  }
+  for (uint32_t pid : old) {
+    auto r = dp_->RetireIdlePool(pid, cutoff);
+    if (!r.ok() || !*r) continue;  // taken by a client meanwhile
+    uint32_t backend = conns_[pid].backend;
+    stats_.idle_timeouts++;
+    Retire(pid, /*send_rst=*/true);
+    auto b = backends_.find(backend);
+    if (b != backends_.end() &&
+        ++b->second.deaths_since_compact >= std::max<uint32_t>(32, b->second.target))
+      CompactIdle(backend, b->second);
+  }
 }
 
 uint32_t PoolManager::RetireIdle(uint32_t backend) {

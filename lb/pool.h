@@ -48,10 +48,13 @@ struct PoolOptions {
   // Retire a pooled connection after this many splices / this age, before
   // the backend's own keep-alive limits bite (0 = never).
   uint32_t max_uses = 0;
+  absl::Duration idle_timeout = absl::ZeroDuration();  // 0: never
 };
 
 struct PoolStats {
   uint64_t opened = 0, established = 0, connect_failures = 0, retired = 0;
+  uint64_t idle_entries_compacted = 0;  // dead idle-queue entries dropped
+  uint64_t idle_timeouts = 0;           // retired for idling too long
 };
 
 // Per-backend connect outcomes, for passive health checking.
@@ -121,7 +124,14 @@ class PoolManager {
     absl::Time next_try;
     PoolBackendCounters counters;
     bool at_limit_logged = false;
+    // Connections that died since the idle queue was last compacted: each
+    // may have left a dead entry in it.
+    uint32_t deaths_since_compact = 0;
   };
+  // Retires idle pooled connections idle longer than opts_.idle_timeout.
+  void RetireIdleTooLong();
+  // Compacts a backend's idle queue (dead entries out).
+  void CompactIdle(uint32_t backend, Backend& b);
 
   absl::Status OpenOne(uint32_t backend);
   // Opens connections until the backend's target is met (bounded per call).
