@@ -1059,6 +1059,88 @@ TEST_F(DatapathTest, BackendRstForwardedAndPoolRetired) {
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
 }
 
+// The backend closes a pooled connection just as a request is spliced onto
+// it (it was closing an idle connection): its FIN, although it acks the
+// request, is not forwarded; the client comes off the connection, and its
+// own retransmission of the request is spliced afresh onto another one.
+TEST_F(DatapathTest, BackendFinBeforeAnythingOfTheRequestIsRetried) {
+  PoolSpec p0;
+  AddPool(p0);
+  PoolSpec p1;
+  p1.pid = 1;
+  p1.lb_port = 50001;
+  p1.lb_nxt = 0x5000;
+  p1.be_nxt = 0x6000;
+  AddPool(p1);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b);
+  Expect("backend FIN acking the request", BuildSeg(FromBackend(p0), BackendSeg(b, {}, FIN | ACK)),
+         XDP_DROP, nullptr, {{RM_ST_RETRY_ON_CLOSE, 1}, {RM_ST_POOL_DEAD, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.pool_id, RM_NO_ID);
+  EXPECT_EQ(rec.c_nxt, e.c_nxt0) << "the request is to be received again";
+  EXPECT_EQ(rec.req_no, 0u);
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+  // The client's retransmission of the request.
+  c.c_nxt = e.c_nxt0;
+  Epoch e1 = StartEpoch(c, p1);
+  ClientToBackend("retransmitted request, fresh splice", c, p1, e1,
+                  ClientSeg(c, Pattern(300, 1)), {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  rec = Client(c.id);
+  EXPECT_EQ(rec.pool_id, 1u);
+  EXPECT_EQ(rec.req_no, 1u);
+}
+
+// Once the backend's ack of the request reached the client, its close is
+// an ordinary one: forwarded, no retry.
+TEST_F(DatapathTest, BackendFinAfterItAckedTheRequestIsForwarded) {
+  PoolSpec p0;
+  AddPool(p0);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b);
+  BackendToClient("backend acks request", c, p0, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  BackendToClient("backend FIN", c, p0, e, BackendSeg(b, {}, FIN | ACK), {{RM_ST_TX_B2C, 1}});
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_NAT_CLOSE));
+  EXPECT_EQ(Client(c.id).pool_id, 0u);
+}
+
+// The idle-timeout control operation: an idle pooled connection unused
+// since before the cutoff goes out of service under its lock; a busy one,
+// or one used since, stays.
+TEST_F(DatapathTest, RetireIdlePoolOnlyWhenIdleSinceBeforeCutoff) {
+  PoolSpec p0;
+  AddPool(p0);
+  PoolSpec p1;
+  p1.pid = 1;
+  p1.lb_port = 50001;
+  AddPool(p1);
+  rm_pool r1 = Pool(1);
+  r1.last_used_ns = 5000;
+  ASSERT_TRUE(dp_->PutPool(1, r1).ok());
+  ClientSpec c;
+  BackendPos b;
+  Splice(c, p0, b);  // pool 0 busy
+  auto busy = dp_->RetireIdlePool(0, ~0ull);
+  ASSERT_TRUE(busy.ok()) << busy.status();
+  EXPECT_FALSE(*busy);
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_BUSY));
+  auto young = dp_->RetireIdlePool(1, 4000);
+  ASSERT_TRUE(young.ok());
+  EXPECT_FALSE(*young);
+  EXPECT_EQ(Pool(1).state, uint32_t(RM_P_IDLE));
+  auto old = dp_->RetireIdlePool(1, 6000);
+  ASSERT_TRUE(old.ok());
+  EXPECT_TRUE(*old);
+  EXPECT_EQ(Pool(1).state, uint32_t(RM_P_DEAD));
+  // Its queue entry is dead now; compaction drops it.
+  auto dropped = dp_->CompactIdle(0);
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_EQ(*dropped, 1u);
+  EXPECT_TRUE(IdleQueue(0).empty());
+}
+
 TEST_F(DatapathTest, StaleBackendPacketOfOldEpochDropped) {
   PoolSpec p;
   AddPool(p);
