@@ -565,7 +565,9 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
   if (pid == RM_NO_ID || !p) {
     /* -2: none idle now, but a pool is growing; -1: refuse. */
     if (can_grow) return -2;
-    stat_inc(RM_ST_DROP_NO_POOL);
+    /* A client that has a pooled connection just stays on it (a rematch
+     * skipped); only one with none is refused. */
+    stat_inc(c->pool_id == RM_NO_ID ? RM_ST_DROP_NO_POOL : RM_ST_REMATCH_NO_IDLE);
     return -1;
   }
 

@@ -317,6 +317,8 @@ enum rm_stat {
                                whole request */
   RM_ST_RETRY_ON_CLOSE,     /* backend closed a pooled connection before
                                taking the request: client re-spliced */
+  RM_ST_REMATCH_NO_IDLE,    /* rematch skipped: no idle pooled connection
+                               at the chosen backend, the client stays */
   RM_ST__MAX,
 };
 

@@ -64,6 +64,7 @@ const char* StatName(int stat) {
       "pinned_response_unacked",
       "pinned_request_unacked",
       "retry_on_backend_close",
+      "rematch_skipped_no_idle",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];

@@ -350,6 +350,10 @@ void PoolManager::OnNeed(uint32_t backend) {
   auto it = backends_.find(backend);
   if (it == backends_.end() || it->second.removed) return;
   Backend& b = it->second;
+  // One growth at a time: while the last one is still connecting, the
+  // datapath's events of the same burst do not compound it (they used to
+  // take a pool to its limit within ~60 ms).
+  if (b.connecting > 0 && b.live < b.target) return;
   uint32_t grown = std::min(opts_.max_conns_per_backend, b.target + std::max(4u, b.target / 4));
   if (grown > b.target) {
     LOG_EVERY_N(WARNING, 10) << "backend " << backend << ": all pooled connections busy; "
