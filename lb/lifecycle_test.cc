@@ -529,5 +529,48 @@ TEST_F(LifecycleTest, RefusingBackendAtStartIsDownOthersServeThenItJoins) {
   EXPECT_TRUE(lb_.Running()) << Log();
 }
 
+
+// What a restart costs (README, "Known limits"): established clients are
+// dropped, each with an RST from the new datapath at its next segment (no
+// hang), and new clients are served at once. After a crash (SIGKILL) the
+// next start cleans up what the dead process left and serves as well.
+TEST_F(LifecycleTest, RestartDropsEstablishedClientsWithResetAndServesNewOnes) {
+  const std::vector<std::string> be = {Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)};
+  const std::vector<std::string> flags = {"--conns_per_backend=4"};
+  StartLb(be, 3 * 4, flags);
+  int fd = ConnectFrom(tb_->client_ns(0), kVip, 8080, absl::Seconds(3));
+  ASSERT_GE(fd, 0) << strerror(-fd) << Log();
+  ASSERT_TRUE(RequestOk(fd, 100, 1));
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+
+  // Graceful restart (SIGTERM, then a new process).
+  auto rc = lb_.Stop(absl::Seconds(5));
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  EXPECT_EQ(*rc, 0) << Log();
+  lb_ = Process();
+  StartLb(be, 3 * 4, flags);
+  absl::Time t0 = absl::Now();
+  EXPECT_FALSE(RequestOk(fd, 100, 2)) << "an established client survived a restart";
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(3)) << "the dropped client waited instead of a reset";
+  close(fd);
+  EXPECT_GE(Stats()["tx_rst"], 1u) << "the drop was not an RST from the datapath";
+  int fd2 = ConnectFrom(tb_->client_ns(1), kVip, 8080, absl::Seconds(3));
+  ASSERT_GE(fd2, 0) << strerror(-fd2) << Log();
+  EXPECT_TRUE(RequestOk(fd2, 1000, 3));
+  close(fd2);
+
+  // Crash, then start again.
+  lb_.Signal(SIGKILL);
+  auto killed = lb_.Wait(absl::Seconds(5));
+  ASSERT_TRUE(killed.ok()) << killed.status();
+  lb_ = Process();
+  StartLb(be, 3 * 4, flags);
+  int fd3 = ConnectFrom(tb_->client_ns(0), kVip, 8080, absl::Seconds(3));
+  ASSERT_GE(fd3, 0) << strerror(-fd3) << Log();
+  EXPECT_TRUE(RequestOk(fd3, 1000, 4));
+  close(fd3);
+}
+
 }  // namespace
 }  // namespace rematcher
