@@ -29,12 +29,6 @@ namespace {
 
 absl::Status Errno(absl::string_view what) { return absl::ErrnoToStatus(errno, what); }
 
-uint64_t CoarseNowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
-}
-
 uint64_t MonoNowNs() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

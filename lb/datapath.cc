@@ -70,6 +70,12 @@ const char* StatName(int stat) {
   return kNames[stat];
 }
 
+uint64_t CoarseNowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+}
+
 absl::StatusOr<std::unique_ptr<Datapath>> Datapath::Load(const DatapathOptions& opts) {
   if (opts.max_clients == 0 || opts.max_clients > (1u << 22))
     return absl::InvalidArgumentError(
@@ -344,6 +350,14 @@ absl::Status Datapath::ForEachClient(
   return absl::OkStatus();
 }
 
+absl::StatusOr<int32_t> Datapath::RunCtl(uint32_t op, uint32_t id, uint64_t older_than_ns) {
+  rm_ctl c{};
+  c.op = op;
+  c.client_id = id;
+  c.older_than_ns = older_than_ns;
+  return RunCtl(c);
+}
+
 absl::StatusOr<int32_t> Datapath::RunCtl(const rm_ctl& cmd) {
   unsigned char in[14 + sizeof(rm_ctl)] = {};
   unsigned char out[sizeof(in) + 64] = {};
@@ -361,33 +375,17 @@ absl::StatusOr<int32_t> Datapath::RunCtl(const rm_ctl& cmd) {
 }
 
 absl::Status Datapath::FreeClient(uint32_t id, uint64_t older_than_ns) {
-  rm_ctl c{};
-  c.op = RM_CTL_FREE_CLIENT;
-  c.client_id = id;
-  c.older_than_ns = older_than_ns;
-  auto r = RunCtl(c);
-  if (!r.ok()) return r.status();
-  return absl::OkStatus();
+  return RunCtl(RM_CTL_FREE_CLIENT, id, older_than_ns).status();
 }
 
 absl::StatusOr<bool> Datapath::RetireIdlePool(uint32_t pid, uint64_t older_than_ns) {
-  rm_ctl c{};
-  c.op = RM_CTL_RETIRE_IDLE_POOL;
-  c.client_id = pid;
-  c.older_than_ns = older_than_ns;
-  auto r = RunCtl(c);
+  auto r = RunCtl(RM_CTL_RETIRE_IDLE_POOL, pid, older_than_ns);
   if (!r.ok()) return r.status();
   return *r == 1;
 }
 
 absl::Status Datapath::ReleaseIdleClient(uint32_t id, uint64_t older_than_ns) {
-  rm_ctl c{};
-  c.op = RM_CTL_RELEASE_IDLE;
-  c.client_id = id;
-  c.older_than_ns = older_than_ns;
-  auto r = RunCtl(c);
-  if (!r.ok()) return r.status();
-  return absl::OkStatus();
+  return RunCtl(RM_CTL_RELEASE_IDLE, id, older_than_ns).status();
 }
 
 void Datapath::SetDecision(uint32_t client, uint32_t req_no, uint32_t backend) {

@@ -42,6 +42,10 @@ using StatsArray = std::array<uint64_t, RM_ST__MAX>;
 // Human-readable name of a counter (for logs, metrics, tests).
 const char* StatName(int stat);
 
+// Now on CLOCK_MONOTONIC_COARSE in ns: the datapath's
+// bpf_ktime_get_coarse_ns(), so comparable with the times in its records.
+uint64_t CoarseNowNs();
+
 class Datapath {
  public:
   static absl::StatusOr<std::unique_ptr<Datapath>> Load(const DatapathOptions& opts);
@@ -80,7 +84,7 @@ class Datapath {
   absl::Status DeletePool(uint32_t pid, const rm_pool_key& key);
   // Idle-queue entries carry the record's generation (rm_pool.gen).
   absl::Status PushIdle(uint32_t backend, uint32_t pid, uint16_t gen = 0);
-  // Returns the pool id of the popped entry.
+  // Returns the pool id of the popped entry (tests inspect queues with it).
   absl::StatusOr<std::optional<uint32_t>> PopIdle(uint32_t backend);
   // Drops the entries of a backend's idle queue whose pooled connection is
   // no longer idle under that generation (it died while queued), keeping
@@ -114,6 +118,9 @@ class Datapath {
 
   // Runs an xdp_ctl command; returns its result field.
   absl::StatusOr<int32_t> RunCtl(const rm_ctl& cmd);
+  // The same for the usual form: an op on one record (client or pool id)
+  // with a time cutoff.
+  absl::StatusOr<int32_t> RunCtl(uint32_t op, uint32_t id, uint64_t older_than_ns);
 
  private:
   explicit Datapath(const DatapathOptions& opts) : opts_(opts) {}

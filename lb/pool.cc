@@ -254,11 +254,7 @@ absl::Status PoolManager::Finish(uint32_t pid, Conn& c) {
   rec->state = RM_P_IDLE;
   rec->owner = RM_NO_ID;
   rec->uses = 0;
-  {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    rec->last_used_ns = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
-  }
+  rec->last_used_ns = CoarseNowNs();
   if (auto st = dp_->PutPool(pid, *rec); !st.ok()) return st;
   c.state = Conn::kLive;
   absl::Status st = dp_->PushIdle(c.backend, pid, rec->gen);
@@ -318,14 +314,27 @@ void PoolManager::OnDead(uint32_t pid, bool reset) {
   uint32_t backend = it->second.backend;
   VLOG(1) << "pooled connection " << pid << " to backend " << backend << " retired";
   Retire(pid, reset);
-  // Backends that close idle connections leave dead entries behind in the
+  NoteDeath(backend);
+  Refill(backend, absl::Now());
+}
+
+void PoolManager::NoteDeath(uint32_t backend) {
+  // A connection that died while idle leaves a dead entry in its backend's
   // idle queue; the datapath skips a few per splice, but a queue full of
   // them refuses new connections and starves clients. Compact well before.
   auto b = backends_.find(backend);
   if (b != backends_.end() &&
       ++b->second.deaths_since_compact >= std::max<uint32_t>(32, b->second.target))
     CompactIdle(backend, b->second);
-  Refill(backend, absl::Now());
+}
+
+bool PoolManager::RetireIfIdleSince(uint32_t pid, uint64_t cutoff_ns) {
+  auto r = dp_->RetireIdlePool(pid, cutoff_ns);
+  if (!r.ok() || !*r) return false;  // busy, used since, or gone
+  uint32_t backend = conns_[pid].backend;
+  Retire(pid, /*send_rst=*/true);
+  NoteDeath(backend);
+  return true;
 }
 
 void PoolManager::Refill(uint32_t backend, absl::Time now) {
@@ -425,9 +434,7 @@ PoolBackendCounters PoolManager::Counters(uint32_t backend) const {
 }
 
 void PoolManager::RetireIdleTooLong() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+  uint64_t now = CoarseNowNs();
   uint64_t limit = absl::ToInt64Nanoseconds(opts_.idle_timeout);
   if (now <= limit) return;
   uint64_t cutoff = now - limit;
@@ -437,41 +444,22 @@ void PoolManager::RetireIdleTooLong() {
     auto rec = dp_->GetPool(pid);
     if (rec.ok() && rec->state == RM_P_IDLE && rec->last_used_ns < cutoff) old.push_back(pid);
   }
-  for (uint32_t pid : old) {
-    auto r = dp_->RetireIdlePool(pid, cutoff);
-    if (!r.ok() || !*r) continue;  // taken by a client meanwhile
-    uint32_t backend = conns_[pid].backend;
-    stats_.idle_timeouts++;
-    Retire(pid, /*send_rst=*/true);
-    auto b = backends_.find(backend);
-    if (b != backends_.end() &&
-        ++b->second.deaths_since_compact >= std::max<uint32_t>(32, b->second.target))
-      CompactIdle(backend, b->second);
-  }
+  for (uint32_t pid : old)
+    if (RetireIfIdleSince(pid, cutoff)) stats_.idle_timeouts++;
 }
 
 uint32_t PoolManager::RetireIdle(uint32_t backend) {
+  auto b = backends_.find(backend);
+  if (b == backends_.end()) return 0;
+  std::vector<uint32_t> live;
+  for (const auto& [pid, c] : conns_)
+    if (c.state == Conn::kLive && c.backend == backend) live.push_back(pid);
+  // Each one out of service in the kernel, under its lock, if idle; their
+  // queue entries, dead now, are compacted away.
   uint32_t n = 0;
-  // Bounded: the queue holds at most max_conns_per_backend live entries
-  // plus stale ones.
-  for (uint32_t i = 0; i < 4 * RM_MAX_POOL_PER_BACKEND; i++) {
-    auto e = dp_->PopIdle(backend);
-    if (!e.ok() || !e->has_value()) break;
-    uint32_t pid = **e;
-    auto c = conns_.find(pid);
-    auto rec = dp_->GetPool(pid);
-    if (c != conns_.end() && c->second.state == Conn::kLive && c->second.backend == backend &&
-        rec.ok() && rec->state == RM_P_IDLE) {
-      Retire(pid, /*send_rst=*/true);
-      n++;
-    } else {
-      // A stale entry (its connection died or was replaced): the datapath
-      // already took it off the idle count when it died, and PopIdle took
-      // it off again. Give that back.
-      __atomic_fetch_add(&const_cast<rm_backend_load&>(dp_->BackendLoad(backend)).idle, 1,
-                         __ATOMIC_RELAXED);
-    }
-  }
+  for (uint32_t pid : live)
+    if (RetireIfIdleSince(pid, UINT64_MAX)) n++;
+  CompactIdle(backend, b->second);
   return n;
 }
 

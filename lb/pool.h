@@ -130,6 +130,12 @@ class PoolManager {
   };
   // Retires idle pooled connections idle longer than opts_.idle_timeout.
   void RetireIdleTooLong();
+  // Retires pid if it is idle and unused since before cutoff_ns
+  // (CoarseNowNs clock), taken out of service in the kernel first.
+  bool RetireIfIdleSince(uint32_t pid, uint64_t cutoff_ns);
+  // Counts a pooled connection's death; compacts its backend's idle queue
+  // once enough may have left dead entries there.
+  void NoteDeath(uint32_t backend);
   // Compacts a backend's idle queue (dead entries out).
   void CompactIdle(uint32_t backend, Backend& b);
 
