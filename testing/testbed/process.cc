@@ -301,4 +301,17 @@ void KillAllSpawnedProcesses() {
   }
 }
 
+std::string RunfilesRoot() {
+  if (const char* d = getenv("RUNFILES_DIR"); d && *d) return absl::StrCat(d, "/rematcher");
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n > 0) {
+    exe[n] = 0;
+    std::string r = absl::StrCat(exe, ".runfiles/rematcher");
+    struct stat st;
+    if (stat(r.c_str(), &st) == 0) return r;
+  }
+  return ".";  // bazel run starts us in the runfiles tree
+}
+
 }  // namespace rematcher::testbed

@@ -25,6 +25,10 @@
 
 namespace rematcher::testbed {
 
+// The workspace root of this binary's Bazel runfiles ($RUNFILES_DIR, or
+// /proc/self/exe + ".runfiles"), or "." (bazel run starts a binary there).
+std::string RunfilesRoot();
+
 struct CommandResult {
   int exit_code = 0;  // exit status, or -signal when killed by a signal
   std::string out;

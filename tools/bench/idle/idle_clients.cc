@@ -116,19 +116,6 @@ constexpr int kBackends = 3;
 constexpr uint16_t kPort = 8080;
 constexpr char kVip[] = "198.18.0.10";
 
-std::string RunfilesRoot() {
-  if (const char* d = getenv("RUNFILES_DIR"); d && *d) return absl::StrCat(d, "/rematcher");
-  char exe[4096];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  if (n > 0) {
-    exe[n] = 0;
-    std::string r = absl::StrCat(exe, ".runfiles/rematcher");
-    struct stat st;
-    if (stat(r.c_str(), &st) == 0) return r;
-  }
-  return ".";
-}
-
 double JsonNum(const std::string& json, const std::string& key) {
   std::smatch m;
   if (!std::regex_search(json, m, std::regex("\"" + key + "\":(-?[0-9.]+)"))) return -1;
@@ -554,7 +541,7 @@ class IdleBench {
                                    double* pkts_per_req);
   void CloseIdle();
 
-  std::string runfiles_ = RunfilesRoot();
+  std::string runfiles_ = tb::RunfilesRoot();
   std::string sock_;
   std::string dir_;
   std::unique_ptr<tb::Testbed> bed_;

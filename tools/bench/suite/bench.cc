@@ -312,19 +312,6 @@ std::string CsvRow(const std::string& suite, const Row& w) {
 
 std::atomic<bool> g_stop{false};
 
-std::string RunfilesRoot() {
-  if (const char* d = getenv("RUNFILES_DIR"); d && *d) return absl::StrCat(d, "/rematcher");
-  char exe[4096];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  if (n > 0) {
-    exe[n] = 0;
-    std::string r = absl::StrCat(exe, ".runfiles/rematcher");
-    struct stat st;
-    if (stat(r.c_str(), &st) == 0) return r;
-  }
-  return ".";  // bazel run starts us in the runfiles tree
-}
-
 std::string ReadFileOr(const std::string& path, size_t tail = 0) {
   std::ifstream f(path);
   std::stringstream ss;
@@ -337,7 +324,7 @@ std::string ReadFileOr(const std::string& path, size_t tail = 0) {
 class Bench {
  public:
   Bench(Plan plan, std::string out_dir) : plan_(std::move(plan)), out_dir_(std::move(out_dir)) {
-    runfiles_ = RunfilesRoot();
+    runfiles_ = tb::RunfilesRoot();
     rematcher_ = runfiles_ + "/lb/rematcher";
     loadgen_ = runfiles_ + "/testing/loadgen/loadgen";
     backend_ = runfiles_ + "/testing/backend/backend";
