@@ -665,6 +665,12 @@ std::string Core::MetricsText() {
   auto family = [&out](absl::string_view name, absl::string_view type, absl::string_view help) {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
   };
+  // A family of one unlabelled sample.
+  auto single = [&](absl::string_view name, absl::string_view type, absl::string_view help,
+                    uint64_t value) {
+    family(name, type, help);
+    absl::StrAppend(&out, name, " ", value, "\n");
+  };
   auto st = dp_->Stats();
   family("rematcher_datapath_total", "counter", "Datapath counters by reason.");
   if (st.ok())
@@ -681,30 +687,32 @@ std::string Core::MetricsText() {
                     (*st)[RM_ST_DECISION_APPLIED], "\n",
                     "rematcher_boundary_decisions_total{result=\"late\"} ",
                     (*st)[RM_ST_DECISION_LATE], "\n");
-  family("rematcher_policy_decisions_total", "counter", "Decisions written for the datapath.");
-  absl::StrAppend(&out, "rematcher_policy_decisions_total ", decisions_written_, "\n");
+  single("rematcher_policy_decisions_total", "counter",
+         "Decisions written for the datapath.",
+         decisions_written_);
   PolicyStats ps = policy_->stats();
-  family("rematcher_policy_calls_total", "counter", "Policy Pick calls.");
-  absl::StrAppend(&out, "rematcher_policy_calls_total ", ps.calls, "\n");
-  family("rematcher_policy_no_preference_total", "counter",
-         "Pick calls that returned no preference.");
-  absl::StrAppend(&out, "rematcher_policy_no_preference_total ", ps.no_preference, "\n");
-  family("rematcher_policy_errors_total", "counter",
-         "Picks the host refused (out of range or not eligible).");
-  absl::StrAppend(&out, "rematcher_policy_errors_total ", ps.plugin_errors, "\n");
+  single("rematcher_policy_calls_total", "counter",
+         "Policy Pick calls.",
+         ps.calls);
+  single("rematcher_policy_no_preference_total", "counter",
+         "Pick calls that returned no preference.",
+         ps.no_preference);
+  single("rematcher_policy_errors_total", "counter",
+         "Picks the host refused (out of range or not eligible).",
+         ps.plugin_errors);
   const PoolStats& pst = pools_->stats();
-  family("rematcher_pool_connections_opened_total", "counter",
-         "Pooled backend connections opened (connect started).");
-  absl::StrAppend(&out, "rematcher_pool_connections_opened_total ", pst.opened, "\n");
-  family("rematcher_pool_connections_established_total", "counter",
-         "Pooled backend connections handed to the datapath.");
-  absl::StrAppend(&out, "rematcher_pool_connections_established_total ", pst.established, "\n");
-  family("rematcher_pool_connect_failures_total", "counter",
-         "Pooled backend connections that failed or timed out connecting.");
-  absl::StrAppend(&out, "rematcher_pool_connect_failures_total ", pst.connect_failures, "\n");
-  family("rematcher_pool_connections_retired_total", "counter",
-         "Established pooled backend connections retired (died, or their backend left).");
-  absl::StrAppend(&out, "rematcher_pool_connections_retired_total ", pst.retired, "\n");
+  single("rematcher_pool_connections_opened_total", "counter",
+         "Pooled backend connections opened (connect started).",
+         pst.opened);
+  single("rematcher_pool_connections_established_total", "counter",
+         "Pooled backend connections handed to the datapath.",
+         pst.established);
+  single("rematcher_pool_connect_failures_total", "counter",
+         "Pooled backend connections that failed or timed out connecting.",
+         pst.connect_failures);
+  single("rematcher_pool_connections_retired_total", "counter",
+         "Established pooled backend connections retired (died, or their backend left).",
+         pst.retired);
 
   std::vector<BackendStatus> bs = Backends();
   std::vector<std::string> labels;  // backend="ID",address="IP:PORT"
