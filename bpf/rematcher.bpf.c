@@ -864,8 +864,11 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     int resp_acked = c->phase == RM_PH_IDLE ||
                      (pk->ack_f && !rm_before(pk->ack, c->s_nxt));
     int req_acked = pool == RM_NO_ID || c->b_acked == c->c_nxt + c->d_req;
+    /* Only a segment right behind the last one can show that a second
+     * write followed a complete small one; after a hole (a lost or
+     * reordered segment) nothing can be told. */
     if (new_data && c->phase == RM_PH_REQ && (c->cflags & RM_CF_SMALLWRITE) &&
-        !(c->cflags & RM_CF_PINNED) && pool != RM_NO_ID) {
+        pk->seq == c->c_nxt && !(c->cflags & RM_CF_PINNED) && pool != RM_NO_ID) {
       c->cflags |= RM_CF_PINNED;
       st_a = RM_ST_PIPELINED;
     }
@@ -1008,7 +1011,8 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
 
   /* Forward. Trackers first. */
   if (len && rm_after(pk->seq + len, c->c_nxt)) {
-    int starts_write = boundary || (c->cflags & RM_CF_LASTPSH);
+    /* A write that starts after a hole is not known to be whole. */
+    int starts_write = (boundary || (c->cflags & RM_CF_LASTPSH)) && pk->seq == c->c_nxt;
     if (starts_write && pk->psh) c->cflags |= RM_CF_SMALLWRITE;
     else c->cflags &= ~RM_CF_SMALLWRITE;
     if (pk->psh) c->cflags |= RM_CF_LASTPSH;
@@ -1017,10 +1021,12 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   if (rm_after(pk->seq + len + pk->fin, c->c_nxt)) c->c_nxt = pk->seq + len + pk->fin;
   if (pk->ack_f && rm_after(pk->ack, c->c_acked) && !rm_after(pk->ack, c->s_nxt))
     c->c_acked = pk->ack;
+  __u32 d_tsval = c->ts_c2b;
   if (pk->has_ts) {
     if (rm_after(pk->tsval, c->c_ts_last)) c->c_ts_last = pk->tsval;
     __u32 out = pk->tsval + c->ts_c2b;
     if (rm_after(out, c->lb_ts_last)) c->lb_ts_last = out;
+    else d_tsval = c->lb_ts_last - pk->tsval; /* never backwards (PAWS) */
   }
   if (c->phase == RM_PH_RESP &&
       (boundary || (pk->ack_f && !rm_before(pk->ack, c->s_nxt)))) {
@@ -1074,7 +1080,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   x->d_ack = c->d_resp;
   x->ack_floor_in = c->e_s_nxt;
   x->ack_floor_out = c->e_s_nxt - c->d_resp;
-  x->d_tsval = c->ts_c2b;
+  x->d_tsval = d_tsval;
   x->d_tsecr = c->ts_b2c;
   x->tsecr_floor_in = c->e_s_ts;
   x->tsecr_floor_out = c->e_b_ts;
@@ -1351,10 +1357,17 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   if (pk->ack_f && rm_after(pk->ack, c->b_acked) &&
       !rm_after(pk->ack, c->c_nxt + c->d_req))
     c->b_acked = pk->ack;
+  /* A segment may map to a TSval older than one the client already got:
+   * a pooled connection's retransmission of data from its previous
+   * owner's epoch, sent before this epoch's TS offset was taken. The client
+   * would drop it as PAWS (and count it); it gets the newest one instead,
+   * so its duplicate ACK reaches the backend and ends the retransmission. */
+  __u32 d_tsval = c->ts_b2c;
   if (pk->has_ts) {
     if (rm_after(pk->tsval, c->b_ts_last)) c->b_ts_last = pk->tsval;
     __u32 out = pk->tsval + c->ts_b2c;
     if (rm_after(out, c->s_ts_last)) c->s_ts_last = out;
+    else d_tsval = c->s_ts_last - pk->tsval;
   }
   if (pk->ack_f) {
     __u32 wf = bpf_ntohs(pk->tcp->window);
@@ -1417,7 +1430,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   x->d_ack = c->d_req;
   x->ack_floor_in = c->e_c_nxt + c->d_req;
   x->ack_floor_out = c->e_c_nxt;
-  x->d_tsval = c->ts_b2c;
+  x->d_tsval = d_tsval;
   x->d_tsecr = c->ts_c2b;
   x->tsecr_floor_in = c->e_lb_ts;
   x->tsecr_floor_out = c->e_c_ts;

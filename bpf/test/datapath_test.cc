@@ -872,11 +872,96 @@ TEST_F(DatapathTest, ReorderedRequestStartStillRematches) {
   EXPECT_EQ(rec.pool_id, 1u);
   EXPECT_EQ(rec.req_no, 2u);
   EXPECT_EQ(rec.d_req, p1.lb_nxt - e1.c_nxt0);
-  ClientToBackend("first segment, late", c, p1, e1, first, {{RM_ST_TX_C2B, 1}});
+  // Reordered, it carries an older TSval than the one the backend already
+  // got: it leaves with that newer one (never backwards, PAWS).
+  Seg first_out = C2B(e1, first);
+  first_out.tsval = e1.TsvalC2B(second.tsval);
+  ExpectTx("first segment, late", BuildSeg(FromClient(c), first),
+           BuildSeg(ToBackend(p1), first_out), {{RM_ST_TX_C2B, 1}});
   rec = Client(c.id);
   EXPECT_EQ(rec.pool_id, 1u);
   EXPECT_EQ(rec.req_no, 2u);
   EXPECT_EQ(rec.cflags & RM_CF_PINNED, 0);
+}
+
+// A request whose first segment was lost on the way in: the next one,
+// pushed early by the client's kernel (PSH mid-write when its send window
+// is small), starts the request after a hole. The segment behind it is not a
+// second write after a complete small one: no pipelining pin.
+TEST_F(DatapathTest, PushedSegmentAfterLostRequestStartIsNotPipelining) {
+  PoolSpec p0;
+  AddPool(p0);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b);
+  Exchange(c, p0, e, b);
+  Seg lost = ClientSeg(c, Pattern(500, 1), ACK);
+  Seg pushed = ClientSeg(c, Pattern(500, 2), ACK | PSH);
+  Seg third = ClientSeg(c, Pattern(500, 3), ACK | PSH);
+  ClientToBackend("pushed segment after the hole", c, p0, e, pushed,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_LATE, 1}});
+  ClientToBackend("next segment of the same request", c, p0, e, third, {{RM_ST_TX_C2B, 1}});
+  lost.tsval = ++c.tsval;  // a retransmission carries a fresh TSval
+  c.c_ts = lost.tsval;
+  ClientToBackend("lost first segment, retransmitted", c, p0, e, lost, {{RM_ST_TX_C2B, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.cflags & RM_CF_PINNED, 0) << "taken for a pipelining client";
+  EXPECT_EQ(rec.req_no, 2u);
+}
+
+// TSvals never go backwards for either receiver (PAWS would drop the
+// segment and count it). A client segment that was reordered behind a newer
+// one, and a segment of the pooled connection's previous owner that the
+// backend retransmits after the rematch (its TSval from before this epoch's
+// offset was taken), both leave with the newest TSval already sent.
+TEST_F(DatapathTest, TsvalNeverGoesBackwardsForTheReceiver) {
+  PoolSpec p0;
+  AddPool(p0);
+  PoolSpec p1;
+  p1.pid = 1;
+  p1.backend = 1;
+  p1.lb_port = 50001;
+  p1.lb_nxt = 0x4000;
+  p1.be_nxt = 0x8000;
+  p1.lb_ts = 700;
+  p1.be_ts = 90000;
+  AddPool(p1);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b);
+  Exchange(c, p0, e, b);
+  dp_->SetDecision(c.id, 2, 1);
+  Epoch e1 = StartEpoch(c, p1);
+  Seg r1 = ClientSeg(c, Pattern(400, 4), ACK);
+  Seg r2 = ClientSeg(c, Pattern(400, 5));
+  ClientToBackend("request 2, second segment first", c, p1, e1, r2,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                   {RM_ST_DECISION_APPLIED, 1}});
+  Seg r1_out = C2B(e1, r1);
+  r1_out.tsval = e1.TsvalC2B(r2.tsval);
+  ExpectTx("reordered first segment keeps the newer TSval", BuildSeg(FromClient(c), r1),
+           BuildSeg(ToBackend(p1), r1_out), {{RM_ST_TX_C2B, 1}});
+  // Backend 1 answers request 2...
+  BackendPos b1{p1.be_nxt, p1.lb_nxt + 800, p1.be_ts, e1.TsvalC2B(r2.tsval)};
+  BackendToClient("backend 1 response", c, p1, e1, BackendSeg(b1, Pattern(300, 6), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+  // ...and retransmits a segment of the previous owner's epoch on it, with
+  // a TSval from then (below this epoch's start).
+  Seg old;
+  old.flags = ACK | PSH;
+  old.seq = p1.be_nxt - 200;
+  old.ack = b1.ack;
+  old.win = 2000;
+  old.ts = true;
+  old.tsval = p1.be_ts - 50;
+  old.tsecr = b1.ts_ecr;
+  old.payload = Pattern(200, 7);
+  Seg old_out = B2C(e1, old);
+  ASSERT_LT(int32_t(old_out.tsval - c.s_ts), 0);
+  old_out.tsval = c.s_ts;
+  ExpectTx("old-epoch retransmission keeps the newest TSval", BuildSeg(FromBackend(p1), old),
+           BuildSeg(ToClient(c), old_out), {{RM_ST_TX_B2C, 1}});
+  EXPECT_EQ(Client(c.id).phase, uint8_t(RM_PH_RESP));
 }
 
 // ------------------------------------------------------------------ VLAN
