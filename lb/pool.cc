@@ -487,10 +487,21 @@ absl::Status PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint
   if (it == conns_.end()) return absl::NotFoundError("no such pooled connection");
   auto rec = dp_->GetPool(pid);
   if (!rec.ok()) return rec.status();
-  // The owed ACK is only useful while the connection sits idle: once the
-  // next client carries it, its packets are newer and a late ACK with older
-  // timestamps would be dropped (PAWS) or be noise.
-  if (!rst && rec->state != RM_P_IDLE) return absl::OkStatus();
+  if (!rst) {
+    // The owed ACK is only useful while the connection sits idle: once the
+    // next client carries it, its packets are newer and a late ACK with
+    // older timestamps would be dropped by the backend (PAWS) or be noise.
+    if (rec->state != RM_P_IDLE) return absl::OkStatus();
+    // It may have been taken and handed back again since the event was
+    // written (the core runs behind the datapath under load): the record of
+    // an idle connection holds what was last sent on it, so acknowledge
+    // from there, never with an older sequence or timestamp.
+    auto after = [](uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) > 0; };
+    if (after(rec->lb_nxt, seq)) seq = rec->lb_nxt;
+    if (after(rec->be_nxt, ack)) ack = rec->be_nxt;
+    if (after(rec->lb_ts_last, tsval)) tsval = rec->lb_ts_last;
+    if (after(rec->be_ts_last, tsecr)) tsecr = rec->be_ts_last;
+  }
   if (raw_fd_ < 0) {
     raw_fd_ = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
     if (raw_fd_ < 0) return Errno("raw socket (needs CAP_NET_RAW)");
