@@ -17,7 +17,8 @@
 //   - no datapath counter that means damage or a refused client moved
 //     (kMustBeZero below), outstanding back to 0 on every backend;
 //   - every client record freed (`clients`, and the client_ids hash empty);
-//   - nstat on clients and backends: no PAWSEstab, no TCPACKSkippedPAWS, no
+//   - nstat on clients and backends: PAWSEstab at most 1 per 50,000 segments
+//     received (see there), TCPACKSkippedPAWS no more than that, no
 //     TcpInCsumErrors, clients never reset.
 //
 // CI: STRESS_REQUESTS requests (default 100,000) over STRESS_CONNECTIONS
@@ -69,7 +70,8 @@ constexpr int kBackends = 3;
 // Every active client holds a pooled connection from its first request
 // until it is idle (--idle_release_ms), and a rematch needs an idle one on
 // the chosen backend, so the pools must hold about connections / backends
-// plus headroom; 1024 per backend is the compile-time limit. They are opened
+// plus headroom (1024 per backend here; the compile-time limit is
+// RM_MAX_POOL_PER_BACKEND). They are opened
 // up front: 2,000 clients arriving at once against a pool of 64 that has to
 // grow within the datapath's 1 s no-pool wait had ~400 of them refused with
 // RST in one of three runs on this 2-core box (a capacity limit of cold
@@ -416,9 +418,16 @@ TEST_F(StressTest, ThousandsOfKeepAliveClientsRematchedPerRequest) {
               << Get(d, "TcpOutSegs") << " retrans " << Get(d, "TcpRetransSegs") << " PAWSEstab "
               << Get(d, "TcpExtPAWSEstab") << " CsumErrors " << Get(d, "TcpInCsumErrors")
               << " EstabResets " << Get(d, "TcpEstabResets") << " OutRsts " << Get(d, "TcpOutRsts")
-              << std::endl;
-    EXPECT_EQ(Get(d, "TcpExtPAWSEstab"), 0);
-    EXPECT_EQ(Get(d, "TcpExtTCPACKSkippedPAWS"), 0);
+              << " OFO " << Get(d, "TcpExtTCPOFOQueue") << std::endl;
+    // A TS translation bug drops thousands of segments as PAWS. What is left
+    // after the fixes of 98fa300 is one segment in ~1 run of 10 (of ~100,000
+    // received): both CPUs forward a flow's segments (the sender's kernel
+    // transmits from either CPU, and XDP runs where the frame was sent), so
+    // an original can reach the receiver after its own retransmission, as on
+    // any path that reorders (the OFO count above). Bounded, not zero.
+    const int64_t paws_allowed = Get(d, "TcpInSegs") / 50000;
+    EXPECT_LE(Get(d, "TcpExtPAWSEstab"), paws_allowed) << "of " << Get(d, "TcpInSegs");
+    EXPECT_LE(Get(d, "TcpExtTCPACKSkippedPAWS"), Get(d, "TcpExtPAWSEstab"));
     EXPECT_EQ(Get(d, "TcpInCsumErrors"), 0);
     if (host[0] == 'c') {
       EXPECT_EQ(Get(d, "TcpEstabResets"), 0);
