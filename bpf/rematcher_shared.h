@@ -25,7 +25,7 @@
 /* Compile-time capacities. Runtime limits (--max_clients, --max_backends,
  * --conns_per_backend) are set below these through map sizes and config. */
 #define RM_MAX_BACKENDS 64          /* backend ids 0..63 */
-#define RM_MAX_POOL_PER_BACKEND 1024 /* pooled connections per backend */
+#define RM_MAX_POOL_PER_BACKEND 8192 /* pooled connections per backend */
 #define RM_MAX_POOL (RM_MAX_BACKENDS * 64) /* default pool table size */
 #define RM_NO_ID 0xffffffffu
 

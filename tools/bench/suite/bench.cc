@@ -43,6 +43,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <future>
@@ -65,6 +66,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "bpf/rematcher_shared.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "lb/control_client.h"
@@ -342,7 +344,7 @@ class Bench {
   absl::Status StartBackend(const Scenario& s, int i);
   void StopBackends();
   absl::Status CheckVipFree();
-  absl::Status StartContender(const Contender& c);
+  absl::Status StartContender(const Contender& c, const Scenario& s);
   void StopContender(const Contender& c);
   std::string Backends() const;
   absl::Status WriteHaproxyConfig(const Contender& c, const std::string& path);
@@ -374,6 +376,16 @@ absl::Status Bench::Setup() {
     if (!tb::ResolveExecutable(tool).ok())
       LOG(WARNING) << tool << " not found (tools/install_deps.sh installs it); "
                    << "its contenders/plots will fail";
+  }
+  // 10,000 client connections through a proxy take 20,000 descriptors in
+  // HAProxy tcp mode, more than this box's default hard limit: raise it
+  // (root may, up to fs.nr_open) for us and every process we start.
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536) {
+    rlimit want{65536, std::max<rlim_t>(rl.rlim_max, 65536)};
+    if (setrlimit(RLIMIT_NOFILE, &want) != 0)
+      LOG(WARNING) << "cannot raise RLIMIT_NOFILE to 65536 (" << strerror(errno)
+                   << "); the 10,000-connection points may fail";
   }
   mkdir("/run/rematcher", 0700);
   wrk_lua_ = tmp_ + "/report.lua";
@@ -485,7 +497,7 @@ absl::Status Bench::WriteHaproxyConfig(const Contender& c, const std::string& pa
   return absl::OkStatus();
 }
 
-absl::Status Bench::StartContender(const Contender& c) {
+absl::Status Bench::StartContender(const Contender& c, const Scenario& s) {
   if (absl::Status st = CheckVipFree(); !st.ok()) return st;
   const std::string log = absl::StrCat(tmp_, "/", c.name, ".log");
   switch (c.kind) {
@@ -493,11 +505,23 @@ absl::Status Bench::StartContender(const Contender& c) {
       return absl::OkStatus();
     case Kind::kRematcher: {
       unlink(control_socket_.c_str());
+      // Every request in flight holds a pooled connection (rematcher cannot
+      // queue a request the way an L7 proxy does), so the pools are opened
+      // for the scenario's largest point up front, like HAProxy's maxconn:
+      // a cold pool hit by thousands of new clients at once refuses some.
+      int max_conns = 0;
+      for (const Point& p : s.points) max_conns = std::max(max_conns, p.conns);
+      const int per_backend =
+          std::min<int>(RM_MAX_POOL_PER_BACKEND,
+                        std::max<int>(FLAGS_conns_per_backend, max_conns * 11 / 10 / kNumBackends));
+      const int max_per_backend =
+          std::min<int>(RM_MAX_POOL_PER_BACKEND, std::max(256, per_backend * 5 / 4));
       std::vector<std::string> argv = {
           rematcher_, "--iface=eth0", absl::StrCat("--vip=", kVip, ":", kPort),
           "--backends=" + Backends(), "--policy=" + c.arg, "--policy_dir=" + policy_dir_,
           "--stats_interval_s=0", "--control_socket=" + control_socket_,
-          absl::StrCat("--conns_per_backend=", FLAGS_conns_per_backend),
+          absl::StrCat("--conns_per_backend=", per_backend),
+          absl::StrCat("--max_conns_per_backend=", max_per_backend),
           // Dies on its own even if we are SIGKILLed mid-run.
           absl::StrCat("--duration_s=", static_cast<int>(plan_.max_total_s))};
       for (absl::string_view f : absl::StrSplit(absl::StrCat(c.extra, " ", FLAGS_rematcher_flags),
@@ -506,18 +530,20 @@ absl::Status Bench::StartContender(const Contender& c) {
       auto p = bed_->Spawn(bed_->lb_ns(), argv, {log, log});
       if (!p.ok()) return p.status();
       lb_ = std::move(*p);
-      absl::Time deadline = absl::Now() + absl::Seconds(20);
+      const absl::Duration wait = absl::Seconds(20 + per_backend * kNumBackends / 500);
+      absl::Time deadline = absl::Now() + wait;
       while (absl::Now() < deadline) {
         auto st = SendControlCommand(control_socket_, "stats", absl::Seconds(2));
         if (st.ok() && ParseKeyValueLines(*st)["pool_established"] >=
-                           static_cast<int64_t>(FLAGS_conns_per_backend) * kNumBackends)
+                           static_cast<int64_t>(per_backend) * kNumBackends)
           return absl::OkStatus();
         if (!lb_.Running())
           return absl::InternalError(absl::StrCat("rematcher exited: ", ReadFileOr(log, 2000)));
         absl::SleepFor(absl::Milliseconds(50));
       }
       return absl::DeadlineExceededError(
-          absl::StrCat("rematcher pools not established in 20 s: ", ReadFileOr(log, 2000)));
+          absl::StrCat("rematcher pools not established in ", absl::FormatDuration(wait), ": ",
+                       ReadFileOr(log, 2000)));
     }
     case Kind::kHaproxyHttp:
     case Kind::kHaproxyTcp: {
@@ -788,7 +814,7 @@ absl::Status Bench::Run() {
       if (rep % 2) std::reverse(order.begin(), order.end());
       for (int k = 0; k < n && !g_stop; k++) {
         const Contender& c = plan_.contenders[order[k]];
-        absl::Status st = StartContender(c);
+        absl::Status st = StartContender(c, s);
         if (st.ok() && plan_.warmup_s > 0) {
           Point warm = s.points.front();
           warm.tool = "loadgen";
