@@ -63,6 +63,9 @@ struct CoreOptions {
   absl::Duration closed_linger = absl::Seconds(2);
   absl::Duration half_open_timeout = absl::Seconds(5);
   absl::Duration duration = absl::ZeroDuration();  // 0: until signalled
+  // How often (at most) decisions still pending towards a backend that fell
+  // behind the others are put to the policy again; 0: never.
+  absl::Duration redecide_interval = absl::Microseconds(500);
   std::string control_socket;  // empty: none
   std::string metrics_addr;    // IP:PORT of the Prometheus HTTP endpoint; empty: none
   HealthOptions health;        // lb_ip is filled in from lb_ip above
@@ -105,6 +108,7 @@ class Core {
   Datapath* datapath() { return dp_.get(); }
   PoolManager* pools() { return pools_.get(); }
   uint64_t decisions_written() const { return decisions_written_; }
+  uint64_t decisions_redecided() const { return decisions_redecided_; }
   uint64_t pool_acks_sent() const { return pool_acks_sent_; }
 
  private:
@@ -166,6 +170,19 @@ class Core {
   absl::flat_hash_map<uint32_t, uint32_t> forced_;  // client -> backend
 
   uint64_t decisions_written_ = 0, pool_acks_sent_ = 0, events_ = 0;
+  // Decisions a client has not used yet, by the backend they name: a
+  // decision is taken when a request starts or its response begins, for
+  // the client's next request, which may come much later. When a backend
+  // falls behind meanwhile (a stall: its outstanding requests pile up),
+  // Redecide() puts those decisions to the policy again with fresh load.
+  // pending_to_[id] is the backend of client id's latest decision; an entry
+  // of pending_[b] is live while pending_to_[id] == b.
+  void NoteDecision(uint32_t client, uint32_t backend);
+  void Redecide();
+  void RefreshLoad();
+  std::vector<std::vector<uint32_t>> pending_;
+  std::vector<uint32_t> pending_to_;
+  uint64_t last_redecide_ns_ = 0, decisions_redecided_ = 0;
   std::array<LatencyHistogram, RM_MAX_BACKENDS> first_byte_hist_;  // by backend id
   absl::Time started_, last_stats_, last_gc_;
   StatsArray last_counters_{};

@@ -394,6 +394,12 @@ void Datapath::SetDecision(uint32_t client, uint32_t req_no, uint32_t backend) {
   __atomic_store_n(const_cast<uint64_t*>(&decisions_[client]), v, __ATOMIC_RELEASE);
 }
 
+bool Datapath::ReplaceDecision(uint32_t client, uint64_t expect, uint64_t value) {
+  if (client >= opts_.max_clients) return false;
+  return __atomic_compare_exchange_n(const_cast<uint64_t*>(&decisions_[client]), &expect, value,
+                                     false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
 uint64_t Datapath::GetDecision(uint32_t client) const {
   if (client >= opts_.max_clients) return 0;
   return __atomic_load_n(const_cast<uint64_t*>(&decisions_[client]), __ATOMIC_ACQUIRE);

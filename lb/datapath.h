@@ -111,6 +111,9 @@ class Datapath {
   // Policy decision for the client's request number req_no (atomic store
   // into the mmap'd decisions array).
   void SetDecision(uint32_t client, uint32_t req_no, uint32_t backend);
+  // Replaces client's decision `expect` with `value` atomically; false if
+  // it changed meanwhile.
+  bool ReplaceDecision(uint32_t client, uint64_t expect, uint64_t value);
   uint64_t GetDecision(uint32_t client) const;
 
   // Counters summed over CPUs.
