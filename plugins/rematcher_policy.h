@@ -49,6 +49,11 @@
  *    own synchronisation.
  *  - pick() is on the request path: it must not block, sleep or do I/O, and
  *    should be O(num_backends) at worst.
+ *  - pick() decides a client's NEXT request. It is called when a request
+ *    starts and when its response starts, and again for a decision not yet
+ *    used when the backend it names falls behind (a stall, see the host's
+ *    --redecide_us): the same client may be asked about the same request
+ *    more than once, with fresher load each time.
  *
  * Errors
  * ------
