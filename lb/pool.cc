@@ -399,13 +399,16 @@ void PoolManager::Tick(absl::Time now) {
                            << "): connect timed out after " << opts_.connect_timeout;
     Retire(pid, false);
   }
-  if (opts_.idle_timeout > absl::ZeroDuration()) RetireIdleTooLong();
+  if (opts_.idle_timeout > absl::ZeroDuration()) RetireIdleTooLong(now);
   for (auto& [id, b] : backends_) {
     // Keep a spare margin of idle connections, so a burst of new clients
     // finds one without waiting for a connect.
+    // Only once the pool is up: while it is still being opened its idle
+    // count is low by construction, and growing then took every pool to
+    // --max_conns_per_backend at start.
     uint32_t low_water = std::max(2u, b.target / 8);
-    if (!b.removed && b.failures == 0 && Idle(id) < low_water &&
-        b.target < opts_.max_conns_per_backend) {
+    if (!b.removed && b.failures == 0 && b.connecting == 0 && b.live >= b.target &&
+        Idle(id) < low_water && b.target < opts_.max_conns_per_backend) {
       b.target = std::min(opts_.max_conns_per_backend, b.target + std::max(4u, b.target / 4));
       VLOG(1) << "backend " << id << ": idle pool low, target " << b.target;
     }
@@ -433,7 +436,11 @@ PoolBackendCounters PoolManager::Counters(uint32_t backend) const {
   return it == backends_.end() ? PoolBackendCounters{} : it->second.counters;
 }
 
-void PoolManager::RetireIdleTooLong() {
+void PoolManager::RetireIdleTooLong(absl::Time at) {
+  const absl::Duration every =
+      std::clamp(opts_.idle_timeout / 20, absl::Milliseconds(100), absl::Seconds(3));
+  if (at - last_idle_scan_ < every) return;
+  last_idle_scan_ = at;
   uint64_t now = CoarseNowNs();
   uint64_t limit = absl::ToInt64Nanoseconds(opts_.idle_timeout);
   if (now <= limit) return;

@@ -442,9 +442,9 @@ absl::Status Bench::Setup() {
                    "net.ipv4.tcp_max_syn_backlog=65535", "net.ipv4.tcp_tw_reuse=1"})
         .IgnoreError();
   }
-  bed_->Run(bed_->client_ns(0), {"sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=20000 65535"})
+  bed_->Run(bed_->client_ns(0), {"sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=40000 65535"})
       .IgnoreError();
-  bed_->Run(bed_->lb_ns(), {"sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 19999"})
+  bed_->Run(bed_->lb_ns(), {"sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 39999"})
       .IgnoreError();
   return absl::OkStatus();
 }
