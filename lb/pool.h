@@ -129,7 +129,11 @@ class PoolManager {
     uint32_t deaths_since_compact = 0;
   };
   // Retires idle pooled connections idle longer than opts_.idle_timeout.
-  void RetireIdleTooLong();
+  // Reads every live pooled connection's record (one syscall each), so it
+  // runs every idle_timeout / 20 (100 ms .. 3 s), not at every tick: with
+  // 11,000 pooled connections a scan per 100 ms tick took a whole CPU.
+  void RetireIdleTooLong(absl::Time now);
+  absl::Time last_idle_scan_ = absl::InfinitePast();
   // Retires pid if it is idle and unused since before cutoff_ns
   // (CoarseNowNs clock), taken out of service in the kernel first.
   bool RetireIfIdleSince(uint32_t pid, uint64_t cutoff_ns);
