@@ -403,12 +403,13 @@ void PoolManager::Tick(absl::Time now) {
   for (auto& [id, b] : backends_) {
     // Keep a spare margin of idle connections, so a burst of new clients
     // finds one without waiting for a connect.
-    // Only once the pool is up: while it is still being opened its idle
-    // count is low by construction, and growing then took every pool to
-    // --max_conns_per_backend at start.
+    // Only once the pool has been up: while it is first being opened its
+    // idle count is low by construction, and growing then took every pool
+    // to --max_conns_per_backend at start.
+    if (b.live >= b.target) b.filled = true;
     uint32_t low_water = std::max(2u, b.target / 8);
-    if (!b.removed && b.failures == 0 && b.connecting == 0 && b.live >= b.target &&
-        Idle(id) < low_water && b.target < opts_.max_conns_per_backend) {
+    if (!b.removed && b.failures == 0 && b.filled && Idle(id) < low_water &&
+        b.target < opts_.max_conns_per_backend) {
       b.target = std::min(opts_.max_conns_per_backend, b.target + std::max(4u, b.target / 4));
       VLOG(1) << "backend " << id << ": idle pool low, target " << b.target;
     }
