@@ -1024,9 +1024,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   __u32 d_tsval = c->ts_c2b;
   if (pk->has_ts) {
     if (rm_after(pk->tsval, c->c_ts_last)) c->c_ts_last = pk->tsval;
-    __u32 out = pk->tsval + c->ts_c2b;
-    if (rm_after(out, c->lb_ts_last)) c->lb_ts_last = out;
-    else d_tsval = c->lb_ts_last - pk->tsval; /* never backwards (PAWS) */
+    d_tsval = rm_tsval_offset(pk->tsval, c->ts_c2b, &c->lb_ts_last);
   }
   if (c->phase == RM_PH_RESP &&
       (boundary || (pk->ack_f && !rm_before(pk->ack, c->s_nxt)))) {
@@ -1248,7 +1246,7 @@ static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
  * (as an L7 proxy retries on an empty response), where forwarding the close
  * would fail the request. Returns XDP_DROP if it did so, -1 if the close
  * is an ordinary one. */
-RM_GLOBAL int retry_on_close(__u32 pid, __u32 owner, __u32 oepoch, __u32 flags) {
+RM_GLOBAL int retry_on_close(__u32 pid, __u32 owner, __u32 oepoch) {
   struct rm_scratch *sc = scratch_get();
   struct rm_client *c = bpf_map_lookup_elem(&clients, &owner);
   if (!sc || !c) return -1;
@@ -1273,7 +1271,7 @@ RM_GLOBAL int retry_on_close(__u32 pid, __u32 owner, __u32 oepoch, __u32 flags) 
   backend_outstanding(req_bid, -1, 0);
   sc->leg.owner = owner;
   sc->leg.epoch = oepoch;
-  sc->leg.retire = flags ? 1 : 2; /* RST: already closed; FIN: reset it */
+  sc->leg.retire = 2; /* the backend still holds it half open: reset it */
   pool_release_leg(pid, 0);
   stat_inc(RM_ST_RETRY_ON_CLOSE);
   return XDP_DROP;
@@ -1341,7 +1339,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   if (len) now = now_ns();
 
   if (pk->fin && !pk->rst && len == 0) {
-    int r = retry_on_close(pid, owner, oepoch, pk->rst);
+    int r = retry_on_close(pid, owner, oepoch);
     if (r >= 0) return r;
   }
   bpf_spin_lock(&c->lock);
@@ -1365,9 +1363,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   __u32 d_tsval = c->ts_b2c;
   if (pk->has_ts) {
     if (rm_after(pk->tsval, c->b_ts_last)) c->b_ts_last = pk->tsval;
-    __u32 out = pk->tsval + c->ts_b2c;
-    if (rm_after(out, c->s_ts_last)) c->s_ts_last = out;
-    else d_tsval = c->s_ts_last - pk->tsval;
+    d_tsval = rm_tsval_offset(pk->tsval, c->ts_b2c, &c->s_ts_last);
   }
   if (pk->ack_f) {
     __u32 wf = bpf_ntohs(pk->tcp->window);

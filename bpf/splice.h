@@ -33,6 +33,18 @@ struct rm_xlate {
   __u8 keep_ts, keep_sack; /* destination leg negotiated them */
 };
 
+/* The TSval offset for one segment: the epoch's `off`, or more, so the
+ * receiver, which last got *last, never sees a TSval go backwards (PAWS
+ * would drop the segment). Advances *last. */
+static __always_inline __u32 rm_tsval_offset(__u32 tsval, __u32 off, __u32 *last) {
+  __u32 out = tsval + off;
+  if (rm_after(out, *last)) {
+    *last = out;
+    return off;
+  }
+  return *last - tsval;
+}
+
 /* Rewrite the TS option in place (or NOP it out). */
 static __always_inline int rm_xlate_ts(struct rm_pkt *pk, const struct rm_xlate *x) {
   if (!pk->ts_off) return 0;

@@ -570,10 +570,7 @@ TEST_F(DatapathTest, SackBlocksTranslatedBothWays) {
   PoolSpec p;
   p.pid = 0;
   AddPool(p);
-  PoolSpec p1;
-  p1.pid = 1;
-  p1.backend = 1;
-  p1.lb_port = 50001;
+  PoolSpec p1 = SecondPool();
   p1.lb_nxt = 0x70000000;
   p1.be_nxt = 0x71000000;
   p1.lb_ts = 8000000;
@@ -656,10 +653,7 @@ TEST_F(DatapathTest, RematchTranslatesOntoNewPoolAndRequeuesOld) {
   p0.lb_ts = 50000;
   p0.be_ts = 60000;
   AddPool(p0);
-  PoolSpec p1;
-  p1.pid = 1;
-  p1.backend = 1;
-  p1.lb_port = 50001;
+  PoolSpec p1 = SecondPool();
   p1.lb_nxt = 0xFFFFFF00u;
   p1.be_nxt = 0x12345678u;
   p1.lb_ts = 10;        // much lower TS clock on the new pool
@@ -729,10 +723,7 @@ TEST_F(DatapathTest, RematchTranslatesOntoNewPoolAndRequeuesOld) {
 TEST_F(DatapathTest, BoundaryWithoutDecisionStays) {
   PoolSpec p0;
   AddPool(p0);
-  PoolSpec p1;
-  p1.pid = 1;
-  p1.backend = 1;
-  p1.lb_port = 50001;
+  PoolSpec p1 = SecondPool();
   AddPool(p1);
   ClientSpec c;
   BackendPos b;
@@ -759,10 +750,7 @@ TEST_F(DatapathTest, RematchOffDoesNotMove) {
   LoadDatapath(4, 1, 1, /*rematch=*/0);
   PoolSpec p0;
   AddPool(p0);
-  PoolSpec p1;
-  p1.pid = 1;
-  p1.backend = 1;
-  p1.lb_port = 50001;
+  PoolSpec p1 = SecondPool();
   AddPool(p1);
   ClientSpec c;
   BackendPos b;
@@ -777,10 +765,7 @@ TEST_F(DatapathTest, RematchOffDoesNotMove) {
 TEST_F(DatapathTest, PipelinedRequestStays) {
   PoolSpec p0;
   AddPool(p0);
-  PoolSpec p1;
-  p1.pid = 1;
-  p1.backend = 1;
-  p1.lb_port = 50001;
+  PoolSpec p1 = SecondPool();
   AddPool(p1);
   ClientSpec c;
   BackendPos b;
@@ -813,10 +798,7 @@ TEST_F(DatapathTest, PipelinedRequestStays) {
 TEST_F(DatapathTest, OldResponseSegmentDuringNextRequestIsNotAResponse) {
   PoolSpec p0;
   AddPool(p0);
-  PoolSpec p1;
-  p1.pid = 1;
-  p1.backend = 1;
-  p1.lb_port = 50001;
+  PoolSpec p1 = SecondPool();
   AddPool(p1);
   ClientSpec c;
   BackendPos b;
@@ -850,10 +832,7 @@ TEST_F(DatapathTest, OldResponseSegmentDuringNextRequestIsNotAResponse) {
 TEST_F(DatapathTest, ReorderedRequestStartStillRematches) {
   PoolSpec p0;
   AddPool(p0);
-  PoolSpec p1;
-  p1.pid = 1;
-  p1.backend = 1;
-  p1.lb_port = 50001;
+  PoolSpec p1 = SecondPool();
   p1.lb_nxt = 0x7000;
   p1.be_nxt = 0x9000;
   AddPool(p1);
@@ -917,10 +896,7 @@ TEST_F(DatapathTest, PushedSegmentAfterLostRequestStartIsNotPipelining) {
 TEST_F(DatapathTest, TsvalNeverGoesBackwardsForTheReceiver) {
   PoolSpec p0;
   AddPool(p0);
-  PoolSpec p1;
-  p1.pid = 1;
-  p1.backend = 1;
-  p1.lb_port = 50001;
+  PoolSpec p1 = SecondPool();
   p1.lb_nxt = 0x4000;
   p1.be_nxt = 0x8000;
   p1.lb_ts = 700;

@@ -81,6 +81,15 @@ struct PoolSpec {
   std::vector<VlanSpec> vlans;  // tags on the backend side (innermost last)
 };
 
+// A second pooled connection (pool 1, on backend 1): a rematch's target.
+inline PoolSpec SecondPool() {
+  PoolSpec p;
+  p.pid = 1;
+  p.backend = 1;
+  p.lb_port = 50001;
+  return p;
+}
+
 // A client as the test drives it (host order). The datapath's random ISN and
 // TS clock are read back from the record after the SYN.
 struct ClientSpec {
