@@ -346,12 +346,8 @@ void Core::OnRequestDone(const rm_event& ev) {
     Snapshot snap;
     snap.now_ns = MonoNowNs();
     snap.backends = absl::MakeConstSpan(snapshot_);
-    Request req;
-    req.client_id = ev.client_id;
-    auto cur = snap_index_.find(ev.backend_id);
-    if (cur != snap_index_.end()) req.current_backend = cur->second;
-    req.requests_on_connection = ev.req_no;
-    std::optional<size_t> pick = policy_->Pick(snap, req);
+    std::optional<size_t> pick =
+        policy_->Pick(snap, PolicyRequest(ev.client_id, ev.backend_id, ev.req_no));
     if (pick) target = snapshot_[*pick].id;
     // "No preference" (or a pick out of service) must not keep a client on
     // a backend that left service: its next request goes elsewhere.
@@ -364,6 +360,16 @@ void Core::OnRequestDone(const rm_event& ev) {
   dp_->SetDecision(ev.client_id, ev.req_no + 1, target);
   decisions_written_++;
   NoteDecision(ev.client_id, target);
+}
+
+Request Core::PolicyRequest(uint32_t client, uint32_t current_backend,
+                            uint32_t requests_so_far) const {
+  Request req;
+  req.client_id = client;
+  auto cur = snap_index_.find(current_backend);
+  if (cur != snap_index_.end()) req.current_backend = cur->second;
+  req.requests_on_connection = requests_so_far;
+  return req;
 }
 
 void Core::RefreshLoad() {
@@ -426,22 +432,14 @@ void Core::Redecide() {
         continue;
       }
       const uint32_t next = static_cast<uint32_t>(d >> 32);
-      Request req;
-      req.client_id = id;
-      auto cur = snap_index_.find(b.id);
-      if (cur != snap_index_.end()) req.current_backend = cur->second;
-      req.requests_on_connection = next - 1;
-      std::optional<size_t> pick = policy_->Pick(snap, req);
+      std::optional<size_t> pick = policy_->Pick(snap, PolicyRequest(id, b.id, next - 1));
       if (!pick || snapshot_[*pick].id == b.id || !Eligible(snapshot_[*pick].id)) {
         keep.push_back(id);
         continue;
       }
       const uint32_t target = snapshot_[*pick].id;
-      // Only if the client has not used it meanwhile (it would have moved
-      // on to a decision for its next request, with another req_no).
-      uint64_t want = d;
-      uint64_t v = (static_cast<uint64_t>(next) << 32) | (target + 1);
-      if (!dp_->ReplaceDecision(id, want, v)) {
+      // Only if no newer decision replaced it meanwhile.
+      if (!dp_->ReplaceDecision(id, d, next, target)) {
         pending_to_[id] = RM_NO_ID;
         continue;
       }
@@ -563,12 +561,7 @@ size_t Core::MoveClientsOff(uint32_t backend) {
       Snapshot snap;
       snap.now_ns = MonoNowNs();
       snap.backends = absl::MakeConstSpan(snapshot_);
-      Request req;
-      req.client_id = id;
-      auto cur = snap_index_.find(c.backend_id);
-      if (cur != snap_index_.end()) req.current_backend = cur->second;
-      req.requests_on_connection = c.req_no;
-      std::optional<size_t> pick = policy_->Pick(snap, req);
+      std::optional<size_t> pick = policy_->Pick(snap, PolicyRequest(id, c.backend_id, c.req_no));
       if (pick && Eligible(snapshot_[*pick].id)) target = snapshot_[*pick].id;
     }
     if (!target) target = FallbackBackend(backend);

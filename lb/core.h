@@ -180,6 +180,9 @@ class Core {
   void NoteDecision(uint32_t client, uint32_t backend);
   void Redecide();
   void RefreshLoad();
+  // What the policy is told about a client's next request.
+  Request PolicyRequest(uint32_t client, uint32_t current_backend,
+                        uint32_t requests_so_far) const;
   std::vector<std::vector<uint32_t>> pending_;
   std::vector<uint32_t> pending_to_;
   uint64_t last_redecide_ns_ = 0, decisions_redecided_ = 0;

@@ -388,16 +388,25 @@ absl::Status Datapath::ReleaseIdleClient(uint32_t id, uint64_t older_than_ns) {
   return RunCtl(RM_CTL_RELEASE_IDLE, id, older_than_ns).status();
 }
 
+namespace {
+// rm_decision_t: the request number it is for, and the backend id + 1.
+uint64_t EncodeDecision(uint32_t req_no, uint32_t backend) {
+  return (static_cast<uint64_t>(req_no) << 32) | (backend + 1);
+}
+}  // namespace
+
 void Datapath::SetDecision(uint32_t client, uint32_t req_no, uint32_t backend) {
   if (client >= opts_.max_clients) return;
-  uint64_t v = (static_cast<uint64_t>(req_no) << 32) | (backend + 1);
-  __atomic_store_n(const_cast<uint64_t*>(&decisions_[client]), v, __ATOMIC_RELEASE);
+  __atomic_store_n(const_cast<uint64_t*>(&decisions_[client]), EncodeDecision(req_no, backend),
+                   __ATOMIC_RELEASE);
 }
 
-bool Datapath::ReplaceDecision(uint32_t client, uint64_t expect, uint64_t value) {
+bool Datapath::ReplaceDecision(uint32_t client, uint64_t expect, uint32_t req_no,
+                               uint32_t backend) {
   if (client >= opts_.max_clients) return false;
-  return __atomic_compare_exchange_n(const_cast<uint64_t*>(&decisions_[client]), &expect, value,
-                                     false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+  return __atomic_compare_exchange_n(const_cast<uint64_t*>(&decisions_[client]), &expect,
+                                     EncodeDecision(req_no, backend), false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE);
 }
 
 uint64_t Datapath::GetDecision(uint32_t client) const {

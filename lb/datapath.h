@@ -111,9 +111,10 @@ class Datapath {
   // Policy decision for the client's request number req_no (atomic store
   // into the mmap'd decisions array).
   void SetDecision(uint32_t client, uint32_t req_no, uint32_t backend);
-  // Replaces client's decision `expect` with `value` atomically; false if
-  // it changed meanwhile.
-  bool ReplaceDecision(uint32_t client, uint64_t expect, uint64_t value);
+  // Replaces client's decision, if it is still `expect` (as GetDecision
+  // returned it), with one for (req_no, backend), atomically; false if it
+  // changed meanwhile.
+  bool ReplaceDecision(uint32_t client, uint64_t expect, uint32_t req_no, uint32_t backend);
   uint64_t GetDecision(uint32_t client) const;
 
   // Counters summed over CPUs.
