@@ -150,6 +150,46 @@ static __always_inline void stat_inc(__u32 idx) {
   if (v) *v += 1;
 }
 
+/* The records' lock (see RM_SPIN_LOCK in rematcher_shared.h). One
+ * compare-and-swap when free; otherwise a bounded wait in bpf_loop. Holders
+ * are BPF programs with bottom halves off (NAPI, or BPF_PROG_TEST_RUN of
+ * xdp_ctl), whose critical sections are a few hundred instructions, so the
+ * wait ends long before the bound; if it ever did not, the lock is taken
+ * anyway and counted (RM_ST_LOCK_STOLEN) rather than the packet lost. A
+ * program holds at most one record lock at a time, as with bpf_spin_lock. */
+#define RM_LOCK_SPINS (1 << 16)
+
+struct rm_lock_wait {
+  __u32 *word;
+  __u32 got;
+};
+
+static long rm_lock_try(__u32 i, void *arg) {
+  struct rm_lock_wait *w = arg;
+  __u32 *l = w->word;
+  if (*(volatile __u32 *)l) return 0;
+  if (__sync_val_compare_and_swap(l, 0, 1) == 0) {
+    w->got = 1;
+    return 1;
+  }
+  return 0;
+}
+
+static __noinline void rm_lock_wait(__u32 *l) {
+  struct rm_lock_wait w = {.word = l, .got = 0};
+  bpf_loop(RM_LOCK_SPINS, rm_lock_try, &w, 0);
+  if (!w.got) {
+    stat_inc(RM_ST_LOCK_STOLEN);
+    __sync_lock_test_and_set(l, 1);
+  }
+}
+
+static __always_inline void rm_lock(__u32 *l) {
+  if (__sync_val_compare_and_swap(l, 0, 1) != 0) rm_lock_wait(l);
+}
+
+static __always_inline void rm_unlock(__u32 *l) { __sync_lock_test_and_set(l, 0); }
+
 /* Leg state of a pooled connection as it is handed back. */
 struct rm_leg {
   __u32 lb_nxt, be_nxt, lb_ts, be_ts, be_edge;
@@ -303,7 +343,7 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
   int push = 0, moved = 0;
   __u32 bid, entry;
   __u64 now = bpf_ktime_get_coarse_ns();
-  bpf_spin_lock(&p->lock);
+  rm_lock(&p->lock);
   bid = p->backend_id;
   entry = RM_IDLE_ENTRY(pid, p->gen & 0xfff);
   if (p->state == RM_P_BUSY && p->owner == owner && p->owner_epoch == epoch) {
@@ -324,7 +364,7 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
       push = 1;
     }
   }
-  bpf_spin_unlock(&p->lock);
+  rm_unlock(&p->lock);
   if (!moved) return;
   if (retire) {
     /* retire == 2: the backend still thinks the connection is open (no
@@ -340,9 +380,9 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
     if (bl) __sync_fetch_and_add(&bl->idle, 1);
   } else {
     /* Cannot be queued: never lose it silently, retire it. */
-    bpf_spin_lock(&p->lock);
+    rm_lock(&p->lock);
     if (p->state == RM_P_IDLE) p->state = RM_P_DEAD;
-    bpf_spin_unlock(&p->lock);
+    rm_unlock(&p->lock);
     stat_inc(RM_ST_POOL_DEAD);
     emit(cfg, RM_EV_POOL_DEAD, owner, bid, pid, 0);
   }
@@ -353,14 +393,14 @@ static __noinline void client_free(__u32 id, const struct rm_flow_key *key,
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
   if (!c) return;
   int freed = 0;
-  bpf_spin_lock(&c->lock);
+  rm_lock(&c->lock);
   if (c->epoch == epoch && c->state != RM_C_FREE) {
     c->state = RM_C_FREE;
     c->epoch++;
     c->pool_id = RM_NO_ID;
     freed = 1;
   }
-  bpf_spin_unlock(&c->lock);
+  rm_unlock(&c->lock);
   if (!freed) return;
   bpf_map_delete_elem(&client_ids, key);
   bpf_map_push_elem(&free_client_ids, &id, 0);
@@ -534,7 +574,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     p = bpf_map_lookup_elem(&pools, &cpid);
     if (!p) continue;
     int taken = 0;
-    bpf_spin_lock(&p->lock);
+    rm_lock(&p->lock);
     if (p->state == RM_P_IDLE && (p->gen & 0xfff) == RM_IDLE_GEN(cand)) {
       p->state = RM_P_BUSY;
       p->owner = id;
@@ -553,7 +593,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
       __builtin_memcpy(np->be_mac, p->be_mac, 6);
       taken = 1;
     }
-    bpf_spin_unlock(&p->lock);
+    rm_unlock(&p->lock);
     if (taken) {
       struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
       if (bl) __sync_fetch_and_sub(&bl->idle, 1);
@@ -575,7 +615,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
   __builtin_memset(leg, 0, sizeof(*leg));
   int ok = 0, need_ack = 0;
   __u16 win = 0;
-  bpf_spin_lock(&c->lock);
+  rm_lock(&c->lock);
   if (c->epoch == epoch && c->state == RM_C_ESTABLISHED && c->pool_id != RM_NO_ID &&
       (__s32)(c->c_edge - c->c_nxt) - (__s32)(np->be_edge - np->lb_nxt) > RM_WINDOW_SLACK) {
     /* The client may already send far more than the new connection's
@@ -616,7 +656,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     c->b_vlan_tci = np->vlan_tci;
     ok = 1;
   }
-  bpf_spin_unlock(&c->lock);
+  rm_unlock(&c->lock);
 
   if (ok != 1) {
     /* Declined, or the client changed under us (closed, or moved by another
@@ -687,7 +727,7 @@ static __noinline int client_syn_new(struct xdp_md *ctx, struct rm_pkt *pk,
   if (pk->has_ws) c_flags |= RM_LEG_WS;
   __u64 now = bpf_ktime_get_coarse_ns();
 
-  bpf_spin_lock(&c->lock);
+  rm_lock(&c->lock);
   c->state = RM_C_SYN_RCVD;
   c->epoch++;
   c->pool_id = RM_NO_ID;
@@ -717,13 +757,13 @@ static __noinline int client_syn_new(struct xdp_md *ctx, struct rm_pkt *pk,
   c->req_backend = RM_NO_ID;
   c->c_edge = pk->seq + 1 + 0xffff; /* the SYN-ACK's window is unscaled */
   c->s_win = 0xffff;
-  bpf_spin_unlock(&c->lock);
+  rm_unlock(&c->lock);
 
   if (bpf_map_update_elem(&client_ids, key, &id, BPF_NOEXIST)) {
     /* A retransmitted SYN won the race on another CPU. */
-    bpf_spin_lock(&c->lock);
+    rm_lock(&c->lock);
     c->state = RM_C_FREE;
-    bpf_spin_unlock(&c->lock);
+    rm_unlock(&c->lock);
     bpf_map_push_elem(&free_client_ids, &id, 0);
     return XDP_DROP;
   }
@@ -756,7 +796,7 @@ static __noinline int client_syn_again(struct xdp_md *ctx, struct rm_pkt *pk,
   struct rm_reply r = {};
   int resend = 0, recycle = 0;
   __u32 epoch;
-  bpf_spin_lock(&c->lock);
+  rm_lock(&c->lock);
   epoch = c->epoch;
   if (c->state == RM_C_SYN_RCVD && pk->seq == c->c_isn) {
     resend = 1;
@@ -770,7 +810,7 @@ static __noinline int client_syn_again(struct xdp_md *ctx, struct rm_pkt *pk,
              c->pool_id == RM_NO_ID) {
     recycle = 1; /* port reuse after a close we finished */
   }
-  bpf_spin_unlock(&c->lock);
+  rm_unlock(&c->lock);
   if (resend) {
     r.flags = RM_TH_SYN | RM_TH_ACK;
     r.window = 0xffff;
@@ -842,7 +882,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   __u32 epoch, pool, want = RM_NO_ID, st_a = RM_ST__MAX, st_b = RM_ST__MAX;
   int boundary = 0, first = 0, state;
   __u64 wait_since;
-  bpf_spin_lock(&c->lock);
+  rm_lock(&c->lock);
   state = c->state;
   epoch = c->epoch;
   pool = c->pool_id;
@@ -899,7 +939,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   }
   int bad = state == RM_C_SYN_RCVD || state == RM_C_FREE || state == RM_C_CLOSED;
   if (bad || want != RM_NO_ID) {
-    bpf_spin_unlock(&c->lock);
+    rm_unlock(&c->lock);
     if (st_a != RM_ST__MAX) stat_inc(st_a);
     st_a = RM_ST__MAX;
     if (first) stat_inc(RM_ST_HANDSHAKES);
@@ -923,9 +963,9 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
       return send_rst(ctx, pk);
     }
     /* Phase B: update the trackers and take a consistent copy. */
-    bpf_spin_lock(&c->lock);
+    rm_lock(&c->lock);
     if (c->epoch != epoch) {
-      bpf_spin_unlock(&c->lock);
+      rm_unlock(&c->lock);
       stat_inc(RM_ST_DROP_STALE);
       flush_pool_ack();
       return XDP_DROP;
@@ -1094,7 +1134,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   }
 unlock:
   r->window = c->s_win;
-  bpf_spin_unlock(&c->lock);
+  rm_unlock(&c->lock);
   if (st_a != RM_ST__MAX) stat_inc(st_a);
   if (first) stat_inc(RM_ST_HANDSHAKES);
   if (st_b != RM_ST__MAX) stat_inc(st_b);
@@ -1187,10 +1227,10 @@ static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
   struct rm_reply r = {};
   int reply = 0, dead = 0;
   __u32 bid;
-  bpf_spin_lock(&p->lock);
+  rm_lock(&p->lock);
   bid = p->backend_id;
   if (p->state != RM_P_IDLE) {
-    bpf_spin_unlock(&p->lock);
+    rm_unlock(&p->lock);
     stat_inc(RM_ST_DROP_STALE);
     return XDP_DROP;
   }
@@ -1218,7 +1258,7 @@ static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
     r.ack = p->be_nxt;
     r.flags = RM_TH_ACK;
   }
-  bpf_spin_unlock(&p->lock);
+  rm_unlock(&p->lock);
   if (dead == 2) stat_inc(RM_ST_DROP_POOL_DATA);
   if (dead) {
     /* It left the idle set while its entry is still queued. */
@@ -1252,7 +1292,7 @@ RM_GLOBAL int retry_on_close(__u32 pid, __u32 owner, __u32 oepoch) {
   if (!sc || !c) return -1;
   int retry = 0;
   __u32 req_bid = RM_NO_ID;
-  bpf_spin_lock(&c->lock);
+  rm_lock(&c->lock);
   if (c->epoch == oepoch && c->pool_id == pid && c->state == RM_C_ESTABLISHED &&
       c->phase == RM_PH_REQ && !c->fin_flags && c->s_nxt == c->e_s_nxt &&
       c->b_acked == c->e_c_nxt + c->d_req) {
@@ -1266,7 +1306,7 @@ RM_GLOBAL int retry_on_close(__u32 pid, __u32 owner, __u32 oepoch) {
     req_bid = c->req_backend;
     retry = 1;
   }
-  bpf_spin_unlock(&c->lock);
+  rm_unlock(&c->lock);
   if (!retry) return -1;
   backend_outstanding(req_bid, -1, 0);
   sc->leg.owner = owner;
@@ -1292,7 +1332,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   if (!p) return XDP_DROP;
 
   __u32 pstate, owner, oepoch;
-  bpf_spin_lock(&p->lock);
+  rm_lock(&p->lock);
   pstate = p->state;
   owner = p->owner;
   oepoch = p->owner_epoch;
@@ -1309,7 +1349,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     p->vlan_tci = pk->vlan ? pk->vlan->tci : 0;
     p->synack_seen = 1;
   }
-  bpf_spin_unlock(&p->lock);
+  rm_unlock(&p->lock);
 
   if (pstate == RM_P_CONNECTING) {
     stat_inc(RM_ST_PASS_POOL_SETUP);
@@ -1342,10 +1382,10 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     int r = retry_on_close(pid, owner, oepoch);
     if (r >= 0) return r;
   }
-  bpf_spin_lock(&c->lock);
+  rm_lock(&c->lock);
   if (c->epoch != oepoch || c->pool_id != pid ||
       (c->state != RM_C_ESTABLISHED && c->state != RM_C_NAT_CLOSE)) {
-    bpf_spin_unlock(&c->lock);
+    rm_unlock(&c->lock);
     stat_inc(RM_ST_DROP_STALE);
     return XDP_DROP;
   }
@@ -1435,7 +1475,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   x->win_cap = cap_field;
   x->keep_ts = (c->c_flags & RM_LEG_TS) != 0;
   x->keep_sack = (c->c_flags & RM_LEG_SACK) != 0;
-  bpf_spin_unlock(&c->lock);
+  rm_unlock(&c->lock);
 
   if (first_byte == 1) {
     __u64 fb = now > req_start ? now - req_start : 0;
@@ -1525,6 +1565,32 @@ int xdp_ctl(struct xdp_md *ctx) {
   struct rm_ctl *cmd = data + sizeof(struct ethhdr);
   if ((void *)(cmd + 1) > end) return XDP_ABORTED;
   __u32 z = 0;
+  if (cmd->op == RM_CTL_GET_CLIENT || cmd->op == RM_CTL_GET_POOL ||
+      cmd->op == RM_CTL_PUT_POOL) {
+    /* Whole records for userspace, copied under their lock. */
+    void *rec = (void *)(cmd + 1);
+    __u32 id = cmd->client_id;
+    cmd->result = -2;
+    if (cmd->op == RM_CTL_GET_CLIENT) {
+      struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+      if (!c || rec + sizeof(*c) > end) return XDP_DROP;
+      rm_lock(&c->lock);
+      __builtin_memcpy(rec, c, sizeof(*c));
+      rm_unlock(&c->lock);
+    } else {
+      struct rm_pool *p = bpf_map_lookup_elem(&pools, &id);
+      if (!p || rec + sizeof(*p) > end) return XDP_DROP;
+      rm_lock(&p->lock);
+      if (cmd->op == RM_CTL_GET_POOL)
+        __builtin_memcpy(rec, p, sizeof(*p));
+      else
+        __builtin_memcpy((void *)p + sizeof(p->lock), rec + sizeof(p->lock),
+                         sizeof(*p) - sizeof(p->lock));
+      rm_unlock(&p->lock);
+    }
+    cmd->result = 0;
+    return XDP_DROP;
+  }
   if (cmd->op == RM_CTL_RETIRE_IDLE_POOL) {
     /* Idle too long (the backend would close it soon): out of service
      * under the record's lock, so no client takes it meanwhile. Its queue
@@ -1534,13 +1600,13 @@ int xdp_ctl(struct xdp_md *ctx) {
     int r = 0;
     __u32 bid = 0;
     if (p) {
-      bpf_spin_lock(&p->lock);
+      rm_lock(&p->lock);
       if (p->state == RM_P_IDLE && p->last_used_ns < cmd->older_than_ns) {
         p->state = RM_P_DEAD;
         bid = p->backend_id;
         r = 1;
       }
-      bpf_spin_unlock(&p->lock);
+      rm_unlock(&p->lock);
     }
     if (r) {
       struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
@@ -1564,7 +1630,7 @@ int xdp_ctl(struct xdp_md *ctx) {
   __u64 older = cmd->older_than_ns;
   int act = 0, clean = 0;
 
-  bpf_spin_lock(&c->lock);
+  rm_lock(&c->lock);
   int quiescent = c->pool_id == RM_NO_ID ||
                   (c->phase != RM_PH_REQ && c->c_acked == c->s_nxt &&
                    c->b_acked == c->c_nxt + c->d_req && !c->fin_flags);
@@ -1593,7 +1659,7 @@ int xdp_ctl(struct xdp_md *ctx) {
       c->state = RM_C_FREE;
     }
   }
-  bpf_spin_unlock(&c->lock);
+  rm_unlock(&c->lock);
 
   if (act && pool != RM_NO_ID) pool_release_leg(pool, 0);
   if (act == 1) {

@@ -15,12 +15,17 @@
 
 #ifdef __BPF__
 #include <bpf/bpf_helpers.h>
-#define RM_SPIN_LOCK struct bpf_spin_lock
-#else
-/* Userspace sees the lock as an opaque word; it takes it only through
- * BPF_F_LOCK lookups/updates. */
-#define RM_SPIN_LOCK struct { __u32 val; }
 #endif
+
+/* A record's lock word: 0 free, 1 held. Taken only by BPF programs (the
+ * datapath, and xdp_ctl on userspace's behalf), with compare-and-swap and
+ * released with an atomic exchange (rm_lock/rm_unlock in rematcher.bpf.c).
+ * Not bpf_spin_lock: that one saves and restores the interrupt flag and
+ * costs two helper calls per acquisition, 40 ns of the 180 a spliced packet
+ * took; XDP never runs in hard-interrupt context, so the flag buys nothing
+ * here. Userspace never holds it: it reads and writes whole records through
+ * xdp_ctl (RM_CTL_GET_*, RM_CTL_PUT_POOL), which copies them under it. */
+#define RM_SPIN_LOCK __u32
 
 /* Compile-time capacities. Runtime limits (--max_clients, --max_backends,
  * --conns_per_backend) are set below these through map sizes and config. */
@@ -319,6 +324,10 @@ enum rm_stat {
                                taking the request: client re-spliced */
   RM_ST_REMATCH_NO_IDLE,    /* rematch skipped: no idle pooled connection
                                at the chosen backend, the client stays */
+  RM_ST_LOCK_STOLEN,        /* a record's lock was still held after
+                               RM_LOCK_SPINS tries and was taken anyway
+                               (never expected: holders are BPF programs
+                               that cannot sleep) */
   RM_ST__MAX,
 };
 
@@ -373,7 +382,15 @@ enum rm_ctl_op {
   RM_CTL_RETIRE_IDLE_POOL = 4, /* pool id (in client_id): retire it if idle
                                   since before older_than_ns */
   RM_CTL_FREE_CLIENT = 3,  /* client id: free if CLOSED or expired */
+  /* Whole-record access, copied under the record's lock. The record
+   * follows struct rm_ctl in the packet (RM_CTL_RECORD_MAX bytes). */
+  RM_CTL_GET_CLIENT = 5,   /* client id: copy the record out */
+  RM_CTL_GET_POOL = 6,     /* pool id (in client_id): copy the record out */
+  RM_CTL_PUT_POOL = 7,     /* pool id (in client_id): write the record in,
+                              all but its lock word */
 };
+
+#define RM_CTL_RECORD_MAX 256 /* >= sizeof(struct rm_client), rm_pool */
 
 struct rm_ctl {
   __u32 op;

@@ -65,6 +65,7 @@ const char* StatName(int stat) {
       "pinned_request_unacked",
       "retry_on_backend_close",
       "rematch_skipped_no_idle",
+      "lock_stolen",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];
@@ -240,8 +241,8 @@ void Datapath::ResetBackendLoad(uint32_t id) {
 
 absl::Status Datapath::PutPool(uint32_t pid, const rm_pool& p) {
   if (pid >= opts_.max_pool) return absl::OutOfRangeError(absl::StrCat("pool id ", pid));
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.pools), &pid, &p, BPF_F_LOCK))
-    return Errno(errno, "writing pool record");
+  if (auto st = RecordCtl(RM_CTL_PUT_POOL, pid, &p, nullptr, sizeof(p)); !st.ok())
+    return absl::Status(st.code(), absl::StrCat("writing pool record: ", st.message()));
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.pool_ids), &p.key, &pid, BPF_ANY))
     return Errno(errno, "mapping pool tuple");
   return absl::OkStatus();
@@ -249,8 +250,8 @@ absl::Status Datapath::PutPool(uint32_t pid, const rm_pool& p) {
 
 absl::StatusOr<rm_pool> Datapath::GetPool(uint32_t pid) const {
   rm_pool p{};
-  if (bpf_map_lookup_elem_flags(bpf_map__fd(skel_->maps.pools), &pid, &p, BPF_F_LOCK))
-    return Errno(errno, "reading pool record");
+  if (auto st = RecordCtl(RM_CTL_GET_POOL, pid, nullptr, &p, sizeof(p)); !st.ok())
+    return absl::Status(st.code(), absl::StrCat("reading pool record: ", st.message()));
   return p;
 }
 
@@ -259,8 +260,35 @@ absl::Status Datapath::DeletePool(uint32_t pid, const rm_pool_key& key) {
   rm_pool p{};
   p.state = RM_P_FREE;
   p.owner = RM_NO_ID;
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.pools), &pid, &p, BPF_F_LOCK))
-    return Errno(errno, "clearing pool record");
+  if (auto st = RecordCtl(RM_CTL_PUT_POOL, pid, &p, nullptr, sizeof(p)); !st.ok())
+    return absl::Status(st.code(), absl::StrCat("clearing pool record: ", st.message()));
+  return absl::OkStatus();
+}
+
+absl::Status Datapath::RecordCtl(uint32_t op, uint32_t id, const void* in_rec, void* out_rec,
+                                 size_t len) const {
+  static_assert(sizeof(rm_client) <= RM_CTL_RECORD_MAX && sizeof(rm_pool) <= RM_CTL_RECORD_MAX,
+                "RM_CTL_RECORD_MAX too small");
+  CHECK_LE(len, static_cast<size_t>(RM_CTL_RECORD_MAX));
+  constexpr size_t kHdr = 14 + sizeof(rm_ctl);
+  unsigned char in[kHdr + RM_CTL_RECORD_MAX] = {};
+  unsigned char out[sizeof(in) + 64] = {};
+  rm_ctl cmd{};
+  cmd.op = op;
+  cmd.client_id = id;
+  memcpy(in + 14, &cmd, sizeof(cmd));
+  if (in_rec) memcpy(in + kHdr, in_rec, len);
+  LIBBPF_OPTS(bpf_test_run_opts, o);
+  o.data_in = in;
+  o.data_size_in = sizeof(in);
+  o.data_out = out;
+  o.data_size_out = sizeof(out);
+  o.repeat = 1;
+  if (bpf_prog_test_run_opts(ctl_prog_fd(), &o)) return Errno(errno, "running xdp_ctl");
+  rm_ctl res;
+  memcpy(&res, out + 14, sizeof(res));
+  if (res.result != 0) return absl::NotFoundError(absl::StrCat("no record ", id));
+  if (out_rec) memcpy(out_rec, out + kHdr, len);
   return absl::OkStatus();
 }
 
@@ -309,8 +337,8 @@ absl::StatusOr<size_t> Datapath::CompactIdle(uint32_t backend) {
 
 absl::StatusOr<rm_client> Datapath::GetClient(uint32_t id) const {
   rm_client c{};
-  if (bpf_map_lookup_elem_flags(bpf_map__fd(skel_->maps.clients), &id, &c, BPF_F_LOCK))
-    return Errno(errno, "reading client record");
+  if (auto st = RecordCtl(RM_CTL_GET_CLIENT, id, nullptr, &c, sizeof(c)); !st.ok())
+    return absl::Status(st.code(), absl::StrCat("reading client record: ", st.message()));
   return c;
 }
 
@@ -328,8 +356,10 @@ absl::Status Datapath::ForEachClient(
   constexpr uint32_t kBatch = 4096;
   std::vector<uint32_t> keys(kBatch);
   std::vector<rm_client> vals(kBatch);
+  // No lock: the records are read as they stand, each field as last
+  // written; callers treat them as hints and act through xdp_ctl, which
+  // checks again under the lock.
   LIBBPF_OPTS(bpf_map_batch_opts, o);
-  o.elem_flags = BPF_F_LOCK;
   uint32_t in_batch = 0, out_batch = 0;
   bool first = true;
   int fd = bpf_map__fd(skel_->maps.clients);

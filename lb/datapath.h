@@ -98,8 +98,9 @@ class Datapath {
 
   absl::StatusOr<rm_client> GetClient(uint32_t id) const;
   absl::StatusOr<std::optional<uint32_t>> LookupClient(const rm_flow_key& key) const;
-  // Visits every client record that is not FREE (batched reads, each record
-  // copied under its lock).
+  // Visits every client record that is not FREE (batched reads, not under
+  // the records' lock: a record being changed meanwhile may mix old and new
+  // fields, so callers treat what they see as a hint).
   absl::Status ForEachClient(const std::function<void(uint32_t, const rm_client&)>& fn) const;
   // Frees a client slot from userspace (after the datapath marked it
   // CLOSED, or it expired): the record is marked FREE, the tuple unmapped,
@@ -128,6 +129,10 @@ class Datapath {
 
  private:
   explicit Datapath(const DatapathOptions& opts) : opts_(opts) {}
+  // Copies a whole client or pool record in or out through xdp_ctl, under
+  // the record's lock (RM_CTL_GET_CLIENT, RM_CTL_GET_POOL, RM_CTL_PUT_POOL).
+  absl::Status RecordCtl(uint32_t op, uint32_t id, const void* in_rec, void* out_rec,
+                         size_t len) const;
   DatapathOptions opts_;
   ::rematcher_bpf* skel_ = nullptr;
   bpf_link* link_ = nullptr;

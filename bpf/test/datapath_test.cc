@@ -942,6 +942,30 @@ TEST_F(DatapathTest, TsvalNeverGoesBackwardsForTheReceiver) {
 
 // ------------------------------------------------------------------ VLAN
 
+// The records' lock. Its holders are BPF programs that cannot sleep, so a
+// holder that never lets go cannot happen; should it, the datapath waits
+// RM_LOCK_SPINS tries, then takes the lock anyway and counts it, and the
+// packet is translated as usual. The lock word is free afterwards.
+TEST_F(DatapathTest, LockHeldPastTheBoundIsTakenAndCounted) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  int fd = MapFdByName(dp_->prog_fd(), "clients");
+  ASSERT_GE(fd, 0);
+  rm_client rec{};
+  ASSERT_EQ(bpf_map_lookup_elem(fd, &c.id, &rec), 0);
+  EXPECT_EQ(rec.lock, 0u);
+  rec.lock = 1;
+  ASSERT_EQ(bpf_map_update_elem(fd, &c.id, &rec, BPF_ANY), 0);
+  ClientToBackend("pure ACK while the record's lock is held", c, p, e, ClientSeg(c, {}, ACK),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_LOCK_STOLEN, 1}});
+  ASSERT_EQ(bpf_map_lookup_elem(fd, &c.id, &rec), 0);
+  EXPECT_EQ(rec.lock, 0u);
+  close(fd);
+}
+
 TEST_F(DatapathTest, VlanSingleTag) {
   PoolSpec p;
   p.vlans = {{200, 0, 0}};

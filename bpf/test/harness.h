@@ -10,7 +10,9 @@
 #define REMATCHER_BPF_TEST_HARNESS_H_
 
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
 #include <linux/bpf.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
@@ -28,6 +30,26 @@
 #include "testing/packet/packet_gtest.h"
 
 namespace rematcher::dptest {
+
+// A new fd for the map called `name` that program `prog_fd` uses, or -1.
+// Lets a test reach a map the Datapath wrapper does not expose.
+inline int MapFdByName(int prog_fd, const std::string& name) {
+  uint32_t ids[64] = {};
+  bpf_prog_info info{};
+  info.nr_map_ids = 64;
+  info.map_ids = reinterpret_cast<uint64_t>(ids);
+  uint32_t len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(prog_fd, &info, &len)) return -1;
+  for (uint32_t i = 0; i < info.nr_map_ids && i < 64; i++) {
+    int fd = bpf_map_get_fd_by_id(ids[i]);
+    if (fd < 0) continue;
+    bpf_map_info mi{};
+    uint32_t mlen = sizeof(mi);
+    if (bpf_obj_get_info_by_fd(fd, &mi, &mlen) == 0 && name == mi.name) return fd;
+    close(fd);
+  }
+  return -1;
+}
 
 using bpf_fixture::RunXdp;
 using bpf_fixture::TestRunResult;
