@@ -137,26 +137,13 @@ bad:
   return 1;
 }
 
-static __noinline int rm_parse_options(struct xdp_md *ctx, struct rm_pkt *pk) {
+/* The general case: any options, walked one by one. */
+static __noinline int rm_parse_options_walk(struct xdp_md *ctx, struct rm_pkt *pk) {
   __u32 optlen = pk->tcp_hlen - sizeof(struct tcphdr);
-  if (optlen == 0) return 0;
-  /* Fast path: what Linux puts on nearly every established-flow segment,
-   * NOP NOP TS, optionally followed by NOP NOP SACK. */
-  __u8 *o = (__u8 *)(pk->tcp + 1);
-  if ((void *)(o + 12) <= pk->data_end && o[0] == RM_TCPOPT_NOP && o[1] == RM_TCPOPT_NOP &&
-      o[2] == RM_TCPOPT_TS && o[3] == 10) {
-    if (optlen == 12) {
-      pk->has_ts = 1;
-      pk->ts_off = sizeof(struct tcphdr) + 2;
-      pk->tsval = bpf_ntohl(*(__be32 *)(o + 4));
-      pk->tsecr = bpf_ntohl(*(__be32 *)(o + 8));
-      return 0;
-    }
-  }
   struct rm_optwalk w;
   __builtin_memset(&w, 0, sizeof(w));
   __u32 tcp_off = (void *)pk->tcp - (void *)(long)ctx->data;
-  if (optlen > 40 || tcp_off > 200) return -1;
+  if (optlen == 0 || optlen > 40 || tcp_off > 200) return optlen ? -1 : 0;
   if (bpf_xdp_load_bytes(ctx, tcp_off + sizeof(struct tcphdr), w.buf, optlen))
     return -1;
   w.len = optlen;
@@ -175,6 +162,23 @@ static __noinline int rm_parse_options(struct xdp_md *ctx, struct rm_pkt *pk) {
   pk->has_ts = w.has_ts;
   pk->unsupported = w.unsupported;
   return 0;
+}
+
+static __always_inline int rm_parse_options(struct xdp_md *ctx, struct rm_pkt *pk) {
+  __u32 optlen = pk->tcp_hlen - sizeof(struct tcphdr);
+  if (optlen == 0) return 0;
+  /* Fast path, inline: what Linux puts on nearly every established-flow
+   * segment, NOP NOP TS and nothing else. */
+  __u8 *o = (__u8 *)(pk->tcp + 1);
+  if (optlen == 12 && (void *)(o + 12) <= pk->data_end &&
+      *(__u32 *)o == bpf_htonl(0x0101080a)) {
+    pk->has_ts = 1;
+    pk->ts_off = sizeof(struct tcphdr) + 2;
+    pk->tsval = bpf_ntohl(*(__be32 *)(o + 4));
+    pk->tsecr = bpf_ntohl(*(__be32 *)(o + 8));
+    return 0;
+  }
+  return rm_parse_options_walk(ctx, pk);
 }
 
 static __always_inline int rm_parse(struct xdp_md *ctx, struct rm_pkt *pk) {

@@ -188,7 +188,22 @@ static __always_inline void rm_lock(__u32 *l) {
   if (__sync_val_compare_and_swap(l, 0, 1) != 0) rm_lock_wait(l);
 }
 
-static __always_inline void rm_unlock(__u32 *l) { __sync_lock_test_and_set(l, 0); }
+/* Set by the loader before load (read-only afterwards, so the verifier
+ * keeps one branch below): the CPU keeps stores in program order after
+ * earlier loads and stores (x86's TSO), so a plain store releases the lock,
+ * as the kernel's own x86 spin_unlock does. Elsewhere an atomic exchange,
+ * a full barrier on every architecture BPF runs on. */
+const volatile __u8 rm_store_is_release = 0;
+
+static __always_inline void rm_unlock(__u32 *l) {
+  if (rm_store_is_release) {
+    asm volatile("" ::: "memory"); /* keep the compiler from sinking
+                                      critical-section accesses below */
+    *(volatile __u32 *)l = 0;
+  } else {
+    __sync_lock_test_and_set(l, 0);
+  }
+}
 
 /* Leg state of a pooled connection as it is handed back. */
 struct rm_leg {
@@ -462,7 +477,24 @@ struct rm_scratch {
    * request's REQ_START event (one ring-buffer wakeup, not two). */
   struct rm_event pend;
   __u32 pend_ack;
+  /* This CPU's coarse clock as of jiffy clk_jiffies (see coarse_now). */
+  __u64 clk_jiffies;
+  __u64 clk_ns;
 };
+
+/* The coarse clock (CLOCK_MONOTONIC_COARSE, what userspace compares
+ * last_seen_ns with), read once per tick per CPU: it only moves at a tick,
+ * and the helper costs 15 ns a packet here, bpf_jiffies64() next to
+ * nothing. If this CPU reads a new jiffy just before that tick's clock
+ * update lands, it keeps the older value for that tick: a few ms early. */
+static __always_inline __u64 coarse_now(struct rm_scratch *sc) {
+  __u64 j = bpf_jiffies64();
+  if (j != sc->clk_jiffies) {
+    sc->clk_ns = bpf_ktime_get_coarse_ns();
+    sc->clk_jiffies = j;
+  }
+  return sc->clk_ns;
+}
 
 
 struct {
@@ -873,8 +905,11 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   int retire = 0, release = 0;
   __u32 bid = RM_NO_ID, req_no = 0, done_bid = RM_NO_ID;
   __u64 done_start = 0, done_first = 0;
-  /* Data may start a request, whose start time feeds the latency EWMAs. */
-  now = len ? now_ns() : bpf_ktime_get_coarse_ns();
+  /* Data may start a request, whose start time feeds the latency EWMAs:
+   * that needs the precise clock, which costs twice the coarse one. The
+   * phase is read unlocked as a hint; if another CPU changes it meanwhile,
+   * a request's start is at worst a tick early. */
+  now = len && *(volatile __u8 *)&c->phase != RM_PH_REQ ? now_ns() : coarse_now(sc);
 
   /* Phase A: does this segment start a request, and where should it go?
    * In the common case (no splice to make) phase B follows under the same
@@ -1190,7 +1225,7 @@ unlock:
   return XDP_TX;
 }
 
-static __noinline int client_path(struct xdp_md *ctx, struct rm_pkt *pk,
+static __always_inline int client_path(struct xdp_md *ctx, struct rm_pkt *pk,
                                        const struct rm_config *cfg) {
   struct rm_flow_key key = {.client_ip = pk->ip->saddr, .vip = pk->ip->daddr,
                             .client_port = pk->tcp->source,
@@ -1376,7 +1411,9 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   int first_byte = 0, retire = 0;
   __u32 req_no = 0, bid = RM_NO_ID, req_bid = RM_NO_ID;
   __u64 req_start = 0, now = 0;
-  if (len) now = now_ns();
+  /* Only a response's first byte needs the time: read the phase unlocked
+   * as a hint, and take the clock after unlocking if the hint was wrong. */
+  if (len && *(volatile __u8 *)&c->phase == RM_PH_REQ) now = now_ns();
 
   if (pk->fin && !pk->rst && len == 0) {
     int r = retry_on_close(pid, owner, oepoch);
@@ -1426,7 +1463,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   if (new_resp && c->phase != RM_PH_RESP) {
     if (c->phase == RM_PH_REQ) {
       first_byte = 1;
-      c->resp_first_ns = now;
+      c->resp_first_ns = now ? now : c->req_start_ns + 1;
     } else {
       /* more response after the client had acked everything */
       first_byte = 2;
@@ -1478,6 +1515,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   rm_unlock(&c->lock);
 
   if (first_byte == 1) {
+    if (!now) now = now_ns();
     __u64 fb = now > req_start ? now - req_start : 0;
     emit_req_done(owner, bid, pid, req_no, fb);
     backend_sample(bid, fb, 0);

@@ -45,27 +45,6 @@ static __always_inline __u32 rm_tsval_offset(__u32 tsval, __u32 off, __u32 *last
   return *last - tsval;
 }
 
-/* Rewrite the TS option in place (or NOP it out). */
-static __always_inline int rm_xlate_ts(struct rm_pkt *pk, const struct rm_xlate *x) {
-  if (!pk->ts_off) return 0;
-  __u8 *p = (__u8 *)pk->tcp + (pk->ts_off & 63);
-  if ((void *)(p + 10) > pk->data_end) return -1;
-  if (!x->keep_ts) {
-    *(__u32 *)p = 0x01010101;
-    *(__u32 *)(p + 4) = 0x01010101;
-    *(__u16 *)(p + 8) = 0x0101;
-    return 0;
-  }
-  __u32 val = pk->tsval + x->d_tsval;
-  __u32 ecr = pk->tsecr;
-  if (ecr) {
-    ecr = rm_before(ecr, x->tsecr_floor_in) ? x->tsecr_floor_out : ecr - x->d_tsecr;
-  }
-  *(__be32 *)(p + 2) = bpf_htonl(val);
-  *(__be32 *)(p + 6) = bpf_htonl(ecr);
-  return 0;
-}
-
 /* Translate every SACK block edge; drop blocks that start before the epoch
  * (they describe data of another pooled connection) and compact the rest;
  * NOP out whatever is left over. D-SACK blocks are translated alike. */
@@ -113,51 +92,114 @@ static __always_inline int rm_xlate_sack(struct rm_pkt *pk, const struct rm_xlat
   return 0;
 }
 
+/* Two 16-bit fields as the 32-bit word they make in memory, and back. */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define RM_PAIR16(first, second) ((__u32)(__u16)(first) | ((__u32)(__u16)(second) << 16))
+#define RM_FIRST16(w) ((__u16)(w))
+#define RM_SECOND16(w) ((__u16)((w) >> 16))
+#else
+#define RM_PAIR16(first, second) (((__u32)(__u16)(first) << 16) | (__u32)(__u16)(second))
+#define RM_FIRST16(w) ((__u16)((w) >> 16))
+#define RM_SECOND16(w) ((__u16)(w))
+#endif
+
+/* Rewrites every field but the SACK blocks: the first 16 bytes of the TCP
+ * header (ports, seq, ack, flags, window) and the TS option (its 10 bytes at
+ * `t`, if `ts`). Each changed 32-bit word is computed in a register from the
+ * old one (o[0..3], loaded before any store) and stored whole, so nothing
+ * is read back after a narrower store (a store-forwarding stall that cost
+ * more than the rest of the rewrite). Returns the sum of the new words. */
+static __always_inline __u64 rm_xlate_words(struct rm_pkt *pk, const struct rm_xlate *x,
+                                            __u32 *w, const __u32 *o, __u8 *t, int ts) {
+  __u32 n0 = RM_PAIR16(x->sport, x->dport);
+  __u32 n1 = bpf_htonl(pk->seq + x->d_seq);
+  __u32 n2 = o[2];
+  if (pk->ack_f) {
+    __u32 a = rm_before(pk->ack, x->ack_floor_in) ? x->ack_floor_out : pk->ack - x->d_ack;
+    n2 = bpf_htonl(a);
+  }
+  /* ECN is negotiated on neither leg (see DESIGN.md); never pass its
+   * signals across: ECE and CWR are the top bits of the flag byte. */
+  __u16 offflags = RM_FIRST16(o[3]) & bpf_htons(0xff3f);
+  __u16 win = RM_SECOND16(o[3]);
+  if (!pk->syn) {
+    __u32 v = (__u32)bpf_ntohs(win) << x->ws_in;
+    v >>= x->ws_out;
+    if (v > 0xffff) v = 0xffff;
+    if (x->win_cap && v > x->win_cap) v = x->win_cap;
+    win = bpf_htons(v);
+  }
+  __u32 n3 = RM_PAIR16(offflags, win);
+  w[0] = n0;
+  w[1] = n1;
+  w[2] = n2;
+  w[3] = n3;
+  __u64 sum = (__u64)n0 + n1 + n2 + n3;
+  if (!ts) return sum;
+  __u16 kl;
+  __u32 val, ecr;
+  if (x->keep_ts) {
+    kl = *(__u16 *)t;
+    val = pk->tsval + x->d_tsval;
+    ecr = pk->tsecr;
+    if (ecr) ecr = rm_before(ecr, x->tsecr_floor_in) ? x->tsecr_floor_out : ecr - x->d_tsecr;
+    val = bpf_htonl(val);
+    ecr = bpf_htonl(ecr);
+  } else {
+    /* The other leg has no timestamps: NOP the option out. */
+    kl = 0x0101;
+    val = ecr = 0x01010101;
+    *(__u16 *)t = kl;
+  }
+  *(__u32 *)(t + 2) = val;
+  *(__u32 *)(t + 6) = ecr;
+  return sum + kl + val + ecr;
+}
+
 /* Rewrite a spliced segment for the other leg. Returns 0 or -1 (malformed;
- * the caller drops). */
+ * the caller drops).
+ * Checksums are updated incrementally (RFC 1624). Without a SACK option,
+ * the rewritten bytes are the first 16 of the TCP header and the 10 of the
+ * TS option, and only those words enter the update (the common case).
+ * With SACK blocks, which move, or a TS option at an odd offset (its words
+ * would straddle the checksum's 16-bit grid), the whole header is summed
+ * before and after. */
 static __noinline int rm_xlate_packet(struct rm_pkt *pk, const struct rm_xlate *x) {
   struct iphdr *ip = pk->ip;
   struct tcphdr *tcp = pk->tcp;
   void *end = pk->data_end;
   int ok = 1;
 
-  __u64 old_addr = (__u64)ip->saddr + ip->daddr;
-  __u64 old_sum = rm_sum_words(tcp, pk->tcp_hlen / 4, end, &ok) + old_addr;
-  if (!ok) return -1;
-
   /* L2: the frame came addressed to us; send it from us to the peer. */
   __builtin_memcpy(pk->eth->h_source, pk->eth->h_dest, ETH_ALEN);
   __builtin_memcpy(pk->eth->h_dest, x->dst_mac, ETH_ALEN);
   if (pk->vlan) pk->vlan->tci = x->vlan_tci;
 
-  /* L3 */
+  /* L3: only the addresses change. */
+  __u64 old_addr = (__u64)ip->saddr + ip->daddr;
+  __u64 new_addr = (__u64)x->saddr + x->daddr;
   ip->saddr = x->saddr;
   ip->daddr = x->daddr;
-  __u64 new_addr = (__u64)ip->saddr + ip->daddr;
-  /* Only the addresses changed: RFC 1624 over {check, saddr, daddr}. */
   ip->check = rm_csum_replace((__u64)ip->check + old_addr, new_addr);
 
   /* L4 */
-  tcp->source = x->sport;
-  tcp->dest = x->dport;
-  tcp->seq = bpf_htonl(pk->seq + x->d_seq);
-  if (pk->ack_f) {
-    __u32 a = rm_before(pk->ack, x->ack_floor_in) ? x->ack_floor_out : pk->ack - x->d_ack;
-    tcp->ack_seq = bpf_htonl(a);
+  __u32 *w = (__u32 *)tcp;
+  if ((void *)(w + 4) > end) return -1;
+  __u8 *t = (__u8 *)tcp + (pk->ts_off & 63);
+  int ts = pk->ts_off != 0;
+  if (ts && (void *)(t + 10) > end) return -1;
+  __u32 o[4] = {w[0], w[1], w[2], w[3]};
+  if (!pk->sack_off && !(pk->ts_off & 1)) {
+    __u64 old_sum = old_addr + (__u64)tcp->check + o[0] + o[1] + o[2] + o[3];
+    if (ts) old_sum += (__u64)*(__u16 *)t + *(__u32 *)(t + 2) + *(__u32 *)(t + 6);
+    __u64 new_sum = new_addr + rm_xlate_words(pk, x, w, o, t, ts);
+    tcp->check = rm_csum_replace(old_sum, new_sum);
+    return 0;
   }
-  if (!pk->syn) {
-    __u32 w = (__u32)bpf_ntohs(tcp->window) << x->ws_in;
-    w >>= x->ws_out;
-    if (w > 0xffff) w = 0xffff;
-    if (x->win_cap && w > x->win_cap) w = x->win_cap;
-    tcp->window = bpf_htons(w);
-  }
-  /* ECN is negotiated on neither leg (see DESIGN.md); never pass its
-   * signals across. */
-  tcp->ece = 0;
-  tcp->cwr = 0;
-  if (rm_xlate_ts(pk, x) || rm_xlate_sack(pk, x)) return -1;
-
+  __u64 old_sum = rm_sum_words(tcp, pk->tcp_hlen / 4, end, &ok) + old_addr;
+  if (!ok) return -1;
+  rm_xlate_words(pk, x, w, o, t, ts);
+  if (rm_xlate_sack(pk, x)) return -1;
   tcp->check = 0;
   __u64 new_sum = rm_sum_words(tcp, pk->tcp_hlen / 4, end, &ok) + new_addr;
   if (!ok) return -1;

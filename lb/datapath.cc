@@ -90,6 +90,11 @@ absl::StatusOr<std::unique_ptr<Datapath>> Datapath::Load(const DatapathOptions& 
   if (!dp->skel_) return Errno(errno, "opening the BPF object");
   auto* s = dp->skel_;
   int err = 0;
+#if defined(__x86_64__) || defined(__i386__)
+  // x86 keeps stores in order after earlier loads and stores: the records'
+  // lock is released with a plain store (see rm_unlock).
+  s->rodata->rm_store_is_release = 1;
+#endif
   for (bpf_map* m : {s->maps.client_ids, s->maps.clients, s->maps.free_client_ids,
                      s->maps.decisions}) {
     if ((err = bpf_map__set_max_entries(m, opts.max_clients)))

@@ -537,6 +537,32 @@ TEST_F(DatapathTest, PoolLegWithoutTimestampsOrSackNopsThem) {
   ClientToBackend("SACK and TS to a leg without them", c, p, e, s, {{RM_ST_TX_C2B, 1}});
 }
 
+// The checksum update covers only the rewritten words when they sit on the
+// checksum's 16-bit grid: TS at its usual offset (NOP NOP TS), no SACK. A TS
+// option at an odd offset (NOP TS NOP) takes the whole-header path. Both,
+// to a leg with timestamps (translated) and without (NOPed), both ways.
+TEST_F(DatapathTest, TimestampAtEvenAndOddOffsetsTranslatedWithValidChecksums) {
+  for (bool odd : {false, true}) {
+    for (bool pool_ts : {true, false}) {
+      SCOPED_TRACE(absl::StrCat(odd ? "NOP TS NOP" : "NOP NOP TS", pool_ts ? ", TS leg" : ", no-TS leg"));
+      LoadDatapath(4);
+      PoolSpec p;
+      if (!pool_ts) p.flags = RM_LEG_WS | RM_LEG_SACK;
+      AddPool(p);
+      ClientSpec c;
+      BackendPos b;
+      Epoch e = Splice(c, p, b);
+      Seg s = ClientSeg(c, {}, ACK);
+      s.ts_odd = odd;
+      ClientToBackend("client ACK", c, p, e, s, {{RM_ST_TX_C2B, 1}});
+      Seg r = BackendSeg(b, Pattern(200, 3), ACK | PSH);
+      r.ts = pool_ts;  // a leg without timestamps carries none
+      r.ts_odd = odd;
+      BackendToClient("response", c, p, e, r, {{RM_ST_TX_B2C, 1}});
+    }
+  }
+}
+
 TEST_F(DatapathTest, SequenceWrapAround) {
   PoolSpec p;
   p.lb_nxt = 0xFFFFFFD0u;

@@ -189,6 +189,7 @@ struct Seg {
   bool ts = false;
   uint32_t tsval = 0, tsecr = 0;
   bool ts_nops = false;  // TS option replaced by 10 NOPs
+  bool ts_odd = false;   // NOP TS NOP: the option at an odd offset (21)
   bool sack = false;
   std::vector<SackBlock> blocks;
   size_t sack_nops = 0;  // NOPs after the (compacted) SACK option, or in its place
@@ -197,8 +198,13 @@ struct Seg {
 
 inline Bytes BuildSeg(PacketBuilder b, const Seg& s) {
   b.Flags(s.flags).Seq(s.seq).Ack(s.ack).Window(s.win);
-  if (s.ts) b.Nop().Nop().Timestamps(s.tsval, s.tsecr);
-  if (s.ts_nops) b.Nop().Nop().RawOptions(Bytes(10, packet::kOptNop));
+  if (s.ts || s.ts_nops) {
+    b.Nop();
+    if (!s.ts_odd) b.Nop();
+    if (s.ts) b.Timestamps(s.tsval, s.tsecr);
+    else b.RawOptions(Bytes(10, packet::kOptNop));
+    if (s.ts_odd) b.Nop();
+  }
   if (s.sack) {
     b.Nop().Nop();
     if (!s.blocks.empty()) b.Sack(s.blocks);

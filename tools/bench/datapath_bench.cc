@@ -221,9 +221,19 @@ int Main(int argc, char** argv) {
   printf("%-34s %10.1f %10.1f %10.1f\n", "rematcher spliced C->B (ns/pkt)", dm,
          *std::min_element(dp_ns.begin(), dp_ns.end()),
          *std::max_element(dp_ns.begin(), dp_ns.end()));
-  double ratio = fm > 0 ? dm / fm : 0;
-  printf("ratio (median/median): %.2fx  target <= 5x: %s\n", ratio,
-         ratio <= 5.0 ? "met" : "MISSED");
+  // Each round runs the floor and the datapath back to back, so their
+  // per-round ratio cancels the drift of a shared machine; its median is
+  // the figure against the target. The ratio of the two medians is shown
+  // beside it.
+  std::vector<double> ratios;
+  for (size_t i = 0; i < dp_ns.size(); i++)
+    if (floor_ns[i] > 0) ratios.push_back(dp_ns[i] / floor_ns[i]);
+  double ratio = ratios.empty() ? 0 : Median(ratios);
+  printf("%-34s %10.2f %10.2f %10.2f\n", "per-round ratio datapath/floor", ratio,
+         *std::min_element(ratios.begin(), ratios.end()),
+         *std::max_element(ratios.begin(), ratios.end()));
+  printf("ratio (median of per-round ratios): %.2fx  (median/median: %.2fx)  target <= 5x: %s\n",
+         ratio, fm > 0 ? dm / fm : 0, ratio <= 5.0 ? "met" : "MISSED");
   return 0;
 }
 
