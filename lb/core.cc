@@ -837,14 +837,19 @@ std::string Core::MetricsText() {
     absl::StrAppend(&out, "rematcher_backend_up{", labels[i], "} ", bs[i].healthy ? 1 : 0,
                     "\n");
   family("rematcher_backend_health_checks_total", "counter",
-         "Health check results (passive_failure: failed pooled connects).");
+         "Health check results (passive_failure: failed pooled connects; "
+         "connect_failed_while_serving: a probe or pooled connect that failed while the "
+         "backend answered requests, not counted against it).");
   for (const BackendStatus& s : bs)
     absl::StrAppend(&out, "rematcher_backend_health_checks_total{backend=\"", s.id,
                     "\",result=\"ok\"} ", s.health.checks_ok, "\n",
                     "rematcher_backend_health_checks_total{backend=\"", s.id,
                     "\",result=\"failed\"} ", s.health.checks_failed, "\n",
                     "rematcher_backend_health_checks_total{backend=\"", s.id,
-                    "\",result=\"passive_failure\"} ", s.health.passive_failures, "\n");
+                    "\",result=\"passive_failure\"} ", s.health.passive_failures, "\n",
+                    "rematcher_backend_health_checks_total{backend=\"", s.id,
+                    "\",result=\"connect_failed_while_serving\"} ",
+                    s.health.connect_failures_while_serving, "\n");
   family("rematcher_backend_health_transitions_total", "counter",
          "Health state changes of the backend.");
   for (const BackendStatus& s : bs)

@@ -31,6 +31,7 @@ std::string ErrName(int err) {
 }
 
 constexpr size_t kMaxReplyBytes = 4096;
+constexpr absl::Duration kServingWindow = absl::Seconds(1);
 
 }  // namespace
 
@@ -144,7 +145,7 @@ void HealthChecker::StartProbe(uint32_t id, Entry& e, absl::Time now) {
   if (connect(fd, reinterpret_cast<sockaddr*>(&peer), sizeof(peer)) && errno != EINPROGRESS) {
     int err = errno;
     close(fd);
-    Failure(id, e, ErrName(err), /*passive=*/false);
+    Failure(id, e, ErrName(err), /*passive=*/false, /*connect=*/true);
     return;
   }
   epoll_event ev{};
@@ -169,7 +170,10 @@ void HealthChecker::OnEvent(int fd, uint32_t events) {
     int err = 0;
     socklen_t len = sizeof(err);
     getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err) return FinishProbe(id, e, false, ErrName(err));
+    if (err) {
+      CloseProbe(e);
+      return Failure(id, e, ErrName(err), /*passive=*/false, /*connect=*/true);
+    }
     if (opts_.http_path.empty()) return FinishProbe(id, e, true, "ok");
     std::string req = absl::StrCat("GET ", opts_.http_path, " HTTP/1.1\r\nHost: ",
                                    AddrString(e.spec.ip, e.spec.port),
@@ -236,7 +240,21 @@ void HealthChecker::Success(uint32_t id, Entry& e, const std::string& result) {
   }
 }
 
-void HealthChecker::Failure(uint32_t id, Entry& e, const std::string& result, bool passive) {
+bool HealthChecker::Serving(const Entry& e) const {
+  return now_ - e.last_served <= kServingWindow;
+}
+
+void HealthChecker::Failure(uint32_t id, Entry& e, const std::string& result, bool passive,
+                            bool connect) {
+  if (connect && Serving(e)) {
+    e.st.connect_failures_while_serving++;
+    LOG_EVERY_N(INFO, 100) << Name(id, e) << ": " << (passive ? "pooled connect" : "probe")
+                           << " failed (" << result
+                           << ") while the backend answers requests: overloaded, not down; "
+                              "not counted ("
+                           << e.st.connect_failures_while_serving << " so far)";
+    return;
+  }
   if (passive) e.st.passive_failures++;
   else e.st.checks_failed++;
   e.st.ok_streak = 0;
@@ -269,6 +287,13 @@ void HealthChecker::OnIdleConnDied(uint32_t backend) {
 std::vector<HealthTransition> HealthChecker::Tick(absl::Time now) {
   now_ = now;
   for (auto& [id, e] : entries_) {
+    if (dp_) {
+      uint64_t responses = dp_->BackendLoad(id).responses;
+      if (responses != e.responses_seen) {
+        e.responses_seen = responses;
+        e.last_served = now;
+      }
+    }
     // Passive: pooled-connection connects since the last tick.
     PoolBackendCounters pc = pools_->Counters(id);
     uint64_t fails = pc.connects_failed - e.pool_fail_seen;
@@ -278,14 +303,17 @@ std::vector<HealthTransition> HealthChecker::Tick(absl::Time now) {
     if (opts_.passive) {
       // Many connects fail together when a backend dies: they are one
       // observation per tick, not a whole fall's worth at once.
-      if (fails) Failure(id, e, pc.last_error.empty() ? "connect failed" : pc.last_error, true);
+      if (fails)
+        Failure(id, e, pc.last_error.empty() ? "connect failed" : pc.last_error, true,
+                /*connect=*/true);
       else if (oks && opts_.interval <= absl::ZeroDuration())
         Success(id, e, "pool connect ok");
     }
     if (opts_.interval <= absl::ZeroDuration()) continue;
     if (e.phase != Entry::kIdle && now >= e.deadline) {
+      bool connecting = e.phase == Entry::kConnecting;
       CloseProbe(e);
-      Failure(id, e, "timed out", false);
+      Failure(id, e, connecting ? "connect timed out" : "timed out", false, connecting);
     }
     if (e.phase == Entry::kIdle && now >= e.next_probe) StartProbe(id, e, now);
   }

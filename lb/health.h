@@ -7,6 +7,14 @@
 // reach the kernel through XDP untouched: the datapath passes tuples it
 // does not own.
 //
+// A backend that answered a request on a pooled connection within the last
+// second is alive, whatever its listen queue does: connects that fail
+// or time out then (active probes' or the pools') do not count toward
+// `fall`. Under a burst of thousands of connections a backend's SYN queue
+// overflows and drops SYNs while it serves every established connection;
+// counting those timeouts took all three backends of a benchmark out of
+// service at once. An HTTP probe's bad answer always counts.
+//
 // Passive signals (no extra traffic): a failed or timed-out pooled-
 // connection connect (PoolManager) counts as a failed check; an idle pooled
 // connection dying (the backend closed or reset it while nobody used it)
@@ -78,6 +86,9 @@ struct HealthStatus {
   uint32_t ok_streak = 0, fail_streak = 0;
   uint64_t checks_ok = 0, checks_failed = 0, passive_failures = 0;
   uint64_t went_down = 0, went_up = 0, ejections = 0;
+  // Connects that failed while the backend was answering requests: an
+  // overloaded listen queue, not a dead backend; not counted toward `fall`.
+  uint64_t connect_failures_while_serving = 0;
   std::string last;          // last check result, short ("ok 0.3ms", "refused")
 };
 
@@ -122,13 +133,22 @@ class HealthChecker {
     absl::Time eject_until;
     uint32_t consecutive_ejections = 0;
     uint64_t responses_at_admit = 0;
+    // Liveness from the datapath: responses seen, and when they last grew.
+    uint64_t responses_seen = 0;
+    absl::Time last_served = absl::InfinitePast();
   };
 
   void StartProbe(uint32_t id, Entry& e, absl::Time now);
   void FinishProbe(uint32_t id, Entry& e, bool ok, const std::string& result);
   void CloseProbe(Entry& e);
   void Success(uint32_t id, Entry& e, const std::string& result);
-  void Failure(uint32_t id, Entry& e, const std::string& result, bool passive);
+  // `connect` marks a failure to connect (refused, unreachable, timed out
+  // connecting), which does not count while the backend is answering
+  // requests (Serving); an HTTP probe's bad answer always counts.
+  void Failure(uint32_t id, Entry& e, const std::string& result, bool passive,
+               bool connect = false);
+  // Answered a request on a pooled connection within the last second.
+  bool Serving(const Entry& e) const;
   void CheckLatency(absl::Time now);
   absl::Duration FastInterval() const;
   std::string Name(uint32_t id, const Entry& e) const;

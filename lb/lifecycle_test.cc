@@ -477,6 +477,58 @@ TEST_F(LifecycleTest, UnreachableBackendGoesDownClientsMoveAndItComesBack) {
   EXPECT_TRUE(lb_.Running()) << Log();
 }
 
+// A backend whose listen queue drops new connections (a SYN flood, or a
+// burst of thousands of clients) while it answers every request on its
+// established ones is overloaded, not down: failed probes and pooled
+// connects do not take it out of service while it answers.
+TEST_F(LifecycleTest, BackendDroppingNewConnectionsWhileServingStaysUp) {
+  const std::string b2 = Addr(2, 8080);
+  StartLb({Addr(0, 8080), Addr(1, 8080), b2}, 3 * 8,
+          {"--conns_per_backend=8", "--health_interval_ms=300", "--health_timeout_ms=300",
+           "--health_rise=2", "--health_fall=2", "--policy=rr"});
+  std::string out = TempDir() + "/syndrop.json";
+  auto load = StartLoad(0, out, {"--connections=6", "--duration_s=8", "--timeout_ms=3000",
+                                 "--sizes=100,5000"});
+  ASSERT_TRUE(load.ok()) << load.status();
+  absl::SleepFor(absl::Seconds(2));
+  // b2 drops every SYN to its port; established connections go on.
+  const std::string ns = tb_->backend_ns(2);
+  ASSERT_TRUE(tb_->Run(ns, {"nft", "add", "table", "inet", "rmsyn"}).ok());
+  ASSERT_TRUE(tb_->Run(ns, {"nft", "add", "chain", "inet", "rmsyn", "in",
+                            "{ type filter hook input priority 0 ; }"}).ok());
+  ASSERT_TRUE(tb_->Run(ns, {"nft", "add", "rule", "inet", "rmsyn", "in", "tcp", "dport", "8080",
+                            "tcp", "flags", "&", "(syn|ack)", "==", "syn", "drop"}).ok());
+  absl::SleepFor(absl::Seconds(4));
+  EXPECT_EQ(Row(b2).first, "up") << Ctl("backends") << Log();
+  EXPECT_FALSE(WaitLog("(" + b2 + ") is DOWN", absl::Milliseconds(10))) << Log();
+  auto m = Ctl("metrics");
+  std::string key = "rematcher_backend_health_checks_total{backend=\"2\",result=\""
+                    "connect_failed_while_serving\"} ";
+  size_t at = m.find(key);
+  ASSERT_NE(at, std::string::npos) << m;
+  int64_t discounted = std::stoll(m.substr(at + key.size()));
+  std::cout << "[health] probes to the SYN-dropping backend that failed while it served: "
+            << discounted << std::endl;
+  EXPECT_GE(discounted, 3) << m;  // 4 s of probes at 300 ms (75 ms once suspicious)
+  auto rc = load->Wait(absl::Seconds(30));
+  ASSERT_TRUE(rc.ok()) << "loadgen hung";
+  std::string j = ReadFile(out);
+  std::cout << "[load] " << j << std::endl;
+  EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
+  EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
+  // rr by request over all three: b2 kept its share to the end.
+  EXPECT_GT(BackendCount(j, "b2"), JsonInt(j, "ok") / 5) << j;
+  // Once it stops answering (nothing to answer: no load), its failed probes
+  // count again and it goes down.
+  auto down = WaitState(b2, "down", absl::Seconds(10));
+  ASSERT_TRUE(down.ok()) << down.status() << Log();
+  std::cout << "[health] idle SYN-dropping backend marked down after " << *down << std::endl;
+  ASSERT_TRUE(tb_->Run(ns, {"nft", "delete", "table", "inet", "rmsyn"}).ok());
+  auto up = WaitState(b2, "up", absl::Seconds(10));
+  ASSERT_TRUE(up.ok()) << up.status() << Log();
+  EXPECT_TRUE(lb_.Running()) << Log();
+}
+
 TEST_F(LifecycleTest, RefusingBackendAtStartIsDownOthersServeThenItJoins) {
   // Nothing listens on b2:8090 yet: connects are refused.
   const std::string b2 = Addr(2, 8090);
