@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <ifaddrs.h>
 #include <net/if.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/mount.h>
@@ -66,6 +67,10 @@ DEFINE_string(policy_dir, "", "Extra directory to search for built-in policy .so
 DEFINE_int32(nice, -10, "Scheduling priority of the control loop (-20..19). Policy decisions "
              "must beat the client's next request; on a busy host a raised priority keeps "
              "them on time.");
+DEFINE_uint32(realtime_priority, 0, "If 1..99, run the control loop SCHED_FIFO at this priority "
+              "(0: --nice only). On a host whose CPUs the datapath, clients and backends keep "
+              "busy, decisions are then applied at every boundary, at some cost in throughput "
+              "(README, Measured results).");
 DEFINE_uint32(health_interval_ms, 2000, "Active health check period per backend (TCP connect, "
               "plus --health_http_path if set); 0: active checks off.");
 DEFINE_uint32(health_timeout_ms, 1000, "A health check not answered in this long has failed.");
@@ -228,6 +233,15 @@ int Main(int argc, char** argv) {
   if (setpriority(PRIO_PROCESS, 0, FLAGS_nice))
     LOG(WARNING) << "could not set priority " << FLAGS_nice << ": " << strerror(errno)
                  << "; policy decisions may come late on a busy host";
+  if (FLAGS_realtime_priority > 99) return Fail("--realtime_priority must be in 0..99");
+  if (FLAGS_realtime_priority) {
+    sched_param sp{};
+    sp.sched_priority = static_cast<int>(FLAGS_realtime_priority);
+    if (sched_setscheduler(0, SCHED_FIFO, &sp))
+      return Fail(absl::StrCat("--realtime_priority=", FLAGS_realtime_priority,
+                               ": sched_setscheduler(SCHED_FIFO): ", strerror(errno)));
+    LOG(INFO) << "control loop runs SCHED_FIFO at priority " << FLAGS_realtime_priority;
+  }
 
   // BPF needs bpffs only for pinning; mount it if missing, quietly.
   mkdir("/sys/fs/bpf", 0700);
