@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -186,6 +187,9 @@ class Core {
   std::vector<std::vector<uint32_t>> pending_;
   std::vector<uint32_t> pending_to_;
   uint64_t last_redecide_ns_ = 0, decisions_redecided_ = 0;
+  // Backends found behind at the last re-decision round: only a backend
+  // behind in two rounds in a row has its pending decisions re-asked.
+  absl::flat_hash_set<uint32_t> behind_;
   std::array<LatencyHistogram, RM_MAX_BACKENDS> first_byte_hist_;  // by backend id
   absl::Time started_, last_stats_, last_gc_;
   StatsArray last_counters_{};
