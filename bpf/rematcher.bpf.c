@@ -72,9 +72,11 @@ struct {
   __type(value, __u32);
 } pool_ids SEC(".maps");
 
+/* Mapped read-only by userspace for lock-free peeks (Datapath::PeekPool). */
 struct {
   __uint(type, BPF_MAP_TYPE_ARRAY);
   __uint(max_entries, RM_MAX_POOL);
+  __uint(map_flags, BPF_F_MMAPABLE);
   __type(key, __u32);
   __type(value, struct rm_pool);
 } pools SEC(".maps");

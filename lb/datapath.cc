@@ -136,6 +136,11 @@ absl::StatusOr<std::unique_ptr<Datapath>> Datapath::Load(const DatapathOptions& 
            bpf_map__fd(s->maps.decisions), 0);
   if (p == MAP_FAILED) return Errno(errno, "mmap of decisions");
   dp->decisions_ = static_cast<volatile uint64_t*>(p);
+  static_assert(sizeof(rm_pool) % 8 == 0, "mmap'd array stride is the value size rounded to 8");
+  dp->pools_len_ = sizeof(rm_pool) * opts.max_pool;
+  p = mmap(nullptr, dp->pools_len_, PROT_READ, MAP_SHARED, bpf_map__fd(s->maps.pools), 0);
+  if (p == MAP_FAILED) return Errno(errno, "mmap of pools");
+  dp->pools_ = static_cast<const volatile rm_pool*>(p);
   return dp;
 }
 
@@ -143,6 +148,7 @@ Datapath::~Datapath() {
   Detach();
   if (load_) munmap(load_, load_len_);
   if (decisions_) munmap(const_cast<uint64_t*>(decisions_), decisions_len_);
+  if (pools_) munmap(const_cast<rm_pool*>(pools_), pools_len_);
   for (int fd : idle_queue_fds_) close(fd);
   if (skel_) rematcher_bpf__destroy(skel_);
 }
@@ -257,6 +263,15 @@ absl::StatusOr<rm_pool> Datapath::GetPool(uint32_t pid) const {
   rm_pool p{};
   if (auto st = RecordCtl(RM_CTL_GET_POOL, pid, nullptr, &p, sizeof(p)); !st.ok())
     return absl::Status(st.code(), absl::StrCat("reading pool record: ", st.message()));
+  return p;
+}
+
+std::optional<rm_pool> Datapath::PeekPool(uint32_t pid) const {
+  if (pid >= opts_.max_pool || !pools_) return std::nullopt;
+  rm_pool p;
+  const volatile uint32_t* src = reinterpret_cast<const volatile uint32_t*>(&pools_[pid]);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(&p);
+  for (size_t i = 0; i < sizeof(p) / 4; i++) dst[i] = src[i];
   return p;
 }
 

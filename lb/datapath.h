@@ -81,6 +81,11 @@ class Datapath {
   // tuple to the id.
   absl::Status PutPool(uint32_t pid, const rm_pool& p);
   absl::StatusOr<rm_pool> GetPool(uint32_t pid) const;
+  // The record as it stands in memory, without its lock and without a
+  // syscall (a read-only mmap): each 32-bit field is one the datapath wrote,
+  // but a record being changed meanwhile may mix old and new fields. For
+  // hints only. nullopt for an id out of range.
+  std::optional<rm_pool> PeekPool(uint32_t pid) const;
   absl::Status DeletePool(uint32_t pid, const rm_pool_key& key);
   // Idle-queue entries carry the record's generation (rm_pool.gen).
   absl::Status PushIdle(uint32_t backend, uint32_t pid, uint16_t gen = 0);
@@ -141,7 +146,8 @@ class Datapath {
   int ncpus_ = 1;
   rm_backend_load* load_ = nullptr;       // mmap of backend_load
   volatile uint64_t* decisions_ = nullptr;  // mmap of decisions
-  size_t load_len_ = 0, decisions_len_ = 0;
+  size_t load_len_ = 0, decisions_len_ = 0, pools_len_ = 0;
+  const volatile rm_pool* pools_ = nullptr;  // read-only mmap of pools
   std::vector<int> idle_queue_fds_;
 };
 

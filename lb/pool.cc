@@ -493,8 +493,11 @@ absl::Status PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint
                                   uint32_t tsecr, uint16_t window, bool rst) {
   auto it = conns_.find(pid);
   if (it == conns_.end()) return absl::NotFoundError("no such pooled connection");
-  auto rec = dp_->GetPool(pid);
-  if (!rec.ok()) return rec.status();
+  // A peek (no syscall; this runs for most rematches): every field used
+  // below is taken as a lower bound or a state check, so a record caught
+  // mid-change can only make the ACK newer or skip it.
+  std::optional<rm_pool> rec = dp_->PeekPool(pid);
+  if (!rec) return absl::NotFoundError("no such pooled connection record");
   if (!rst) {
     // The owed ACK is only useful while the connection sits idle: once the
     // next client carries it, its packets are newer and a late ACK with
