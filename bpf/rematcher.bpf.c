@@ -946,7 +946,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
      * reordered segment) nothing can be told. */
     if (new_data && c->phase == RM_PH_REQ && (c->cflags & RM_CF_SMALLWRITE) &&
         pk->seq == c->c_nxt && !(c->cflags & RM_CF_PINNED) && pool != RM_NO_ID) {
-      c->cflags |= RM_CF_PINNED;
+      c->cflags = (c->cflags | RM_CF_PINNED) & ~RM_CF_CLEAN_MASK;
       st_a = RM_ST_PIPELINED;
     }
     if (new_data && c->phase != RM_PH_REQ) {
@@ -955,9 +955,19 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
          * client. It stays where it is from now on; this still starts a
          * request (accounting, and no second verdict on its later
          * segments). */
-        c->cflags |= RM_CF_PINNED;
+        c->cflags = (c->cflags | RM_CF_PINNED) & ~RM_CF_CLEAN_MASK;
         st_a = RM_ST_PIPELINED;
         st_b = resp_acked ? RM_ST_PIN_REQ_UNACKED : RM_ST_PIN_RESP_UNACKED;
+      } else if ((c->cflags & RM_CF_PINNED) && pool != RM_NO_ID) {
+        /* A pinned client at a clean boundary (see RM_CF_CLEAN_MASK). */
+        __u16 n = ((c->cflags & RM_CF_CLEAN_MASK) >> RM_CF_CLEAN_SHIFT) + 1;
+        if (pk->seq != c->c_nxt) n = 0;
+        if (n >= RM_UNPIN_AFTER) {
+          c->cflags &= ~(RM_CF_PINNED | RM_CF_CLEAN_MASK);
+          st_b = RM_ST_UNPINNED;
+        } else {
+          c->cflags = (c->cflags & ~RM_CF_CLEAN_MASK) | (n << RM_CF_CLEAN_SHIFT);
+        }
       }
       if ((c->cflags & RM_CF_PINNED) && pool != RM_NO_ID) {
         /* A pipelining client: a request starts, but it stays put. */

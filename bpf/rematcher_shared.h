@@ -192,7 +192,17 @@ enum rm_client_flags {
    * such a write, before any response, is taken for pipelining. Multi-
    * segment writes (uploads) do not set it. */
   RM_CF_SMALLWRITE = 4,
+  /* Bits 8-11: clean boundaries in a row since the client was pinned (it
+   * had acknowledged the whole response and the backend the whole request,
+   * and its new request starts right behind the last one). At
+   * RM_UNPIN_AFTER the pin is lifted: a pin taken on a misread boundary
+   * (a lost or reordered segment) no longer lasts the connection's life,
+   * while a client that really pipelines shows it again within a few
+   * requests and is pinned again. */
+  RM_CF_CLEAN_SHIFT = 8,
+  RM_CF_CLEAN_MASK = 0xf00,
 };
+#define RM_UNPIN_AFTER 8
 
 enum rm_fin_flags {
   RM_FIN_C = 1,       /* client sent FIN */
@@ -324,6 +334,8 @@ enum rm_stat {
                                taking the request: client re-spliced */
   RM_ST_REMATCH_NO_IDLE,    /* rematch skipped: no idle pooled connection
                                at the chosen backend, the client stays */
+  RM_ST_UNPINNED,           /* pinned client unpinned after RM_UNPIN_AFTER
+                               clean boundaries in a row */
   RM_ST_LOCK_STOLEN,        /* a record's lock was still held after
                                RM_LOCK_SPINS tries and was taken anyway
                                (never expected: holders are BPF programs

@@ -65,6 +65,7 @@ const char* StatName(int stat) {
       "pinned_request_unacked",
       "retry_on_backend_close",
       "rematch_skipped_no_idle",
+      "unpinned",
       "lock_stolen",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";

@@ -817,6 +817,52 @@ TEST_F(DatapathTest, PipelinedRequestStays) {
   EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
 }
 
+// A pin is lifted after RM_UNPIN_AFTER clean boundaries in a row (whole
+// response acked, whole request acked, the new request right behind the
+// last): a pin taken on a misread boundary under loss must not keep a
+// client from being rebalanced for the rest of its life.
+TEST_F(DatapathTest, PinnedClientUnpinsAfterCleanBoundaries) {
+  PoolSpec p0;
+  AddPool(p0);
+  PoolSpec p1 = SecondPool();
+  AddPool(p1);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b);
+  BackendToClient("backend acks request", c, p0, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  uint32_t acked = c.s_nxt;
+  BackendToClient("response", c, p0, e, BackendSeg(b, Pattern(500, 3), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+  Seg s = ClientSeg(c, Pattern(40, 6));
+  s.ack = acked;  // the response is not acked yet
+  ClientToBackend("pipelined request 2", c, p0, e, s,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}, {RM_ST_PIN_RESP_UNACKED, 1}});
+  b.ack += 40;
+  for (uint32_t k = 1; k < RM_UNPIN_AFTER; k++) {
+    SCOPED_TRACE(absl::StrCat("clean boundary ", k));
+    Exchange(c, p0, e, b);
+    dp_->SetDecision(c.id, Client(c.id).req_no + 1, 1);
+    ClientToBackend("request while pinned", c, p0, e, ClientSeg(c, Pattern(20, k)),
+                    {{RM_ST_TX_C2B, 1}});
+    b.ack += 20;
+    rm_client rec = Client(c.id);
+    EXPECT_NE(rec.cflags & RM_CF_PINNED, 0);
+    EXPECT_EQ(rec.pool_id, 0u);
+  }
+  Exchange(c, p0, e, b);
+  dp_->SetDecision(c.id, Client(c.id).req_no + 1, 1);
+  StatsArray before = Stats();
+  TestRunResult r = Run(BuildSeg(FromClient(c), ClientSeg(c, Pattern(20, 99))));
+  Deltas d = Diff(before, Stats());
+  EXPECT_EQ(r.retval, uint32_t(XDP_TX));
+  EXPECT_EQ(d[RM_ST_UNPINNED], 1) << DescribeDeltas(d);
+  EXPECT_EQ(d[RM_ST_REMATCHES], 1) << DescribeDeltas(d);
+  EXPECT_EQ(d[RM_ST_DECISION_APPLIED], 1) << DescribeDeltas(d);
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.cflags & (RM_CF_PINNED | RM_CF_CLEAN_MASK), 0);
+  EXPECT_EQ(rec.pool_id, 1u);
+}
+
 // A duplicate (or retransmission) of an old response segment arriving while
 // the client uploads its next request is not a response: the request goes
 // on, its later segments are not taken for pipelining, and the client stays
