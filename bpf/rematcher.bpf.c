@@ -177,7 +177,7 @@ static long rm_lock_try(__u32 i, void *arg) {
   return 0;
 }
 
-static __noinline void rm_lock_wait(__u32 *l) {
+static __noinline void rm_lock_slow(__u32 *l) {
   struct rm_lock_wait w = {.word = l, .got = 0};
   bpf_loop(RM_LOCK_SPINS, rm_lock_try, &w, 0);
   if (!w.got) {
@@ -187,7 +187,7 @@ static __noinline void rm_lock_wait(__u32 *l) {
 }
 
 static __always_inline void rm_lock(__u32 *l) {
-  if (__sync_val_compare_and_swap(l, 0, 1) != 0) rm_lock_wait(l);
+  if (__sync_val_compare_and_swap(l, 0, 1) != 0) rm_lock_slow(l);
 }
 
 /* Set by the loader before load (read-only afterwards, so the verifier

@@ -288,29 +288,37 @@ absl::Status Datapath::DeletePool(uint32_t pid, const rm_pool_key& key) {
 
 absl::Status Datapath::RecordCtl(uint32_t op, uint32_t id, const void* in_rec, void* out_rec,
                                  size_t len) const {
-  static_assert(sizeof(rm_client) <= RM_CTL_RECORD_MAX && sizeof(rm_pool) <= RM_CTL_RECORD_MAX,
-                "RM_CTL_RECORD_MAX too small");
-  CHECK_LE(len, static_cast<size_t>(RM_CTL_RECORD_MAX));
-  constexpr size_t kHdr = 14 + sizeof(rm_ctl);
-  unsigned char in[kHdr + RM_CTL_RECORD_MAX] = {};
-  unsigned char out[sizeof(in) + 64] = {};
   rm_ctl cmd{};
   cmd.op = op;
   cmd.client_id = id;
+  auto r = RunCtlWith(cmd, in_rec, out_rec, len);
+  if (!r.ok()) return r.status();
+  if (*r != 0) return absl::NotFoundError(absl::StrCat("no record ", id));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int32_t> Datapath::RunCtlWith(const rm_ctl& cmd, const void* in_rec,
+                                             void* out_rec, size_t len) const {
+  static_assert(sizeof(rm_client) <= RM_CTL_RECORD_MAX && sizeof(rm_pool) <= RM_CTL_RECORD_MAX,
+                "RM_CTL_RECORD_MAX too small");
+  CHECK_LE(len, static_cast<size_t>(RM_CTL_RECORD_MAX));
+  // The command after a 14-byte dummy Ethernet header, then the record.
+  constexpr size_t kHdr = 14 + sizeof(rm_ctl);
+  unsigned char in[kHdr + RM_CTL_RECORD_MAX] = {};
+  unsigned char out[sizeof(in) + 64] = {};
   memcpy(in + 14, &cmd, sizeof(cmd));
   if (in_rec) memcpy(in + kHdr, in_rec, len);
   LIBBPF_OPTS(bpf_test_run_opts, o);
   o.data_in = in;
-  o.data_size_in = sizeof(in);
+  o.data_size_in = kHdr + len;
   o.data_out = out;
   o.data_size_out = sizeof(out);
   o.repeat = 1;
   if (bpf_prog_test_run_opts(ctl_prog_fd(), &o)) return Errno(errno, "running xdp_ctl");
   rm_ctl res;
   memcpy(&res, out + 14, sizeof(res));
-  if (res.result != 0) return absl::NotFoundError(absl::StrCat("no record ", id));
-  if (out_rec) memcpy(out_rec, out + kHdr, len);
-  return absl::OkStatus();
+  if (res.result == 0 && out_rec) memcpy(out_rec, out + kHdr, len);
+  return res.result;
 }
 
 absl::Status Datapath::PushIdle(uint32_t backend, uint32_t pid, uint16_t gen) {
@@ -410,19 +418,7 @@ absl::StatusOr<int32_t> Datapath::RunCtl(uint32_t op, uint32_t id, uint64_t olde
 }
 
 absl::StatusOr<int32_t> Datapath::RunCtl(const rm_ctl& cmd) {
-  unsigned char in[14 + sizeof(rm_ctl)] = {};
-  unsigned char out[sizeof(in) + 64] = {};
-  memcpy(in + 14, &cmd, sizeof(cmd));
-  LIBBPF_OPTS(bpf_test_run_opts, o);
-  o.data_in = in;
-  o.data_size_in = sizeof(in);
-  o.data_out = out;
-  o.data_size_out = sizeof(out);
-  o.repeat = 1;
-  if (bpf_prog_test_run_opts(ctl_prog_fd(), &o)) return Errno(errno, "running xdp_ctl");
-  rm_ctl res;
-  memcpy(&res, out + 14, sizeof(res));
-  return res.result;
+  return RunCtlWith(cmd, nullptr, nullptr, 0);
 }
 
 absl::Status Datapath::FreeClient(uint32_t id, uint64_t older_than_ns) {

@@ -138,6 +138,11 @@ class Datapath {
   // the record's lock (RM_CTL_GET_CLIENT, RM_CTL_GET_POOL, RM_CTL_PUT_POOL).
   absl::Status RecordCtl(uint32_t op, uint32_t id, const void* in_rec, void* out_rec,
                          size_t len) const;
+  // Runs `cmd` through xdp_ctl with `len` record bytes after it (copied in
+  // from in_rec, and back out to out_rec when the result is 0); returns the
+  // command's result field.
+  absl::StatusOr<int32_t> RunCtlWith(const rm_ctl& cmd, const void* in_rec, void* out_rec,
+                                     size_t len) const;
   DatapathOptions opts_;
   ::rematcher_bpf* skel_ = nullptr;
   bpf_link* link_ = nullptr;

@@ -104,6 +104,23 @@ class DatapathTest : public DatapathFixture {
     return e;
   }
 
+  // Splice (request 1 onto `p`), the backend's ack and a 500-byte response,
+  // then request 2 (40 bytes) before the client acked that response, with a
+  // decision for request 2 naming backend 1: the client is pinned to `p`.
+  Epoch SpliceAndPipeline(ClientSpec& c, const PoolSpec& p, BackendPos& b) {
+    Epoch e = Splice(c, p, b);
+    BackendToClient("backend acks request", c, p, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+    uint32_t acked = c.s_nxt;
+    BackendToClient("response", c, p, e, BackendSeg(b, Pattern(500, 3), ACK | PSH),
+                    {{RM_ST_TX_B2C, 1}});
+    dp_->SetDecision(c.id, 2, 1);
+    Seg s = ClientSeg(c, Pattern(40, 6));
+    s.ack = acked;  // the response is not acked yet
+    ClientToBackend("pipelined request 2", c, p, e, s,
+                    {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}, {RM_ST_PIN_RESP_UNACKED, 1}});
+    return e;
+  }
+
   // Backend acks the request and sends a response; client acks it all.
   void Exchange(ClientSpec& c, const PoolSpec& p, const Epoch& e, BackendPos& b,
                 size_t resp_len = 500) {
@@ -795,16 +812,7 @@ TEST_F(DatapathTest, PipelinedRequestStays) {
   AddPool(p1);
   ClientSpec c;
   BackendPos b;
-  Epoch e = Splice(c, p0, b);
-  BackendToClient("backend acks request", c, p0, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
-  uint32_t acked = c.s_nxt;
-  BackendToClient("response", c, p0, e, BackendSeg(b, Pattern(500, 3), ACK | PSH),
-                  {{RM_ST_TX_B2C, 1}});
-  dp_->SetDecision(c.id, 2, 1);
-  Seg s = ClientSeg(c, Pattern(40, 6));
-  s.ack = acked;  // the response is not acked yet
-  ClientToBackend("pipelined request 2", c, p0, e, s,
-                  {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}, {RM_ST_PIN_RESP_UNACKED, 1}});
+  Epoch e = SpliceAndPipeline(c, p0, b);
   rm_client rec = Client(c.id);
   EXPECT_EQ(rec.pool_id, 0u);
   // It still starts request 2 (pinned, in place), once: its next segment
@@ -828,15 +836,7 @@ TEST_F(DatapathTest, PinnedClientUnpinsAfterCleanBoundaries) {
   AddPool(p1);
   ClientSpec c;
   BackendPos b;
-  Epoch e = Splice(c, p0, b);
-  BackendToClient("backend acks request", c, p0, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
-  uint32_t acked = c.s_nxt;
-  BackendToClient("response", c, p0, e, BackendSeg(b, Pattern(500, 3), ACK | PSH),
-                  {{RM_ST_TX_B2C, 1}});
-  Seg s = ClientSeg(c, Pattern(40, 6));
-  s.ack = acked;  // the response is not acked yet
-  ClientToBackend("pipelined request 2", c, p0, e, s,
-                  {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}, {RM_ST_PIN_RESP_UNACKED, 1}});
+  Epoch e = SpliceAndPipeline(c, p0, b);
   b.ack += 40;
   for (uint32_t k = 1; k < RM_UNPIN_AFTER; k++) {
     SCOPED_TRACE(absl::StrCat("clean boundary ", k));
