@@ -170,10 +170,7 @@ void HealthChecker::OnEvent(int fd, uint32_t events) {
     int err = 0;
     socklen_t len = sizeof(err);
     getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err) {
-      CloseProbe(e);
-      return Failure(id, e, ErrName(err), /*passive=*/false, /*connect=*/true);
-    }
+    if (err) return FinishProbe(id, e, false, ErrName(err), /*connect=*/true);
     if (opts_.http_path.empty()) return FinishProbe(id, e, true, "ok");
     std::string req = absl::StrCat("GET ", opts_.http_path, " HTTP/1.1\r\nHost: ",
                                    AddrString(e.spec.ip, e.spec.port),
@@ -217,13 +214,14 @@ void HealthChecker::OnEvent(int fd, uint32_t events) {
   FinishProbe(id, e, true, absl::StrCat("HTTP ", code));
 }
 
-void HealthChecker::FinishProbe(uint32_t id, Entry& e, bool ok, const std::string& result) {
+void HealthChecker::FinishProbe(uint32_t id, Entry& e, bool ok, const std::string& result,
+                                bool connect) {
   absl::Duration took = absl::Now() - e.started;
   CloseProbe(e);
   if (ok)
     Success(id, e, absl::StrFormat("%s %.1fms", result, absl::ToDoubleMilliseconds(took)));
   else
-    Failure(id, e, result, /*passive=*/false);
+    Failure(id, e, result, /*passive=*/false, connect);
 }
 
 void HealthChecker::Success(uint32_t id, Entry& e, const std::string& result) {

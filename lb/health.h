@@ -139,7 +139,8 @@ class HealthChecker {
   };
 
   void StartProbe(uint32_t id, Entry& e, absl::Time now);
-  void FinishProbe(uint32_t id, Entry& e, bool ok, const std::string& result);
+  void FinishProbe(uint32_t id, Entry& e, bool ok, const std::string& result,
+                   bool connect = false);
   void CloseProbe(Entry& e);
   void Success(uint32_t id, Entry& e, const std::string& result);
   // `connect` marks a failure to connect (refused, unreachable, timed out
