@@ -289,8 +289,10 @@ void PoolManager::Retire(uint32_t pid, bool send_rst) {
     if (b.live) b.live--;
     if (send_rst) {
       auto rec = dp_->GetPool(pid);
-      if (rec.ok()) SendAck(pid, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0,
-                            /*rst=*/true).IgnoreError();
+      if (rec.ok())
+        SendAck(pid, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0, /*rst=*/true)
+            .status()
+            .IgnoreError();
     }
     stats_.retired++;
   } else {
@@ -489,7 +491,12 @@ bool PoolManager::CanGrow(uint32_t backend) const {
          it->second.live + it->second.connecting < opts_.max_conns_per_backend;
 }
 
-absl::Status PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,
+uint16_t PoolManager::Generation(uint32_t pid) const {
+  auto it = gens_.find(pid);
+  return it == gens_.end() ? 0 : it->second;
+}
+
+absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,
                                   uint32_t tsecr, uint16_t window, bool rst) {
   auto it = conns_.find(pid);
   if (it == conns_.end()) return absl::NotFoundError("no such pooled connection");
@@ -502,7 +509,7 @@ absl::Status PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint
     // The owed ACK is only useful while the connection sits idle: once the
     // next client carries it, its packets are newer and a late ACK with
     // older timestamps would be dropped by the backend (PAWS) or be noise.
-    if (rec->state != RM_P_IDLE) return absl::OkStatus();
+    if (rec->state != RM_P_IDLE) return false;
     // It may have been taken and handed back again since the event was
     // written (the core runs behind the datapath under load): the record of
     // an idle connection holds what was last sent on it, so acknowledge
@@ -559,7 +566,7 @@ absl::Status PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint
   dst.sin_addr.s_addr = k.backend_ip;
   if (sendto(raw_fd_, pkt, 20 + tcp_len, 0, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) < 0)
     return Errno("sending on raw socket");
-  return absl::OkStatus();
+  return true;
 }
 
 }  // namespace rematcher

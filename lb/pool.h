@@ -104,8 +104,12 @@ class PoolManager {
   // Sends a bare ACK (or RST) on a pooled connection from its recorded state
   // through a raw socket: used for the ACK the old backend is owed at a
   // rematch (XDP cannot emit two packets for one).
-  absl::Status SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,
-                       uint32_t tsecr, uint16_t window, bool rst);
+  // Returns false when no ACK was needed: the connection is not idle (its
+  // next splice carries the ACK).
+  absl::StatusOr<bool> SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,
+                               uint32_t tsecr, uint16_t window, bool rst);
+  // The generation of pool id `pid` (advanced each time the id is reused).
+  uint16_t Generation(uint32_t pid) const;
 
  private:
   struct Conn {

@@ -125,6 +125,16 @@ std::vector<Contender> AllContenders() {
   };
 }
 
+// Run only when named in --contenders: A/B variants of a rematcher
+// contender, to measure one mechanism side by side with the default.
+std::vector<Contender> ExperimentContenders() {
+  return {
+      // The owed ACK of an old pooled connection sent at once, not after
+      // --pool_ack_delay_us (skipped when the next splice carries it).
+      {"rematcher-p2c-ack_at_once", Kind::kRematcher, "p2c", "--pool_ack_delay_us=0"},
+  };
+}
+
 struct BackendCfg {
   int64_t service_us = 0;
   int64_t stall_every_ms = 0;
@@ -227,6 +237,8 @@ absl::StatusOr<Plan> MakePlan(const std::string& suite) {
     std::set<std::string> want = absl::StrSplit(FLAGS_contenders, ',', absl::SkipEmpty());
     std::vector<Contender> keep;
     for (const Contender& c : plan.contenders)
+      if (want.count(c.name)) keep.push_back(c);
+    for (const Contender& c : ExperimentContenders())
       if (want.count(c.name)) keep.push_back(c);
     if (keep.empty()) return absl::InvalidArgumentError("--contenders matches none");
     plan.contenders = keep;
