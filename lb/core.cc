@@ -305,14 +305,14 @@ void Core::OnEvent(const rm_event& ev) {
       // The decision first (the client's next request may be close); the
       // old connection's owed ACK has until its backend's loss probe.
       OnRequestDone(ev);
-      if (ev.ack_pool != RM_NO_ID) OwePoolAck(ev.ack_pool, ev);
+      if (ev.ack_pool != RM_NO_ID) SendPoolAck(ev.ack_pool, ev);
       break;
     case RM_EV_REQ_DONE:
       OnRequestDone(ev);
       TimeFirstByte(ev);
       break;
     case RM_EV_POOL_ACK:
-      OwePoolAck(ev.pool_id, ev);
+      SendPoolAck(ev.pool_id, ev);
       break;
     case RM_EV_POOL_DEAD:
       // An idle connection (no client) dying means the backend closed or
@@ -337,28 +337,6 @@ void Core::SendPoolAck(uint32_t pool, const rm_event& ev) {
   } else {
     pool_acks_carried_++;
   }
-}
-
-void Core::OwePoolAck(uint32_t pool, const rm_event& ev) {
-  if (opts_.pool_ack_delay <= absl::ZeroDuration()) {
-    SendPoolAck(pool, ev);
-    return;
-  }
-  if (!owed_pools_.insert(pool).second) return;  // the one queued covers it
-  owed_acks_.push_back(
-      {MonoNowNs() + static_cast<uint64_t>(absl::ToInt64Nanoseconds(opts_.pool_ack_delay)), pool,
-       pools_->Generation(pool), ev});
-}
-
-int64_t Core::FlushPoolAcks(uint64_t now_ns) {
-  while (!owed_acks_.empty() && owed_acks_.front().due_ns <= now_ns) {
-    const OwedAck& a = owed_acks_.front();
-    owed_pools_.erase(a.pool);
-    if (pools_->Generation(a.pool) == a.gen) SendPoolAck(a.pool, a.ev);
-    owed_acks_.pop_front();
-  }
-  if (owed_acks_.empty()) return -1;
-  return static_cast<int64_t>(owed_acks_.front().due_ns - now_ns);
 }
 
 void Core::OnRequestDone(const rm_event& ev) {
@@ -807,7 +785,7 @@ std::string Core::MetricsText() {
          "ACKs sent to old pooled connections after a rematch (raw socket).",
          pool_acks_sent_);
   single("rematcher_pool_acks_carried_total", "counter",
-         "Owed ACKs not sent: the connection's next splice carried them.",
+         "Owed ACKs not sent: the connection was taken again, its next splice carries them.",
          pool_acks_carried_);
   PolicyStats ps = policy_->stats();
   single("rematcher_policy_calls_total", "counter",
@@ -1038,12 +1016,7 @@ absl::Status Core::Run() {
   epoll_event evs[64];
   while (!stop_.load()) {
     if (opts_.duration > absl::ZeroDuration() && absl::Now() - started_ >= opts_.duration) break;
-    // At most 100 ms (the timerfd ticks anyway), less when an owed ACK is
-    // due sooner: epoll_pwait2 for a timeout finer than epoll_wait's ms.
-    int64_t wait_ns = FlushPoolAcks(MonoNowNs());
-    if (wait_ns < 0) wait_ns = 100 * 1000 * 1000;
-    timespec wait{static_cast<time_t>(wait_ns / 1000000000), static_cast<long>(wait_ns % 1000000000)};
-    int n = epoll_pwait2(epfd_, evs, 64, &wait, nullptr);
+    int n = epoll_wait(epfd_, evs, 64, 100);
     if (n < 0 && errno != EINTR) return Errno("epoll_wait");
     for (int i = 0; i < n; i++) {
       int fd = evs[i].data.fd;

@@ -13,7 +13,6 @@
 
 #include <array>
 #include <atomic>
-#include <deque>
 #include <thread>
 #include <cstdint>
 #include <memory>
@@ -68,11 +67,6 @@ struct CoreOptions {
   // How often (at most) decisions still pending towards a backend that fell
   // behind the others are put to the policy again; 0: never.
   absl::Duration redecide_interval = absl::Microseconds(500);
-  // The ACK an old pooled connection is owed at a rematch (DESIGN.md, "The
-  // old backend's last ACK") waits this long: if the connection is taken
-  // again meanwhile, its next splice carries the ACK and no packet is sent.
-  // Far below the backend's loss probe timer (2 jiffies + 2 RTT at least).
-  absl::Duration pool_ack_delay = absl::Milliseconds(1);
   std::string control_socket;  // empty: none
   std::string metrics_addr;    // IP:PORT of the Prometheus HTTP endpoint; empty: none
   HealthOptions health;        // lb_ip is filled in from lb_ip above
@@ -178,25 +172,9 @@ class Core {
   absl::flat_hash_map<uint32_t, uint32_t> forced_;  // client -> backend
 
   uint64_t decisions_written_ = 0, pool_acks_sent_ = 0, events_ = 0;
-  // Owed ACKs waiting out opts_.pool_ack_delay, in due order (one per pooled
-  // connection: a later one for the same connection is covered, since the
-  // ACK is built from the connection's record when it is sent). `gen`: the
-  // pool id's generation, so an id reused meanwhile is not acked.
-  struct OwedAck {
-    uint64_t due_ns;
-    uint32_t pool;
-    uint16_t gen;
-    rm_event ev;
-  };
-  std::deque<OwedAck> owed_acks_;
-  absl::flat_hash_set<uint32_t> owed_pools_;
-  // Owed ACKs found unneeded when due: the connection's next splice had
-  // carried them.
+  // Owed ACKs found unneeded when the core got to them: the connection had
+  // been taken again, and its next splice carries the ACK.
   uint64_t pool_acks_carried_ = 0;
-  void OwePoolAck(uint32_t pool, const rm_event& ev);
-  // Sends the owed ACKs due by now_ns; returns the ns until the next one is
-  // due (-1 if none).
-  int64_t FlushPoolAcks(uint64_t now_ns);
   // Decisions a client has not used yet, by the backend they name: a
   // decision is taken when a request starts or its response begins, for
   // the client's next request, which may come much later. When a backend

@@ -57,10 +57,6 @@ DEFINE_double(stats_interval_s, 1.0, "Live statistics period in seconds (0: off)
 DEFINE_double(redecide_us, 500,
               "How often at most the core re-asks the policy for decisions still pending towards a "
               "backend that fell behind the others (a stall); 0: never.");
-DEFINE_double(pool_ack_delay_us, 1000,
-              "How long the ACK an old pooled connection is owed at a rematch waits for the "
-              "connection's next splice to carry it instead (kept below the backend's loss probe "
-              "timer, at least 2 ms); 0: send at once.");
 DEFINE_double(idle_release_ms, 1000, "Hand back the pooled connection of a client idle this long (0: never).");
 DEFINE_double(client_idle_timeout_s, 300, "Forget clients idle this long.");
 DEFINE_double(duration_s, 0, "Stop after this many seconds (0: run until SIGINT/SIGTERM).");
@@ -189,11 +185,10 @@ int Main(int argc, char** argv) {
     return Fail(absl::StrCat("need 1 <= --conns_per_backend <= --max_conns_per_backend <= ",
                              RM_MAX_POOL_PER_BACKEND));
   if (FLAGS_stats_interval_s < 0 || FLAGS_duration_s < 0 || FLAGS_idle_release_ms < 0 ||
-      FLAGS_redecide_us < 0 || FLAGS_pool_ack_delay_us < 0 || FLAGS_pool_idle_timeout_ms < 0 ||
+      FLAGS_redecide_us < 0 ||
+      FLAGS_pool_idle_timeout_ms < 0 ||
       FLAGS_client_idle_timeout_s <= 0)
     return Fail("durations must not be negative");
-  if (FLAGS_pool_ack_delay_us > 2000)
-    return Fail("--pool_ack_delay_us must be in 0..2000 (the backend's loss probe comes after 2 ms)");
   o.conns_per_backend = FLAGS_conns_per_backend;
   o.max_conns_per_backend = FLAGS_max_conns_per_backend;
   o.max_clients = FLAGS_max_clients;
@@ -212,7 +207,6 @@ int Main(int argc, char** argv) {
   o.stats_interval = absl::Seconds(FLAGS_stats_interval_s);
   o.idle_release = absl::Milliseconds(FLAGS_idle_release_ms);
   o.redecide_interval = absl::Microseconds(FLAGS_redecide_us);
-  o.pool_ack_delay = absl::Microseconds(FLAGS_pool_ack_delay_us);
   o.client_idle_timeout = absl::Seconds(FLAGS_client_idle_timeout_s);
   o.duration = absl::Seconds(FLAGS_duration_s);
   o.control_socket = FLAGS_control_socket;

@@ -491,13 +491,9 @@ bool PoolManager::CanGrow(uint32_t backend) const {
          it->second.live + it->second.connecting < opts_.max_conns_per_backend;
 }
 
-uint16_t PoolManager::Generation(uint32_t pid) const {
-  auto it = gens_.find(pid);
-  return it == gens_.end() ? 0 : it->second;
-}
-
-absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,
-                                  uint32_t tsecr, uint16_t window, bool rst) {
+absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack,
+                                          uint32_t tsval, uint32_t tsecr, uint16_t window,
+                                          bool rst) {
   auto it = conns_.find(pid);
   if (it == conns_.end()) return absl::NotFoundError("no such pooled connection");
   // A peek (no syscall; this runs for most rematches): every field used

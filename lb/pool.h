@@ -108,8 +108,6 @@ class PoolManager {
   // next splice carries the ACK).
   absl::StatusOr<bool> SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,
                                uint32_t tsecr, uint16_t window, bool rst);
-  // The generation of pool id `pid` (advanced each time the id is reused).
-  uint16_t Generation(uint32_t pid) const;
 
  private:
   struct Conn {

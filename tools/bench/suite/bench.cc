@@ -125,16 +125,6 @@ std::vector<Contender> AllContenders() {
   };
 }
 
-// Run only when named in --contenders: A/B variants of a rematcher
-// contender, to measure one mechanism side by side with the default.
-std::vector<Contender> ExperimentContenders() {
-  return {
-      // The owed ACK of an old pooled connection sent at once, not after
-      // --pool_ack_delay_us (skipped when the next splice carries it).
-      {"rematcher-p2c-ack_at_once", Kind::kRematcher, "p2c", "--pool_ack_delay_us=0"},
-  };
-}
-
 struct BackendCfg {
   int64_t service_us = 0;
   int64_t stall_every_ms = 0;
@@ -238,8 +228,6 @@ absl::StatusOr<Plan> MakePlan(const std::string& suite) {
     std::vector<Contender> keep;
     for (const Contender& c : plan.contenders)
       if (want.count(c.name)) keep.push_back(c);
-    for (const Contender& c : ExperimentContenders())
-      if (want.count(c.name)) keep.push_back(c);
     if (keep.empty()) return absl::InvalidArgumentError("--contenders matches none");
     plan.contenders = keep;
   }
@@ -289,7 +277,8 @@ double PerReq(double seconds, int64_t ok) { return ok > 0 ? seconds * 1e6 / ok :
 const std::vector<std::string> kRmCounters = {"rematches",      "decision_applied", "decision_late",
                                               "drop_no_pool",   "drop_table_full",  "tx_rst",
                                               "pool_dead",      "pipelined",        "closed_retire",
-                                              "pool_connect_failures"};
+                                              "pool_connect_failures", "pool_acks_sent",
+                                              "pool_acks_carried"};
 
 // nstat counters that show loss or splice damage; deltas per run, on the
 // client namespace and summed over the backend namespaces.
