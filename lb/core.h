@@ -111,7 +111,6 @@ class Core {
   uint64_t decisions_written() const { return decisions_written_; }
   uint64_t decisions_redecided() const { return decisions_redecided_; }
   uint64_t pool_acks_sent() const { return pool_acks_sent_; }
-  uint64_t pool_acks_carried() const { return pool_acks_carried_; }
 
  private:
   explicit Core(const CoreOptions& opts) : opts_(opts) {}
