@@ -349,6 +349,19 @@ static __always_inline void backend_outstanding(__u32 bid, int delta, int starte
   if (started) __sync_fetch_and_add(&bl->requests, 1);
 }
 
+/* A request that ends without its response being acknowledged (a reset or
+ * close mid-exchange, or the record freed) is no longer outstanding on its
+ * backend: otherwise each one would count against that backend for good,
+ * and load-aware policies and the re-decision would shun a backend that
+ * had lost a few requests (one that went away and came back). Under the
+ * record's lock; returns the backend to release after unlocking, or
+ * RM_NO_ID. Setting the phase idle here makes it happen once. */
+static __always_inline __u32 request_abort(struct rm_client *c) {
+  if (c->phase == RM_PH_IDLE) return RM_NO_ID;
+  c->phase = RM_PH_IDLE;
+  return c->req_backend;
+}
+
 
 /* Hand a pooled connection back to its backend's idle queue. Only the owner
  * of `epoch` may do so. */
@@ -410,15 +423,18 @@ static __noinline void client_free(__u32 id, const struct rm_flow_key *key,
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
   if (!c) return;
   int freed = 0;
+  __u32 abort_bid = RM_NO_ID;
   rm_lock(&c->lock);
   if (c->epoch == epoch && c->state != RM_C_FREE) {
     c->state = RM_C_FREE;
     c->epoch++;
     c->pool_id = RM_NO_ID;
+    abort_bid = request_abort(c);
     freed = 1;
   }
   rm_unlock(&c->lock);
   if (!freed) return;
+  if (abort_bid != RM_NO_ID) backend_outstanding(abort_bid, -1, 0);
   bpf_map_delete_elem(&client_ids, key);
   bpf_map_push_elem(&free_client_ids, &id, 0);
 }
@@ -905,7 +921,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   sc->pend_ack = 0;
   int verdict = XDP_TX, reply = 0, free_it = 0, started = 0, resp_done = 0;
   int retire = 0, release = 0;
-  __u32 bid = RM_NO_ID, req_no = 0, done_bid = RM_NO_ID;
+  __u32 bid = RM_NO_ID, req_no = 0, done_bid = RM_NO_ID, abort_bid = RM_NO_ID;
   __u64 done_start = 0, done_first = 0;
   /* Data may start a request, whose start time feeds the latency EWMAs:
    * that needs the precise clock, which costs twice the coarse one. The
@@ -1153,6 +1169,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   if (retire) {
     st_b = RM_ST_CLOSED_RETIRE;
     leg_from_client(leg, c);
+    abort_bid = request_abort(c);
   }
 
   __builtin_memcpy(x->dst_mac, c->b_mac, 6);
@@ -1198,6 +1215,7 @@ unlock:
       backend_sample(done_bid, 0, t > done_start ? t - done_start : 0);
     }
   }
+  if (abort_bid != RM_NO_ID) backend_outstanding(abort_bid, -1, 0);
   leg->owner = id;
   leg->epoch = epoch;
   if (release) {
@@ -1421,7 +1439,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   struct rm_leg *leg = &sc->leg;
   /* Every field of x is assigned below; leg only on the retire path. */
   int first_byte = 0, retire = 0;
-  __u32 req_no = 0, bid = RM_NO_ID, req_bid = RM_NO_ID;
+  __u32 req_no = 0, bid = RM_NO_ID, req_bid = RM_NO_ID, abort_bid = RM_NO_ID;
   __u64 req_start = 0, now = 0;
   /* Only a response's first byte needs the time: read the phase unlocked
    * as a hint, and take the clock after unlocking if the hint was wrong. */
@@ -1504,6 +1522,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   }
   if (retire) {
     leg_from_client(leg, c);
+    abort_bid = request_abort(c);
   }
   __builtin_memcpy(x->dst_mac, c->mac, 6);
   x->vlan_tci = c->vlan_tci;
@@ -1534,6 +1553,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   } else if (first_byte == 2) {
     backend_outstanding(req_bid, 1, 0);
   }
+  if (abort_bid != RM_NO_ID) backend_outstanding(abort_bid, -1, 0);
   if (pk->vlan && !x->vlan_tci) {
     stat_inc(RM_ST_DROP_UNSUPPORTED);
     return XDP_DROP;
@@ -1676,7 +1696,7 @@ int xdp_ctl(struct xdp_md *ctx) {
   if (!sc) return XDP_DROP;
   struct rm_leg *leg = &sc->leg;
   struct rm_flow_key key;
-  __u32 pool = RM_NO_ID, epoch = 0, op = cmd->op;
+  __u32 pool = RM_NO_ID, epoch = 0, op = cmd->op, abort_bid = RM_NO_ID;
   __u64 older = cmd->older_than_ns;
   int act = 0, clean = 0;
 
@@ -1703,7 +1723,7 @@ int xdp_ctl(struct xdp_md *ctx) {
     leg->retire = clean ? 0 : 2;
     c->pool_id = RM_NO_ID;
     c->backend_id = RM_NO_ID;
-    c->phase = RM_PH_IDLE;
+    abort_bid = request_abort(c);
     c->epoch = epoch + 1;
     if (act == 1) {
       c->state = RM_C_FREE;
@@ -1711,6 +1731,7 @@ int xdp_ctl(struct xdp_md *ctx) {
   }
   rm_unlock(&c->lock);
 
+  if (abort_bid != RM_NO_ID) backend_outstanding(abort_bid, -1, 0);
   if (act && pool != RM_NO_ID) pool_release_leg(pool, 0);
   if (act == 1) {
     bpf_map_delete_elem(&client_ids, &key);

@@ -1190,9 +1190,11 @@ TEST_F(DatapathTest, ClientRstMidRequestForwardedAndPoolRetired) {
   rst.seq = c.c_nxt;
   rst.ack = c.s_nxt;
   rst.win = 0;
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 1u);
   ClientToBackend("client RST mid-request", c, p, e, rst,
                   {{RM_ST_TX_C2B, 1}, {RM_ST_CLOSED_RETIRE, 1}, {RM_ST_POOL_DEAD, 1}});
   EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u) << "the aborted request still counts";
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
   EXPECT_TRUE(IdleQueue(0).empty());
   // The backend's late segment on the dead connection goes nowhere.
@@ -1214,6 +1216,50 @@ TEST_F(DatapathTest, BackendRstForwardedAndPoolRetired) {
   BackendToClient("backend RST", c, p, e, rst, {{RM_ST_TX_B2C, 1}, {RM_ST_POOL_DEAD, 1}});
   EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u) << "the aborted request still counts";
+}
+
+// A request that never completes stops counting as outstanding on its
+// backend however it ends: the client resets mid-response, or its record is
+// freed (vanished client) mid-request. Each ends it once: freeing a record
+// already closed takes nothing more. (A leak here made load-aware policies
+// and the re-decision shun a backend for good once it had lost a request.)
+TEST_F(DatapathTest, AbortedRequestsNoLongerOutstanding) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  BackendToClient("backend acks request", c, p, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  uint32_t acked = c.s_nxt;
+  BackendToClient("half a response", c, p, e, BackendSeg(b, Pattern(500, 3), ACK),
+                  {{RM_ST_TX_B2C, 1}});
+  EXPECT_EQ(Client(c.id).phase, uint8_t(RM_PH_RESP));
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 1u);
+  Seg rst = ClientSeg(c, {}, RST | ACK);
+  rst.ack = acked;  // the response is not acknowledged
+  rst.win = 0;
+  ClientToBackend("client RST mid-response", c, p, e, rst,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_CLOSED_RETIRE, 1}, {RM_ST_POOL_DEAD, 1}});
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u);
+  // The closed record is collected later: nothing is released twice.
+  ASSERT_TRUE(dp_->FreeClient(c.id, UINT64_MAX).ok());
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_FREE));
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u);
+
+  // A second client, freed by the idle collector while its request waits.
+  PoolSpec p1 = SecondPool();
+  p1.backend = 0;
+  AddPool(p1);
+  ClientSpec d;
+  d.port = 40100;
+  BackendPos b1;
+  Splice(d, p1, b1);
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 1u);
+  ASSERT_TRUE(dp_->FreeClient(d.id, UINT64_MAX).ok());
+  EXPECT_EQ(Client(d.id).state, uint32_t(RM_C_FREE));
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u);
+  EXPECT_EQ(Pool(1).state, uint32_t(RM_P_DEAD)) << "a pooled connection mid-request went back";
 }
 
 // The backend closes a pooled connection just as a request is spliced onto
