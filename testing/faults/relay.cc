@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <deque>
 #include <random>
 #include <vector>
@@ -28,11 +29,13 @@ constexpr int kSocketBufferBytes = 8 << 20;
 constexpr int kFramesPerWakeup = 64;  // per socket, so one direction cannot starve the other
 constexpr size_t kMaxFrameBytes = 65536;
 
-int64_t MonotonicNs() {
+int64_t ClockNs(clockid_t clock) {
   timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(clock, &ts);
   return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
 }
+
+int64_t MonotonicNs() { return ClockNs(CLOCK_MONOTONIC); }
 
 }  // namespace
 
@@ -56,6 +59,9 @@ absl::StatusOr<int> OpenPacketSocket(const std::string& netns, const std::string
   // back as a send() error indistinguishable from a real overflow.
   if (setsockopt(*fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)) < 0)
     return fail("PACKET_QDISC_BYPASS");
+  // Kernel arrival times: holds are measured from them (see relay.h).
+  if (setsockopt(*fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) < 0)
+    return fail("SO_TIMESTAMPNS");
   int bytes = kSocketBufferBytes;
   if (setsockopt(*fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) < 0)
     return fail("SO_RCVBUFFORCE");
@@ -173,12 +179,15 @@ void FrameRelay::Loop() {
     }
     timerfd_settime(timer_fd_, TFD_TIMER_ABSTIME, &its, nullptr);
   };
-  auto on_frame = [&](int d, size_t n) {
+  // arrived: the frame's kernel arrival time (monotonic clock). Held frames
+  // whose hold ended before it go out first.
+  auto on_frame = [&](int d, size_t n, int64_t arrived) {
     stats_[d].received++;
+    release_due(d, arrived, false);
     uint32_t rate = options_.reorder_ppm[d];
     if (rate > 0 && static_cast<int>(held[d].size()) < options_.max_held && ppm(rng) < rate) {
       held[d].push_back({std::vector<uint8_t>(buf.begin(), buf.begin() + n),
-                         MonotonicNs() + hold_ns, 0});
+                         arrived + hold_ns, 0});
       stats_[d].held++;
       return;
     }
@@ -213,14 +222,34 @@ void FrameRelay::Loop() {
         (void)!read(timer_fd_, &expirations, sizeof(expirations));
       } else {
         int d = fd == fds_[0] ? 0 : 1;
+        // Arrival stamps are CLOCK_REALTIME; holds run on the monotonic clock.
+        const int64_t real_to_mono = MonotonicNs() - ClockNs(CLOCK_REALTIME);
         for (int k = 0; k < kFramesPerWakeup; ++k) {
-          ssize_t got = recv(fd, buf.data(), buf.size(), MSG_DONTWAIT | MSG_TRUNC);
+          iovec iov = {buf.data(), buf.size()};
+          alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec))];
+          msghdr msg = {};
+          msg.msg_iov = &iov;
+          msg.msg_iovlen = 1;
+          msg.msg_control = control;
+          msg.msg_controllen = sizeof(control);
+          ssize_t got = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_TRUNC);
           if (got < 0) break;  // EAGAIN: drained
           if (static_cast<size_t>(got) > buf.size()) {  // cannot happen below 64 KiB MTU
             stats_[d].send_errors++;
             continue;
           }
-          on_frame(d, static_cast<size_t>(got));
+          int64_t arrived = 0;
+          for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+              timespec ts;
+              memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+              arrived = int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec + real_to_mono;
+            }
+          }
+          const int64_t now = MonotonicNs();
+          // No stamp, or one from the future (a clock step): now.
+          if (arrived <= 0 || arrived > now) arrived = now;
+          on_frame(d, static_cast<size_t>(got), arrived);
         }
       }
     }

@@ -15,6 +15,15 @@
 // one frame passed it is counted as `reordered`; a timeout with none as
 // `held_alone` (delayed, still in order).
 //
+// Time is the kernel's arrival stamp of each frame (SO_TIMESTAMPNS), not the
+// moment the thread reads it: a held frame whose hold ended before a later
+// frame arrived goes out before that frame even when the thread was off the
+// CPU meanwhile (on a busy two-CPU machine it can be, for milliseconds).
+// So no frame is overtaken by anything that arrived more than `max_hold`
+// after it, and a receiver never sees a segment reordered behind segments
+// sent more than `max_hold` later: what TCP's PAWS check can see of the
+// relay is bounded by it (lb/fault_e2e_test relies on that).
+//
 // One thread, epoll + timerfd; every wait is bounded and the destructor stops
 // and joins the thread and closes both sockets.
 #ifndef REMATCHER_TESTING_FAULTS_RELAY_H_
