@@ -1,0 +1,84 @@
+// PawsTrace: which TCP segments the kernel dropped under PAWS, and whether
+// they carried anything the receiver did not already have.
+//
+// nstat's PAWSEstab counts every such drop alike. A network that duplicates
+// frames, or delays one past its own retransmission, produces old copies
+// that PAWS rightly drops (the direct path shows them too); a load balancer
+// that lets a TSval go backwards makes the receiver drop new data. The
+// tracer (paws_trace.bpf.c, a BTF tracepoint on skb:kfree_skb) tells the
+// two apart per receiving address:
+//   stale     every byte of the dropped segment was below rcv_nxt;
+//   fresh     it carried new bytes (logged: the first PT_LOG_SLOTS);
+//   pure_ack  no data (an old ACK the kernel did not excuse as disordered);
+//   not_full  received by a TIME_WAIT or request socket;
+// and how old each was (ts_recent - TSval, in the receiver's ms ticks).
+// The tracepoint is global: drops in every namespace are seen, keyed by the
+// receiving socket's address. Needs root and kernel >= 6.11 (the
+// tracepoint's receiving socket argument); Start() says Unavailable if not.
+#ifndef REMATCHER_TESTING_TCPDROPS_PAWS_TRACE_H_
+#define REMATCHER_TESTING_TCPDROPS_PAWS_TRACE_H_
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+struct paws_trace_bpf;
+
+namespace rematcher::tcpdrops {
+
+inline constexpr int kAgeBuckets = 16;  // PT_AGE_BUCKETS
+
+struct PawsCounts {
+  uint64_t stale = 0;
+  uint64_t fresh = 0;
+  uint64_t pure_ack = 0;
+  uint64_t not_full = 0;
+  // age[a]: drops a TS ticks older than ts_recent (the last: that or more).
+  std::array<uint64_t, kAgeBuckets> age = {};
+  uint64_t total() const { return stale + fresh + pure_ack + not_full; }
+  // The oldest drop's age (kAgeBuckets - 1 means that or more); -1: none.
+  int max_age() const;
+  // "stale 3 fresh 0 pure_ack 0 not_full 0 ages 2:2 3:1"
+  std::string ToString() const;
+};
+
+struct PawsDrop {
+  std::string kind;      // "stale" | "fresh" | "pure_ack"
+  std::string from, to;  // "198.18.2.1:8080"
+  uint32_t seq = 0, end_seq = 0, rcv_nxt = 0, tsval = 0, ts_recent = 0;
+  std::string ToString() const;
+};
+
+class PawsTrace {
+ public:
+  // Loads and attaches the tracer. Unavailable when the kernel lacks BTF
+  // or the tracepoint's receiving-socket argument; PermissionDenied without
+  // the privileges to load it.
+  static absl::StatusOr<std::unique_ptr<PawsTrace>> Start();
+  ~PawsTrace();
+  PawsTrace(const PawsTrace&) = delete;
+  PawsTrace& operator=(const PawsTrace&) = delete;
+
+  // Counts so far per receiving IPv4 address ("198.18.2.1").
+  std::map<std::string, PawsCounts> ByAddress() const;
+  PawsCounts For(const std::string& addr) const;  // zeros when none
+  // The first logged drops, in the order seen: every fresh one, and others
+  // at least SetLogMinAge ticks old.
+  std::vector<PawsDrop> LoggedDrops() const;
+  void SetLogMinAge(uint32_t ticks);
+  // PAWS drops that had no receiving socket (not attributable).
+  uint64_t no_socket() const;
+
+ private:
+  PawsTrace() = default;
+  paws_trace_bpf* skel_ = nullptr;
+};
+
+}  // namespace rematcher::tcpdrops
+
+#endif  // REMATCHER_TESTING_TCPDROPS_PAWS_TRACE_H_
