@@ -428,6 +428,9 @@ TEST_F(StressTest, ThousandsOfKeepAliveClientsRematchedPerRequest) {
     const int64_t paws_allowed = Get(d, "TcpInSegs") / 50000;
     EXPECT_LE(Get(d, "TcpExtPAWSEstab"), paws_allowed) << "of " << Get(d, "TcpInSegs");
     EXPECT_LE(Get(d, "TcpExtTCPACKSkippedPAWS"), Get(d, "TcpExtPAWSEstab"));
+    // What they were (testing/tcpdrops): printed; each seen by the tracer.
+    absl::Status paws = bed_->CheckPawsAttribution(host, d, -1);
+    EXPECT_TRUE(paws.ok()) << paws;
     EXPECT_EQ(Get(d, "TcpInCsumErrors"), 0);
     if (host[0] == 'c') {
       EXPECT_EQ(Get(d, "TcpEstabResets"), 0);
