@@ -143,12 +143,12 @@ absl::Status E2eBed::CheckPawsAttribution(const std::string& host, const testbed
               << (oldest == tcpdrops::kAgeBuckets - 1 ? "+" : "") << " ticks old, more than the "
               << max_age << " the injector's hold explains; logged drops (all new-data ones, "
               << "others 7+ ticks old):\n"
-              << absl::StrJoin(FreshPawsDrops(), "\n") << std::endl;
+              << absl::StrJoin(LoggedPawsDrops(), "\n") << std::endl;
   }
   return absl::OkStatus();
 }
 
-std::vector<std::string> E2eBed::FreshPawsDrops() const {
+std::vector<std::string> E2eBed::LoggedPawsDrops() const {
   std::vector<std::string> out;
   if (paws_)
     for (const tcpdrops::PawsDrop& d : paws_->LoggedDrops()) out.push_back(d.ToString());

@@ -119,7 +119,7 @@ class E2eBed {
   const std::string& paws_trace_error() const { return paws_trace_error_; }
   // The first PAWS drops logged (every one carrying new data, and others
   // 7 or more ticks old), one line each.
-  std::vector<std::string> FreshPawsDrops() const;
+  std::vector<std::string> LoggedPawsDrops() const;
   // For one host's Diff: prints "[paws] HOST: PAWSEstab N = old copies +
   // new data + pure ACKs, ages ..." and fails when a PAWS drop escaped the
   // tracer. With max_age >= 0, a drop more than max_age TS ticks older than

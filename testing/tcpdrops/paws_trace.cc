@@ -117,8 +117,4 @@ void PawsTrace::SetLogMinAge(uint32_t ticks) {
   __atomic_store_n(&skel_->bss->log_min_age, ticks, __ATOMIC_RELAXED);
 }
 
-uint64_t PawsTrace::no_socket() const {
-  return __atomic_load_n(&skel_->bss->no_socket, __ATOMIC_RELAXED);
-}
-
 }  // namespace rematcher::tcpdrops

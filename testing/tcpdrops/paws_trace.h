@@ -71,8 +71,6 @@ class PawsTrace {
   // at least SetLogMinAge ticks old.
   std::vector<PawsDrop> LoggedDrops() const;
   void SetLogMinAge(uint32_t ticks);
-  // PAWS drops that had no receiving socket (not attributable).
-  uint64_t no_socket() const;
 
  private:
   PawsTrace() = default;

@@ -26,7 +26,6 @@ struct pt_drop {
   __u32 seq, end_seq, rcv_nxt;
   __u32 tsval, ts_recent;
   __u32 kind;         /* PT_STALE, PT_FRESH, PT_PURE_ACK */
-  __u32 snd_una_seen; /* unused; keeps the record 8-byte aligned */
 };
 
 enum { PT_STALE = 0, PT_FRESH = 1, PT_PURE_ACK = 2 };
