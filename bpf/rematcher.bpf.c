@@ -196,6 +196,8 @@ static __always_inline void rm_lock(__u32 *l) {
  * as the kernel's own x86 spin_unlock does. Elsewhere an atomic exchange,
  * a full barrier on every architecture BPF runs on. */
 const volatile __u8 rm_store_is_release = 0;
+/* DatapathOptions::estimate_backend_ts_clock (see be_ticks_since). */
+const volatile __u8 rm_ts_estimate = 1;
 
 static __always_inline void rm_unlock(__u32 *l) {
   if (rm_store_is_release) {
@@ -210,6 +212,7 @@ static __always_inline void rm_unlock(__u32 *l) {
 /* Leg state of a pooled connection as it is handed back. */
 struct rm_leg {
   __u32 lb_nxt, be_nxt, lb_ts, be_ts, be_edge;
+  __u32 be_ts_at;     /* rm_clock_units() when be_ts arrived */
   __u32 owner, epoch; /* only the owner of this epoch may hand it back */
   __u32 retire;       /* 1: mark dead instead of queueing */
 };
@@ -221,6 +224,7 @@ static __always_inline void leg_from_client(struct rm_leg *leg, const struct rm_
   leg->be_nxt = c->s_nxt - c->d_resp;
   leg->lb_ts = c->lb_ts_last;
   leg->be_ts = c->b_ts_last;
+  leg->be_ts_at = c->b_ts_at;
   leg->be_edge = c->b_edge;
 }
 
@@ -381,6 +385,7 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
     p->be_nxt = leg->be_nxt;
     p->lb_ts_last = leg->lb_ts;
     p->be_ts_last = leg->be_ts;
+    p->be_ts_at = leg->be_ts_at;
     p->be_edge = leg->be_edge;
     p->owner = RM_NO_ID;
     moved = 1;
@@ -475,6 +480,8 @@ static __noinline int send_rst(struct xdp_md *ctx, struct rm_pkt *pk) {
 /* What a splice copies out of the pool record it takes. */
 struct rm_pool_take {
   __u32 lb_nxt, be_nxt, lb_ts_last, be_ts_last, be_edge;
+  __u32 be_ts_at;  /* rm_clock_units() when be_ts_last arrived */
+  __u32 be_ts_now; /* be_ts_last moved on by the time since */
   struct rm_pool_key key;
   __u8 be_mac[6];
   __u16 vlan_tci;
@@ -512,6 +519,24 @@ static __always_inline __u64 coarse_now(struct rm_scratch *sc) {
     sc->clk_jiffies = j;
   }
   return sc->clk_ns;
+}
+
+/* The coarse clock in units of 2^20 ns (~1.05 ms), mod 2^32 (52 days):
+ * when a backend TSval arrived, stamped per packet for a shift. */
+static __always_inline __u32 rm_clock_units(struct rm_scratch *sc) {
+  return (__u32)(coarse_now(sc) >> 20);
+}
+
+/* TS ticks a backend's clock advanced since rm_clock_units() read `since`.
+ * Assumes Linux's 1 kHz TS clock: a slower one makes this an overestimate,
+ * which costs nothing (the client's TSval then stands still for a while,
+ * never going backwards), a faster one an underestimate, a leap forward.
+ * A stamp "from the future" (another CPU's clock a tick ahead) is 0. */
+static __always_inline __u32 be_ticks_since(__u32 since, struct rm_scratch *sc) {
+  if (!rm_ts_estimate) return 0;
+  __s32 units = (__s32)(rm_clock_units(sc) - since);
+  if (units <= 0) return 0;
+  return (__u32)(((__u64)units << 20) / 1000000);
 }
 
 
@@ -634,6 +659,8 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
       np->be_nxt = p->be_nxt;
       np->lb_ts_last = p->lb_ts_last;
       np->be_ts_last = p->be_ts_last;
+      np->be_ts_at = p->be_ts_at;
+      np->be_ts_now = p->be_ts_last + be_ticks_since(p->be_ts_at, sc);
       np->be_edge = p->be_edge;
       np->lb_wscale = p->lb_wscale;
       np->be_wscale = p->be_wscale;
@@ -687,7 +714,11 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     c->d_req = np->lb_nxt - c->c_nxt;
     c->d_resp = c->s_nxt - np->be_nxt;
     c->ts_c2b = np->lb_ts_last - c->c_ts_last;
-    c->ts_b2c = c->s_ts_last - np->be_ts_last;
+    /* The backend's clock ran on while the pool sat idle: offset from its
+     * estimated value now, or the client would see its TSval leap ahead by
+     * that idle time, and a copy of any earlier segment still in flight
+     * (reordered, duplicated) would be older than PAWS allows. */
+    c->ts_b2c = c->s_ts_last - np->be_ts_now;
     c->e_c_nxt = c->c_nxt;
     c->e_s_nxt = c->s_nxt;
     c->e_s_ts = c->s_ts_last;
@@ -696,6 +727,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     c->e_b_ts = np->be_ts_last;
     c->b_acked = np->lb_nxt;
     c->b_ts_last = np->be_ts_last;
+    c->b_ts_at = np->be_ts_at;
     c->b_edge = np->be_edge;
     c->lb_ts_last = np->lb_ts_last;
     c->b_wscale = np->be_wscale;
@@ -715,6 +747,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     leg->be_nxt = np->be_nxt;
     leg->lb_ts = np->lb_ts_last;
     leg->be_ts = np->be_ts_last;
+    leg->be_ts_at = np->be_ts_at;
     leg->owner = id;
     leg->be_edge = np->be_edge;
     leg->epoch = epoch + 1;
@@ -1394,7 +1427,11 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   }
   __u32 pid = *pidp;
   struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
-  if (!p) return XDP_DROP;
+  struct rm_scratch *sc = scratch_get();
+  if (!p || !sc) return XDP_DROP;
+  /* When this segment's TSval arrived: a later splice estimates the
+   * backend's clock from it (see do_splice). */
+  __u32 ts_at = rm_clock_units(sc);
 
   __u32 pstate, owner, oepoch;
   rm_lock(&p->lock);
@@ -1405,6 +1442,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     /* The backend's SYN-ACK: what userspace cannot read from its socket. */
     p->be_isn = pk->seq;
     p->be_ts_last = pk->tsval;
+    p->be_ts_at = ts_at;
     p->be_edge = pk->ack + bpf_ntohs(pk->tcp->window); /* unscaled in SYNs */
     p->be_wscale = pk->has_ws ? pk->ws : 0;
     p->be_mss = pk->mss;
@@ -1433,8 +1471,6 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   struct rm_client *c = bpf_map_lookup_elem(&clients, &owner);
   if (!c) return XDP_DROP;
   __u32 len = pk->payload_len;
-  struct rm_scratch *sc = scratch_get();
-  if (!sc) return XDP_DROP;
   struct rm_xlate *x = &sc->x;
   struct rm_leg *leg = &sc->leg;
   /* Every field of x is assigned below; leg only on the retire path. */
@@ -1469,7 +1505,10 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
    * so its duplicate ACK reaches the backend and ends the retransmission. */
   __u32 d_tsval = c->ts_b2c;
   if (pk->has_ts) {
-    if (rm_after(pk->tsval, c->b_ts_last)) c->b_ts_last = pk->tsval;
+    if (rm_after(pk->tsval, c->b_ts_last)) {
+      c->b_ts_last = pk->tsval;
+      c->b_ts_at = ts_at;
+    }
     d_tsval = rm_tsval_offset(pk->tsval, c->ts_b2c, &c->s_ts_last);
   }
   if (pk->ack_f) {

@@ -114,7 +114,7 @@ enum rm_leg_flags {
  * 4-tuple maps to the id through `client_ids`. All fields under `lock`.
  * "client space" = sequence numbers of the client<->LB leg; "pool space" =
  * those of the LB<->backend pooled connection.
- * Layout: 4-byte lock, then 4-byte fields, then 8-byte fields; 216 bytes. */
+ * Layout: 4-byte lock, then 4-byte fields, then 8-byte fields; 224 bytes. */
 struct rm_client {
   RM_SPIN_LOCK lock;
   __u32 state;       /* enum rm_client_state */
@@ -175,6 +175,8 @@ struct rm_client {
   __u32 b_edge;      /* pool space: highest ack + window the backend told */
   __u32 s_win;       /* last window field sent to the client */
   __u32 req_backend; /* backend the request in flight was sent to */
+  __u32 b_ts_at;     /* when b_ts_last arrived (as rm_pool.be_ts_at) */
+  __u32 _pad0;
   __u64 req_start_ns;
   __u64 resp_first_ns;
   __u64 last_seen_ns; /* coarse clock; for idle and linger timers */
@@ -247,7 +249,8 @@ struct rm_pool {
                          retired connection never matches its successor */
   __u32 uses;         /* splices carried */
   __u32 be_edge;      /* highest ack + window the backend advertised */
-  __u32 _pad2;
+  __u32 be_ts_at;     /* when be_ts_last arrived: coarse clock >> 20 (units
+                         of ~1.05 ms, mod 2^32) */
   __u64 last_used_ns;
 };
 

@@ -142,7 +142,7 @@ static __always_inline __u64 rm_xlate_words(struct rm_pkt *pk, const struct rm_x
     kl = *(__u16 *)t;
     val = pk->tsval + x->d_tsval;
     ecr = pk->tsecr;
-    if (ecr) ecr = rm_before(ecr, x->tsecr_floor_in) ? x->tsecr_floor_out : ecr - x->d_tsecr;
+    if (ecr) ecr = !rm_after(ecr, x->tsecr_floor_in) ? x->tsecr_floor_out : ecr - x->d_tsecr;
     val = bpf_htonl(val);
     ecr = bpf_htonl(ecr);
   } else {

@@ -96,6 +96,7 @@ absl::StatusOr<std::unique_ptr<Datapath>> Datapath::Load(const DatapathOptions& 
   // lock is released with a plain store (see rm_unlock).
   s->rodata->rm_store_is_release = 1;
 #endif
+  s->rodata->rm_ts_estimate = opts.estimate_backend_ts_clock ? 1 : 0;
   for (bpf_map* m : {s->maps.client_ids, s->maps.clients, s->maps.free_client_ids,
                      s->maps.decisions}) {
     if ((err = bpf_map__set_max_entries(m, opts.max_clients)))

@@ -35,6 +35,12 @@ static_assert(sizeof(rm_ctl) == 32, "rm_ctl layout");
 struct DatapathOptions {
   uint32_t max_clients = 65536;  // client table size (ids 0..max_clients-1)
   uint32_t max_pool = 4096;      // pooled-connection table size
+  // A splice sets the backend->client TSval offset from the backend's clock
+  // as estimated now (its last TSval moved on by the time since it arrived,
+  // at 1 kHz), not from that last TSval (which leaps the client's TSval
+  // ahead by the connection's idle time). Off only in packet tests whose
+  // models compute exact TSvals without a clock; one test runs it on.
+  bool estimate_backend_ts_clock = true;
 };
 
 using StatsArray = std::array<uint64_t, RM_ST__MAX>;

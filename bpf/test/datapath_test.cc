@@ -763,6 +763,138 @@ TEST_F(DatapathTest, RematchTranslatesOntoNewPoolAndRequeuesOld) {
            want, {{RM_ST_TX_POOL_ACK, 1}});
 }
 
+// A pooled connection that sat idle: the backend's TS clock ran on (1 kHz
+// on Linux) while nobody saw it. The client moved onto it must not see its
+// TSval leap ahead by that idle time (a reordered or duplicated segment sent
+// before the leap would then be a PAWS drop at the client, hundreds of ticks
+// old): the offset is taken from the backend's clock as estimated now. Its
+// TSecr still map back to values the backend sent.
+TEST_F(DatapathTest, TsvalOffsetCountsTheTimeAPoolSatIdle) {
+  LoadDatapath(4, 1, 1, 1, /*ts_estimate=*/true);
+  const uint32_t idle_units = 500;  // 2^20 ns each: 524 ms
+  const uint32_t u0 = uint32_t(CoarseNowNs() >> 20);
+  PoolSpec p0;
+  p0.be_ts_at = u0;
+  AddPool(p0);
+  PoolSpec p1 = SecondPool();
+  p1.be_ts_at = u0 - idle_units;
+  AddPool(p1);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b, 300);
+  Exchange(c, p0, e, b, 500);
+  // Each backend TSval is stamped with its arrival.
+  rm_client before = Client(c.id);
+  const uint32_t u1 = uint32_t(CoarseNowNs() >> 20);
+  EXPECT_GE(int32_t(before.b_ts_at - u0), 0);
+  EXPECT_LE(int32_t(before.b_ts_at - u1), 0);
+
+  dp_->SetDecision(c.id, 2, 1);
+  Epoch e1 = StartEpoch(c, p1);
+  Seg req2 = ClientSeg(c, Pattern(200, 8));
+  // The client echoes the newest TSval it has, from before this epoch: the
+  // backend gets the last TSval it sent on p1 (C2B's model), not the
+  // estimate.
+  ClientToBackend("request 2 on backend 1", c, p1, e1, req2,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                   {RM_ST_DECISION_APPLIED, 1}});
+  const uint32_t u2 = uint32_t(CoarseNowNs() >> 20);
+  rm_client rec = Client(c.id);
+  ASSERT_EQ(rec.pool_id, 1u);
+  // The released pool keeps when its last backend TSval arrived.
+  EXPECT_EQ(Pool(0).be_ts_at, before.b_ts_at);
+  EXPECT_EQ(rec.b_ts_at, p1.be_ts_at);
+  // The offset counts the idle time: at least 500 units (524 ticks), at
+  // most what had passed by the end of the splice.
+  uint32_t est = e1.s_ts0 - rec.ts_b2c - p1.be_ts;
+  uint32_t max_ticks = uint32_t((uint64_t(u2 - p1.be_ts_at) << 20) / 1000000);
+  EXPECT_GE(est, 524u);
+  EXPECT_LE(est, max_ticks);
+
+  // The backend's answer, 600 ticks after its last TSval on p1: the client
+  // sees 600 - est ticks more than it last had (it was 600 before).
+  BackendPos b1{p1.be_nxt, uint32_t(p1.lb_nxt + 200), p1.be_ts + 599,
+                e1.TsvalC2B(c.c_ts)};
+  Seg r = BackendSeg(b1, Pattern(400, 4), ACK | PSH);
+  const uint32_t seen = r.tsval + rec.ts_b2c;
+  EXPECT_EQ(seen - e1.s_ts0, 600 - est);
+  EXPECT_LE(seen - e1.s_ts0, 600u - 524u);
+  Seg want_r = B2C(e1, r);
+  want_r.tsval = seen;  // every other field as the model has it
+  ExpectTx("response on p1", BuildSeg(FromBackend(p1), r), BuildSeg(ToClient(c), want_r),
+           {{RM_ST_TX_B2C, 1}});
+  c.s_ts = seen;
+  c.s_nxt += 400;
+  // A TSval the estimate puts behind what the client has stands still.
+  Seg r2 = BackendSeg(b1, Pattern(10, 5), ACK | PSH);
+  r2.tsval = p1.be_ts + 1;
+  Seg want_r2 = B2C(e1, r2);
+  want_r2.tsval = seen;
+  ExpectTx("older TSval", BuildSeg(FromBackend(p1), r2), BuildSeg(ToClient(c), want_r2),
+           {{RM_ST_TX_B2C, 1}});
+  c.s_nxt += 10;
+  // The client's echo of it maps back to the TSval the backend sent.
+  Seg ack = ClientSeg(c, {}, ACK);
+  EXPECT_EQ(ack.tsecr, seen);
+  Seg want = C2B(e1, ack);
+  want.tsecr = r.tsval;
+  ExpectTx("client echoes the response's TSval", BuildSeg(FromClient(c), ack),
+           BuildSeg(ToBackend(p1), want), {{RM_ST_TX_C2B, 1}});
+}
+
+// A pooled connection being opened by userspace (CONNECTING): the backend's
+// SYN-ACK passes to the LB's kernel, and the datapath files what userspace
+// cannot read from its socket (ISN, TSval and when it arrived, window, MSS,
+// options, MAC). Anything else on it passes untouched and files nothing.
+TEST_F(DatapathTest, PoolSetupSynAckRecordedAndPassed) {
+  PoolSpec p;
+  p.pid = 2;
+  p.lb_port = 50002;
+  AddPool(p, /*queue=*/false);
+  rm_pool r = Pool(p.pid);
+  r.state = RM_P_CONNECTING;
+  r.synack_seen = 0;
+  r.be_isn = r.be_ts_last = r.be_ts_at = r.be_edge = 0;
+  r.be_wscale = r.flags = 0;
+  r.be_mss = 0;
+  memset(r.be_mac, 0, 6);
+  ASSERT_TRUE(dp_->PutPool(p.pid, r).ok());
+
+  // A bare ACK before the SYN-ACK (cannot happen, but must not be filed).
+  Bytes stray = FromBackend(p).Flags(ACK).Seq(1).Ack(2).Window(100).Build();
+  Expect("ACK while connecting", stray, XDP_PASS, nullptr, {{RM_ST_PASS_POOL_SETUP, 1}});
+  EXPECT_EQ(Pool(p.pid).synack_seen, 0);
+
+  const uint32_t u0 = uint32_t(CoarseNowNs() >> 20);
+  Bytes synack = FromBackend(p)
+                     .Flags(SYN | ACK)
+                     .Seq(0xabcdef00u)
+                     .Ack(0x1000u)
+                     .Window(64240)
+                     .Mss(1380)
+                     .SackPermitted()
+                     .Nop()
+                     .Nop()
+                     .Timestamps(4242, 77)
+                     .Nop()
+                     .WindowScale(9)
+                     .Build();
+  Expect("SYN-ACK", synack, XDP_PASS, nullptr, {{RM_ST_PASS_POOL_SETUP, 1}});
+  const uint32_t u1 = uint32_t(CoarseNowNs() >> 20);
+  rm_pool got = Pool(p.pid);
+  EXPECT_EQ(got.state, uint32_t(RM_P_CONNECTING));  // userspace adopts it
+  EXPECT_EQ(got.synack_seen, 1);
+  EXPECT_EQ(got.be_isn, 0xabcdef00u);
+  EXPECT_EQ(got.be_ts_last, 4242u);
+  EXPECT_GE(int32_t(got.be_ts_at - u0), 0);
+  EXPECT_LE(int32_t(got.be_ts_at - u1), 0);
+  EXPECT_EQ(got.be_edge, 0x1000u + 64240u);
+  EXPECT_EQ(got.be_wscale, 9);
+  EXPECT_EQ(got.be_mss, 1380);
+  EXPECT_EQ(got.flags, RM_LEG_TS | RM_LEG_SACK | RM_LEG_WS);
+  EXPECT_EQ(0, memcmp(got.be_mac, kBackends[p.backend].mac.data(), 6));
+}
+
 TEST_F(DatapathTest, BoundaryWithoutDecisionStays) {
   PoolSpec p0;
   AddPool(p0);

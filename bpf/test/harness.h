@@ -97,6 +97,7 @@ struct PoolSpec {
   uint32_t be_nxt = 0x20000000;
   uint32_t lb_ts = 5000000;
   uint32_t be_ts = 7000000;
+  uint32_t be_ts_at = 0;  // when be_ts arrived (CoarseNowNs() >> 20)
   uint8_t lb_ws = 7;
   uint8_t be_ws = 7;
   uint8_t flags = RM_LEG_TS | RM_LEG_SACK | RM_LEG_WS;
@@ -280,10 +281,12 @@ class DatapathFixture : public ::testing::Test {
     LoadDatapath(16);
   }
 
+  // ts_estimate: DatapathOptions::estimate_backend_ts_clock; off by default,
+  // so the TSval models below (offsets from the last TSvals) are exact.
   void LoadDatapath(uint32_t max_clients, uint8_t sack_ok = 1, uint8_t ts_ok = 1,
-                    uint8_t rematch = 1) {
+                    uint8_t rematch = 1, bool ts_estimate = false) {
     dp_.reset();
-    auto dp = Datapath::Load({max_clients, 64});
+    auto dp = Datapath::Load({max_clients, 64, ts_estimate});
     ASSERT_TRUE(dp.ok()) << dp.status();
     dp_ = std::move(*dp);
     rm_config cfg{};
@@ -320,6 +323,7 @@ class DatapathFixture : public ::testing::Test {
     r.be_edge = p.lb_nxt + (1u << 20);  // the backend has advertised 1 MiB
     r.lb_ts_last = p.lb_ts;
     r.be_ts_last = p.be_ts;
+    r.be_ts_at = p.be_ts_at;
     r.be_isn = p.be_nxt - 1;
     r.lb_wscale = p.lb_ws;
     r.be_wscale = p.be_ws;
