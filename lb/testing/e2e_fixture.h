@@ -122,11 +122,10 @@ class E2eBed {
   std::vector<std::string> LoggedPawsDrops() const;
   // For one host's Diff: prints "[paws] HOST: PAWSEstab N = old copies +
   // new data + pure ACKs, ages ..." and fails when a PAWS drop escaped the
-  // tracer. With max_age >= 0, a drop more than max_age TS ticks older than
-  // what the receiver had seen (more than a network holding frames back at
-  // most that long can cause) prints the logged drops; it does not fail
-  // yet (README, Known limits). OK, with a line saying so, when the tracer
-  // is not running.
+  // tracer, or, with max_age >= 0, when a drop was more than max_age TS
+  // ticks older than what the receiver had seen (more than a network
+  // holding frames back at most that long can cause); the error lists the
+  // logged drops. OK, with a line saying so, when the tracer is not running.
   absl::Status CheckPawsAttribution(const std::string& host, const testbed::NstatDelta& d,
                                     int max_age) const;
   struct Snap {
@@ -145,7 +144,6 @@ class E2eBed {
   std::string lb_log_;
   std::unique_ptr<tcpdrops::PawsTrace> paws_;
   std::string paws_trace_error_;
-  mutable bool printed_paws_log_ = false;
 };
 
 }  // namespace rematcher::e2e
