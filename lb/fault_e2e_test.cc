@@ -247,9 +247,12 @@ class FaultE2eTest : public ::testing::Test {
   }
 
   // N requests with mixed sizes and uploads from both clients at once under
-  // loss + duplication + reordering at `rate` on every link.
+  // loss + duplication + reordering at `rate` on every link. With an empty
+  // policy, no LB: client i loads backend i directly (the control: what the
+  // same faults do to two Linux TCP stacks with nothing in between).
   void RunUnderFaults(double rate, const std::string& policy) {
-    ASSERT_TRUE(bed().StartLb(policy).ok()) << bed().LbLog();
+    const bool direct = policy.empty();
+    if (!direct) ASSERT_TRUE(bed().StartLb(policy).ok()) << bed().LbLog();
     auto before = bed().TakeNstat();
     ASSERT_TRUE(before.ok()) << before.status();
     AttachFaults(rate, 1000 + static_cast<uint64_t>(rate * 1000));
@@ -262,8 +265,12 @@ class FaultE2eTest : public ::testing::Test {
         "--connections=8", absl::StrCat("--requests=", per_client),
         "--sizes=0,100,10000,65536,300000", "--upload_sizes=0,0,5000,100000",
         "--timeout_ms=30000", absl::StrCat("--max_time_s=", max_time_s), "--allow_errors"};
-    std::string out1 = bed().TempPath("load_c1.json");
     std::vector<std::string> f1 = flags;
+    if (direct) {
+      flags.push_back(absl::StrCat("--target=", bed().tb().backend_ip(0), ":", bed().options().backend_port));
+      f1.push_back(absl::StrCat("--target=", bed().tb().backend_ip(1), ":", bed().options().backend_port));
+    }
+    std::string out1 = bed().TempPath("load_c1.json");
     f1.push_back("--seed=7");
     auto bg = bed().SpawnLoad(1, f1, out1);
     ASSERT_TRUE(bg.ok()) << bg.status();
@@ -293,6 +300,7 @@ class FaultE2eTest : public ::testing::Test {
     // Loss was really injected and repaired by TCP.
     EXPECT_GT(dropped, 0u);
     EXPECT_GE(retrans, static_cast<int64_t>(dropped) / 2);
+    if (direct) return;
     auto s = bed().Stats();
     ASSERT_TRUE(s.ok());
     PrintStats(*s);
@@ -330,6 +338,14 @@ TEST_F(FaultE2eTest, OnePercentLossReorderDuplicationBothSides) {
 // passed since, with PAWS drops at about the direct path's rate.
 TEST_F(FaultE2eTest, FivePercentLossReorderDuplicationBothSides) {
   RunUnderFaults(0.05, "p2c");
+}
+
+// The control for the PAWS figures: the same faults and load straight from
+// the clients to two backends, no LB. Its `[paws]` lines are what two Linux
+// stacks see from the injector alone (the same bounds hold); put them next
+// to the run above.
+TEST_F(FaultE2eTest, FivePercentDirectPathControl) {
+  RunUnderFaults(0.05, "");
 }
 
 // Backends close pooled connections themselves, under 1% faults: after 10
