@@ -114,7 +114,7 @@ enum rm_leg_flags {
  * 4-tuple maps to the id through `client_ids`. All fields under `lock`.
  * "client space" = sequence numbers of the client<->LB leg; "pool space" =
  * those of the LB<->backend pooled connection.
- * Layout: 4-byte lock, then 4-byte fields, then 8-byte fields; 224 bytes. */
+ * Layout: 4-byte lock, then 4-byte fields, then 8-byte fields; 216 bytes. */
 struct rm_client {
   RM_SPIN_LOCK lock;
   __u32 state;       /* enum rm_client_state */
