@@ -361,10 +361,16 @@ void PoolManager::OnNeed(uint32_t backend) {
   auto it = backends_.find(backend);
   if (it == backends_.end() || it->second.removed) return;
   Backend& b = it->second;
-  // One growth at a time: while the last one is still connecting, the
-  // datapath's events of the same burst do not compound it (they used to
-  // take a pool to its limit within ~60 ms).
-  if (b.connecting > 0 && b.live < b.target) return;
+  // Grow only a pool that is whole and all busy. One short of its target is
+  // being refilled (or its backend is failing): growing it then does not
+  // help, and compounds. The events of one burst while the last growth is
+  // still connecting used to take a pool to its limit within ~60 ms, and a
+  // backend that was unreachable for a while came back with a pool at
+  // --max_conns_per_backend (every event during the outage grew it).
+  if (b.live < b.target) {
+    Refill(backend, absl::Now());
+    return;
+  }
   uint32_t grown = std::min(opts_.max_conns_per_backend, b.target + std::max(4u, b.target / 4));
   if (grown > b.target) {
     LOG_EVERY_N(WARNING, 10) << "backend " << backend << ": all pooled connections busy; "
@@ -405,12 +411,12 @@ void PoolManager::Tick(absl::Time now) {
   for (auto& [id, b] : backends_) {
     // Keep a spare margin of idle connections, so a burst of new clients
     // finds one without waiting for a connect.
-    // Only once the pool has been up: while it is first being opened its
-    // idle count is low by construction, and growing then took every pool
-    // to --max_conns_per_backend at start.
-    if (b.live >= b.target) b.filled = true;
+    // Only while the pool is whole: while it is being opened (at start, or
+    // refilled after its backend was away) its idle count is low by
+    // construction, and growing then took every pool to
+    // --max_conns_per_backend.
     uint32_t low_water = std::max(2u, b.target / 8);
-    if (!b.removed && b.failures == 0 && b.filled && Idle(id) < low_water &&
+    if (!b.removed && b.failures == 0 && b.live >= b.target && Idle(id) < low_water &&
         b.target < opts_.max_conns_per_backend) {
       b.target = std::min(opts_.max_conns_per_backend, b.target + std::max(4u, b.target / 4));
       VLOG(1) << "backend " << id << ": idle pool low, target " << b.target;

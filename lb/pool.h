@@ -129,9 +129,6 @@ class PoolManager {
     // Connections that died since the idle queue was last compacted: each
     // may have left a dead entry in it.
     uint32_t deaths_since_compact = 0;
-    // Reached its target once: from then on a low idle count means demand,
-    // not a pool still being opened.
-    bool filled = false;
   };
   // Retires idle pooled connections idle longer than opts_.idle_timeout.
   // Reads every live pooled connection's record (one syscall each), so it
