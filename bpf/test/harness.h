@@ -333,7 +333,9 @@ class DatapathFixture : public ::testing::Test {
     r.vlan_tci = p.vlans.empty() ? 0 : TciNet(p.vlans.back());
     memcpy(r.be_mac, kBackends[p.backend].mac.data(), 6);
     ASSERT_TRUE(dp_->PutPool(p.pid, r).ok());
-    if (queue) ASSERT_TRUE(dp_->PushIdle(p.backend, p.pid).ok());
+    if (queue) {
+      ASSERT_TRUE(dp_->PushIdle(p.backend, p.pid).ok());
+    }
   }
   rm_pool Pool(uint32_t pid) {
     auto p = dp_->GetPool(pid);
@@ -460,8 +462,12 @@ class DatapathFixture : public ::testing::Test {
     if (want) {
       EXPECT_TRUE(PacketsEqual(*want, r.output)) << what;
       packet::ParsedPacket p = packet::Parse(r.output);
-      if (p.ipv4) EXPECT_TRUE(p.Ipv4ChecksumOk()) << what;
-      if (p.tcp) EXPECT_TRUE(p.TcpChecksumOk()) << what;
+      if (p.ipv4) {
+        EXPECT_TRUE(p.Ipv4ChecksumOk()) << what;
+      }
+      if (p.tcp) {
+        EXPECT_TRUE(p.TcpChecksumOk()) << what;
+      }
     } else if (verdict == XDP_PASS) {
       EXPECT_TRUE(PacketsEqual(in, r.output)) << what << ": XDP_PASS must not modify";
     }
