@@ -212,7 +212,7 @@ static __always_inline void rm_unlock(__u32 *l) {
 /* Leg state of a pooled connection as it is handed back. */
 struct rm_leg {
   __u32 lb_nxt, be_nxt, lb_ts, be_ts, be_edge;
-  __u32 be_ts_at;     /* rm_clock_units() when be_ts arrived */
+  __u32 be_ts_at;     /* rm_ts_stamp() when be_ts arrived */
   __u32 owner, epoch; /* only the owner of this epoch may hand it back */
   __u32 retire;       /* 1: mark dead instead of queueing */
 };
@@ -480,7 +480,7 @@ static __noinline int send_rst(struct xdp_md *ctx, struct rm_pkt *pk) {
 /* What a splice copies out of the pool record it takes. */
 struct rm_pool_take {
   __u32 lb_nxt, be_nxt, lb_ts_last, be_ts_last, be_edge;
-  __u32 be_ts_at;  /* rm_clock_units() when be_ts_last arrived */
+  __u32 be_ts_at;  /* rm_ts_stamp() when be_ts_last arrived */
   __u32 be_ts_now; /* be_ts_last moved on by the time since */
   struct rm_pool_key key;
   __u8 be_mac[6];
@@ -521,22 +521,25 @@ static __always_inline __u64 coarse_now(struct rm_scratch *sc) {
   return sc->clk_ns;
 }
 
-/* The coarse clock in units of 2^20 ns (~1.05 ms), mod 2^32 (52 days):
- * when a backend TSval arrived, stamped per packet for a shift. */
-static __always_inline __u32 rm_clock_units(struct rm_scratch *sc) {
-  return (__u32)(coarse_now(sc) >> 20);
+/* When a backend TSval arrived: CLOCK_MONOTONIC in units of 2^16 ns
+ * (65.5 us), mod 2^32 (78 hours). Read only when a backend's TSval moves
+ * on (at most once per TS tick per connection). The coarse clock would do
+ * per packet for less, but it lags by up to a jiffy at both ends of the
+ * interval, and an estimate short by 4 ms (HZ=250) is a 4-tick leap. */
+static __always_inline __u32 rm_ts_stamp(void) {
+  return (__u32)(bpf_ktime_get_ns() >> 16);
 }
 
-/* TS ticks a backend's clock advanced since rm_clock_units() read `since`.
+/* TS ticks a backend's clock advanced since rm_ts_stamp() read `since`.
  * Assumes Linux's 1 kHz TS clock: a slower one makes this an overestimate,
  * which costs nothing (the client's TSval then stands still for a while,
  * never going backwards), a faster one an underestimate, a leap forward.
- * A stamp "from the future" (another CPU's clock a tick ahead) is 0. */
-static __always_inline __u32 be_ticks_since(__u32 since, struct rm_scratch *sc) {
+ * 0 for a stamp from the future or more than 39 hours old. */
+static __always_inline __u32 be_ticks_since(__u32 since) {
   if (!rm_ts_estimate) return 0;
-  __s32 units = (__s32)(rm_clock_units(sc) - since);
+  __s32 units = (__s32)(rm_ts_stamp() - since);
   if (units <= 0) return 0;
-  return (__u32)(((__u64)units << 20) / 1000000);
+  return (__u32)(((__u64)units << 16) / 1000000);
 }
 
 
@@ -660,7 +663,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
       np->lb_ts_last = p->lb_ts_last;
       np->be_ts_last = p->be_ts_last;
       np->be_ts_at = p->be_ts_at;
-      np->be_ts_now = p->be_ts_last + be_ticks_since(p->be_ts_at, sc);
+      np->be_ts_now = p->be_ts_last + be_ticks_since(p->be_ts_at);
       np->be_edge = p->be_edge;
       np->lb_wscale = p->lb_wscale;
       np->be_wscale = p->be_wscale;
@@ -1429,9 +1432,6 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
   struct rm_scratch *sc = scratch_get();
   if (!p || !sc) return XDP_DROP;
-  /* When this segment's TSval arrived: a later splice estimates the
-   * backend's clock from it (see do_splice). */
-  __u32 ts_at = rm_clock_units(sc);
 
   __u32 pstate, owner, oepoch;
   rm_lock(&p->lock);
@@ -1442,7 +1442,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     /* The backend's SYN-ACK: what userspace cannot read from its socket. */
     p->be_isn = pk->seq;
     p->be_ts_last = pk->tsval;
-    p->be_ts_at = ts_at;
+    p->be_ts_at = rm_ts_stamp();
     p->be_edge = pk->ack + bpf_ntohs(pk->tcp->window); /* unscaled in SYNs */
     p->be_wscale = pk->has_ws ? pk->ws : 0;
     p->be_mss = pk->mss;
@@ -1506,8 +1506,10 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   __u32 d_tsval = c->ts_b2c;
   if (pk->has_ts) {
     if (rm_after(pk->tsval, c->b_ts_last)) {
+      /* When it arrived: a later splice estimates the backend's clock
+       * from it (see do_splice). */
       c->b_ts_last = pk->tsval;
-      c->b_ts_at = ts_at;
+      c->b_ts_at = rm_ts_stamp();
     }
     d_tsval = rm_tsval_offset(pk->tsval, c->ts_b2c, &c->s_ts_last);
   }

@@ -249,8 +249,8 @@ struct rm_pool {
                          retired connection never matches its successor */
   __u32 uses;         /* splices carried */
   __u32 be_edge;      /* highest ack + window the backend advertised */
-  __u32 be_ts_at;     /* when be_ts_last arrived: coarse clock >> 20 (units
-                         of ~1.05 ms, mod 2^32) */
+  __u32 be_ts_at;     /* when be_ts_last arrived: CLOCK_MONOTONIC >> 16
+                         (units of 65.5 us, mod 2^32) */
   __u64 last_used_ns;
 };
 

@@ -24,8 +24,8 @@
 // rather than 0 (TCPACKSkippedPAWS, which only follows a PAWS drop, by
 // PAWSEstab), and every PAWS drop is attributed (testing/tcpdrops): all must
 // be seen by the tracer, and the kind (old copy, new data, pure ACK) and age
-// of each is printed; a drop older than two relay holds (which the injector
-// cannot explain) fails, with the logged drops. TcpInCsumErrors (no
+// of each is printed; a drop older than two relay holds and some slack
+// (which the injector cannot explain) fails, with the logged drops. TcpInCsumErrors (no
 // corruption is injected) must stay 0.
 //
 // CI runs FAULT_E2E_REQUESTS requests per fault level (default 3000); the
@@ -193,14 +193,15 @@ class FaultE2eTest : public ::testing::Test {
       // What each PAWS drop was (testing/tcpdrops). A relay holds a frame
       // back at most reorder_max_hold, timed by kernel arrival stamps
       // (testing/faults/relay.h), and every segment crosses two faulty
-      // links (its client's and its backend's), so a receiver sees a
-      // segment at most twice that many ms ticks (+1 for tick boundaries)
-      // older than one sent after it. An older one fails: rematcher's TS
-      // translation made it (before the splice counted a pool's idle time,
-      // clients saw old copies 80-700 ticks old at 5%).
+      // links (its client's and its backend's): twice that many ms ticks,
+      // +1 for tick boundaries, plus what a busy sender adds between
+      // stamping a segment and the relay seeing it (the direct-path control
+      // has shown 10 ticks with 5 ms holds): 2 x 5 + 4 = 14. An older one
+      // fails: a TS translation made it (before the splice counted a
+      // pool's idle time, clients saw old copies 80-700 ticks old at 5%).
       const int hold_ticks =
           static_cast<int>(absl::ToDoubleMilliseconds(FaultSpec().reorder_max_hold) + 0.999);
-      const int max_age = fault_rate > 0 ? 2 * hold_ticks + 1 : -1;
+      const int max_age = fault_rate > 0 ? 2 * hold_ticks + 4 : -1;
       absl::Status paws = bed().CheckPawsAttribution(host, d, max_age);
       EXPECT_TRUE(paws.ok()) << paws;
     }

@@ -771,8 +771,8 @@ TEST_F(DatapathTest, RematchTranslatesOntoNewPoolAndRequeuesOld) {
 // TSecr still map back to values the backend sent.
 TEST_F(DatapathTest, TsvalOffsetCountsTheTimeAPoolSatIdle) {
   LoadDatapath(4, 1, 1, 1, /*ts_estimate=*/true);
-  const uint32_t idle_units = 500;  // 2^20 ns each: 524 ms
-  const uint32_t u0 = uint32_t(CoarseNowNs() >> 20);
+  const uint32_t idle_units = 8000;  // 2^16 ns each: 524 ms
+  const uint32_t u0 = TsStampNow();
   PoolSpec p0;
   p0.be_ts_at = u0;
   AddPool(p0);
@@ -785,7 +785,7 @@ TEST_F(DatapathTest, TsvalOffsetCountsTheTimeAPoolSatIdle) {
   Exchange(c, p0, e, b, 500);
   // Each backend TSval is stamped with its arrival.
   rm_client before = Client(c.id);
-  const uint32_t u1 = uint32_t(CoarseNowNs() >> 20);
+  const uint32_t u1 = TsStampNow();
   EXPECT_GE(int32_t(before.b_ts_at - u0), 0);
   EXPECT_LE(int32_t(before.b_ts_at - u1), 0);
 
@@ -798,16 +798,16 @@ TEST_F(DatapathTest, TsvalOffsetCountsTheTimeAPoolSatIdle) {
   ClientToBackend("request 2 on backend 1", c, p1, e1, req2,
                   {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
                    {RM_ST_DECISION_APPLIED, 1}});
-  const uint32_t u2 = uint32_t(CoarseNowNs() >> 20);
+  const uint32_t u2 = TsStampNow();
   rm_client rec = Client(c.id);
   ASSERT_EQ(rec.pool_id, 1u);
   // The released pool keeps when its last backend TSval arrived.
   EXPECT_EQ(Pool(0).be_ts_at, before.b_ts_at);
   EXPECT_EQ(rec.b_ts_at, p1.be_ts_at);
-  // The offset counts the idle time: at least 500 units (524 ticks), at
+  // The offset counts the idle time: at least 8000 units (524 ticks), at
   // most what had passed by the end of the splice.
   uint32_t est = e1.s_ts0 - rec.ts_b2c - p1.be_ts;
-  uint32_t max_ticks = uint32_t((uint64_t(u2 - p1.be_ts_at) << 20) / 1000000);
+  uint32_t max_ticks = uint32_t((uint64_t(u2 - p1.be_ts_at) << 16) / 1000000);
   EXPECT_GE(est, 524u);
   EXPECT_LE(est, max_ticks);
 
@@ -865,7 +865,7 @@ TEST_F(DatapathTest, PoolSetupSynAckRecordedAndPassed) {
   Expect("ACK while connecting", stray, XDP_PASS, nullptr, {{RM_ST_PASS_POOL_SETUP, 1}});
   EXPECT_EQ(Pool(p.pid).synack_seen, 0);
 
-  const uint32_t u0 = uint32_t(CoarseNowNs() >> 20);
+  const uint32_t u0 = TsStampNow();
   Bytes synack = FromBackend(p)
                      .Flags(SYN | ACK)
                      .Seq(0xabcdef00u)
@@ -880,7 +880,7 @@ TEST_F(DatapathTest, PoolSetupSynAckRecordedAndPassed) {
                      .WindowScale(9)
                      .Build();
   Expect("SYN-ACK", synack, XDP_PASS, nullptr, {{RM_ST_PASS_POOL_SETUP, 1}});
-  const uint32_t u1 = uint32_t(CoarseNowNs() >> 20);
+  const uint32_t u1 = TsStampNow();
   rm_pool got = Pool(p.pid);
   EXPECT_EQ(got.state, uint32_t(RM_P_CONNECTING));  // userspace adopts it
   EXPECT_EQ(got.synack_seen, 1);

@@ -13,6 +13,7 @@
 #include <bpf/bpf.h>
 #include <linux/bpf.h>
 #include <unistd.h>
+#include <time.h>
 
 #include <cstdint>
 #include <cstring>
@@ -88,6 +89,14 @@ struct VlanSpec {
 
 inline uint16_t TciNet(const VlanSpec& v) { return htons(uint16_t(v.pcp << 13 | v.vid)); }
 
+// The datapath's stamp for when a backend TSval arrived (rm_ts_stamp):
+// CLOCK_MONOTONIC (bpf_ktime_get_ns) in units of 2^16 ns.
+inline uint32_t TsStampNow() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return uint32_t((uint64_t(t.tv_sec) * 1000000000u + uint64_t(t.tv_nsec)) >> 16);
+}
+
 // A pooled connection as the test set it up (host order).
 struct PoolSpec {
   uint32_t pid = 0;
@@ -97,7 +106,7 @@ struct PoolSpec {
   uint32_t be_nxt = 0x20000000;
   uint32_t lb_ts = 5000000;
   uint32_t be_ts = 7000000;
-  uint32_t be_ts_at = 0;  // when be_ts arrived (CoarseNowNs() >> 20)
+  uint32_t be_ts_at = 0;  // when be_ts arrived (TsStampNow())
   uint8_t lb_ws = 7;
   uint8_t be_ws = 7;
   uint8_t flags = RM_LEG_TS | RM_LEG_SACK | RM_LEG_WS;
