@@ -1430,8 +1430,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   }
   __u32 pid = *pidp;
   struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
-  struct rm_scratch *sc = scratch_get();
-  if (!p || !sc) return XDP_DROP;
+  if (!p) return XDP_DROP;
 
   __u32 pstate, owner, oepoch;
   rm_lock(&p->lock);
@@ -1471,6 +1470,8 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   struct rm_client *c = bpf_map_lookup_elem(&clients, &owner);
   if (!c) return XDP_DROP;
   __u32 len = pk->payload_len;
+  struct rm_scratch *sc = scratch_get();
+  if (!sc) return XDP_DROP;
   struct rm_xlate *x = &sc->x;
   struct rm_leg *leg = &sc->leg;
   /* Every field of x is assigned below; leg only on the retire path. */
