@@ -367,14 +367,36 @@ static __always_inline __u32 request_abort(struct rm_client *c) {
 }
 
 
+/* Puts an idle pooled connection (entry: RM_IDLE_ENTRY) in its backend's
+ * idle queue; one that cannot be queued is retired, never lost silently. */
+static __noinline void pool_enqueue(const struct rm_config *cfg, __u32 pid, __u32 bid,
+                                    __u32 entry, __u32 owner) {
+  struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
+  if (!p) return;
+  void *q = bpf_map_lookup_elem(&idle_pools, &bid);
+  if (q && bpf_map_push_elem(q, &entry, 0) == 0) {
+    struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
+    if (bl) __sync_fetch_and_add(&bl->idle, 1);
+  } else {
+    rm_lock(&p->lock);
+    if (p->state == RM_P_IDLE) p->state = RM_P_DEAD;
+    rm_unlock(&p->lock);
+    stat_inc(RM_ST_POOL_DEAD);
+    emit(cfg, RM_EV_POOL_DEAD, owner, bid, pid, 0);
+  }
+}
+
 /* Hand a pooled connection back to its backend's idle queue. Only the owner
- * of `epoch` may do so. */
+ * of `epoch` may do so. leg->retire: 0 idle queue, 1 or 2 dead (2: the
+ * backend still holds it open, userspace resets it), 3 verify first (the
+ * client closed or went idle rather than starting a next request, so the
+ * backend may still owe it bytes: see pool_verify_segment). */
 static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
                                     const struct rm_leg *leg) {
   __u32 owner = leg->owner, epoch = leg->epoch, retire = leg->retire;
   struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
   if (!p) return;
-  int push = 0, moved = 0;
+  int push = 0, moved = 0, verify = 0;
   __u32 bid, entry;
   __u64 now = bpf_ktime_get_coarse_ns();
   rm_lock(&p->lock);
@@ -389,9 +411,15 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
     p->be_edge = leg->be_edge;
     p->owner = RM_NO_ID;
     moved = 1;
-    if (!retire && cfg->pool_max_uses && p->uses >= cfg->pool_max_uses)
+    if ((!retire || retire == 3) && cfg->pool_max_uses && p->uses >= cfg->pool_max_uses)
       retire = 2; /* worn out: userspace resets it, a fresh one replaces it */
-    if (retire) {
+    if (retire == 3) {
+      /* The precise clock while verifying (pool_verify_segment times the
+       * settle from it; the coarse one lags by up to a jiffy). */
+      p->state = RM_P_VERIFY;
+      p->last_used_ns = bpf_ktime_get_ns();
+      verify = 1;
+    } else if (retire) {
       p->state = RM_P_DEAD;
     } else {
       p->state = RM_P_IDLE;
@@ -401,6 +429,11 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
   }
   rm_unlock(&p->lock);
   if (!moved) return;
+  if (verify) {
+    stat_inc(RM_ST_POOL_VERIFY);
+    emit(cfg, RM_EV_POOL_VERIFY, owner, bid, pid, 0);
+    return;
+  }
   if (retire) {
     /* retire == 2: the backend still thinks the connection is open (no
      * FIN/RST went through it): userspace resets it. */
@@ -408,19 +441,7 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
     emit(cfg, RM_EV_POOL_DEAD, owner, bid, pid, retire == 2);
     return;
   }
-  if (!push) return;
-  void *q = bpf_map_lookup_elem(&idle_pools, &bid);
-  if (q && bpf_map_push_elem(q, &entry, 0) == 0) {
-    struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
-    if (bl) __sync_fetch_and_add(&bl->idle, 1);
-  } else {
-    /* Cannot be queued: never lose it silently, retire it. */
-    rm_lock(&p->lock);
-    if (p->state == RM_P_IDLE) p->state = RM_P_DEAD;
-    rm_unlock(&p->lock);
-    stat_inc(RM_ST_POOL_DEAD);
-    emit(cfg, RM_EV_POOL_DEAD, owner, bid, pid, 0);
-  }
+  if (push) pool_enqueue(cfg, pid, bid, entry, owner);
 }
 
 static __noinline void client_free(__u32 id, const struct rm_flow_key *key,
@@ -1125,8 +1146,10 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
                   c->b_acked == c->c_nxt + c->d_req &&
                   pk->seq == c->c_nxt && len == 0 && !(c->fin_flags & RM_FIN_B);
   if (state == RM_C_ESTABLISHED && (pk->rst || pk->fin) && quiescent) {
-    /* Clean close between requests: keep the pooled connection. */
+    /* Clean close between requests: keep the pooled connection, once the
+     * backend shows it owes nothing more (pool_verify_segment). */
     leg_from_client(leg, c);
+    leg->retire = 3;
     release = 1;
     c->pool_id = RM_NO_ID;
     c->backend_id = RM_NO_ID;
@@ -1378,6 +1401,74 @@ static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
   return rm_send_reply(ctx, pk, &r);
 }
 
+/* A segment from the backend of a pooled connection being verified
+ * (RM_P_VERIFY). The client it last carried closed or went idle instead of
+ * starting a next request, so nothing showed that the backend had finished
+ * sending: a response tail lost on the way, awaiting the backend's
+ * retransmission, would reach the next client of a reused connection as
+ * the start of its response (another client's bytes). The core probes it
+ * (a zero-length ACK one byte behind, which a TCP stack answers with an ACK
+ * carrying its snd_nxt) RM_VERIFY_SETTLE_NS after the release. An answer
+ * from the backend with nothing sent past be_nxt makes it idle; data or a
+ * sequence past be_nxt, a FIN or an RST retire it. Earlier answers may be
+ * stale and are only absorbed. */
+static __noinline int pool_verify_segment(struct xdp_md *ctx, struct rm_pkt *pk,
+                                          const struct rm_config *cfg, __u32 pid) {
+  struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
+  if (!p) return XDP_DROP;
+  struct rm_reply r = {};
+  int reply = 0, dead = 0, ok = 0;
+  __u32 bid, entry;
+  __u64 now = bpf_ktime_get_ns();
+  rm_lock(&p->lock);
+  bid = p->backend_id;
+  entry = RM_IDLE_ENTRY(pid, p->gen & 0xfff);
+  if (p->state != RM_P_VERIFY) {
+    rm_unlock(&p->lock);
+    stat_inc(RM_ST_DROP_STALE);
+    return XDP_DROP;
+  }
+  __u32 end = pk->seq + pk->payload_len;
+  r.ts = (p->flags & RM_LEG_TS) != 0;
+  r.tsval = p->lb_ts_last;
+  r.tsecr = pk->tsval;
+  if (pk->rst || pk->fin || pk->syn || rm_after(end, p->be_nxt)) {
+    p->state = RM_P_DEAD;
+    dead = pk->rst ? 1 : 2;
+  } else if (pk->payload_len) {
+    /* An old retransmission: the backend missed an ACK. */
+    reply = 1;
+    r.seq = p->lb_nxt;
+    r.ack = p->be_nxt;
+    r.flags = RM_TH_ACK;
+  } else if (end == p->be_nxt && pk->ack_f && !rm_before(pk->ack, p->lb_nxt) &&
+             now >= p->last_used_ns + RM_VERIFY_SETTLE_NS) {
+    p->state = RM_P_IDLE;
+    p->last_used_ns = bpf_ktime_get_coarse_ns();
+    ok = 1;
+  }
+  rm_unlock(&p->lock);
+  if (dead) {
+    stat_inc(RM_ST_POOL_UNVERIFIED);
+    stat_inc(RM_ST_POOL_DEAD);
+    emit(cfg, RM_EV_POOL_DEAD, RM_UNVERIFIED_ID, bid, pid, dead == 2);
+    return XDP_DROP;
+  }
+  if (ok) {
+    stat_inc(RM_ST_POOL_VERIFIED);
+    pool_enqueue(cfg, pid, bid, entry, RM_NO_ID);
+    return XDP_DROP;
+  }
+  if (!reply) {
+    stat_inc(RM_ST_CONSUMED);
+    return XDP_DROP;
+  }
+  r.window = 0xffff;
+  r.ws = 0xff;
+  stat_inc(RM_ST_TX_POOL_ACK);
+  return rm_send_reply(ctx, pk, &r);
+}
+
 /* The backend closed (FIN) the pooled connection before the client
  * was sent anything of it for the request that opened this epoch: no
  * acknowledgement of the request (the close itself may carry the first,
@@ -1458,6 +1549,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     return XDP_PASS;
   }
   if (pstate == RM_P_IDLE) return pool_idle_segment(ctx, pk, cfg, pid);
+  if (pstate == RM_P_VERIFY) return pool_verify_segment(ctx, pk, cfg, pid);
   if (pstate != RM_P_BUSY) {
     stat_inc(RM_ST_DROP_STALE);
     return XDP_DROP;
@@ -1762,7 +1854,7 @@ int xdp_ctl(struct xdp_md *ctx) {
     leg_from_client(leg, c);
     leg->owner = id;
     leg->epoch = epoch;
-    leg->retire = clean ? 0 : 2;
+    leg->retire = clean ? 3 : 2; /* clean: verify before reuse */
     c->pool_id = RM_NO_ID;
     c->backend_id = RM_NO_ID;
     abort_bid = request_abort(c);

@@ -33,6 +33,13 @@
 #define RM_MAX_POOL_PER_BACKEND 8192 /* pooled connections per backend */
 #define RM_MAX_POOL (RM_MAX_BACKENDS * 64) /* default pool table size */
 #define RM_NO_ID 0xffffffffu
+/* client_id of an RM_EV_POOL_DEAD for a pooled connection retired by
+ * verification (RM_P_VERIFY): the backend answered, so no health signal. */
+#define RM_UNVERIFIED_ID 0xfffffffeu
+/* How long after a release into RM_P_VERIFY a backend segment may prove
+ * the connection clean: an earlier one may have been sent before a lost
+ * response tail. The core probes no sooner. */
+#define RM_VERIFY_SETTLE_NS (10ULL * 1000 * 1000)
 
 /* Idle-queue entries: pool id in the low 20 bits, generation above. */
 #define RM_POOL_ID_BITS 20
@@ -219,6 +226,10 @@ enum rm_pool_state {
   RM_P_IDLE = 2,       /* quiescent, in its backend's idle queue */
   RM_P_BUSY = 3,       /* carrying client `owner` in epoch `owner_epoch` */
   RM_P_DEAD = 4,       /* unusable: userspace closes and replaces it */
+  RM_P_VERIFY = 5,     /* handed back by a client that closed or went idle:
+                          out of the idle queue until the backend shows it
+                          has sent nothing beyond be_nxt (its answer to a
+                          probe, see pool_verify_segment) */
 };
 
 /* One pooled backend connection, indexed by pool id. Its leg state (lb_nxt,
@@ -251,7 +262,8 @@ struct rm_pool {
   __u32 be_edge;      /* highest ack + window the backend advertised */
   __u32 be_ts_at;     /* when be_ts_last arrived: CLOCK_MONOTONIC >> 16
                          (units of 65.5 us, mod 2^32) */
-  __u64 last_used_ns;
+  __u64 last_used_ns; /* when it went idle (coarse clock; the precise one
+                         while RM_P_VERIFY, from its release) */
 };
 
 /* Per-backend configuration, written by userspace, read by the datapath.
@@ -343,6 +355,12 @@ enum rm_stat {
                                RM_LOCK_SPINS tries and was taken anyway
                                (never expected: holders are BPF programs
                                that cannot sleep) */
+  RM_ST_POOL_VERIFY,        /* pooled connection handed back without a next
+                               request (client closed or idle): verifying */
+  RM_ST_POOL_VERIFIED,      /* ...the backend had nothing more: idle again */
+  RM_ST_POOL_UNVERIFIED,    /* ...the backend had sent more than the client
+                               got (a lost response tail): retired, so no
+                               later client is handed those bytes */
   RM_ST__MAX,
 };
 
@@ -357,6 +375,7 @@ enum rm_event_type {
                           RM_EV_REQ_DONE refreshes the decision. After a
                           rematch it also carries the old pooled
                           connection's owed ACK (ack_pool != RM_NO_ID). */
+  RM_EV_POOL_VERIFY = 6, /* pooled connection entered RM_P_VERIFY: probe it */
 };
 
 #define RM_EVENTS_RING (1 << 20) /* ring buffer bytes */

@@ -323,6 +323,9 @@ void Core::OnEvent(const rm_event& ev) {
     case RM_EV_NEED_POOL:
       pools_->OnNeed(ev.backend_id);
       break;
+    case RM_EV_POOL_VERIFY:
+      pools_->OnVerify(ev.pool_id);
+      break;
     default:
       break;
   }
@@ -742,7 +745,8 @@ std::string Core::StatsText() {
   absl::StrAppend(&out, "pool_opened ", pst.opened, "\npool_established ", pst.established,
                   "\npool_connect_failures ", pst.connect_failures, "\npool_retired ",
                   pst.retired, "\npool_idle_entries_compacted ", pst.idle_entries_compacted,
-                  "\npool_idle_timeouts ", pst.idle_timeouts, "\n");
+                  "\npool_idle_timeouts ", pst.idle_timeouts, "\npool_verify_probes ",
+                  pst.verify_probes, "\npool_verify_timeouts ", pst.verify_timeouts, "\n");
   return out;
 }
 
@@ -1048,6 +1052,7 @@ absl::Status Core::Run() {
     // Events can queue up while we handle others; drain without waiting.
     ring_buffer__consume(rb_);
     Redecide();
+    if (pools_->verifying()) pools_->ProbeVerifying(absl::Now());
   }
   return absl::OkStatus();
 }

@@ -67,6 +67,9 @@ const char* StatName(int stat) {
       "rematch_skipped_no_idle",
       "unpinned",
       "lock_stolen",
+      "pool_verify",
+      "pool_verified",
+      "pool_unverified",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];

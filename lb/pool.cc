@@ -408,6 +408,7 @@ void PoolManager::Tick(absl::Time now) {
     Retire(pid, false);
   }
   if (opts_.idle_timeout > absl::ZeroDuration()) RetireIdleTooLong(now);
+  ProbeVerifying(now);
   for (auto& [id, b] : backends_) {
     // Keep a spare margin of idle connections, so a burst of new clients
     // finds one without waiting for a connect.
@@ -459,6 +460,8 @@ void PoolManager::RetireIdleTooLong(absl::Time at) {
     if (c.state != Conn::kLive) continue;
     auto rec = dp_->GetPool(pid);
     if (rec.ok() && rec->state == RM_P_IDLE && rec->last_used_ns < cutoff) old.push_back(pid);
+    // Its RM_EV_POOL_VERIFY was lost (ring full): probe it all the same.
+    if (rec.ok() && rec->state == RM_P_VERIFY && !verifying_.contains(pid)) OnVerify(pid);
   }
   for (uint32_t pid : old)
     if (RetireIfIdleSince(pid, cutoff)) stats_.idle_timeouts++;
@@ -500,18 +503,18 @@ bool PoolManager::CanGrow(uint32_t backend) const {
 absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack,
                                           uint32_t tsval, uint32_t tsecr, uint16_t window,
                                           bool rst) {
-  auto it = conns_.find(pid);
-  if (it == conns_.end()) return absl::NotFoundError("no such pooled connection");
+  if (conns_.find(pid) == conns_.end()) return absl::NotFoundError("no such pooled connection");
   // A peek (no syscall; this runs for most rematches): every field used
   // below is taken as a lower bound or a state check, so a record caught
   // mid-change can only make the ACK newer or skip it.
   std::optional<rm_pool> rec = dp_->PeekPool(pid);
   if (!rec) return absl::NotFoundError("no such pooled connection record");
   if (!rst) {
-    // The owed ACK is only useful while the connection sits idle: once the
-    // next client carries it, its packets are newer and a late ACK with
-    // older timestamps would be dropped by the backend (PAWS) or be noise.
-    if (rec->state != RM_P_IDLE) return false;
+    // The owed ACK is only useful while the connection sits idle (or is
+    // being verified before it is): once the next client carries it, its
+    // packets are newer and a late ACK with older timestamps would be
+    // dropped by the backend (PAWS) or be noise.
+    if (rec->state != RM_P_IDLE && rec->state != RM_P_VERIFY) return false;
     // It may have been taken and handed back again since the event was
     // written (the core runs behind the datapath under load): the record of
     // an idle connection holds what was last sent on it, so acknowledge
@@ -522,18 +525,86 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
     if (after(rec->lb_ts_last, tsval)) tsval = rec->lb_ts_last;
     if (after(rec->be_ts_last, tsecr)) tsecr = rec->be_ts_last;
   }
+  if (auto st = SendSegment(pid, *rec, seq, ack, tsval, tsecr, window, rst, false); !st.ok())
+    return st;
+  return true;
+}
+
+void PoolManager::OnVerify(uint32_t pid) {
+  if (conns_.find(pid) == conns_.end()) return;
+  // A little after the settle time, which the datapath measures from the
+  // release (this event comes later still): an earlier answer would only
+  // be absorbed, and the next probe may come 600 ms later.
+  verifying_[pid] = Verifying{absl::Now() + absl::Nanoseconds(RM_VERIFY_SETTLE_NS) +
+                                  absl::Milliseconds(1),
+                              0};
+}
+
+void PoolManager::ProbeVerifying(absl::Time now) {
+  if (verifying_.empty()) return;
+  std::vector<uint32_t> done, silent;
+  for (auto& [pid, v] : verifying_) {
+    if (now < v.due) continue;
+    std::optional<rm_pool> rec = dp_->PeekPool(pid);
+    if (!rec || rec->state != RM_P_VERIFY || conns_.find(pid) == conns_.end()) {
+      done.push_back(pid);  // verified, retired, or gone
+      continue;
+    }
+    if (v.probes >= 8) {
+      silent.push_back(pid);
+      continue;
+    }
+    // The last byte the backend received, again (any value: a receiver
+    // never compares a duplicate): Linux answers a duplicate at once with an
+    // ACK carrying its snd_nxt, whatever it has sent since. A zero-length
+    // probe one byte behind (a keepalive) is out of window instead, and
+    // those answers are rate-limited to one per 500 ms per connection
+    // (tcp_invalid_ratelimit): too slow for a connection reused every
+    // few ms.
+    absl::Status st = SendSegment(pid, *rec, rec->lb_nxt - 1, rec->be_nxt, rec->lb_ts_last,
+                                  rec->be_ts_last, 0xffff, false, /*probe_byte=*/true);
+    if (!st.ok()) {
+      LOG_EVERY_N(WARNING, 100) << "pooled connection " << pid << ": probe: " << st;
+    }
+    stats_.verify_probes++;
+    v.probes++;
+    v.due = now + absl::Milliseconds(50);
+  }
+  for (uint32_t pid : done) verifying_.erase(pid);
+  for (uint32_t pid : silent) {
+    verifying_.erase(pid);
+    auto it = conns_.find(pid);
+    if (it == conns_.end()) continue;
+    uint32_t backend = it->second.backend;
+    LOG_EVERY_N(WARNING, 20) << "pooled connection " << pid << " to backend " << backend
+                             << ": no answer to 8 probes while verifying; retired";
+    stats_.verify_timeouts++;
+    Retire(pid, /*send_rst=*/true);
+    NoteDeath(backend);
+    Refill(backend, now);
+  }
+}
+
+absl::Status PoolManager::SendSegment(uint32_t pid, const rm_pool& rec, uint32_t seq,
+                                      uint32_t ack, uint32_t tsval, uint32_t tsecr,
+                                      uint16_t window, bool rst, bool probe_byte) {
+  auto it = conns_.find(pid);
+  if (it == conns_.end()) return absl::NotFoundError("no such pooled connection");
   if (raw_fd_ < 0) {
     raw_fd_ = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
     if (raw_fd_ < 0) return Errno("raw socket (needs CAP_NET_RAW)");
   }
   const rm_pool_key& k = it->second.key;
-  bool ts = (rec->flags & RM_LEG_TS) != 0;
-  uint8_t pkt[20 + 32] = {};
+  bool ts = (rec.flags & RM_LEG_TS) != 0;
+  uint8_t pkt[20 + 32 + 1] = {};
   size_t tcp_len = ts ? 32 : 20;
+  // A probe carries one byte the backend already has (its value is never
+  // compared): see ProbeVerifying.
+  const size_t seg_len = tcp_len + (probe_byte ? 1 : 0);
   iphdr* ip = reinterpret_cast<iphdr*>(pkt);
   ip->version = 4;
   ip->ihl = 5;
-  ip->tot_len = htons(20 + tcp_len);
+  ip->tot_len = htons(20 + seg_len);
   ip->frag_off = htons(IP_DF);
   ip->ttl = 64;
   ip->protocol = IPPROTO_TCP;
@@ -559,16 +630,17 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
     memcpy(o + 4, &v, 4);
     memcpy(o + 8, &e, 4);
   }
-  uint64_t s = Sum16(th, tcp_len);
+  uint64_t s = Sum16(th, seg_len);
   s += Sum16(&ip->saddr, 8);
-  s += IPPROTO_TCP + tcp_len;
+  s += IPPROTO_TCP + seg_len;
   th->check = htons(static_cast<uint16_t>(~Fold(s)));
   sockaddr_in dst{};
   dst.sin_family = AF_INET;
   dst.sin_addr.s_addr = k.backend_ip;
-  if (sendto(raw_fd_, pkt, 20 + tcp_len, 0, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) < 0)
+  if (sendto(raw_fd_, pkt, 20 + seg_len, 0, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) < 0)
     return Errno("sending on raw socket");
-  return true;
+  return absl::OkStatus();
 }
+
 
 }  // namespace rematcher

@@ -55,6 +55,8 @@ struct PoolStats {
   uint64_t opened = 0, established = 0, connect_failures = 0, retired = 0;
   uint64_t idle_entries_compacted = 0;  // dead idle-queue entries dropped
   uint64_t idle_timeouts = 0;           // retired for idling too long
+  uint64_t verify_probes = 0;           // probes sent to RM_P_VERIFY connections
+  uint64_t verify_timeouts = 0;         // retired: no answer to any probe
 };
 
 // Per-backend connect outcomes, for passive health checking.
@@ -84,6 +86,15 @@ class PoolManager {
   // reset: the backend was not told (no FIN/RST passed): send it a RST.
   void OnDead(uint32_t pid, bool reset);
   void OnNeed(uint32_t backend);
+  // A pooled connection entered RM_P_VERIFY (handed back by a client that
+  // closed or went idle): probe its backend RM_VERIFY_SETTLE_NS later; the
+  // datapath makes it idle on a clean answer, or retires it.
+  void OnVerify(uint32_t pid);
+  // Sends the probes that are due; called from the core's loop (cheap when
+  // none is pending) and its tick. Connections that never answer (8
+  // probes, 50 ms apart) are retired.
+  void ProbeVerifying(absl::Time now);
+  bool verifying() const { return !verifying_.empty(); }
 
   uint32_t Established(uint32_t backend) const;  // live (idle or busy)
   uint32_t Connecting(uint32_t backend) const;
@@ -110,6 +121,15 @@ class PoolManager {
                                uint32_t tsecr, uint16_t window, bool rst);
 
  private:
+  // The segment itself, exactly as given.
+  absl::Status SendSegment(uint32_t pid, const rm_pool& rec, uint32_t seq, uint32_t ack,
+                           uint32_t tsval, uint32_t tsecr, uint16_t window, bool rst,
+                           bool probe_byte);
+  struct Verifying {
+    absl::Time due;
+    int probes = 0;
+  };
+  absl::flat_hash_map<uint32_t, Verifying> verifying_;
   struct Conn {
     int fd = -1;
     uint32_t backend = 0;

@@ -121,6 +121,22 @@ class DatapathTest : public DatapathFixture {
     return e;
   }
 
+  // A pooled connection its client handed back by closing or idling is in
+  // RM_P_VERIFY: the backend's answer to the core's probe (a bare ACK at
+  // exactly be_nxt, acking lb_nxt), once the settle time has passed, makes
+  // it idle and queued again. The release is backdated instead of slept.
+  void VerifyPool(const PoolSpec& p) {
+    SCOPED_TRACE("verify pool");
+    rm_pool r = Pool(p.pid);
+    ASSERT_EQ(r.state, uint32_t(RM_P_VERIFY));
+    r.last_used_ns -= RM_VERIFY_SETTLE_NS;
+    ASSERT_TRUE(dp_->PutPool(p.pid, r).ok());
+    Bytes answer = FromBackend(p).Flags(ACK).Seq(r.be_nxt).Ack(r.lb_nxt).Window(1000)
+                       .Nop().Nop().Timestamps(r.be_ts_last + 1, r.lb_ts_last).Build();
+    Expect("backend answers the probe", answer, XDP_DROP, nullptr, {{RM_ST_POOL_VERIFIED, 1}});
+    EXPECT_EQ(Pool(p.pid).state, uint32_t(RM_P_IDLE));
+  }
+
   // Backend acks the request and sends a response; client acks it all.
   void Exchange(ClientSpec& c, const PoolSpec& p, const Epoch& e, BackendPos& b,
                 size_t resp_len = 500) {
@@ -1279,14 +1295,16 @@ TEST_F(DatapathTest, ClientFinQuiescentThenFinalAckFreesRecord) {
   Bytes want = ToClient(c).Flags(FIN | ACK).Seq(c.s_nxt).Ack(c.c_nxt).Window(uint16_t(Client(c.id).s_win))
                    .Nop().Nop().Timestamps(c.s_ts, fin.tsval).Build();
   ExpectTx("client FIN between requests", BuildSeg(FromClient(c), fin), want,
-           {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}});
+           {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
   rm_client rec = Client(c.id);
   EXPECT_EQ(rec.state, uint32_t(RM_C_LAST_ACK));
   EXPECT_EQ(rec.pool_id, RM_NO_ID);
   rm_pool pr = Pool(0);
-  EXPECT_EQ(pr.state, uint32_t(RM_P_IDLE));
+  EXPECT_EQ(pr.state, uint32_t(RM_P_VERIFY));
   EXPECT_EQ(pr.lb_nxt, p.lb_nxt + 300);
   EXPECT_EQ(pr.be_nxt, p.be_nxt + 500);
+  EXPECT_TRUE(IdleQueue(0).empty());
+  VerifyPool(p);
   EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
   // FIN retransmitted: the same FIN-ACK again.
   Seg fin2 = fin;
@@ -1527,13 +1545,75 @@ TEST_F(DatapathTest, ClientRstWhileQuiescentKeepsPool) {
   rst.ack = c.s_nxt;
   rst.win = 0;
   Expect("client RST between requests", BuildSeg(FromClient(c), rst), XDP_DROP, nullptr,
-         {{RM_ST_CLOSED_CLEAN, 1}});
+         {{RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
   EXPECT_FALSE(dp_->LookupClient(FlowKey(c))->has_value());
   rm_pool pr = Pool(0);
-  EXPECT_EQ(pr.state, uint32_t(RM_P_IDLE));
+  EXPECT_EQ(pr.state, uint32_t(RM_P_VERIFY));
   EXPECT_EQ(pr.lb_nxt, p.lb_nxt + 300);
   EXPECT_EQ(pr.be_nxt, p.be_nxt + 500);
+  EXPECT_TRUE(IdleQueue(0).empty());
+  // Within the settle time an answer may be stale (sent before a lost
+  // tail): absorbed, still verifying.
+  Bytes early = FromBackend(p).Flags(ACK).Seq(pr.be_nxt).Ack(pr.lb_nxt).Window(1000)
+                    .Nop().Nop().Timestamps(pr.be_ts_last + 1, pr.lb_ts_last).Build();
+  Expect("answer within the settle time", early, XDP_DROP, nullptr, {{RM_ST_CONSUMED, 1}});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_VERIFY));
+  // An old retransmission (the backend missed an ACK): acked in place.
+  Bytes old = FromBackend(p).Flags(ACK | PSH).Seq(pr.be_nxt - 100).Ack(pr.lb_nxt).Window(1000)
+                  .Nop().Nop().Timestamps(pr.be_ts_last + 2, pr.lb_ts_last)
+                  .Payload(Pattern(100, 9)).Build();
+  Bytes ack = ToBackend(p).Flags(ACK).Seq(pr.lb_nxt).Ack(pr.be_nxt).Window(0xffff)
+                  .Nop().Nop().Timestamps(pr.lb_ts_last, pr.be_ts_last + 2).Build();
+  ExpectTx("old retransmission while verifying", old, ack, {{RM_ST_TX_POOL_ACK, 1}});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_VERIFY));
+  VerifyPool(p);
   EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+}
+
+// The case verification exists for: the client saw its response end where
+// the LB last forwarded one (the tail was lost on the backend's side and the
+// backend is backing off) and closed or went quiet. The backend's
+// retransmission of that tail, or its answer to the probe showing it has
+// sent past be_nxt, retires the connection: those bytes never reach the
+// next client it would have been handed to.
+TEST_F(DatapathTest, VerifyRetiresAPoolWhoseBackendOwedMore) {
+  for (int variant = 0; variant < 2; variant++) {
+    SCOPED_TRACE(variant == 0 ? "tail retransmitted" : "probe answered past be_nxt");
+    LoadDatapath(4);
+    PoolSpec p;
+    AddPool(p);
+    ClientSpec c;
+    BackendPos b;
+    Epoch e = Splice(c, p, b, 300);
+    Exchange(c, p, e, b, 500);
+    ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
+    rm_pool pr = Pool(0);
+    ASSERT_EQ(pr.state, uint32_t(RM_P_VERIFY));
+    pr.last_used_ns -= RM_VERIFY_SETTLE_NS;  // even after the settle time
+    ASSERT_TRUE(dp_->PutPool(0, pr).ok());
+    PacketBuilder seg = FromBackend(p).Flags(variant == 0 ? ACK | PSH : ACK)
+                            .Seq(variant == 0 ? pr.be_nxt : pr.be_nxt + 478)
+                            .Ack(pr.lb_nxt).Window(1000).Nop().Nop()
+                            .Timestamps(pr.be_ts_last + 300, pr.lb_ts_last);
+    if (variant == 0) seg.Payload(Pattern(478, 4));
+    Expect("backend shows it sent more", seg.Build(), XDP_DROP, nullptr,
+           {{RM_ST_POOL_UNVERIFIED, 1}, {RM_ST_POOL_DEAD, 1}});
+    EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+    EXPECT_TRUE(IdleQueue(0).empty());
+    // A new client finds no pooled connection (the dead one is replaced by
+    // userspace): nothing of its request goes to that backend connection.
+    ClientSpec c2;
+    c2.port = 40001;
+    Handshake(c2);
+    Seg s = ClientSeg(c2, Pattern(100, 1));
+    TestRunResult r = Run(BuildSeg(FromClient(c2), s));
+    packet::ParsedPacket out = packet::Parse(r.output);
+    if (r.retval == XDP_TX) {
+      ASSERT_TRUE(out.ipv4.has_value());
+      EXPECT_EQ(out.ipv4->dst, c2.ip) << "only an answer to the client itself";
+    }
+    EXPECT_EQ(Client(c2.id).pool_id, RM_NO_ID);
+  }
 }
 
 TEST_F(DatapathTest, ThirdAckCarryingDataIsSpliced) {
@@ -1567,7 +1647,9 @@ TEST_F(DatapathTest, IdleReleaseKeepaliveAndResplice) {
   ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
   EXPECT_EQ(Client(c.id).pool_id, RM_NO_ID);
   rm_pool pr = Pool(0);
-  EXPECT_EQ(pr.state, uint32_t(RM_P_IDLE));
+  EXPECT_EQ(pr.state, uint32_t(RM_P_VERIFY));
+  VerifyPool(p);
+  pr = Pool(0);
   EXPECT_EQ(pr.lb_nxt, p.lb_nxt + 300);
   EXPECT_EQ(pr.be_nxt, p.be_nxt + 500);
   EXPECT_EQ(pr.lb_ts_last, lb_ts);
@@ -1606,7 +1688,7 @@ TEST_F(DatapathTest, SynOnFinishedTupleRecyclesRecord) {
   Exchange(c, p, e, b);
   Seg fin = ClientSeg(c, {}, FIN | ACK);
   Expect("FIN", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
-         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}});
+         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
   ClientSpec c2 = c;
   c2.isn = c.c_nxt + 100000;
   c2.tsval = c.tsval + 10;

@@ -797,9 +797,45 @@ class Worker {
 
   // Closes `c`; everything in flight on it is an error of `kind`.
   void Fail(Conn* c, int kind, int64_t now) {
+    LogFailure(c, kind, now);
     for (const Request& r : c->inflight) AccountError(r, kind, now);
     c->inflight.clear();
     RemoveConn(c);
+  }
+
+  // Failures are rare and each one needs explaining: where the connection
+  // was (its port, what it had received of the response in flight, the
+  // last backend) and what its TCP stack says (TCP_INFO). The first 20.
+  void LogFailure(Conn* c, int kind, int64_t now) {
+    static std::atomic<int> logged{0};
+    if (logged.fetch_add(1) >= 20) return;
+    sockaddr_in local{};
+    socklen_t len = sizeof(local);
+    getsockname(c->fd, reinterpret_cast<sockaddr*>(&local), &len);
+    tcp_info ti{};
+    socklen_t tlen = sizeof(ti);
+    const bool have_ti = getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &tlen) == 0;
+    std::string what = absl::StrFormat(
+        "%s on connection %u (local port %u): %u requests in flight, %u assigned so far, "
+        "last backend '%s'; response in progress: %s, content_length %u, body got %u; "
+        "unparsed input %u bytes",
+        ErrorKindName(kind), c->id, ntohs(local.sin_port), c->inflight.size(),
+        c->requests_assigned, c->last_backend, c->in_body ? "yes" : "no",
+        c->resp.content_length, c->resp.got, c->in.size() - c->in_pos);
+    if (!c->inflight.empty()) {
+      const Request& r = c->inflight.front();
+      absl::StrAppendFormat(&what, "; oldest request #%u size %u upload %u sent %.1f ms ago",
+                            r.index, r.size, r.upload_size,
+                            r.sent_ns > 0 ? (now - r.sent_ns) / 1e6 : -1.0);
+    }
+    if (have_ti)
+      absl::StrAppendFormat(&what,
+                            "; tcp state %u retransmits %u backoff %u rto %u us unacked %u "
+                            "last_data_recv %u ms last_ack_recv %u ms total_retrans %u",
+                            ti.tcpi_state, ti.tcpi_retransmits, ti.tcpi_backoff, ti.tcpi_rto,
+                            ti.tcpi_unacked, ti.tcpi_last_data_recv, ti.tcpi_last_ack_recv,
+                            ti.tcpi_total_retrans);
+    LOG(WARNING) << "request failed: " << what;
   }
 
   void ScanTimeouts(int64_t now) {
