@@ -31,7 +31,7 @@ struct paws_trace_bpf;
 
 namespace rematcher::tcpdrops {
 
-inline constexpr int kAgeBuckets = 16;  // PT_AGE_BUCKETS
+inline constexpr int kAgeBuckets = 32;  // PT_AGE_BUCKETS
 
 struct PawsCounts {
   uint64_t stale = 0;

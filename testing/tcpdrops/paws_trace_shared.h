@@ -4,7 +4,7 @@
 
 #include <linux/types.h>
 
-#define PT_AGE_BUCKETS 16
+#define PT_AGE_BUCKETS 32
 
 /* PAWS drops of one receiving socket address (network order), by what the
  * dropped segment carried relative to what the receiver already had. */
