@@ -415,8 +415,11 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
       retire = 2; /* worn out: userspace resets it, a fresh one replaces it */
     if (retire == 3) {
       /* The precise clock while verifying (pool_verify_segment times the
-       * settle from it; the coarse one lags by up to a jiffy). */
+       * settle from it; the coarse one lags by up to a jiffy). The owner
+       * stays recorded: it gets the connection back if the backend still
+       * owes it bytes (pool_reattach). */
       p->state = RM_P_VERIFY;
+      p->owner = owner;
       p->last_used_ns = bpf_ktime_get_ns();
       verify = 1;
     } else if (retire) {
@@ -1401,6 +1404,45 @@ static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
   return rm_send_reply(ctx, pk, &r);
 }
 
+/* The backend of a connection being verified owes bytes: the client it was
+ * handed back by gets it back, if that client is still established, has
+ * not moved since (its epoch is the one the release gave it) and the
+ * connection is still being verified. Its record still holds the epoch's
+ * offsets, so the owed bytes land where it expects them. 1 if it did. */
+static __noinline int pool_reattach(__u32 pid, __u32 bid, __u32 owner, __u32 oepoch) {
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &owner);
+  struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
+  if (!c || !p) return 0;
+  int ok = 0;
+  __u32 cep;
+  rm_lock(&c->lock);
+  cep = c->epoch;
+  if (c->state == RM_C_ESTABLISHED && c->pool_id == RM_NO_ID && cep == oepoch + 1) {
+    c->pool_id = pid;
+    c->backend_id = bid;
+    ok = 1;
+  }
+  rm_unlock(&c->lock);
+  if (!ok) return 0;
+  ok = 0;
+  rm_lock(&p->lock);
+  if (p->state == RM_P_VERIFY && p->owner == owner && p->owner_epoch == oepoch) {
+    p->state = RM_P_BUSY;
+    p->owner_epoch = cep;
+    ok = 1;
+  }
+  rm_unlock(&p->lock);
+  if (ok) return 1;
+  /* The connection went meanwhile: undo. */
+  rm_lock(&c->lock);
+  if (c->pool_id == pid && c->epoch == cep) {
+    c->pool_id = RM_NO_ID;
+    c->backend_id = RM_NO_ID;
+  }
+  rm_unlock(&c->lock);
+  return 0;
+}
+
 /* A segment from the backend of a pooled connection being verified
  * (RM_P_VERIFY). The client it last carried closed or went idle instead of
  * starting a next request, so nothing showed that the backend had finished
@@ -1409,19 +1451,25 @@ static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
  * the start of its response (another client's bytes). The core probes it
  * (a zero-length ACK one byte behind, which a TCP stack answers with an ACK
  * carrying its snd_nxt) RM_VERIFY_SETTLE_NS after the release. An answer
- * from the backend with nothing sent past be_nxt makes it idle; data or a
- * sequence past be_nxt, a FIN or an RST retire it. Earlier answers may be
- * stale and are only absorbed. */
+ * from the backend with nothing sent past be_nxt makes it idle. Data or a
+ * sequence past be_nxt give it back to its last client if it went idle
+ * waiting for them (pool_reattach; the segment itself is dropped: it is
+ * nearly always the answer to the probe, which carries nothing, and owed
+ * data comes again with the backend's next retransmission), or else
+ * retire it, as a FIN or an RST do. Earlier answers may be stale and are
+ * only absorbed. */
 static __noinline int pool_verify_segment(struct xdp_md *ctx, struct rm_pkt *pk,
                                           const struct rm_config *cfg, __u32 pid) {
   struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
   if (!p) return XDP_DROP;
   struct rm_reply r = {};
-  int reply = 0, dead = 0, ok = 0;
-  __u32 bid, entry;
+  int reply = 0, dead = 0, ok = 0, owes = 0;
+  __u32 bid, entry, owner, oepoch;
   __u64 now = bpf_ktime_get_ns();
   rm_lock(&p->lock);
   bid = p->backend_id;
+  owner = p->owner;
+  oepoch = p->owner_epoch;
   entry = RM_IDLE_ENTRY(pid, p->gen & 0xfff);
   if (p->state != RM_P_VERIFY) {
     rm_unlock(&p->lock);
@@ -1432,9 +1480,11 @@ static __noinline int pool_verify_segment(struct xdp_md *ctx, struct rm_pkt *pk,
   r.ts = (p->flags & RM_LEG_TS) != 0;
   r.tsval = p->lb_ts_last;
   r.tsecr = pk->tsval;
-  if (pk->rst || pk->fin || pk->syn || rm_after(end, p->be_nxt)) {
+  if (pk->rst || pk->fin || pk->syn) {
     p->state = RM_P_DEAD;
     dead = pk->rst ? 1 : 2;
+  } else if (rm_after(end, p->be_nxt)) {
+    owes = 1; /* decided below, outside this lock */
   } else if (pk->payload_len) {
     /* An old retransmission: the backend missed an ACK. */
     reply = 1;
@@ -1448,6 +1498,22 @@ static __noinline int pool_verify_segment(struct xdp_md *ctx, struct rm_pkt *pk,
     ok = 1;
   }
   rm_unlock(&p->lock);
+  if (owes) {
+    if (owner != RM_NO_ID && pool_reattach(pid, bid, owner, oepoch)) {
+      stat_inc(RM_ST_POOL_REATTACHED);
+      return XDP_DROP;
+    }
+    rm_lock(&p->lock);
+    if (p->state == RM_P_VERIFY) {
+      p->state = RM_P_DEAD;
+      dead = 2;
+    }
+    rm_unlock(&p->lock);
+    if (!dead) {
+      stat_inc(RM_ST_DROP_STALE);
+      return XDP_DROP;
+    }
+  }
   if (dead) {
     stat_inc(RM_ST_POOL_UNVERIFIED);
     stat_inc(RM_ST_POOL_DEAD);

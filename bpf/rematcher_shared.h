@@ -361,6 +361,8 @@ enum rm_stat {
   RM_ST_POOL_UNVERIFIED,    /* ...the backend had sent more than the client
                                got (a lost response tail): retired, so no
                                later client is handed those bytes */
+  RM_ST_POOL_REATTACHED,    /* ...and given back to the client that went
+                               idle waiting for them */
   RM_ST__MAX,
 };
 

@@ -70,6 +70,7 @@ const char* StatName(int stat) {
       "pool_verify",
       "pool_verified",
       "pool_unverified",
+      "pool_reattached",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];

@@ -184,11 +184,13 @@ class FaultE2eTest : public ::testing::Test {
       EXPECT_LE(Get(d, "TcpExtTCPACKSkippedPAWS"), Get(d, "TcpExtPAWSEstab"));
       EXPECT_EQ(Get(d, "TcpInCsumErrors"), 0);
       // Scaled with the injected rate: 1 per 5,000 segments at 1%, 1 per
-      // 1,000 at 5%. Measured on a direct client->backend path with the same
+      // 1,000 at 5%, at least 10 (short runs: one backend of the
+      // FIN-delimited run once had 6 in 9,300 segments, pure ACKs held by
+      // the relay). Measured on a direct client->backend path with the same
       // faults: ~1 per 60,000-90,000 at 1%, ~1 per 7,000-10,000 at 5%;
-      // through rematcher ~1 per 2,000-4,000 at 5% (README, "Faults").
+      // through rematcher the same since 917434f (README, "Faults").
       int64_t paws_allowed =
-          fault_rate > 0 ? std::max<int64_t>(5, static_cast<int64_t>(in * fault_rate / 50)) : 0;
+          fault_rate > 0 ? std::max<int64_t>(10, static_cast<int64_t>(in * fault_rate / 50)) : 0;
       EXPECT_LE(Get(d, "TcpExtPAWSEstab"), paws_allowed) << "of " << in << " segments received";
       // What each PAWS drop was (testing/tcpdrops). A relay holds a frame
       // back at most reorder_max_hold, timed by kernel arrival stamps

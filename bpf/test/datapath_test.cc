@@ -1572,9 +1572,9 @@ TEST_F(DatapathTest, ClientRstWhileQuiescentKeepsPool) {
 
 // The case verification exists for: the client saw its response end where
 // the LB last forwarded one (the tail was lost on the backend's side and the
-// backend is backing off) and closed or went quiet. The backend's
+// backend is backing off). A client that closed meanwhile: the backend's
 // retransmission of that tail, or its answer to the probe showing it has
-// sent past be_nxt, retires the connection: those bytes never reach the
+// sent past be_nxt, retires the connection, so those bytes never reach the
 // next client it would have been handed to.
 TEST_F(DatapathTest, VerifyRetiresAPoolWhoseBackendOwedMore) {
   for (int variant = 0; variant < 2; variant++) {
@@ -1586,7 +1586,9 @@ TEST_F(DatapathTest, VerifyRetiresAPoolWhoseBackendOwedMore) {
     BackendPos b;
     Epoch e = Splice(c, p, b, 300);
     Exchange(c, p, e, b, 500);
-    ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
+    Seg fin = ClientSeg(c, {}, FIN | ACK);
+    Expect("client FIN between requests", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
+           {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
     rm_pool pr = Pool(0);
     ASSERT_EQ(pr.state, uint32_t(RM_P_VERIFY));
     pr.last_used_ns -= RM_VERIFY_SETTLE_NS;  // even after the settle time
@@ -1614,6 +1616,47 @@ TEST_F(DatapathTest, VerifyRetiresAPoolWhoseBackendOwedMore) {
     }
     EXPECT_EQ(Client(c2.id).pool_id, RM_NO_ID);
   }
+}
+
+// The same owed tail, but the client only went quiet (its response stalled
+// in the backend's loss recovery past --idle_release_ms): it gets the
+// connection back, with the epoch it had, and the tail when the backend
+// sends it again. A stale answer within the settle time does not count.
+TEST_F(DatapathTest, VerifyGivesTheConnectionBackToAClientStillWaiting) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b, 300);
+  Exchange(c, p, e, b, 500);
+  ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
+  rm_client rel = Client(c.id);
+  EXPECT_EQ(rel.pool_id, RM_NO_ID);
+  rm_pool pr = Pool(0);
+  ASSERT_EQ(pr.state, uint32_t(RM_P_VERIFY));
+  EXPECT_EQ(pr.owner, c.id);
+  EXPECT_EQ(pr.owner_epoch + 1, rel.epoch);
+  pr.last_used_ns -= RM_VERIFY_SETTLE_NS;
+  ASSERT_TRUE(dp_->PutPool(0, pr).ok());
+  // The backend's answer to the probe: its snd_nxt is 478 bytes past what
+  // the client got.
+  Bytes answer = FromBackend(p).Flags(ACK).Seq(pr.be_nxt + 478).Ack(pr.lb_nxt).Window(1000)
+                     .Nop().Nop().Timestamps(b.ts + 1, b.ts_ecr).Build();
+  Expect("probe answered past be_nxt", answer, XDP_DROP, nullptr,
+         {{RM_ST_POOL_REATTACHED, 1}});
+  rm_client back = Client(c.id);
+  EXPECT_EQ(back.pool_id, 0u);
+  EXPECT_EQ(back.backend_id, 0u);
+  EXPECT_EQ(back.epoch, rel.epoch);
+  rm_pool busy = Pool(0);
+  EXPECT_EQ(busy.state, uint32_t(RM_P_BUSY));
+  EXPECT_EQ(busy.owner, c.id);
+  EXPECT_EQ(busy.owner_epoch, back.epoch);
+  EXPECT_TRUE(IdleQueue(0).empty());
+  // The retransmitted tail reaches this client, where its stream goes on.
+  b.ts++;
+  BackendToClient("the owed tail", c, p, e, BackendSeg(b, Pattern(478, 4), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
 }
 
 TEST_F(DatapathTest, ThirdAckCarryingDataIsSpliced) {
