@@ -214,7 +214,7 @@ struct rm_leg {
   __u32 lb_nxt, be_nxt, lb_ts, be_ts, be_edge;
   __u32 be_ts_at;     /* rm_ts_stamp() when be_ts arrived */
   __u32 owner, epoch; /* only the owner of this epoch may hand it back */
-  __u32 retire;       /* 1: mark dead instead of queueing */
+  __u32 retire;       /* see pool_release: 0 queue, 1/2 dead, 3 verify */
 };
 
 /* A pooled connection's leg state as it stands in the client record that
@@ -505,7 +505,9 @@ static __noinline int send_rst(struct xdp_md *ctx, struct rm_pkt *pk) {
 struct rm_pool_take {
   __u32 lb_nxt, be_nxt, lb_ts_last, be_ts_last, be_edge;
   __u32 be_ts_at;  /* rm_ts_stamp() when be_ts_last arrived */
-  __u32 be_ts_now; /* be_ts_last moved on by the time since */
+  __u32 be_ts_now; /* be_ts_last moved on by the time since (computed here,
+                      in scratch: at its use, under the client's lock, it
+                      took the call chain past the 512-byte stack limit) */
   struct rm_pool_key key;
   __u8 be_mac[6];
   __u16 vlan_tci;
@@ -1449,8 +1451,9 @@ static __noinline int pool_reattach(__u32 pid, __u32 bid, __u32 owner, __u32 oep
  * sending: a response tail lost on the way, awaiting the backend's
  * retransmission, would reach the next client of a reused connection as
  * the start of its response (another client's bytes). The core probes it
- * (a zero-length ACK one byte behind, which a TCP stack answers with an ACK
- * carrying its snd_nxt) RM_VERIFY_SETTLE_NS after the release. An answer
+ * (the last byte the backend received, sent again, which a TCP stack
+ * answers at once with an ACK carrying its snd_nxt) RM_VERIFY_SETTLE_NS
+ * after the release. An answer
  * from the backend with nothing sent past be_nxt makes it idle. Data or a
  * sequence past be_nxt give it back to its last client if it went idle
  * waiting for them (pool_reattach; the segment itself is dropped: it is

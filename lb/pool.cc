@@ -503,7 +503,6 @@ bool PoolManager::CanGrow(uint32_t backend) const {
 absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack,
                                           uint32_t tsval, uint32_t tsecr, uint16_t window,
                                           bool rst) {
-  if (conns_.find(pid) == conns_.end()) return absl::NotFoundError("no such pooled connection");
   // A peek (no syscall; this runs for most rematches): every field used
   // below is taken as a lower bound or a state check, so a record caught
   // mid-change can only make the ACK newer or skip it.
@@ -525,7 +524,7 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
     if (after(rec->lb_ts_last, tsval)) tsval = rec->lb_ts_last;
     if (after(rec->be_ts_last, tsecr)) tsecr = rec->be_ts_last;
   }
-  if (auto st = SendSegment(pid, *rec, seq, ack, tsval, tsecr, window, rst, false); !st.ok())
+  if (auto st = SendSegment(*rec, seq, ack, tsval, tsecr, window, rst, false); !st.ok())
     return st;
   return true;
 }
@@ -561,7 +560,7 @@ void PoolManager::ProbeVerifying(absl::Time now) {
     // those answers are rate-limited to one per 500 ms per connection
     // (tcp_invalid_ratelimit): too slow for a connection reused every
     // few ms.
-    absl::Status st = SendSegment(pid, *rec, rec->lb_nxt - 1, rec->be_nxt, rec->lb_ts_last,
+    absl::Status st = SendSegment(*rec, rec->lb_nxt - 1, rec->be_nxt, rec->lb_ts_last,
                                   rec->be_ts_last, 0xffff, false, /*probe_byte=*/true);
     if (!st.ok()) {
       LOG_EVERY_N(WARNING, 100) << "pooled connection " << pid << ": probe: " << st;
@@ -585,16 +584,17 @@ void PoolManager::ProbeVerifying(absl::Time now) {
   }
 }
 
-absl::Status PoolManager::SendSegment(uint32_t pid, const rm_pool& rec, uint32_t seq,
-                                      uint32_t ack, uint32_t tsval, uint32_t tsecr,
-                                      uint16_t window, bool rst, bool probe_byte) {
-  auto it = conns_.find(pid);
-  if (it == conns_.end()) return absl::NotFoundError("no such pooled connection");
+absl::Status PoolManager::SendSegment(const rm_pool& rec, uint32_t seq, uint32_t ack,
+                                      uint32_t tsval, uint32_t tsecr, uint16_t window,
+                                      bool rst, bool probe_byte) {
+  if (rec.key.backend_ip == 0) return absl::NotFoundError("pooled connection record unused");
   if (raw_fd_ < 0) {
     raw_fd_ = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
     if (raw_fd_ < 0) return Errno("raw socket (needs CAP_NET_RAW)");
   }
-  const rm_pool_key& k = it->second.key;
+  // The tuple from the record, not conns_: Retire() sends its RST after
+  // erasing the connection from conns_ (looked up there, it never went).
+  const rm_pool_key& k = rec.key;
   bool ts = (rec.flags & RM_LEG_TS) != 0;
   uint8_t pkt[20 + 32 + 1] = {};
   size_t tcp_len = ts ? 32 : 20;

@@ -121,10 +121,9 @@ class PoolManager {
                                uint32_t tsecr, uint16_t window, bool rst);
 
  private:
-  // The segment itself, exactly as given.
-  absl::Status SendSegment(uint32_t pid, const rm_pool& rec, uint32_t seq, uint32_t ack,
-                           uint32_t tsval, uint32_t tsecr, uint16_t window, bool rst,
-                           bool probe_byte);
+  // The segment itself, exactly as given, on the record's tuple.
+  absl::Status SendSegment(const rm_pool& rec, uint32_t seq, uint32_t ack, uint32_t tsval,
+                           uint32_t tsecr, uint16_t window, bool rst, bool probe_byte);
   struct Verifying {
     absl::Time due;
     int probes = 0;
