@@ -331,6 +331,17 @@ void Core::OnEvent(const rm_event& ev) {
   }
 }
 
+void Core::SetPolling(bool on) {
+  absl::Status st = dp_->SetEventWakeups(!on);
+  if (!st.ok()) {
+    // Wakeups stay as they were; so does the loop.
+    LOG_EVERY_N(WARNING, 100) << "polling " << (on ? "on" : "off") << ": " << st;
+    return;
+  }
+  polling_ = on;
+  if (on) poll_entries_++;
+}
+
 void Core::SendPoolAck(uint32_t pool, const rm_event& ev) {
   absl::StatusOr<bool> sent = pools_->SendAck(pool, ev.seq, ev.ack, ev.tsval, ev.tsecr,
                                               ev.window ? ev.window : 0xffff, false);
@@ -738,6 +749,9 @@ std::string Core::StatsText() {
   absl::StrAppend(&out, "policy_redecided ", decisions_redecided_, "\n");
   absl::StrAppend(&out, "pool_acks_sent ", pool_acks_sent_, "\n");
   absl::StrAppend(&out, "pool_acks_carried ", pool_acks_carried_, "\n");
+  absl::StrAppend(&out, "core_ring_wakeups ", ring_wakeups_, "\ncore_ring_polls ", ring_polls_,
+                  "\ncore_poll_entries ", poll_entries_, "\ncore_polling ", polling_ ? 1 : 0,
+                  "\n");
   PolicyStats ps = policy_->stats();
   absl::StrAppend(&out, "policy_calls ", ps.calls, "\npolicy_no_preference ", ps.no_preference,
                   "\npolicy_plugin_errors ", ps.plugin_errors, "\n");
@@ -791,6 +805,14 @@ std::string Core::MetricsText() {
   single("rematcher_pool_acks_carried_total", "counter",
          "Owed ACKs not sent: the connection was taken again, its next splice carries them.",
          pool_acks_carried_);
+  single("rematcher_core_ring_wakeups_total", "counter",
+         "Times the datapath woke the core for its events.", ring_wakeups_);
+  single("rematcher_core_ring_polls_total", "counter",
+         "Times the core read the event ring on its own clock (polling under load).",
+         ring_polls_);
+  single("rematcher_core_polling", "gauge",
+         "1 while the core polls the event ring instead of being woken per event.",
+         polling_ ? 1 : 0);
   PolicyStats ps = policy_->stats();
   single("rematcher_policy_calls_total", "counter",
          "Policy Pick calls.",
@@ -1018,10 +1040,23 @@ absl::Status Core::Run() {
   auto st0 = dp_->Stats();
   if (st0.ok()) last_counters_ = *st0;
   epoll_event evs[64];
+  // Adaptive polling (CoreOptions::poll_interval), judged over windows of
+  // 10 ms: the wakeups the ring caused, and the events read.
+  const int64_t poll_ns = std::max<int64_t>(0, absl::ToInt64Nanoseconds(opts_.poll_interval));
+  constexpr uint64_t kPollWindowNs = 10'000'000;
+  uint64_t win_start = MonoNowNs(), win_wakes = 0, win_events = 0;
+  // After polling stops, one more short sleep: an event reserved before the
+  // datapath saw wakeups back on, and submitted after the last read, wakes
+  // no one.
+  bool linger = false;
   while (!stop_.load()) {
     if (opts_.duration > absl::ZeroDuration() && absl::Now() - started_ >= opts_.duration) break;
-    int n = epoll_wait(epfd_, evs, 64, 100);
-    if (n < 0 && errno != EINTR) return Errno("epoll_wait");
+    timespec timeout{0, 100'000'000};
+    if (polling_ || linger) timeout.tv_nsec = poll_ns;
+    linger = false;
+    int n = epoll_pwait2(epfd_, evs, 64, &timeout, nullptr);
+    if (n < 0 && errno != EINTR) return Errno("epoll_pwait2");
+    if (polling_) ring_polls_++;
     for (int i = 0; i < n; i++) {
       int fd = evs[i].data.fd;
       if (fd == timerfd_) {
@@ -1040,7 +1075,9 @@ absl::Status Core::Run() {
       } else if (metrics_http_ && fd == metrics_http_->fd()) {
         metrics_http_->OnReady();
       } else if (fd == ring_buffer__epoll_fd(rb_)) {
-        ring_buffer__consume(rb_);
+        ring_wakeups_++;
+        win_wakes++;
+        win_events += std::max(0, ring_buffer__consume(rb_));
       } else if (health_->Handles(fd)) {
         health_->OnEvent(fd, evs[i].events);
       } else {
@@ -1050,7 +1087,25 @@ absl::Status Core::Run() {
       }
     }
     // Events can queue up while we handle others; drain without waiting.
-    ring_buffer__consume(rb_);
+    win_events += std::max(0, ring_buffer__consume(rb_));
+    if (poll_ns > 0) {
+      const uint64_t now = MonoNowNs();
+      if (now - win_start >= kPollWindowNs) {
+        const uint64_t polls = (now - win_start) / poll_ns;  // reads polling would take
+        // Hysteresis: in waking mode about half the events wake (REQ_DONE
+        // never does), so polling starts above one wakeup per interval and
+        // stops below about half of one.
+        if (!polling_ && win_wakes > polls) {
+          SetPolling(true);
+        } else if (polling_ && win_events < polls) {
+          SetPolling(false);
+          win_events += std::max(0, ring_buffer__consume(rb_));
+          linger = true;
+        }
+        win_start = now;
+        win_wakes = win_events = 0;
+      }
+    }
     Redecide();
     if (pools_->verifying()) pools_->ProbeVerifying(absl::Now());
   }

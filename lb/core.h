@@ -67,6 +67,13 @@ struct CoreOptions {
   // How often (at most) decisions still pending towards a backend that fell
   // behind the others are put to the policy again; 0: never.
   absl::Duration redecide_interval = absl::Microseconds(500);
+  // Adaptive polling: while the datapath wakes the core more than once per
+  // interval, it stops waking it, and the core reads the ring every
+  // interval instead (one wakeup per interval, not per request). Decisions
+  // and owed ACKs wait up to an interval (plus timer slack) longer. Back to
+  // a wakeup per event when fewer than one event arrives per interval
+  // (about half of them would wake). 0: never poll.
+  absl::Duration poll_interval = absl::Microseconds(200);
   std::string control_socket;  // empty: none
   std::string metrics_addr;    // IP:PORT of the Prometheus HTTP endpoint; empty: none
   HealthOptions health;        // lb_ip is filled in from lb_ip above
@@ -171,6 +178,13 @@ class Core {
   absl::flat_hash_map<uint32_t, uint32_t> forced_;  // client -> backend
 
   uint64_t decisions_written_ = 0, pool_acks_sent_ = 0, events_ = 0;
+  // Event-loop accounting (see CoreOptions::poll_interval): wakeups by the
+  // ring (one per waking event), reads of the ring while polling, switches
+  // into polling, and whether it polls now.
+  uint64_t ring_wakeups_ = 0, ring_polls_ = 0, poll_entries_ = 0;
+  bool polling_ = false;
+  // Switches polling on or off (datapath wakeups the other way).
+  void SetPolling(bool on);
   // Owed ACKs found unneeded when the core got to them: the connection had
   // been taken again, and its next splice carries the ACK.
   uint64_t pool_acks_carried_ = 0;

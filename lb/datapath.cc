@@ -205,6 +205,16 @@ int Datapath::prog_fd() const { return bpf_program__fd(skel_->progs.xdp_rematche
 int Datapath::ctl_prog_fd() const { return bpf_program__fd(skel_->progs.xdp_ctl); }
 int Datapath::events_fd() const { return bpf_map__fd(skel_->maps.events); }
 
+absl::Status Datapath::SetEventWakeups(bool on) {
+  // rb_send wakes when the consumer has caught up with the last wakeup's
+  // position: 0 makes the next event wake, all-ones makes none do.
+  uint32_t z = 0;
+  uint64_t v = on ? 0 : ~0ull;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.events_woken), &z, &v, BPF_ANY))
+    return Errno(errno, "events_woken update");
+  return absl::OkStatus();
+}
+
 absl::Status Datapath::SetConfig(const rm_config& cfg) {
   uint32_t z = 0;
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.config), &z, &cfg, BPF_ANY))

@@ -68,6 +68,11 @@ class Datapath {
   int prog_fd() const;      // xdp_rematcher, e.g. for BPF_PROG_TEST_RUN
   int ctl_prog_fd() const;  // xdp_ctl
   int events_fd() const;    // ring buffer of rm_event
+  // Whether the datapath wakes the core for its events (rb_send). Off while
+  // the core polls the ring under load: it reads the ring on its own clock
+  // then, and a wakeup per event would only cost an IPI and a context switch.
+  // The datapath still wakes it if the ring fills past a quarter.
+  absl::Status SetEventWakeups(bool on);
   uint32_t max_clients() const { return opts_.max_clients; }
   uint32_t max_pool() const { return opts_.max_pool; }
 

@@ -80,7 +80,10 @@ DEFINE_string(out_dir, "",
 DEFINE_int32(reps, 0, "Repetitions per point (default: quick 3, full 5)");
 DEFINE_double(duration_s, 0, "Seconds per load run (default: quick 1.25, full 5)");
 DEFINE_double(warmup_s, -1, "Unrecorded load after each LB start (default: quick 0.25, full 1)");
-DEFINE_string(contenders, "", "Comma-separated subset of contender names (default: all)");
+DEFINE_string(contenders, "",
+              "Comma-separated contender names, in this order (default: all). A rematcher "
+              "contender takes extra flags after @, +-separated, as a variant: "
+              "rematcher-p2c@poll_us=0");
 DEFINE_string(scenarios, "", "Comma-separated subset of scenario names (default: all of the suite)");
 DEFINE_string(points, "", "Comma-separated subset of point names, e.g. closed-10c (default: all)");
 DEFINE_double(max_total_s, 0, "Hard bound on the whole run (default: quick 420, full 7200)");
@@ -224,11 +227,27 @@ absl::StatusOr<Plan> MakePlan(const std::string& suite) {
   }
   plan.contenders = AllContenders();
   if (!FLAGS_contenders.empty()) {
-    std::set<std::string> want = absl::StrSplit(FLAGS_contenders, ',', absl::SkipEmpty());
+    // Names in the order given. A rematcher contender may carry extra
+    // flags after '@', '+'-separated, as a variant in the same run:
+    // rematcher-p2c@poll_us=0+redecide_us=0 is p2c with --poll_us=0
+    // --redecide_us=0.
     std::vector<Contender> keep;
-    for (const Contender& c : plan.contenders)
-      if (want.count(c.name)) keep.push_back(c);
-    if (keep.empty()) return absl::InvalidArgumentError("--contenders matches none");
+    for (absl::string_view want : absl::StrSplit(FLAGS_contenders, ',', absl::SkipEmpty())) {
+      std::pair<absl::string_view, absl::string_view> nf = absl::StrSplit(want, absl::MaxSplits('@', 1));
+      auto base = std::find_if(plan.contenders.begin(), plan.contenders.end(),
+                               [&](const Contender& c) { return c.name == nf.first; });
+      if (base == plan.contenders.end())
+        return absl::InvalidArgumentError(absl::StrCat("--contenders: unknown contender '", nf.first, "'"));
+      Contender c = *base;
+      if (!nf.second.empty()) {
+        if (c.kind != Kind::kRematcher)
+          return absl::InvalidArgumentError(absl::StrCat("--contenders: only rematcher contenders take flags: '", want, "'"));
+        c.name = std::string(want);
+        for (absl::string_view f : absl::StrSplit(nf.second, '+', absl::SkipEmpty()))
+          absl::StrAppend(&c.extra, " --", f);
+      }
+      keep.push_back(c);
+    }
     plan.contenders = keep;
   }
   if (!FLAGS_points.empty()) {
@@ -278,7 +297,8 @@ const std::vector<std::string> kRmCounters = {"rematches",      "decision_applie
                                               "drop_no_pool",   "drop_table_full",  "tx_rst",
                                               "pool_dead",      "pipelined",        "closed_retire",
                                               "pool_connect_failures", "pool_acks_sent",
-                                              "pool_acks_carried"};
+                                              "pool_acks_carried", "core_ring_wakeups",
+                                              "core_ring_polls"};
 
 // nstat counters that show loss or splice damage; deltas per run, on the
 // client namespace and summed over the backend namespaces.
