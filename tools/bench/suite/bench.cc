@@ -1137,7 +1137,7 @@ absl::Status Plots(const Plan& plan, const std::vector<Row>& rows, const std::st
         const Agg& a = it->second;
         std::string label = c.name;
         absl::StrReplaceAll({{"rematcher-", "rm-"}, {"least_outstanding", "lo"},
-                             {"haproxy-", "hap-"}, {"leastconn", "lc"}},
+                             {"haproxy-", "hap-"}, {"leastconn", "lc"}, {"_us=", "="}},
                             &label);
         dat << i++ << " " << label << " " << a.rps.median << " " << a.rps.min << " "
             << a.rps.max << " " << a.p99.median / 1000 << " " << a.p99.min / 1000 << " "
@@ -1145,7 +1145,8 @@ absl::Status Plots(const Plan& plan, const std::vector<Row>& rows, const std::st
       }
       dat.close();
       std::ofstream gp(base + ".gp");
-      gp << "set terminal pngcairo size 900,420 font 'sans,9'\n"
+      // noenhanced: variant names carry '@' and '_', gnuplot's markup.
+      gp << "set terminal pngcairo size 900,420 font 'sans,9' noenhanced\n"
          << "set output '" << base << ".png'\n"
          << "set multiplot layout 1,2 title '" << s.name << " / " << p.name << " (median, min..max of "
          << plan.reps << ")'\n"
