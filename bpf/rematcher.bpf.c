@@ -331,10 +331,13 @@ static __always_inline __u64 now_ns(void) { return bpf_ktime_get_ns(); }
 /* EWMA with weight 1/8, in ns. Plain stores: two CPUs racing lose one
  * sample, which an average shrugs off. */
 static __always_inline void backend_sample(__u32 bid, __u64 first_ns,
-                                           __u64 last_ns) {
+                                           __u64 last_ns, __u64 now) {
   struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
   if (!bl) return;
   if (first_ns) {
+    bl->progress_ns = now; /* a response began: the backend is working. (Not
+                              when one ends: that is the client's ACK, which
+                              arrives during a stall too.) */
     __u64 e = bl->ewma_first_ns;
     bl->ewma_first_ns = e ? e - (e >> 3) + (first_ns >> 3) : first_ns;
   }
@@ -345,10 +348,13 @@ static __always_inline void backend_sample(__u32 bid, __u64 first_ns,
   }
 }
 
+/* A backend with nothing outstanding cannot be stalled: its stall clock
+ * starts with its first outstanding request (progress_ns). */
 static __always_inline void backend_outstanding(__u32 bid, int delta, int started) {
   struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
   if (!bl) return;
-  if (delta > 0) __sync_fetch_and_add(&bl->outstanding, 1);
+  if (delta > 0 && __sync_fetch_and_add(&bl->outstanding, 1) == 0)
+    bl->progress_ns = now_ns();
   if (delta < 0) __sync_fetch_and_sub(&bl->outstanding, 1);
   if (started) __sync_fetch_and_add(&bl->requests, 1);
 }
@@ -1274,10 +1280,8 @@ unlock:
   if (sc->pend_ack) flush_pool_ack();
   if (resp_done && done_bid != RM_NO_ID) {
     backend_outstanding(done_bid, -1, 0);
-    if (done_start && done_first) {
-      __u64 t = now_ns();
-      backend_sample(done_bid, 0, t > done_start ? t - done_start : 0);
-    }
+    __u64 t = now_ns();
+    backend_sample(done_bid, 0, done_start && done_first && t > done_start ? t - done_start : 0, t);
   }
   if (abort_bid != RM_NO_ID) backend_outstanding(abort_bid, -1, 0);
   leg->owner = id;
@@ -1752,7 +1756,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     if (!now) now = now_ns();
     __u64 fb = now > req_start ? now - req_start : 0;
     emit_req_done(owner, bid, pid, req_no, fb);
-    backend_sample(bid, fb, 0);
+    backend_sample(bid, fb, 0, now);
   } else if (first_byte == 2) {
     backend_outstanding(req_bid, 1, 0);
   }

@@ -286,6 +286,11 @@ struct rm_backend_load {
   __u64 ewma_last_ns;  /* EWMA(1/8) of request start -> response fully acked */
   __u64 rematched_in;  /* clients moved onto this backend */
   __u64 responses;     /* responses fully acked */
+  __u64 progress_ns;   /* bpf_ktime_get_ns() of the backend's last sign of
+                          progress: a response began, or a request started
+                          while none was outstanding. Outstanding requests
+                          and no progress for a while: a stall (the core
+                          flags it, RM_BACKEND_STALLED). */
 };
 
 enum rm_backend_flags {

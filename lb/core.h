@@ -74,6 +74,19 @@ struct CoreOptions {
   // a wakeup per event when fewer than one event arrives per interval
   // (about half of them would wake). 0: never poll.
   absl::Duration poll_interval = absl::Microseconds(200);
+  // The policy's `outstanding` counts, besides the requests in flight,
+  // the decisions made for a backend and not used yet (load to come).
+  bool count_pending_decisions = true;
+  // Stall detection: a backend with requests outstanding and no progress
+  // (no response begun) for max(stall_min, 3 x its first-byte EWMA) is
+  // flagged RM_BACKEND_STALLED in the
+  // policy's snapshot, and the decisions pending towards it are put to the
+  // policy again at once (not after two rounds of the count rule). The flag
+  // lasts at most stall_hold per stall: a longer silence is the health
+  // checks' business, and a flag that outlived the stall (a miscount) must
+  // not shun a backend for good. stall_min 0: off.
+  absl::Duration stall_min = absl::Milliseconds(1);
+  absl::Duration stall_hold = absl::Seconds(1);
   std::string control_socket;  // empty: none
   std::string metrics_addr;    // IP:PORT of the Prometheus HTTP endpoint; empty: none
   HealthOptions health;        // lb_ip is filled in from lb_ip above
@@ -88,6 +101,8 @@ struct BackendStatus {
   uint32_t pool_live, pool_idle, outstanding;
   uint64_t requests, responses, rematched_in;
   uint64_t ewma_first_ns, ewma_last_ns;
+  bool stalled;     // RM_BACKEND_STALLED at the last load refresh
+  uint64_t stalls;  // times it became stalled
   HealthStatus health;
 };
 
@@ -196,11 +211,27 @@ class Core {
   // pending_to_[id] is the backend of client id's latest decision; an entry
   // of pending_[b] is live while pending_to_[id] == b.
   void NoteDecision(uint32_t client, uint32_t backend);
+  // pending_to_[client] = backend (RM_NO_ID: none), keeping committed_.
+  void SetPending(uint32_t client, uint32_t backend);
+  // Forgets decisions older than a second (Tick).
+  void ExpirePending();
+  // Decisions not used yet, by backend: load to come, which the policy's
+  // snapshot counts in `outstanding` (RefreshLoad).
+  std::array<uint32_t, RM_MAX_BACKENDS> committed_{};
+  std::vector<uint32_t> pending_at_;  // when pending_to_[id] was decided (ns >> 20)
+  size_t expire_cursor_ = 0;
+  std::vector<uint32_t> listed_mark_;  // list compaction's dedup stamps
+  uint32_t listed_stamp_ = 0;
   void Redecide();
   void RefreshLoad();
   // What the policy is told about a client's next request.
   Request PolicyRequest(uint32_t client, uint32_t current_backend,
                         uint32_t requests_so_far) const;
+  // Whether backend `id` is stalled now (see CoreOptions::stall_min).
+  bool Stalled(const rm_backend_load& l, uint64_t now_ns) const;
+  std::array<bool, RM_MAX_BACKENDS> stalled_{};
+  std::array<uint64_t, RM_MAX_BACKENDS> stalls_{};
+  std::vector<BackendInfo> view_;  // Redecide's snapshot, with its moves counted
   std::vector<std::vector<uint32_t>> pending_;
   std::vector<uint32_t> pending_to_;
   uint64_t last_redecide_ns_ = 0, decisions_redecided_ = 0;

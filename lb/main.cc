@@ -62,6 +62,17 @@ DEFINE_double(poll_us, 200,
               "the core reads the datapath's events every this many microseconds instead of "
               "being woken for each: fewer context switches per request, decisions up to an "
               "interval later. 0: a wakeup per event always.");
+DEFINE_double(stall_ms, 1,
+              "A backend with requests outstanding and no response begun for "
+              "max(this, 3x its first-byte latency) is flagged stalled: "
+              "load-aware policies prefer the others, and decisions pending towards it are "
+              "re-asked at once. 0: off.");
+DEFINE_bool(count_pending_decisions, true,
+            "Policies see as a backend's outstanding load its requests in flight plus the "
+            "decisions already made for it and not used yet (each client's next request is "
+            "decided when its previous one starts). false: in flight only.");
+DEFINE_double(stall_hold_ms, 1000,
+              "A stall flag lasts at most this long (longer silences are for the health checks).");
 DEFINE_double(idle_release_ms, 1000, "Hand back the pooled connection of a client idle this long (0: never).");
 DEFINE_double(client_idle_timeout_s, 300, "Forget clients idle this long.");
 DEFINE_double(duration_s, 0, "Stop after this many seconds (0: run until SIGINT/SIGTERM).");
@@ -191,6 +202,7 @@ int Main(int argc, char** argv) {
                              RM_MAX_POOL_PER_BACKEND));
   if (FLAGS_stats_interval_s < 0 || FLAGS_duration_s < 0 || FLAGS_idle_release_ms < 0 ||
       FLAGS_redecide_us < 0 || FLAGS_poll_us < 0 || FLAGS_poll_us > 100000 ||
+      FLAGS_stall_ms < 0 || FLAGS_stall_hold_ms < 0 ||
       FLAGS_pool_idle_timeout_ms < 0 ||
       FLAGS_client_idle_timeout_s <= 0)
     return Fail("durations must not be negative");
@@ -213,6 +225,9 @@ int Main(int argc, char** argv) {
   o.idle_release = absl::Milliseconds(FLAGS_idle_release_ms);
   o.redecide_interval = absl::Microseconds(FLAGS_redecide_us);
   o.poll_interval = absl::Microseconds(FLAGS_poll_us);
+  o.stall_min = absl::Microseconds(FLAGS_stall_ms * 1000);
+  o.count_pending_decisions = FLAGS_count_pending_decisions;
+  o.stall_hold = absl::Microseconds(FLAGS_stall_hold_ms * 1000);
   o.client_idle_timeout = absl::Seconds(FLAGS_client_idle_timeout_s);
   o.duration = absl::Seconds(FLAGS_duration_s);
   o.control_socket = FLAGS_control_socket;

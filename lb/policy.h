@@ -26,7 +26,7 @@
 namespace rematcher {
 
 // Same type as the plugin ABI's, so the core's vector is handed to the plugin
-// as is. Flags: RM_BACKEND_HEALTHY, RM_BACKEND_DRAINING.
+// as is. Flags: RM_BACKEND_HEALTHY, RM_BACKEND_DRAINING, RM_BACKEND_STALLED.
 using BackendInfo = rm_backend_info;
 
 inline bool IsEligible(const BackendInfo& b) {

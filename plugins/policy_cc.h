@@ -46,6 +46,11 @@ inline bool IsEligible(const rm_backend_info& b) {
   return rm_backend_eligible(&b) != 0;
 }
 
+// Eligible and not stalled (RM_BACKEND_STALLED).
+inline bool IsPreferred(const rm_backend_info& b) {
+  return rm_backend_preferred(&b) != 0;
+}
+
 // Read-only view of the host's snapshot. OWNERSHIP: borrows host memory that
 // is valid only during the Pick call; never store it.
 class Snapshot {

@@ -79,7 +79,7 @@ extern "C" {
 #endif
 
 #define RM_POLICY_ABI_MAJOR 1
-#define RM_POLICY_ABI_MINOR 0
+#define RM_POLICY_ABI_MINOR 1 /* 1.1: RM_BACKEND_STALLED */
 
 /* The one symbol the host looks up. */
 #define RM_POLICY_ENTRY_SYMBOL "rematcher_policy_entry"
@@ -104,6 +104,13 @@ extern "C" {
 /* rm_backend_info.flags */
 #define RM_BACKEND_HEALTHY (1u << 0)  /* health checks pass */
 #define RM_BACKEND_DRAINING (1u << 1) /* being removed: send nothing new */
+/* Since 1.1. Requests are outstanding and none has made progress (no
+ * response began) for several times the backend's usual latency
+ * (CoreOptions::stall_min, --stall_ms): a stall such as a garbage-collector
+ * pause. Still eligible; load-aware policies should prefer any backend
+ * without it (rm_backend_preferred). A 1.0 plugin never looks at it. The
+ * flag lasts at most --stall_hold_ms per stall. */
+#define RM_BACKEND_STALLED (1u << 2)
 
 /* One backend as the core sees it at snapshot time. Frozen for major 1.
  *
@@ -127,7 +134,14 @@ struct rm_backend_info {
   uint16_t port;        /* network byte order */
   uint16_t flags;       /* RM_BACKEND_* */
   uint32_t weight;      /* configured weight; 0 = take no new requests */
-  uint32_t outstanding; /* requests in flight on this backend right now */
+  uint32_t outstanding; /* requests in flight on this backend right now,
+                           plus (by default, --count_pending_decisions)
+                           the client requests already decided for it and
+                           not started yet: every client's next request is
+                           decided when its previous one starts, so this
+                           is the load to come. Without it, many decisions
+                           taken from one instant's counts all name the
+                           same least loaded backend. */
   uint32_t idle_conns;  /* idle pooled connections ready for a splice */
   uint64_t requests_total;             /* requests sent since the LB started */
   uint64_t latency_ewma_first_byte_ns; /* request end -> first response byte */
@@ -267,6 +281,12 @@ typedef const struct rm_policy_v1 *(*rm_policy_entry_fn)(void);
 static inline int rm_backend_eligible(const struct rm_backend_info *b) {
   return (b->flags & RM_BACKEND_HEALTHY) != 0 &&
          (b->flags & RM_BACKEND_DRAINING) == 0 && b->weight > 0;
+}
+
+/* Eligible and not stalled: where a load-aware policy sends the next
+ * request when it has any such backend. */
+static inline int rm_backend_preferred(const struct rm_backend_info *b) {
+  return rm_backend_eligible(b) && (b->flags & RM_BACKEND_STALLED) == 0;
 }
 
 /* Layout checks (C11 _Static_assert / C++11 static_assert). */

@@ -9,6 +9,7 @@
 // diff. Counters: every counter that moved must be listed, and nothing else.
 #include <arpa/inet.h>
 #include <linux/bpf.h>
+#include <unistd.h>
 
 #include <functional>
 #include <string>
@@ -1367,6 +1368,56 @@ TEST_F(DatapathTest, BackendRstForwardedAndPoolRetired) {
   EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u) << "the aborted request still counts";
+}
+
+// The stall clock (rm_backend_load.progress_ns, read by the core's stall
+// detection): it starts when a request starts on a backend with nothing
+// outstanding, and moves when a response begins; a request arriving while
+// another is outstanding does not move it (a stalled backend keeps getting
+// requests and must still look stalled), nor does a response's end.
+TEST_F(DatapathTest, StallClockStartsWithARequestAndMovesWithResponseStarts) {
+  auto mono = [] {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+  };
+  PoolSpec p;
+  AddPool(p);
+  PoolSpec p1 = SecondPool();
+  p1.backend = 0;
+  AddPool(p1);
+  EXPECT_EQ(dp_->BackendLoad(0).progress_ns, 0u);
+  ClientSpec c;
+  BackendPos b;
+  uint64_t t0 = mono();
+  Epoch e = Splice(c, p, b);
+  uint64_t t1 = mono();
+  const uint64_t started = dp_->BackendLoad(0).progress_ns;
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 1u);
+  EXPECT_GE(started, t0);
+  EXPECT_LE(started, t1);
+  // A second client's request on the same backend: the clock stands.
+  usleep(2000);
+  ClientSpec d;
+  d.port = 40100;
+  BackendPos b1;
+  Splice(d, p1, b1);
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 2u);
+  EXPECT_EQ(dp_->BackendLoad(0).progress_ns, started) << "a new request is not progress";
+  // The first response begins: progress.
+  BackendToClient("backend acks request", c, p, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  EXPECT_EQ(dp_->BackendLoad(0).progress_ns, started) << "a bare ACK is not a response";
+  t0 = mono();
+  BackendToClient("response", c, p, e, BackendSeg(b, Pattern(500, 9), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+  const uint64_t first = dp_->BackendLoad(0).progress_ns;
+  EXPECT_GE(first, t0);
+  EXPECT_LE(first, mono());
+  // Its end (the client's ACK, which also comes during a stall) is not.
+  usleep(1000);
+  ClientToBackend("client acks response", c, p, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 1u);
+  EXPECT_EQ(dp_->BackendLoad(0).progress_ns, first);
 }
 
 // A request that never completes stops counting as outstanding on its

@@ -25,6 +25,27 @@ inline bool ReadSeed(rematcher_plugin::PolicyArgs& args, std::mt19937_64* rng,
   return true;
 }
 
+// The backends a load-aware policy chooses among: the preferred ones
+// (eligible, not stalled) if there are any, else every eligible one. A
+// stalled backend's outstanding count is still low at the start of its
+// stall, which is when sending it more does the most harm.
+class Candidates {
+ public:
+  explicit Candidates(const rematcher_plugin::Snapshot& snap) {
+    for (size_t i = 0; i < snap.size(); ++i)
+      if (rematcher_plugin::IsPreferred(snap[i])) {
+        preferred_only_ = true;
+        break;
+      }
+  }
+  bool operator()(const rm_backend_info& b) const {
+    return preferred_only_ ? rematcher_plugin::IsPreferred(b) : rematcher_plugin::IsEligible(b);
+  }
+
+ private:
+  bool preferred_only_ = false;
+};
+
 // Uniform integer in [0, n). n > 0.
 inline size_t UniformIndex(std::mt19937_64& rng, size_t n) {
   return std::uniform_int_distribution<size_t>(0, n - 1)(rng);

@@ -56,6 +56,21 @@ inline std::map<int64_t, int> CountPicks(
   return counts;
 }
 
+// Every load-aware built-in prefers a backend that is not stalled, even an
+// idle stalled one against busy others, and falls back to the stalled ones
+// when every eligible backend is stalled.
+inline void ExpectAvoidsStalled(rematcher::Policy& policy) {
+  const uint16_t stalled = RM_BACKEND_HEALTHY | RM_BACKEND_STALLED;
+  auto counts = CountPicks(
+      policy, {Backend(1, 1, 1, stalled), Backend(2, 1, 6), Backend(3, 1, 7)}, 200);
+  EXPECT_EQ(counts[1], 0);
+  EXPECT_EQ(counts[2] + counts[3], 200);
+  // All stalled: the usual choice among them (never "no preference").
+  counts = CountPicks(policy, {Backend(1, 1, 1, stalled), Backend(2, 1, 9, stalled)}, 100);
+  EXPECT_EQ(counts[-1], 0);
+  EXPECT_GT(counts[1], 0);
+}
+
 // Every built-in must skip ineligible backends and give "no preference" when
 // nothing is eligible. Shared so each policy test states it in one line.
 inline void ExpectSkipsIneligible(rematcher::Policy& policy) {

@@ -1,4 +1,5 @@
-// least_outstanding: the eligible backend with the fewest requests in flight.
+// least_outstanding: the eligible backend with the fewest requests in flight
+// (among those not stalled, if any: RM_BACKEND_STALLED).
 //
 // Ties are broken round-robin: the scan starts one past the previous choice,
 // and the first backend with the minimum wins, so equally loaded backends
@@ -10,6 +11,7 @@
 #include <string>
 
 #include "plugins/policy_cc.h"
+#include "policies/common/policy_util.h"
 
 namespace {
 
@@ -25,9 +27,10 @@ class LeastOutstanding {
   int32_t Pick(const Snapshot& snap, const rm_request&) {
     const size_t n = snap.size();
     int64_t best = -1;
+    const rematcher_policies::Candidates candidate(snap);
     for (size_t k = 0; k < n; ++k) {
       const size_t i = (next_ + k) % n;
-      if (!rematcher_plugin::IsEligible(snap[i])) continue;
+      if (!candidate(snap[i])) continue;
       if (best < 0 || snap[i].outstanding < snap[best].outstanding) {
         best = static_cast<int64_t>(i);
       }

@@ -29,6 +29,11 @@ TEST(LeastOutstandingTest, TiesRotate) {
   EXPECT_EQ(counts[2], 0);
 }
 
+TEST(LeastOutstandingTest, AvoidsStalled) {
+  auto p = LinkedPolicy();
+  ExpectAvoidsStalled(*p);
+}
+
 TEST(LeastOutstandingTest, SkipsIneligible) {
   auto p = LinkedPolicy();
   ExpectSkipsIneligible(*p);

@@ -1,4 +1,5 @@
-// p2c: power of two random choices. Two distinct eligible backends are drawn
+// p2c: power of two random choices. Two distinct eligible backends (not
+// stalled, if any are not: RM_BACKEND_STALLED) are drawn
 // uniformly at random and the one with fewer requests in flight wins (a coin
 // decides ties). Unlike least_outstanding it does not herd every decision
 // onto the single least loaded backend when many picks are made from the
@@ -34,8 +35,9 @@ class PowerOfTwo {
 
   int32_t Pick(const Snapshot& snap, const rm_request&) {
     eligible_.clear();
+    const rematcher_policies::Candidates candidate(snap);
     for (size_t i = 0; i < snap.size(); ++i) {
-      if (rematcher_plugin::IsEligible(snap[i])) eligible_.push_back(i);
+      if (candidate(snap[i])) eligible_.push_back(i);
     }
     if (eligible_.empty()) return rematcher_plugin::kNoPreference;
     if (eligible_.size() == 1) return static_cast<int32_t>(eligible_[0]);

@@ -39,6 +39,11 @@ TEST(PowerOfTwoTest, SingleEligible) {
   EXPECT_EQ(counts[2], 20);
 }
 
+TEST(PowerOfTwoTest, AvoidsStalled) {
+  auto p = LinkedPolicy();
+  ExpectAvoidsStalled(*p);
+}
+
 TEST(PowerOfTwoTest, SkipsIneligible) {
   auto p = LinkedPolicy("seed=4");
   ExpectSkipsIneligible(*p);

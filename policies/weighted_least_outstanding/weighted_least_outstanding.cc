@@ -1,4 +1,5 @@
-// weighted_least_outstanding: the eligible backend with the lowest
+// weighted_least_outstanding: the eligible backend (not stalled, if any are
+// not) with the lowest
 // (outstanding + 1) / weight, i.e. the fewest requests in flight per unit of
 // capacity. The +1 counts the request being placed, so at equal load the
 // heavier backend wins, and an idle weight-1 backend loses to a weight-4
@@ -30,9 +31,10 @@ class WeightedLeastOutstanding {
   int32_t Pick(const Snapshot& snap, const rm_request&) {
     const size_t n = snap.size();
     int64_t best = -1;
+    const rematcher_policies::Candidates candidate(snap);
     for (size_t k = 0; k < n; ++k) {
       const size_t i = (next_ + k) % n;
-      if (!rematcher_plugin::IsEligible(snap[i])) continue;
+      if (!candidate(snap[i])) continue;
       if (best < 0 ||
           rematcher_policies::CompareWeightedLoad(snap[i], snap[best]) < 0) {
         best = static_cast<int64_t>(i);

@@ -43,6 +43,11 @@ TEST(WeightedLeastOutstandingTest, NoOverflowWithHugeValues) {
   EXPECT_EQ(counts[2], 5);
 }
 
+TEST(WeightedLeastOutstandingTest, AvoidsStalled) {
+  auto p = LinkedPolicy();
+  ExpectAvoidsStalled(*p);
+}
+
 TEST(WeightedLeastOutstandingTest, SkipsIneligible) {
   auto p = LinkedPolicy();
   ExpectSkipsIneligible(*p);

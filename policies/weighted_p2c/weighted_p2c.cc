@@ -1,5 +1,6 @@
 // weighted_p2c: power of two choices, weighted. Two distinct eligible
-// backends are drawn with probability proportional to their weight, and the
+// backends (not stalled, if any are not) are drawn with probability
+// proportional to their weight, and the
 // one with the lower (outstanding + 1) / weight wins (a coin decides ties).
 //
 // Drawing by weight makes the weights hold even when load figures are equal
@@ -38,8 +39,9 @@ class WeightedPowerOfTwo {
   int32_t Pick(const Snapshot& snap, const rm_request&) {
     eligible_.clear();
     uint64_t total = 0;
+    const rematcher_policies::Candidates candidate(snap);
     for (size_t i = 0; i < snap.size(); ++i) {
-      if (!rematcher_plugin::IsEligible(snap[i])) continue;
+      if (!candidate(snap[i])) continue;
       eligible_.push_back(i);
       total += snap[i].weight;
     }

@@ -31,6 +31,11 @@ TEST(WeightedPowerOfTwoTest, EqualWeightsEqualLoadSpreadEvenly) {
   for (int id = 1; id <= 3; ++id) EXPECT_NEAR(counts[id], 1000, 150) << id;
 }
 
+TEST(WeightedPowerOfTwoTest, AvoidsStalled) {
+  auto p = LinkedPolicy();
+  ExpectAvoidsStalled(*p);
+}
+
 TEST(WeightedPowerOfTwoTest, SkipsIneligible) {
   auto p = LinkedPolicy("seed=8");
   ExpectSkipsIneligible(*p);

@@ -90,6 +90,9 @@ DEFINE_double(max_total_s, 0, "Hard bound on the whole run (default: quick 420, 
 DEFINE_int32(client_threads, 2, "loadgen/wrk threads for a single-target run");
 DEFINE_int32(conns_per_backend, 64, "rematcher --conns_per_backend");
 DEFINE_string(prefix, "rmbn", "Testbed namespace prefix");
+DEFINE_bool(keep_latency_csv, false,
+            "Keep loadgen's per-request latency CSVs (with the backend that answered) in the "
+            "run's logs/ directory");
 DEFINE_string(rematcher_flags, "",
               "Extra flags for every rematcher contender, space-separated (experiments)");
 
@@ -298,7 +301,7 @@ const std::vector<std::string> kRmCounters = {"rematches",      "decision_applie
                                               "pool_dead",      "pipelined",        "closed_retire",
                                               "pool_connect_failures", "pool_acks_sent",
                                               "pool_acks_carried", "core_ring_wakeups",
-                                              "core_ring_polls"};
+                                              "core_ring_polls", "backend_stalls", "policy_redecided"};
 
 // nstat counters that show loss or splice damage; deltas per run, on the
 // client namespace and summed over the backend namespaces.
@@ -707,7 +710,10 @@ absl::StatusOr<LoadResult> Bench::RunLoad(const Contender& c, const Point& p, do
   const absl::Duration timeout = absl::Seconds(duration_s + 40);
   if (c.kind != Kind::kDirect) {
     auto argv = LoadArgv(p, absl::StrCat(kVip, ":", kPort), p.conns, p.rate, duration_s,
-                         std::min(FLAGS_client_threads, p.conns), seed, "");
+                         std::min(FLAGS_client_threads, p.conns), seed,
+                         FLAGS_keep_latency_csv && p.tool != "wrk"
+                             ? absl::StrCat(tmp_, "/", tag, ".csv")
+                             : "");
     auto r = bed_->RunCommand(bed_->client_ns(0), argv, timeout);
     if (!r.ok()) return r.status();
     if (r->exit_code == 3 || (p.tool == "wrk" && r->exit_code != 0))
@@ -760,7 +766,7 @@ absl::StatusOr<LoadResult> Bench::RunLoad(const Contender& c, const Point& p, do
         int64_t us;
         if (col.size() >= 7 && col[6] == "ok" && absl::SimpleAtoi(col[2], &us)) lat.push_back(us);
       }
-      unlink(csvs[i].c_str());
+      if (!FLAGS_keep_latency_csv) unlink(csvs[i].c_str());
     }
   }
   if (!lat.empty()) {
