@@ -102,6 +102,7 @@ struct BackendStatus {
   uint64_t requests, responses, rematched_in;
   uint64_t ewma_first_ns, ewma_last_ns;
   bool stalled;     // RM_BACKEND_STALLED at the last load refresh
+  uint32_t pending_decisions;  // decided for it, not started yet
   uint64_t stalls;  // times it became stalled
   HealthStatus health;
 };

@@ -388,6 +388,20 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
   EXPECT_NE(m.find("Content-Type: text/plain; version=0.0.4"), std::string::npos) << m;
   EXPECT_NE(m.find("rematcher_boundary_decisions_total{result=\"applied\"} "), std::string::npos)
       << m;
+  // The event loop's and the stall detector's families are there, per
+  // backend where they are per backend.
+  for (const char* family :
+       {"# TYPE rematcher_core_ring_wakeups_total counter\n",
+        "# TYPE rematcher_core_ring_polls_total counter\n", "# TYPE rematcher_core_polling gauge\n",
+        "# TYPE rematcher_backend_pending_decisions gauge\n",
+        "# TYPE rematcher_backend_stalls_total counter\n",
+        "# TYPE rematcher_backend_stalled gauge\n"})
+    EXPECT_NE(m.find(family), std::string::npos) << family << m;
+  for (int i = 0; i < 3; i++)
+    EXPECT_NE(m.find(absl::StrCat("rematcher_backend_stalled{backend=\"", i, "\",address=\"",
+                                  Addr(i, 8080), "\"} 0\n")),
+              std::string::npos)
+        << m;
   uint64_t samples = 0;
   for (int i = 0; i < 3; i++) {
     std::string key = absl::StrCat("rematcher_backend_time_to_first_byte_seconds_count{backend=\"",
