@@ -39,13 +39,12 @@
 // and plugins/policy_cc.h (keep them under a `plugins/` directory, or point
 // -I at a rematcher checkout):
 //
-//     mkdir -p mine/plugins && cp
-//     rematcher/plugins/{rematcher_policy.h,policy_cc.h} mine/plugins/ cp
-//     rematcher/plugins/example/peak_ewma.cc mine/mine.cc      # then edit
-//     g++ -std=c++17 -O2 -fPIC -shared -fvisibility=hidden \
-//         -Wl,--no-undefined -I mine mine/mine.cc -o libmine.so
-//     nm -D --defined-only libmine.so | grep rematcher_policy_entry   # must be
-//     there
+//     mkdir -p mine/plugins
+//     cp rematcher/plugins/{rematcher_policy.h,policy_cc.h} mine/plugins/
+//     cp rematcher/plugins/example/peak_ewma.cc mine/mine.cc    # then edit
+//     g++ -std=c++17 -O2 -fPIC -shared -fvisibility=hidden -Wl,--no-undefined
+//         -I mine mine/mine.cc -o libmine.so                    # one line
+//     nm -D --defined-only libmine.so | grep rematcher_policy_entry  # listed
 //
 // (add `-Wl,--version-script=rematcher/plugins/policy_exports.lds` to export
 // nothing but the entry point, as the Bazel macro does). Build against the
