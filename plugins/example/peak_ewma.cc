@@ -59,7 +59,7 @@
 // A --policy without '/' is a built-in name (rr, p2c, ...). Errors in
 // --policy_args (unknown key, bad number) stop the LB at startup with the
 // message from your Create. The log shows "policy 'peak_ewma' loaded from
-// ... (plugin ABI 1.0, host 1.0)" on success.
+// ... (plugin ABI 1.1, host 1.1)" on success.
 //
 // ## Options of this example
 //
