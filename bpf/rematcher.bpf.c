@@ -1280,8 +1280,10 @@ unlock:
   if (sc->pend_ack) flush_pool_ack();
   if (resp_done && done_bid != RM_NO_ID) {
     backend_outstanding(done_bid, -1, 0);
-    __u64 t = now_ns();
-    backend_sample(done_bid, 0, done_start && done_first && t > done_start ? t - done_start : 0, t);
+    if (done_start && done_first) {
+      __u64 t = now_ns();
+      backend_sample(done_bid, 0, t > done_start ? t - done_start : 0, t);
+    }
   }
   if (abort_bid != RM_NO_ID) backend_outstanding(abort_bid, -1, 0);
   leg->owner = id;
