@@ -357,15 +357,16 @@ void Core::SendPoolAck(uint32_t pool, const rm_event& ev) {
 }
 
 void Core::OnRequestDone(const rm_event& ev) {
+  const uint64_t now = MonoNowNs();
   uint32_t target = ev.backend_id;
   auto forced = forced_.find(ev.client_id);
   if (forced != forced_.end()) {
     target = forced->second;
     forced_.erase(forced);
   } else {
-    RefreshLoad();
+    RefreshLoad(now);
     Snapshot snap;
-    snap.now_ns = MonoNowNs();
+    snap.now_ns = now;
     snap.backends = absl::MakeConstSpan(snapshot_);
     std::optional<size_t> pick =
         policy_->Pick(snap, PolicyRequest(ev.client_id, ev.backend_id, ev.req_no));
@@ -380,7 +381,7 @@ void Core::OnRequestDone(const rm_event& ev) {
   // datapath counts it as applied, not late.
   dp_->SetDecision(ev.client_id, ev.req_no + 1, target);
   decisions_written_++;
-  NoteDecision(ev.client_id, target);
+  NoteDecision(ev.client_id, target, now);
 }
 
 Request Core::PolicyRequest(uint32_t client, uint32_t current_backend,
@@ -404,8 +405,7 @@ bool Core::Stalled(const rm_backend_load& l, uint64_t now) const {
          quiet < limit + static_cast<uint64_t>(absl::ToInt64Nanoseconds(opts_.stall_hold));
 }
 
-void Core::RefreshLoad() {
-  const uint64_t now = MonoNowNs();
+void Core::RefreshLoad(uint64_t now) {
   for (BackendInfo& b : snapshot_) {
     const rm_backend_load& l = dp_->BackendLoad(b.id);
     b.requests_total = l.requests;
@@ -442,12 +442,11 @@ void Core::SetPending(uint32_t client, uint32_t backend) {
   if (backend < RM_MAX_BACKENDS) committed_[backend]++;
 }
 
-void Core::NoteDecision(uint32_t client, uint32_t backend) {
+void Core::NoteDecision(uint32_t client, uint32_t backend, uint64_t now) {
   if (backend >= RM_MAX_BACKENDS || client >= opts_.max_clients) return;
   const bool listed = !pending_to_.empty() && pending_to_[client] == backend;
-  SetPending(client, backend);
-  if (client >= pending_at_.size()) return;
-  pending_at_[client] = static_cast<uint32_t>(MonoNowNs() >> 20);  // ~1 ms units
+  SetPending(client, backend);  // sizes pending_to_ and pending_at_ for max_clients
+  pending_at_[client] = static_cast<uint32_t>(now >> 20);  // ~1 ms units
   if (listed || opts_.redecide_interval <= absl::ZeroDuration()) return;
   if (pending_.empty()) pending_.resize(RM_MAX_BACKENDS);
   std::vector<uint32_t>& list = pending_[backend];
@@ -490,7 +489,7 @@ void Core::Redecide() {
   if (now - last_redecide_ns_ < static_cast<uint64_t>(absl::ToInt64Nanoseconds(opts_.redecide_interval)))
     return;
   last_redecide_ns_ = now;
-  RefreshLoad();
+  RefreshLoad(now);
   // "Behind": at least three requests and twice as many outstanding as the
   // least loaded backend in service, in two rounds in a row. Equal backends
   // under load differ by a request or two, and a backend's count jumps for
@@ -551,7 +550,7 @@ void Core::Redecide() {
       decisions_redecided_++;
       view_[*pick].outstanding++;
       if (view_[snap_index_[b.id]].outstanding > 0) view_[snap_index_[b.id]].outstanding--;
-      NoteDecision(id, target);
+      NoteDecision(id, target, now);
     }
   }
 }
@@ -930,33 +929,29 @@ std::string Core::MetricsText() {
   std::vector<std::string> labels;  // backend="ID",address="IP:PORT"
   for (const BackendStatus& s : bs)
     labels.push_back(absl::StrCat("backend=\"", s.id, "\",address=\"", s.addr, "\""));
-  family("rematcher_backend_requests_total", "counter", "Requests started on the backend.");
-  for (size_t i = 0; i < bs.size(); i++)
-    absl::StrAppend(&out, "rematcher_backend_requests_total{", labels[i], "} ", bs[i].requests,
-                    "\n");
-  family("rematcher_backend_outstanding", "gauge", "Requests in flight on the backend.");
-  for (size_t i = 0; i < bs.size(); i++)
-    absl::StrAppend(&out, "rematcher_backend_outstanding{", labels[i], "} ", bs[i].outstanding,
-                    "\n");
-  family("rematcher_backend_pending_decisions", "gauge",
-         "Clients whose next request is decided for the backend and not started yet.");
-  for (size_t i = 0; i < bs.size(); i++)
-    absl::StrAppend(&out, "rematcher_backend_pending_decisions{", labels[i], "} ",
-                    bs[i].pending_decisions, "\n");
-  family("rematcher_backend_stalls_total", "counter",
-         "Times the backend was found stalled: requests outstanding, no response begun "
-         "for several times its usual latency.");
-  for (size_t i = 0; i < bs.size(); i++)
-    absl::StrAppend(&out, "rematcher_backend_stalls_total{", labels[i], "} ", bs[i].stalls, "\n");
-  family("rematcher_backend_stalled", "gauge", "1 while the backend is flagged stalled.");
-  for (size_t i = 0; i < bs.size(); i++)
-    absl::StrAppend(&out, "rematcher_backend_stalled{", labels[i], "} ", bs[i].stalled ? 1 : 0,
-                    "\n");
-  family("rematcher_backend_rematched_in_total", "counter",
-         "Clients moved onto the backend by a rematch.");
-  for (size_t i = 0; i < bs.size(); i++)
-    absl::StrAppend(&out, "rematcher_backend_rematched_in_total{", labels[i], "} ",
-                    bs[i].rematched_in, "\n");
+  // A family of one sample per backend, labelled with its id and address.
+  auto per_backend = [&](absl::string_view name, absl::string_view type, absl::string_view help,
+                         uint64_t (*value)(const BackendStatus&)) {
+    family(name, type, help);
+    for (size_t i = 0; i < bs.size(); i++)
+      absl::StrAppend(&out, name, "{", labels[i], "} ", value(bs[i]), "\n");
+  };
+  per_backend("rematcher_backend_requests_total", "counter", "Requests started on the backend.",
+              [](const BackendStatus& s) -> uint64_t { return s.requests; });
+  per_backend("rematcher_backend_outstanding", "gauge", "Requests in flight on the backend.",
+              [](const BackendStatus& s) -> uint64_t { return s.outstanding; });
+  per_backend("rematcher_backend_pending_decisions", "gauge",
+              "Clients whose next request is decided for the backend and not started yet.",
+              [](const BackendStatus& s) -> uint64_t { return s.pending_decisions; });
+  per_backend("rematcher_backend_stalls_total", "counter",
+              "Times the backend was found stalled: requests outstanding, no response begun "
+              "for several times its usual latency.",
+              [](const BackendStatus& s) -> uint64_t { return s.stalls; });
+  per_backend("rematcher_backend_stalled", "gauge", "1 while the backend is flagged stalled.",
+              [](const BackendStatus& s) -> uint64_t { return s.stalled ? 1 : 0; });
+  per_backend("rematcher_backend_rematched_in_total", "counter",
+              "Clients moved onto the backend by a rematch.",
+              [](const BackendStatus& s) -> uint64_t { return s.rematched_in; });
   family("rematcher_backend_pool_connections", "gauge",
          "Pooled connections to the backend: idle (in its queue) and live (established).");
   for (const BackendStatus& s : bs)
@@ -978,11 +973,9 @@ std::string Core::MetricsText() {
   for (size_t i = 0; i < bs.size(); i++)
     first_byte_hist_[bs[i].id].AppendPrometheus(
         &out, "rematcher_backend_time_to_first_byte_seconds", labels[i]);
-  family("rematcher_backend_up", "gauge",
-         "1 while the backend passes its health checks and is not ejected.");
-  for (size_t i = 0; i < bs.size(); i++)
-    absl::StrAppend(&out, "rematcher_backend_up{", labels[i], "} ", bs[i].healthy ? 1 : 0,
-                    "\n");
+  per_backend("rematcher_backend_up", "gauge",
+              "1 while the backend passes its health checks and is not ejected.",
+              [](const BackendStatus& s) -> uint64_t { return s.healthy ? 1 : 0; });
   family("rematcher_backend_health_checks_total", "counter",
          "Health check results (passive_failure: failed pooled connects; "
          "connect_failed_while_serving: a probe or pooled connect that failed while the "

@@ -211,7 +211,7 @@ class Core {
   // Redecide() puts those decisions to the policy again with fresh load.
   // pending_to_[id] is the backend of client id's latest decision; an entry
   // of pending_[b] is live while pending_to_[id] == b.
-  void NoteDecision(uint32_t client, uint32_t backend);
+  void NoteDecision(uint32_t client, uint32_t backend, uint64_t now_ns);
   // pending_to_[client] = backend (RM_NO_ID: none), keeping committed_.
   void SetPending(uint32_t client, uint32_t backend);
   // Forgets decisions older than a second (Tick).
@@ -224,7 +224,8 @@ class Core {
   std::vector<uint32_t> listed_mark_;  // list compaction's dedup stamps
   uint32_t listed_stamp_ = 0;
   void Redecide();
-  void RefreshLoad();
+  // The snapshot's load figures and stall flags as of now_ns (MonoNowNs).
+  void RefreshLoad(uint64_t now_ns);
   // What the policy is told about a client's next request.
   Request PolicyRequest(uint32_t client, uint32_t current_backend,
                         uint32_t requests_so_far) const;
