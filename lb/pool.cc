@@ -408,7 +408,6 @@ void PoolManager::Tick(absl::Time now) {
     Retire(pid, false);
   }
   if (opts_.idle_timeout > absl::ZeroDuration()) RetireIdleTooLong(now);
-  ProbeVerifying(now);
   for (auto& [id, b] : backends_) {
     // Keep a spare margin of idle connections, so a burst of new clients
     // finds one without waiting for a connect.

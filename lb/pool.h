@@ -90,9 +90,9 @@ class PoolManager {
   // closed or went idle): probe its backend RM_VERIFY_SETTLE_NS later; the
   // datapath makes it idle on a clean answer, or retires it.
   void OnVerify(uint32_t pid);
-  // Sends the probes that are due; called from the core's loop (cheap when
-  // none is pending) and its tick. Connections that never answer (8
-  // probes, 50 ms apart) are retired.
+  // Sends the probes that are due; called after every pass of the core's
+  // loop while any is pending (its tick included). Connections that never
+  // answer (8 probes, 50 ms apart) are retired.
   void ProbeVerifying(absl::Time now);
   bool verifying() const { return !verifying_.empty(); }
 
