@@ -428,6 +428,15 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
   ASSERT_TRUE(bad.ok()) << bad.status();
   EXPECT_EQ(bad->exit_code, 2);
   EXPECT_NE(bad->err.find("--metrics_addr: 'localhost:9100'"), std::string::npos) << bad->err;
+  // So is a polling interval past its bound.
+  bad = tb_->RunCommand(tb_->lb_ns(),
+                        {RunfilePath("lb/rematcher"), "--iface=eth0",
+                         absl::StrCat("--vip=", kVip, ":8080"), "--backends=" + Addr(0, 8080),
+                         "--control_socket=", "--poll_us=200000"},
+                        absl::Seconds(10));
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  EXPECT_EQ(bad->exit_code, 2);
+  EXPECT_NE(bad->err.find("--poll_us must be at most 100000"), std::string::npos) << bad->err;
 }
 
 TEST_F(LifecycleTest, UnreachableBackendGoesDownClientsMoveAndItComesBack) {

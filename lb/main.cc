@@ -201,11 +201,12 @@ int Main(int argc, char** argv) {
     return Fail(absl::StrCat("need 1 <= --conns_per_backend <= --max_conns_per_backend <= ",
                              RM_MAX_POOL_PER_BACKEND));
   if (FLAGS_stats_interval_s < 0 || FLAGS_duration_s < 0 || FLAGS_idle_release_ms < 0 ||
-      FLAGS_redecide_us < 0 || FLAGS_poll_us < 0 || FLAGS_poll_us > 100000 ||
+      FLAGS_redecide_us < 0 || FLAGS_poll_us < 0 ||
       FLAGS_stall_ms < 0 || FLAGS_stall_hold_ms < 0 ||
       FLAGS_pool_idle_timeout_ms < 0 ||
       FLAGS_client_idle_timeout_s <= 0)
     return Fail("durations must not be negative");
+  if (FLAGS_poll_us > 100000) return Fail("--poll_us must be at most 100000 (100 ms)");
   o.conns_per_backend = FLAGS_conns_per_backend;
   o.max_conns_per_backend = FLAGS_max_conns_per_backend;
   o.max_clients = FLAGS_max_clients;
