@@ -330,33 +330,56 @@ static __always_inline __u64 now_ns(void) { return bpf_ktime_get_ns(); }
 
 /* EWMA with weight 1/8, in ns. Plain stores: two CPUs racing lose one
  * sample, which an average shrugs off. */
-static __always_inline void backend_sample(__u32 bid, __u64 first_ns,
-                                           __u64 last_ns, __u64 now) {
-  struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
-  if (!bl) return;
-  if (first_ns) {
-    bl->progress_ns = now; /* a response began: the backend is working. (Not
-                              when one ends: that is the client's ACK, which
-                              arrives during a stall too.) */
-    __u64 e = bl->ewma_first_ns;
-    bl->ewma_first_ns = e ? e - (e >> 3) + (first_ns >> 3) : first_ns;
-  }
-  if (last_ns) {
-    __u64 e = bl->ewma_last_ns;
-    bl->ewma_last_ns = e ? e - (e >> 3) + (last_ns >> 3) : last_ns;
-    __sync_fetch_and_add(&bl->responses, 1);
-  }
+static __always_inline void ewma_add(__u64 *e, __u64 sample) {
+  __u64 v = *e;
+  *e = v ? v - (v >> 3) + (sample >> 3) : sample;
 }
 
-/* A backend with nothing outstanding cannot be stalled: its stall clock
- * starts with its first outstanding request (progress_ns). */
-static __always_inline void backend_outstanding(__u32 bid, int delta, int started) {
+/* A response began, `first_ns` after its request started: the request is
+ * answered, and the backend is working. (Its stall clock does not move when
+ * a response ends: that is the client's ACK, which arrives during a stall
+ * too.) */
+static __always_inline void backend_first_byte(__u32 bid, __u64 first_ns, __u64 now) {
   struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
   if (!bl) return;
-  if (delta > 0 && __sync_fetch_and_add(&bl->outstanding, 1) == 0)
-    bl->progress_ns = now_ns();
-  if (delta < 0) __sync_fetch_and_sub(&bl->outstanding, 1);
-  if (started) __sync_fetch_and_add(&bl->requests, 1);
+  __sync_fetch_and_sub(&bl->unanswered, 1);
+  bl->progress_ns = now;
+  ewma_add(&bl->ewma_first_ns, first_ns);
+}
+
+/* A response was acknowledged in full, `last_ns` after its request started. */
+static __always_inline void backend_response_done(__u32 bid, __u64 last_ns) {
+  struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
+  if (!bl) return;
+  __sync_fetch_and_sub(&bl->outstanding, 1);
+  if (!last_ns) return;
+  ewma_add(&bl->ewma_last_ns, last_ns);
+  __sync_fetch_and_add(&bl->responses, 1);
+}
+
+/* Load accounting. A request is outstanding on its backend from its start
+ * until the client has acknowledged its whole response, and unanswered from
+ * its start until the response's first byte. A backend with nothing
+ * unanswered cannot be stalled: its stall clock (progress_ns) starts with
+ * its first unanswered request. */
+#define RM_LOAD_UNANSWERED (1u << 31) /* on a backend id: the request ends
+                                         before its response began */
+
+static __always_inline void backend_request_start(__u32 bid) {
+  struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
+  if (!bl) return;
+  __sync_fetch_and_add(&bl->outstanding, 1);
+  if (__sync_fetch_and_add(&bl->unanswered, 1) == 0) bl->progress_ns = now_ns();
+  __sync_fetch_and_add(&bl->requests, 1);
+}
+
+/* outstanding += d_out, unanswered += d_unans (each -1, 0 or +1). */
+static __always_inline void backend_load_add(__u32 bid, int d_out, int d_unans) {
+  struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
+  if (!bl) return;
+  if (d_out > 0) __sync_fetch_and_add(&bl->outstanding, 1);
+  if (d_out < 0) __sync_fetch_and_sub(&bl->outstanding, 1);
+  if (d_unans < 0) __sync_fetch_and_sub(&bl->unanswered, 1);
 }
 
 /* A request that ends without its response being acknowledged (a reset or
@@ -364,12 +387,19 @@ static __always_inline void backend_outstanding(__u32 bid, int delta, int starte
  * backend: otherwise each one would count against that backend for good,
  * and load-aware policies and the re-decision would shun a backend that
  * had lost a few requests (one that went away and came back). Under the
- * record's lock; returns the backend to release after unlocking, or
- * RM_NO_ID. Setting the phase idle here makes it happen once. */
+ * record's lock; returns what backend_abort() releases after unlocking,
+ * or RM_NO_ID. Setting the phase idle here makes it happen once. */
 static __always_inline __u32 request_abort(struct rm_client *c) {
   if (c->phase == RM_PH_IDLE) return RM_NO_ID;
+  __u32 v = c->req_backend;
+  if (v != RM_NO_ID && c->phase == RM_PH_REQ) v |= RM_LOAD_UNANSWERED;
   c->phase = RM_PH_IDLE;
-  return c->req_backend;
+  return v;
+}
+
+static __always_inline void backend_abort(__u32 v) {
+  if (v == RM_NO_ID) return;
+  backend_load_add(v & ~RM_LOAD_UNANSWERED, -1, (v & RM_LOAD_UNANSWERED) ? -1 : 0);
 }
 
 
@@ -469,7 +499,7 @@ static __noinline void client_free(__u32 id, const struct rm_flow_key *key,
   }
   rm_unlock(&c->lock);
   if (!freed) return;
-  if (abort_bid != RM_NO_ID) backend_outstanding(abort_bid, -1, 0);
+  backend_abort(abort_bid);
   bpf_map_delete_elem(&client_ids, key);
   bpf_map_push_elem(&free_client_ids, &id, 0);
 }
@@ -1274,18 +1304,19 @@ unlock:
   if (st_b != RM_ST__MAX) stat_inc(st_b);
 
   if (started) {
-    backend_outstanding(bid, 1, 1);
+    backend_request_start(bid);
     emit_req_start(id, bid, pool, req_no);
   }
   if (sc->pend_ack) flush_pool_ack();
   if (resp_done && done_bid != RM_NO_ID) {
-    backend_outstanding(done_bid, -1, 0);
+    __u64 last = 0;
     if (done_start && done_first) {
       __u64 t = now_ns();
-      backend_sample(done_bid, 0, t > done_start ? t - done_start : 0, t);
+      last = t > done_start ? t - done_start : 0;
     }
+    backend_response_done(done_bid, last);
   }
-  if (abort_bid != RM_NO_ID) backend_outstanding(abort_bid, -1, 0);
+  backend_abort(abort_bid);
   leg->owner = id;
   leg->epoch = epoch;
   if (release) {
@@ -1575,7 +1606,7 @@ RM_GLOBAL int retry_on_close(__u32 pid, __u32 owner, __u32 oepoch) {
   }
   rm_unlock(&c->lock);
   if (!retry) return -1;
-  backend_outstanding(req_bid, -1, 0);
+  backend_load_add(req_bid, -1, -1); /* it was in RM_PH_REQ */
   sc->leg.owner = owner;
   sc->leg.epoch = oepoch;
   sc->leg.retire = 2; /* the backend still holds it half open: reset it */
@@ -1758,11 +1789,11 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     if (!now) now = now_ns();
     __u64 fb = now > req_start ? now - req_start : 0;
     emit_req_done(owner, bid, pid, req_no, fb);
-    backend_sample(bid, fb, 0, now);
+    backend_first_byte(req_bid, fb, now);
   } else if (first_byte == 2) {
-    backend_outstanding(req_bid, 1, 0);
+    backend_load_add(req_bid, 1, 0);
   }
-  if (abort_bid != RM_NO_ID) backend_outstanding(abort_bid, -1, 0);
+  backend_abort(abort_bid);
   if (pk->vlan && !x->vlan_tci) {
     stat_inc(RM_ST_DROP_UNSUPPORTED);
     return XDP_DROP;
@@ -1940,7 +1971,7 @@ int xdp_ctl(struct xdp_md *ctx) {
   }
   rm_unlock(&c->lock);
 
-  if (abort_bid != RM_NO_ID) backend_outstanding(abort_bid, -1, 0);
+  backend_abort(abort_bid);
   if (act && pool != RM_NO_ID) pool_release_leg(pool, 0);
   if (act == 1) {
     bpf_map_delete_elem(&client_ids, &key);

@@ -1342,10 +1342,12 @@ TEST_F(DatapathTest, ClientRstMidRequestForwardedAndPoolRetired) {
   rst.ack = c.s_nxt;
   rst.win = 0;
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 1u);
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 1u);
   ClientToBackend("client RST mid-request", c, p, e, rst,
                   {{RM_ST_TX_C2B, 1}, {RM_ST_CLOSED_RETIRE, 1}, {RM_ST_POOL_DEAD, 1}});
   EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u) << "the aborted request still counts";
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 0u) << "the aborted request still counts";
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
   EXPECT_TRUE(IdleQueue(0).empty());
   // The backend's late segment on the dead connection goes nowhere.
@@ -1364,16 +1366,18 @@ TEST_F(DatapathTest, BackendRstForwardedAndPoolRetired) {
   Seg rst = BackendSeg(b, {}, RST | ACK);
   rst.ts = false;
   rst.win = 0;
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 1u);
   BackendToClient("backend RST", c, p, e, rst, {{RM_ST_TX_B2C, 1}, {RM_ST_POOL_DEAD, 1}});
   EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u) << "the aborted request still counts";
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 0u) << "the aborted request still counts";
 }
 
 // The stall clock (rm_backend_load.progress_ns, read by the core's stall
 // detection): it starts when a request starts on a backend with nothing
-// outstanding, and moves when a response begins; a request arriving while
-// another is outstanding does not move it (a stalled backend keeps getting
+// unanswered, and moves when a response begins; a request arriving while
+// another is unanswered does not move it (a stalled backend keeps getting
 // requests and must still look stalled), nor does a response's end.
 TEST_F(DatapathTest, StallClockStartsWithARequestAndMovesWithResponseStarts) {
   auto mono = [] {
@@ -1403,6 +1407,7 @@ TEST_F(DatapathTest, StallClockStartsWithARequestAndMovesWithResponseStarts) {
   BackendPos b1;
   Splice(d, p1, b1);
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 2u);
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 2u);
   EXPECT_EQ(dp_->BackendLoad(0).progress_ns, started) << "a new request is not progress";
   // The first response begins: progress.
   BackendToClient("backend acks request", c, p, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
@@ -1411,6 +1416,7 @@ TEST_F(DatapathTest, StallClockStartsWithARequestAndMovesWithResponseStarts) {
   BackendToClient("response", c, p, e, BackendSeg(b, Pattern(500, 9), ACK | PSH),
                   {{RM_ST_TX_B2C, 1}});
   const uint64_t first = dp_->BackendLoad(0).progress_ns;
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 1u) << "only the second client's waits";
   EXPECT_GE(first, t0);
   EXPECT_LE(first, mono());
   // Its end (the client's ACK, which also comes during a stall) is not.
@@ -1418,6 +1424,46 @@ TEST_F(DatapathTest, StallClockStartsWithARequestAndMovesWithResponseStarts) {
   ClientToBackend("client acks response", c, p, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 1u);
   EXPECT_EQ(dp_->BackendLoad(0).progress_ns, first);
+}
+
+// A request's two load counts: unanswered from its start to its response's
+// first byte (what the policies see by default), outstanding until the
+// client has acknowledged the whole response (which a client with nothing
+// more to send delays). Response bytes after the client had acknowledged
+// everything make it outstanding again, not unanswered; the next request
+// starts both.
+TEST_F(DatapathTest, UnansweredEndsAtTheResponsesFirstByte) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  auto load = [&] {
+    const rm_backend_load& l = dp_->BackendLoad(0);
+    return std::make_pair(l.unanswered, l.outstanding);
+  };
+  using P = std::pair<uint32_t, uint32_t>;
+  Epoch e = Splice(c, p, b);
+  EXPECT_EQ(load(), P(1, 1)) << "request started";
+  BackendToClient("backend acks request", c, p, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  EXPECT_EQ(load(), P(1, 1)) << "a bare ACK is no answer";
+  BackendToClient("response begins", c, p, e, BackendSeg(b, Pattern(500, 9), ACK),
+                  {{RM_ST_TX_B2C, 1}});
+  EXPECT_EQ(load(), P(0, 1));
+  BackendToClient("response goes on", c, p, e, BackendSeg(b, Pattern(500, 8), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+  EXPECT_EQ(load(), P(0, 1)) << "answered once only";
+  ClientToBackend("client acks all", c, p, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+  EXPECT_EQ(load(), P(0, 0));
+  EXPECT_EQ(dp_->BackendLoad(0).responses, 1u);
+  BackendToClient("more response after the client acked all", c, p, e,
+                  BackendSeg(b, Pattern(100, 7), ACK | PSH), {{RM_ST_TX_B2C, 1}});
+  EXPECT_EQ(load(), P(0, 1));
+  ClientToBackend("client acks that too", c, p, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+  EXPECT_EQ(load(), P(0, 0));
+  ClientToBackend("next request", c, p, e, ClientSeg(c, Pattern(50, 4)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_LATE, 1}});
+  EXPECT_EQ(load(), P(1, 1));
+  EXPECT_EQ(dp_->BackendLoad(0).requests, 2u);
 }
 
 // A request that never completes stops counting as outstanding on its
@@ -1437,16 +1483,19 @@ TEST_F(DatapathTest, AbortedRequestsNoLongerOutstanding) {
                   {{RM_ST_TX_B2C, 1}});
   EXPECT_EQ(Client(c.id).phase, uint8_t(RM_PH_RESP));
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 1u);
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 0u);
   Seg rst = ClientSeg(c, {}, RST | ACK);
   rst.ack = acked;  // the response is not acknowledged
   rst.win = 0;
   ClientToBackend("client RST mid-response", c, p, e, rst,
                   {{RM_ST_TX_C2B, 1}, {RM_ST_CLOSED_RETIRE, 1}, {RM_ST_POOL_DEAD, 1}});
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u);
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 0u) << "it was answered: nothing to take back";
   // The closed record is collected later: nothing is released twice.
   ASSERT_TRUE(dp_->FreeClient(c.id, UINT64_MAX).ok());
   EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_FREE));
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u);
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 0u);
 
   // A second client, freed by the idle collector while its request waits.
   PoolSpec p1 = SecondPool();
@@ -1457,9 +1506,11 @@ TEST_F(DatapathTest, AbortedRequestsNoLongerOutstanding) {
   BackendPos b1;
   Splice(d, p1, b1);
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 1u);
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 1u);
   ASSERT_TRUE(dp_->FreeClient(d.id, UINT64_MAX).ok());
   EXPECT_EQ(Client(d.id).state, uint32_t(RM_C_FREE));
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u);
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 0u);
   EXPECT_EQ(Pool(1).state, uint32_t(RM_P_DEAD)) << "a pooled connection mid-request went back";
 }
 
@@ -1479,8 +1530,11 @@ TEST_F(DatapathTest, BackendFinBeforeAnythingOfTheRequestIsRetried) {
   ClientSpec c;
   BackendPos b;
   Epoch e = Splice(c, p0, b);
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 1u);
   Expect("backend FIN acking the request", BuildSeg(FromBackend(p0), BackendSeg(b, {}, FIN | ACK)),
          XDP_DROP, nullptr, {{RM_ST_RETRY_ON_CLOSE, 1}, {RM_ST_POOL_DEAD, 1}});
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u) << "the request is to come again";
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 0u) << "the request is to come again";
   rm_client rec = Client(c.id);
   EXPECT_EQ(rec.pool_id, RM_NO_ID);
   EXPECT_EQ(rec.c_nxt, e.c_nxt0) << "the request is to be received again";
@@ -1494,6 +1548,8 @@ TEST_F(DatapathTest, BackendFinBeforeAnythingOfTheRequestIsRetried) {
   rec = Client(c.id);
   EXPECT_EQ(rec.pool_id, 1u);
   EXPECT_EQ(rec.req_no, 1u);
+  EXPECT_EQ(dp_->BackendLoad(0).outstanding, 1u);
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 1u);
 }
 
 // Once the backend's ack of the request reached the client, its close is

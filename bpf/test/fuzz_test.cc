@@ -332,6 +332,23 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
         << " which it does not own";
   }
 
+  // ---- load counts agree with the records: a request is outstanding while
+  // its client is out of RM_PH_IDLE, unanswered while in RM_PH_REQ (a
+  // count leaked by some abort path would shun its backend for good).
+  {
+    uint32_t out[2] = {0, 0}, unans[2] = {0, 0};
+    for (uint32_t id = 0; id < 64; id++) {
+      rm_client c = Client(id);
+      if (c.state == RM_C_FREE || c.phase == RM_PH_IDLE || c.req_backend >= 2) continue;
+      out[c.req_backend]++;
+      if (c.phase == RM_PH_REQ) unans[c.req_backend]++;
+    }
+    for (uint32_t b = 0; b < 2; b++) {
+      EXPECT_EQ(dp_->BackendLoad(b).outstanding, out[b]) << "backend " << b;
+      EXPECT_EQ(dp_->BackendLoad(b).unanswered, unans[b]) << "backend " << b;
+    }
+  }
+
   // ---- protected flows still translate byte-exact
   for (int i = 0; i < 2; i++) {
     Flow& f = flows[i];
