@@ -396,7 +396,7 @@ Request Core::PolicyRequest(uint32_t client, uint32_t current_backend,
 
 bool Core::Stalled(const rm_backend_load& l, uint64_t now) const {
   const uint64_t min_ns = absl::ToInt64Nanoseconds(opts_.stall_min);
-  if (min_ns == 0 || l.outstanding == 0) return false;
+  if (min_ns == 0 || l.unanswered == 0) return false;
   const uint64_t progress = l.progress_ns;
   if (progress >= now) return false;
   const uint64_t quiet = now - progress;
@@ -412,16 +412,17 @@ void Core::RefreshLoad(uint64_t now) {
     b.latency_ewma_first_byte_ns = l.ewma_first_ns;
     b.latency_ewma_last_byte_ns = l.ewma_last_ns;
     if (b.id >= RM_MAX_BACKENDS) {
-      b.outstanding = l.outstanding;
+      b.outstanding = InFlight(l);
       continue;
     }
-    // In flight, plus decided for it and not started yet: every client's
+    // In flight (by default: not answered yet; see load_until_acked),
+    // plus decided for it and not started yet: every client's
     // next request is decided long before it comes, and policies that saw
     // only the requests in flight sent whole runs of those decisions to
     // whichever backend was least loaded at one instant (20-36 requests in
     // a row on one backend at 5,000 req/s open loop; a stall starting then
     // caught them all).
-    b.outstanding = l.outstanding + (opts_.count_pending_decisions ? committed_[b.id] : 0);
+    b.outstanding = InFlight(l) + (opts_.count_pending_decisions ? committed_[b.id] : 0);
     const bool stalled = Stalled(l, now);
     if (stalled && !stalled_[b.id]) stalls_[b.id]++;
     stalled_[b.id] = stalled;
@@ -500,7 +501,7 @@ void Core::Redecide() {
   // The rule looks at requests in flight only (the snapshot's outstanding
   // also counts decisions not yet used).
   auto inflight = [&](const BackendInfo& b) -> uint64_t {
-    return b.id < RM_MAX_BACKENDS ? dp_->BackendLoad(b.id).outstanding : 0;
+    return b.id < RM_MAX_BACKENDS ? InFlight(dp_->BackendLoad(b.id)) : 0;
   };
   uint64_t least = UINT64_MAX;
   for (const BackendInfo& b : snapshot_)
@@ -772,6 +773,7 @@ std::vector<BackendStatus> Core::Backends() {
     s.pool_live = pools_->Established(id);
     s.pool_idle = pools_->Idle(id);
     s.outstanding = l.outstanding;
+    s.unanswered = l.unanswered;
     s.requests = l.requests;
     s.responses = l.responses;
     s.rematched_in = l.rematched_in;
@@ -786,8 +788,8 @@ std::vector<BackendStatus> Core::Backends() {
 }
 
 std::string Core::BackendsText() {
-  std::string out = absl::StrFormat("%-3s %-21s %-6s %-8s %9s %5s %12s %10s %10s %10s  %s\n",
-                                    "id", "address", "weight", "state", "pool", "out",
+  std::string out = absl::StrFormat("%-3s %-21s %-6s %-8s %9s %5s %5s %12s %10s %10s %10s  %s\n",
+                                    "id", "address", "weight", "state", "pool", "wait", "out",
                                     "requests", "rematch_in", "ewma_1st", "ewma_last", "check");
   for (const BackendStatus& s : Backends()) {
     const char* state = s.removed      ? "removed"
@@ -801,8 +803,9 @@ std::string Core::BackendsText() {
     uint32_t streak = s.health.fail_streak ? s.health.fail_streak : s.health.ok_streak;
     if (streak > 1) absl::StrAppend(&check, " x", streak);
     absl::StrAppendFormat(&out,
-                          "%-3u %-21s %-6u %-8s %4u/%-4u %5u %12u %10u %8.2fms %8.2fms  %s\n",
-                          s.id, s.addr, s.weight, state, s.pool_idle, s.pool_live, s.outstanding,
+                          "%-3u %-21s %-6u %-8s %4u/%-4u %5u %5u %12u %10u %8.2fms %8.2fms  %s\n",
+                          s.id, s.addr, s.weight, state, s.pool_idle, s.pool_live, s.unanswered,
+                          s.outstanding,
                           s.requests, s.rematched_in, s.ewma_first_ns / 1e6,
                           s.ewma_last_ns / 1e6, check);
   }
@@ -938,13 +941,18 @@ std::string Core::MetricsText() {
   };
   per_backend("rematcher_backend_requests_total", "counter", "Requests started on the backend.",
               [](const BackendStatus& s) -> uint64_t { return s.requests; });
-  per_backend("rematcher_backend_outstanding", "gauge", "Requests in flight on the backend.",
+  per_backend("rematcher_backend_outstanding", "gauge",
+              "Requests started on the backend whose response the client has not "
+              "acknowledged in full.",
               [](const BackendStatus& s) -> uint64_t { return s.outstanding; });
+  per_backend("rematcher_backend_unanswered", "gauge",
+              "Requests started on the backend whose response has not begun.",
+              [](const BackendStatus& s) -> uint64_t { return s.unanswered; });
   per_backend("rematcher_backend_pending_decisions", "gauge",
               "Clients whose next request is decided for the backend and not started yet.",
               [](const BackendStatus& s) -> uint64_t { return s.pending_decisions; });
   per_backend("rematcher_backend_stalls_total", "counter",
-              "Times the backend was found stalled: requests outstanding, no response begun "
+              "Times the backend was found stalled: requests unanswered, no response begun "
               "for several times its usual latency.",
               [](const BackendStatus& s) -> uint64_t { return s.stalls; });
   per_backend("rematcher_backend_stalled", "gauge", "1 while the backend is flagged stalled.",

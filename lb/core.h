@@ -77,11 +77,17 @@ struct CoreOptions {
   // The policy's `outstanding` counts, besides the requests in flight,
   // the decisions made for a backend and not used yet (load to come).
   bool count_pending_decisions = true;
-  // Stall detection: a backend with requests outstanding and no progress
+  // What counts as a request in flight, for the policy's `outstanding`, the
+  // re-decision's behind rule: false, until its response begins
+  // (rm_backend_load.unanswered); true, until the client acknowledges the
+  // whole response (rm_backend_load.outstanding), which a client with
+  // nothing more to send delays by tens of milliseconds.
+  bool load_until_acked = false;
+  // Stall detection: a backend with requests unanswered and no progress
   // (no response begun) for max(stall_min, 3 x its first-byte EWMA) is
-  // flagged RM_BACKEND_STALLED in the
-  // policy's snapshot, and the decisions pending towards it are put to the
-  // policy again at once (not after two rounds of the count rule). The flag
+  // flagged RM_BACKEND_STALLED in the policy's
+  // snapshot, and the decisions pending towards it are put to the policy
+  // again at once (not after two rounds of the count rule). The flag
   // lasts at most stall_hold per stall: a longer silence is the health
   // checks' business, and a flag that outlived the stall (a miscount) must
   // not shun a backend for good. stall_min 0: off.
@@ -98,7 +104,9 @@ struct BackendStatus {
   std::string addr;
   uint32_t weight;
   bool healthy, draining, removed;
-  uint32_t pool_live, pool_idle, outstanding;
+  uint32_t pool_live, pool_idle;
+  uint32_t outstanding;  // started, response not acknowledged in full
+  uint32_t unanswered;   // started, response not begun
   uint64_t requests, responses, rematched_in;
   uint64_t ewma_first_ns, ewma_last_ns;
   bool stalled;     // RM_BACKEND_STALLED at the last load refresh
@@ -231,6 +239,11 @@ class Core {
                         uint32_t requests_so_far) const;
   // Whether backend `id` is stalled now (see CoreOptions::stall_min).
   bool Stalled(const rm_backend_load& l, uint64_t now_ns) const;
+  // Requests in flight on a backend as the policies and re-decision see
+  // them (CoreOptions::load_until_acked).
+  uint32_t InFlight(const rm_backend_load& l) const {
+    return opts_.load_until_acked ? l.outstanding : l.unanswered;
+  }
   std::array<bool, RM_MAX_BACKENDS> stalled_{};
   std::array<uint64_t, RM_MAX_BACKENDS> stalls_{};
   std::vector<BackendInfo> view_;  // Redecide's snapshot, with its moves counted

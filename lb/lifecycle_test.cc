@@ -395,7 +395,8 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
         "# TYPE rematcher_core_ring_polls_total counter\n", "# TYPE rematcher_core_polling gauge\n",
         "# TYPE rematcher_backend_pending_decisions gauge\n",
         "# TYPE rematcher_backend_stalls_total counter\n",
-        "# TYPE rematcher_backend_stalled gauge\n"})
+        "# TYPE rematcher_backend_stalled gauge\n",
+        "# TYPE rematcher_backend_unanswered gauge\n"})
     EXPECT_NE(m.find(family), std::string::npos) << family << m;
   for (int i = 0; i < 3; i++)
     EXPECT_NE(m.find(absl::StrCat("rematcher_backend_stalled{backend=\"", i, "\",address=\"",
@@ -507,13 +508,16 @@ TEST_F(LifecycleTest, UnreachableBackendGoesDownClientsMoveAndItComesBack) {
   // shunned it (52-70 of these 600 requests instead of ~200).
   const std::string idle_b2 =
       "rematcher_backend_outstanding{backend=\"2\",address=\"" + b2 + "\"} 0\n";
+  const std::string unanswered_b2 =
+      "rematcher_backend_unanswered{backend=\"2\",address=\"" + b2 + "\"} 0\n";
   std::string m;
   for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;
        absl::SleepFor(absl::Milliseconds(200))) {
     m = Ctl("metrics");
-    if (m.find(idle_b2) != std::string::npos) break;
+    if (m.find(idle_b2) != std::string::npos && m.find(unanswered_b2) != std::string::npos) break;
   }
   EXPECT_NE(m.find(idle_b2), std::string::npos) << Ctl("backends");
+  EXPECT_NE(m.find(unanswered_b2), std::string::npos) << Ctl("backends");
   EXPECT_NE(m.find("rematcher_backend_up{backend=\"2\",address=\"" + b2 + "\"} 1"),
             std::string::npos)
       << m;

@@ -63,7 +63,7 @@ DEFINE_double(poll_us, 200,
               "being woken for each: fewer context switches per request, decisions up to an "
               "interval later. 0: a wakeup per event always.");
 DEFINE_double(stall_ms, 1,
-              "A backend with requests outstanding and no response begun for "
+              "A backend with requests waiting for an answer and no response begun for "
               "max(this, 3x its first-byte latency) is flagged stalled: "
               "load-aware policies prefer the others, and decisions pending towards it are "
               "re-asked at once. 0: off.");
@@ -71,6 +71,11 @@ DEFINE_bool(count_pending_decisions, true,
             "Policies see as a backend's outstanding load its requests in flight plus the "
             "decisions already made for it and not used yet (each client's next request is "
             "decided when its previous one starts). false: in flight only.");
+DEFINE_bool(load_until_acked, false,
+            "A request counts as load on its backend until its client acknowledges the whole "
+            "response. Default (false): until its response begins. A client with nothing more "
+            "to send delays that ACK (tens of ms), and the ghost load it leaves swamps the "
+            "real differences between backends.");
 DEFINE_double(stall_hold_ms, 1000,
               "A stall flag lasts at most this long (longer silences are for the health checks).");
 DEFINE_double(idle_release_ms, 1000, "Hand back the pooled connection of a client idle this long (0: never).");
@@ -228,6 +233,7 @@ int Main(int argc, char** argv) {
   o.poll_interval = absl::Microseconds(FLAGS_poll_us);
   o.stall_min = absl::Microseconds(FLAGS_stall_ms * 1000);
   o.count_pending_decisions = FLAGS_count_pending_decisions;
+  o.load_until_acked = FLAGS_load_until_acked;
   o.stall_hold = absl::Microseconds(FLAGS_stall_hold_ms * 1000);
   o.client_idle_timeout = absl::Seconds(FLAGS_client_idle_timeout_s);
   o.duration = absl::Seconds(FLAGS_duration_s);

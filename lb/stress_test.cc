@@ -350,6 +350,7 @@ TEST_F(StressTest, ThousandsOfKeepAliveClientsRematchedPerRequest) {
     EXPECT_EQ(b.pool_idle, b.pool_live) << "pooled connections not back idle";
     EXPECT_GE(b.pool_live, static_cast<uint32_t>(pool_start));
     EXPECT_EQ(b.outstanding, 0);
+    EXPECT_EQ(b.unanswered, 0);
     live += b.pool_live;
     live_by_backend[b.id] = b.pool_live;
   }

@@ -104,7 +104,7 @@ extern "C" {
 /* rm_backend_info.flags */
 #define RM_BACKEND_HEALTHY (1u << 0)  /* health checks pass */
 #define RM_BACKEND_DRAINING (1u << 1) /* being removed: send nothing new */
-/* Since 1.1. Requests are outstanding and none has made progress (no
+/* Since 1.1. Requests are unanswered and none has made progress (no
  * response began) for several times the backend's usual latency
  * (CoreOptions::stall_min, --stall_ms): a stall such as a garbage-collector
  * pause. Still eligible; load-aware policies should prefer any backend
@@ -134,7 +134,11 @@ struct rm_backend_info {
   uint16_t port;        /* network byte order */
   uint16_t flags;       /* RM_BACKEND_* */
   uint32_t weight;      /* configured weight; 0 = take no new requests */
-  uint32_t outstanding; /* requests in flight on this backend right now,
+  uint32_t outstanding; /* requests in flight on this backend right now
+                           (by default, started and not answered yet: a
+                           request leaves at its response's first byte;
+                           --load_until_acked: when the client has
+                           acknowledged the whole response),
                            plus (by default, --count_pending_decisions)
                            the client requests already decided for it and
                            not started yet: every client's next request is

@@ -62,9 +62,15 @@ std::map<std::string, uint64_t> ParseStats(const std::string& text) {
 }
 
 std::vector<BackendRow> ParseBackends(const std::string& text) {
-  // id address weight state idle/live out requests rematch_in ewma ewma
+  // id address weight state idle/live wait out requests rematch_in ewma ewma
   std::vector<BackendRow> rows;
-  std::regex re(R"(^\s*([0-9]+)\s+(\S+)\s+[0-9]+\s+(\S+)\s+([0-9]+)/([0-9]+)\s+([0-9]+)\s+([0-9]+))");
+  std::regex re(
+      R"(^\s*([0-9]+)\s+(\S+)\s+[0-9]+\s+(\S+)\s+([0-9]+)/([0-9]+)\s+([0-9]+)\s+([0-9]+)\s+([0-9]+))");
+  // Printed from a u32: a counter that went below zero shows as 2^32 - k.
+  auto count = [](const std::string& s) {
+    uint64_t v = std::stoull(s);
+    return v >= (1ull << 31) ? static_cast<int64_t>(v) - (1ll << 32) : static_cast<int64_t>(v);
+  };
   for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
     std::smatch m;
     std::string l(line);
@@ -75,11 +81,9 @@ std::vector<BackendRow> ParseBackends(const std::string& text) {
     r.state = m[3].str();
     r.pool_idle = std::stoul(m[4].str());
     r.pool_live = std::stoul(m[5].str());
-    // Printed from a u32: a counter that went below zero shows as 2^32 - k.
-    uint64_t out = std::stoull(m[6].str());
-    r.outstanding = out >= (1ull << 31) ? static_cast<int64_t>(out) - (1ll << 32)
-                                        : static_cast<int64_t>(out);
-    r.requests = std::stoull(m[7].str());
+    r.unanswered = count(m[6].str());
+    r.outstanding = count(m[7].str());
+    r.requests = std::stoull(m[8].str());
     rows.push_back(r);
   }
   return rows;

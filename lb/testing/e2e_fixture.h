@@ -41,7 +41,8 @@ struct BackendRow {
   std::string state;  // up | down | draining | removed
   uint32_t pool_idle = 0;
   uint32_t pool_live = 0;
-  int64_t outstanding = 0;  // as printed (a u32 on the wire: see the parser)
+  int64_t unanswered = 0;   // as printed (a u32 on the wire: see the parser)
+  int64_t outstanding = 0;  // likewise
   uint64_t requests = 0;
 };
 std::vector<BackendRow> ParseBackends(const std::string& text);
