@@ -311,6 +311,10 @@ void Core::OnEvent(const rm_event& ev) {
       if (ev.ack_pool != RM_NO_ID) SendPoolAck(ev.ack_pool, ev);
       break;
     case RM_EV_REQ_DONE:
+      // The decision made at this request's start is asked again with
+      // fresher load: as if there were none, or it would count against
+      // its own backend (and a client would keep its backend for good).
+      SetPending(ev.client_id, RM_NO_ID);
       OnRequestDone(ev);
       TimeFirstByte(ev);
       break;
