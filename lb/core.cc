@@ -398,18 +398,32 @@ Request Core::PolicyRequest(uint32_t client, uint32_t current_backend,
   return req;
 }
 
-bool Core::Stalled(const rm_backend_load& l, uint64_t now) const {
+bool Core::Stalled(uint32_t id, const rm_backend_load& l, uint64_t now) const {
   const uint64_t min_ns = absl::ToInt64Nanoseconds(opts_.stall_min);
   if (min_ns == 0 || l.unanswered == 0) return false;
   const uint64_t progress = l.progress_ns;
   if (progress >= now) return false;
   const uint64_t quiet = now - progress;
-  const uint64_t limit = std::max<uint64_t>(min_ns, 3 * l.ewma_first_ns);
+  // 0: no sample in that window.
+  uint64_t typical = l.ewma_first_ns;
+  for (uint64_t f : {floor_cur_[id], floor_prev_[id]})
+    if (f != 0 && f < typical) typical = f;
+  const uint64_t limit = std::max<uint64_t>(min_ns, 3 * typical);
   return quiet > limit &&
          quiet < limit + static_cast<uint64_t>(absl::ToInt64Nanoseconds(opts_.stall_hold));
 }
 
+void Core::TrackFirstByteFloor(uint32_t id, uint64_t ewma_ns) {
+  if (ewma_ns != 0 && (floor_cur_[id] == 0 || ewma_ns < floor_cur_[id])) floor_cur_[id] = ewma_ns;
+}
+
 void Core::RefreshLoad(uint64_t now) {
+  if (now - floor_window_start_ns_ > 500'000'000) {
+    // A new half-second window of first-byte floors (TrackFirstByteFloor).
+    floor_prev_ = floor_cur_;
+    floor_cur_.fill(0);
+    floor_window_start_ns_ = now;
+  }
   for (BackendInfo& b : snapshot_) {
     const rm_backend_load& l = dp_->BackendLoad(b.id);
     b.requests_total = l.requests;
@@ -427,7 +441,8 @@ void Core::RefreshLoad(uint64_t now) {
     // a row on one backend at 5,000 req/s open loop; a stall starting then
     // caught them all).
     b.outstanding = InFlight(l) + (opts_.count_pending_decisions ? committed_[b.id] : 0);
-    const bool stalled = Stalled(l, now);
+    TrackFirstByteFloor(b.id, l.ewma_first_ns);
+    const bool stalled = Stalled(b.id, l, now);
     if (stalled && !stalled_[b.id]) stalls_[b.id]++;
     stalled_[b.id] = stalled;
     b.flags = stalled ? (b.flags | RM_BACKEND_STALLED) : (b.flags & ~RM_BACKEND_STALLED);

@@ -84,8 +84,8 @@ struct CoreOptions {
   // nothing more to send delays by tens of milliseconds.
   bool load_until_acked = false;
   // Stall detection: a backend with requests unanswered and no progress
-  // (no response begun) for max(stall_min, 3 x its first-byte EWMA) is
-  // flagged RM_BACKEND_STALLED in the policy's
+  // (no response begun) for max(stall_min, 3 x its lowest first-byte EWMA
+  // of the last 0.5-1 s) is flagged RM_BACKEND_STALLED in the policy's
   // snapshot, and the decisions pending towards it are put to the policy
   // again at once (not after two rounds of the count rule). The flag
   // lasts at most stall_hold per stall: a longer silence is the health
@@ -238,7 +238,15 @@ class Core {
   Request PolicyRequest(uint32_t client, uint32_t current_backend,
                         uint32_t requests_so_far) const;
   // Whether backend `id` is stalled now (see CoreOptions::stall_min).
-  bool Stalled(const rm_backend_load& l, uint64_t now_ns) const;
+  bool Stalled(uint32_t id, const rm_backend_load& l, uint64_t now_ns) const;
+  // The stall rule's yardstick: the lowest first-byte EWMA of a backend
+  // over the last 0.5-1 s. The EWMA itself jumps with every stall (a few
+  // 40 ms samples put it at several ms, and 3x that let the next stall go
+  // unflagged for its first 10-20 ms); its recent floor does not, and it
+  // still follows a backend that became slower for good within a second.
+  void TrackFirstByteFloor(uint32_t id, uint64_t ewma_ns);  // 0: no sample
+  std::array<uint64_t, RM_MAX_BACKENDS> floor_cur_{}, floor_prev_{};
+  uint64_t floor_window_start_ns_ = 0;
   // Requests in flight on a backend as the policies and re-decision see
   // them (CoreOptions::load_until_acked).
   uint32_t InFlight(const rm_backend_load& l) const {

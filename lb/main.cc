@@ -64,7 +64,7 @@ DEFINE_double(poll_us, 200,
               "interval later. 0: a wakeup per event always.");
 DEFINE_double(stall_ms, 1,
               "A backend with requests waiting for an answer and no response begun for "
-              "max(this, 3x its first-byte latency) is flagged stalled: "
+              "max(this, 3x its usual first-byte latency) is flagged stalled: "
               "load-aware policies prefer the others, and decisions pending towards it are "
               "re-asked at once. 0: off.");
 DEFINE_bool(count_pending_decisions, true,
