@@ -346,7 +346,29 @@ void Core::SetPolling(bool on) {
     return;
   }
   polling_ = on;
-  if (on) poll_entries_++;
+  if (on) {
+    poll_entries_++;
+    // Each spell of polling starts at the shortest interval.
+    poll_now_ns_ = absl::ToInt64Nanoseconds(opts_.poll_interval);
+    poll_ctl_applied_ = dp_->Counter(RM_ST_DECISION_APPLIED);
+    poll_ctl_late_ = dp_->Counter(RM_ST_DECISION_LATE);
+  }
+}
+
+void Core::AdjustPollInterval() {
+  const uint64_t applied = dp_->Counter(RM_ST_DECISION_APPLIED);
+  const uint64_t late = dp_->Counter(RM_ST_DECISION_LATE);
+  const uint64_t d_applied = applied - poll_ctl_applied_, d_late = late - poll_ctl_late_;
+  poll_ctl_applied_ = applied;
+  poll_ctl_late_ = late;
+  const uint64_t total = d_applied + d_late;
+  const int64_t lo = absl::ToInt64Nanoseconds(opts_.poll_interval);
+  const int64_t hi = std::max(lo, absl::ToInt64Nanoseconds(opts_.poll_max));
+  if (d_late * 100 > total) {
+    poll_now_ns_ = std::max(lo, poll_now_ns_ / 2);
+  } else if (total >= 20 && d_late * 500 <= total) {
+    poll_now_ns_ = std::min(hi, poll_now_ns_ + poll_now_ns_ / 4);
+  }
 }
 
 void Core::SendPoolAck(uint32_t pool, const rm_event& ev) {
@@ -398,19 +420,40 @@ Request Core::PolicyRequest(uint32_t client, uint32_t current_backend,
   return req;
 }
 
-bool Core::Stalled(uint32_t id, const rm_backend_load& l, uint64_t now) const {
+uint64_t Core::StallLimitNs(uint32_t id, const rm_backend_load& l) const {
   const uint64_t min_ns = absl::ToInt64Nanoseconds(opts_.stall_min);
-  if (min_ns == 0 || l.unanswered == 0) return false;
-  const uint64_t progress = l.progress_ns;
-  if (progress >= now) return false;
-  const uint64_t quiet = now - progress;
   // 0: no sample in that window.
   uint64_t typical = l.ewma_first_ns;
   for (uint64_t f : {floor_cur_[id], floor_prev_[id]})
     if (f != 0 && f < typical) typical = f;
-  const uint64_t limit = std::max<uint64_t>(min_ns, 3 * typical);
+  return std::max<uint64_t>(min_ns, 3 * typical);
+}
+
+bool Core::Stalled(uint32_t id, const rm_backend_load& l, uint64_t now) const {
+  if (opts_.stall_min <= absl::ZeroDuration() || l.unanswered == 0) return false;
+  const uint64_t progress = l.progress_ns;
+  if (progress >= now) return false;
+  const uint64_t quiet = now - progress;
+  const uint64_t limit = StallLimitNs(id, l);
   return quiet > limit &&
          quiet < limit + static_cast<uint64_t>(absl::ToInt64Nanoseconds(opts_.stall_hold));
+}
+
+uint64_t Core::NanosToNextStall(uint64_t now) const {
+  uint64_t next = UINT64_MAX;
+  if (opts_.stall_min <= absl::ZeroDuration()) return next;
+  for (const BackendInfo& b : snapshot_) {
+    if (b.id >= RM_MAX_BACKENDS || stalled_[b.id]) continue;
+    const rm_backend_load& l = dp_->BackendLoad(b.id);
+    if (l.unanswered == 0) continue;
+    const uint64_t limit = StallLimitNs(b.id, l);
+    const uint64_t at = l.progress_ns + limit + 1;
+    // Silent past the flag's hold: the health checks' business, not a
+    // reason to poll.
+    if (now > at + static_cast<uint64_t>(absl::ToInt64Nanoseconds(opts_.stall_hold))) continue;
+    next = std::min(next, at > now ? at - now : 0);
+  }
+  return next;
 }
 
 void Core::TrackFirstByteFloor(uint32_t id, uint64_t ewma_ns) {
@@ -503,10 +546,12 @@ void Core::ExpirePending() {
   }
 }
 
-void Core::Redecide() {
+void Core::Redecide(bool at_once) {
   if (pending_.empty() || snapshot_.size() < 2) return;
   const uint64_t now = MonoNowNs();
-  if (now - last_redecide_ns_ < static_cast<uint64_t>(absl::ToInt64Nanoseconds(opts_.redecide_interval)))
+  if (!at_once &&
+      now - last_redecide_ns_ <
+          static_cast<uint64_t>(absl::ToInt64Nanoseconds(opts_.redecide_interval)))
     return;
   last_redecide_ns_ = now;
   RefreshLoad(now);
@@ -861,6 +906,7 @@ std::string Core::StatsText() {
   absl::StrAppend(&out, "backend_stalls ", stalls, "\n");
   absl::StrAppend(&out, "core_ring_wakeups ", ring_wakeups_, "\ncore_ring_polls ", ring_polls_,
                   "\ncore_poll_entries ", poll_entries_, "\ncore_polling ", polling_ ? 1 : 0,
+                  "\ncore_poll_interval_us ", polling_ ? poll_now_ns_ / 1000 : 0,
                   "\n");
   PolicyStats ps = policy_->stats();
   absl::StrAppend(&out, "policy_calls ", ps.calls, "\npolicy_no_preference ", ps.no_preference,
@@ -923,6 +969,11 @@ std::string Core::MetricsText() {
   single("rematcher_core_polling", "gauge",
          "1 while the core polls the event ring instead of being woken per event.",
          polling_ ? 1 : 0);
+  absl::StrAppend(&out,
+                  "# HELP rematcher_core_poll_interval_seconds The polling interval now (0: not "
+                  "polling).\n# TYPE rematcher_core_poll_interval_seconds gauge\n"
+                  "rematcher_core_poll_interval_seconds ",
+                  absl::StrFormat("%.6f", polling_ ? poll_now_ns_ / 1e9 : 0.0), "\n");
   PolicyStats ps = policy_->stats();
   single("rematcher_policy_calls_total", "counter",
          "Policy Pick calls.",
@@ -1168,6 +1219,7 @@ absl::Status Core::Run() {
   const int64_t poll_ns = std::max<int64_t>(0, absl::ToInt64Nanoseconds(opts_.poll_interval));
   constexpr uint64_t kPollWindowNs = 10'000'000;
   uint64_t win_start = MonoNowNs(), win_wakes = 0, win_events = 0;
+  int windows = 0;  // the interval is adjusted every 10 windows (100 ms)
   // After polling stops, one more short sleep: an event reserved before the
   // datapath saw wakeups back on, and submitted after the last read, wakes
   // no one.
@@ -1175,7 +1227,16 @@ absl::Status Core::Run() {
   while (!stop_.load()) {
     if (opts_.duration > absl::ZeroDuration() && absl::Now() - started_ >= opts_.duration) break;
     timespec timeout{0, 100'000'000};
-    if (polling_ || linger) timeout.tv_nsec = poll_ns;
+    if (polling_) {
+      // Read the ring every poll_now_ns_, or sooner if a backend could be
+      // found stalled sooner: then its pending decisions move at once, not
+      // up to an interval later (the requests sent meanwhile would wait out
+      // the stall).
+      const uint64_t to_stall = NanosToNextStall(MonoNowNs());
+      timeout.tv_nsec = std::max<int64_t>(
+          20'000, std::min<uint64_t>(poll_now_ns_, to_stall));
+    }
+    if (linger) timeout.tv_nsec = poll_ns;
     linger = false;
     int n = epoll_pwait2(epfd_, evs, 64, &timeout, nullptr);
     if (n < 0 && errno != EINTR) return Errno("epoll_pwait2");
@@ -1225,11 +1286,22 @@ absl::Status Core::Run() {
           win_events += std::max(0, ring_buffer__consume(rb_));
           linger = true;
         }
+        if (polling_ && ++windows % 10 == 0) AdjustPollInterval();
         win_start = now;
         win_wakes = win_events = 0;
       }
     }
-    Redecide();
+    // A stall that became due is flagged now (the snapshot's flags are
+    // otherwise refreshed at decisions), and its pending decisions re-asked.
+    bool stall_due = false;
+    if (polling_) {
+      const uint64_t now = MonoNowNs();
+      if (NanosToNextStall(now) == 0) {
+        stall_due = true;
+        RefreshLoad(now);
+      }
+    }
+    Redecide(stall_due);
     if (pools_->verifying()) pools_->ProbeVerifying(absl::Now());
   }
   return absl::OkStatus();

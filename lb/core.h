@@ -74,6 +74,13 @@ struct CoreOptions {
   // a wakeup per event when fewer than one event arrives per interval
   // (about half of them would wake). 0: never poll.
   absl::Duration poll_interval = absl::Microseconds(200);
+  // While polling, the interval stretches up to poll_max as long as the
+  // decisions keep reaching the datapath before their clients' next
+  // requests (under 0.2% late over 100 ms: x1.25), and halves (not below
+  // poll_interval) when more than 1% come late. An open loop whose clients
+  // come back milliseconds later needs no 200 us reads; a closed loop at
+  // low concurrency keeps them. poll_max == poll_interval: fixed.
+  absl::Duration poll_max = absl::Microseconds(1000);
   // The policy's `outstanding` counts, besides the requests in flight,
   // the decisions made for a backend and not used yet (load to come).
   bool count_pending_decisions = true;
@@ -207,6 +214,12 @@ class Core {
   // into polling, and whether it polls now.
   uint64_t ring_wakeups_ = 0, ring_polls_ = 0, poll_entries_ = 0;
   bool polling_ = false;
+  // The polling interval now (CoreOptions::poll_max), and the decision
+  // counters at the last adjustment.
+  int64_t poll_now_ns_ = 0;
+  uint64_t poll_ctl_applied_ = 0, poll_ctl_late_ = 0;
+  // Stretches or shortens poll_now_ns_ by how many decisions came late.
+  void AdjustPollInterval();
   // Switches polling on or off (datapath wakeups the other way).
   void SetPolling(bool on);
   // Owed ACKs found unneeded when the core got to them: the connection had
@@ -231,7 +244,9 @@ class Core {
   size_t expire_cursor_ = 0;
   std::vector<uint32_t> listed_mark_;  // list compaction's dedup stamps
   uint32_t listed_stamp_ = 0;
-  void Redecide();
+  // Re-asks decisions pending towards backends behind the others, at most
+  // every redecide_interval unless `now` (a stall just became due).
+  void Redecide(bool now = false);
   // The snapshot's load figures and stall flags as of now_ns (MonoNowNs).
   void RefreshLoad(uint64_t now_ns);
   // What the policy is told about a client's next request.
@@ -239,6 +254,11 @@ class Core {
                         uint32_t requests_so_far) const;
   // Whether backend `id` is stalled now (see CoreOptions::stall_min).
   bool Stalled(uint32_t id, const rm_backend_load& l, uint64_t now_ns) const;
+  // The silence after which backend `id` counts as stalled.
+  uint64_t StallLimitNs(uint32_t id, const rm_backend_load& l) const;
+  // Nanoseconds until the first backend not flagged yet could be (0: now;
+  // UINT64_MAX: none has unanswered requests, or stall flags are off).
+  uint64_t NanosToNextStall(uint64_t now_ns) const;
   // The stall rule's yardstick: the lowest first-byte EWMA of a backend
   // over the last 0.5-1 s. The EWMA itself jumps with every stall (a few
   // 40 ms samples put it at several ms, and 3x that let the next stall go

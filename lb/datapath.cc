@@ -487,4 +487,14 @@ absl::StatusOr<StatsArray> Datapath::Stats() const {
   return out;
 }
 
+uint64_t Datapath::Counter(uint32_t index) const {
+  std::vector<uint64_t> per_cpu(ncpus_);
+  if (index >= RM_ST__MAX ||
+      bpf_map_lookup_elem(bpf_map__fd(skel_->maps.stats), &index, per_cpu.data()))
+    return 0;
+  uint64_t sum = 0;
+  for (uint64_t v : per_cpu) sum += v;
+  return sum;
+}
+
 }  // namespace rematcher

@@ -136,6 +136,8 @@ class Datapath {
 
   // Counters summed over CPUs.
   absl::StatusOr<StatsArray> Stats() const;
+  // One counter, summed over CPUs (0 if it cannot be read).
+  uint64_t Counter(uint32_t index) const;
 
   // Runs an xdp_ctl command; returns its result field.
   absl::StatusOr<int32_t> RunCtl(const rm_ctl& cmd);

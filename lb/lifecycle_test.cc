@@ -396,7 +396,8 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
         "# TYPE rematcher_backend_pending_decisions gauge\n",
         "# TYPE rematcher_backend_stalls_total counter\n",
         "# TYPE rematcher_backend_stalled gauge\n",
-        "# TYPE rematcher_backend_unanswered gauge\n"})
+        "# TYPE rematcher_backend_unanswered gauge\n",
+        "# TYPE rematcher_core_poll_interval_seconds gauge\n"})
     EXPECT_NE(m.find(family), std::string::npos) << family << m;
   for (int i = 0; i < 3; i++)
     EXPECT_NE(m.find(absl::StrCat("rematcher_backend_stalled{backend=\"", i, "\",address=\"",
@@ -438,6 +439,16 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
   ASSERT_TRUE(bad.ok()) << bad.status();
   EXPECT_EQ(bad->exit_code, 2);
   EXPECT_NE(bad->err.find("--poll_us must be at most 100000"), std::string::npos) << bad->err;
+  // And a longest interval below the shortest.
+  bad = tb_->RunCommand(tb_->lb_ns(),
+                        {RunfilePath("lb/rematcher"), "--iface=eth0",
+                         absl::StrCat("--vip=", kVip, ":8080"), "--backends=" + Addr(0, 8080),
+                         "--control_socket=", "--poll_us=500", "--poll_max_us=300"},
+                        absl::Seconds(10));
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  EXPECT_EQ(bad->exit_code, 2);
+  EXPECT_NE(bad->err.find("--poll_max_us must be in --poll_us..100000"), std::string::npos)
+      << bad->err;
 }
 
 TEST_F(LifecycleTest, UnreachableBackendGoesDownClientsMoveAndItComesBack) {
