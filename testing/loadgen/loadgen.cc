@@ -71,6 +71,7 @@ struct Request {
   uint64_t upload_fnv = 0;  // set once the upload is serialized
   int64_t intended_ns = 0;  // latency origin
   int64_t sent_ns = 0;      // head handed to the out buffer; timeout origin
+  uint64_t conn = 0;        // connection it went out on: thread << 32 | id
 };
 
 struct CsvRow {
@@ -82,6 +83,7 @@ struct CsvRow {
   int status;
   std::string outcome;  // ok | verify_<kind> | <error kind>
   std::string backend;
+  uint64_t conn;        // Request::conn (0: never sent)
 };
 
 struct ResponseState {
@@ -469,6 +471,7 @@ class Worker {
       bool assigned = false;
       Request r;
       while (cap > 0 && Claim(now, &r)) {
+        r.conn = (static_cast<uint64_t>(thread_index_) << 32) | c->id;
         c->inflight.push_back(r);
         ++c->requests_assigned;
         --cap;
@@ -783,7 +786,7 @@ class Worker {
     if (opt_.latency_csv.empty()) return;
     partial_.csv.push_back({r.index, (r.intended_ns - sh_->start_ns) / 1000,
                             latency_us, r.size, r.upload_size, status,
-                            std::move(outcome), backend});
+                            std::move(outcome), backend, r.conn});
   }
 
   void AccountError(const Request& r, int kind, int64_t now,
@@ -1084,11 +1087,11 @@ absl::StatusOr<Report> Run(const Options& options) {
     std::sort(csv.begin(), csv.end(),
               [](const CsvRow& a, const CsvRow& b) { return a.index < b.index; });
     std::ofstream f(options.latency_csv);
-    f << "index,intended_us,latency_us,size,upload_size,status,outcome,backend\n";
+    f << "index,intended_us,latency_us,size,upload_size,status,outcome,backend,conn\n";
     for (const CsvRow& r : csv) {
       f << r.index << ',' << r.intended_us << ',' << r.latency_us << ','
         << r.size << ',' << r.upload_size << ',' << r.status << ','
-        << r.outcome << ',' << r.backend << '\n';
+        << r.outcome << ',' << r.backend << ',' << r.conn << '\n';
     }
     if (!f) {
       return absl::ErrnoToStatus(errno,

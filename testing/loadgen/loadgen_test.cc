@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -189,12 +190,17 @@ TEST_F(LoadgenTest, LatencyCsvHasOneRowPerRequest) {
   std::string line;
   int rows = 0;
   std::getline(f, line);
-  EXPECT_EQ(line, "index,intended_us,latency_us,size,upload_size,status,outcome,backend");
+  EXPECT_EQ(line, "index,intended_us,latency_us,size,upload_size,status,outcome,backend,conn");
+  std::set<std::string> conns;
   while (std::getline(f, line)) {
     ++rows;
-    EXPECT_NE(line.find(",ok,b1"), std::string::npos) << line;
+    EXPECT_NE(line.find(",ok,b1,"), std::string::npos) << line;
+    conns.insert(line.substr(line.rfind(',') + 1));
   }
   EXPECT_EQ(rows, 123);
+  // Each row names the connection it went out on: two of them here.
+  EXPECT_EQ(conns.size(), 2u);
+  EXPECT_EQ(conns.count("0"), 0u) << "a request sent on no connection";
 }
 
 // A one-connection server that alternates X-Backend between "a" and "b", as
