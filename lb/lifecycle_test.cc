@@ -421,34 +421,23 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
   EXPECT_TRUE(absl::StartsWith(HttpGet(tb_->lb_ns(), "127.0.0.1", 9100, "/healthz"),
                                "HTTP/1.1 200 OK\r\n"));
   EXPECT_TRUE(lb_.Running()) << Log();
-  // A bad --metrics_addr is refused at start with the flag named.
-  auto bad = tb_->RunCommand(tb_->lb_ns(),
-                             {RunfilePath("lb/rematcher"), "--iface=eth0",
-                              absl::StrCat("--vip=", kVip, ":8080"), "--backends=" + Addr(0, 8080),
-                              "--control_socket=", "--metrics_addr=localhost:9100"},
-                             absl::Seconds(10));
-  ASSERT_TRUE(bad.ok()) << bad.status();
-  EXPECT_EQ(bad->exit_code, 2);
-  EXPECT_NE(bad->err.find("--metrics_addr: 'localhost:9100'"), std::string::npos) << bad->err;
-  // So is a polling interval past its bound.
-  bad = tb_->RunCommand(tb_->lb_ns(),
-                        {RunfilePath("lb/rematcher"), "--iface=eth0",
-                         absl::StrCat("--vip=", kVip, ":8080"), "--backends=" + Addr(0, 8080),
-                         "--control_socket=", "--poll_us=200000"},
-                        absl::Seconds(10));
-  ASSERT_TRUE(bad.ok()) << bad.status();
-  EXPECT_EQ(bad->exit_code, 2);
-  EXPECT_NE(bad->err.find("--poll_us must be at most 100000"), std::string::npos) << bad->err;
-  // And a longest interval below the shortest.
-  bad = tb_->RunCommand(tb_->lb_ns(),
-                        {RunfilePath("lb/rematcher"), "--iface=eth0",
-                         absl::StrCat("--vip=", kVip, ":8080"), "--backends=" + Addr(0, 8080),
-                         "--control_socket=", "--poll_us=500", "--poll_max_us=300"},
-                        absl::Seconds(10));
-  ASSERT_TRUE(bad.ok()) << bad.status();
-  EXPECT_EQ(bad->exit_code, 2);
-  EXPECT_NE(bad->err.find("--poll_max_us must be in --poll_us..100000"), std::string::npos)
-      << bad->err;
+  // Bad flags are refused at start (exit 2) with a message naming them.
+  auto expect_refused = [&](std::vector<std::string> flags, const std::string& message) {
+    std::vector<std::string> argv = {RunfilePath("lb/rematcher"), "--iface=eth0",
+                                     absl::StrCat("--vip=", kVip, ":8080"),
+                                     "--backends=" + Addr(0, 8080), "--control_socket="};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    auto bad = tb_->RunCommand(tb_->lb_ns(), argv, absl::Seconds(10));
+    ASSERT_TRUE(bad.ok()) << bad.status();
+    EXPECT_EQ(bad->exit_code, 2) << absl::StrJoin(flags, " ");
+    EXPECT_NE(bad->err.find(message), std::string::npos) << bad->err;
+  };
+  expect_refused({"--metrics_addr=localhost:9100"}, "--metrics_addr: 'localhost:9100'");
+  // So is a polling interval past its bound,
+  expect_refused({"--poll_us=200000"}, "--poll_us must be at most 100000");
+  // and a longest interval below the shortest.
+  expect_refused({"--poll_us=500", "--poll_max_us=300"},
+                 "--poll_max_us must be in --poll_us..100000");
 }
 
 TEST_F(LifecycleTest, UnreachableBackendGoesDownClientsMoveAndItComesBack) {
