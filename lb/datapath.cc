@@ -476,25 +476,31 @@ uint64_t Datapath::GetDecision(uint32_t client) const {
   return __atomic_load_n(const_cast<uint64_t*>(&decisions_[client]), __ATOMIC_ACQUIRE);
 }
 
+absl::StatusOr<uint64_t> Datapath::SumCounter(uint32_t index,
+                                               std::vector<uint64_t>* per_cpu) const {
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.stats), &index, per_cpu->data()))
+    return Errno(errno, "reading counters");
+  uint64_t sum = 0;
+  for (uint64_t v : *per_cpu) sum += v;
+  return sum;
+}
+
 absl::StatusOr<StatsArray> Datapath::Stats() const {
   StatsArray out{};
   std::vector<uint64_t> per_cpu(ncpus_);
   for (uint32_t i = 0; i < RM_ST__MAX; i++) {
-    if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.stats), &i, per_cpu.data()))
-      return Errno(errno, "reading counters");
-    for (uint64_t v : per_cpu) out[i] += v;
+    absl::StatusOr<uint64_t> v = SumCounter(i, &per_cpu);
+    if (!v.ok()) return v.status();
+    out[i] = *v;
   }
   return out;
 }
 
 uint64_t Datapath::Counter(uint32_t index) const {
+  if (index >= RM_ST__MAX) return 0;
   std::vector<uint64_t> per_cpu(ncpus_);
-  if (index >= RM_ST__MAX ||
-      bpf_map_lookup_elem(bpf_map__fd(skel_->maps.stats), &index, per_cpu.data()))
-    return 0;
-  uint64_t sum = 0;
-  for (uint64_t v : per_cpu) sum += v;
-  return sum;
+  absl::StatusOr<uint64_t> v = SumCounter(index, &per_cpu);
+  return v.ok() ? *v : 0;
 }
 
 }  // namespace rematcher

@@ -146,6 +146,8 @@ class Datapath {
   absl::StatusOr<int32_t> RunCtl(uint32_t op, uint32_t id, uint64_t older_than_ns);
 
  private:
+  // Counter `index` of the stats map summed over CPUs; per_cpu has ncpus_ slots.
+  absl::StatusOr<uint64_t> SumCounter(uint32_t index, std::vector<uint64_t>* per_cpu) const;
   explicit Datapath(const DatapathOptions& opts) : opts_(opts) {}
   // Copies a whole client or pool record in or out through xdp_ctl, under
   // the record's lock (RM_CTL_GET_CLIENT, RM_CTL_GET_POOL, RM_CTL_PUT_POOL).
