@@ -1220,6 +1220,9 @@ absl::Status Core::Run() {
   constexpr uint64_t kPollWindowNs = 10'000'000;
   uint64_t win_start = MonoNowNs(), win_wakes = 0, win_events = 0;
   int windows = 0;  // the interval is adjusted every 10 windows (100 ms)
+  // While polling: time until a backend could be flagged stalled, as of the
+  // end of the last pass (NanosToNextStall).
+  uint64_t to_stall = UINT64_MAX;
   // After polling stops, one more short sleep: an event reserved before the
   // datapath saw wakeups back on, and submitted after the last read, wakes
   // no one.
@@ -1232,7 +1235,6 @@ absl::Status Core::Run() {
       // found stalled sooner: then its pending decisions move at once, not
       // up to an interval later (the requests sent meanwhile would wait out
       // the stall).
-      const uint64_t to_stall = NanosToNextStall(MonoNowNs());
       timeout.tv_nsec = std::max<int64_t>(
           20'000, std::min<uint64_t>(poll_now_ns_, to_stall));
     }
@@ -1294,11 +1296,14 @@ absl::Status Core::Run() {
     // A stall that became due is flagged now (the snapshot's flags are
     // otherwise refreshed at decisions), and its pending decisions re-asked.
     bool stall_due = false;
+    to_stall = UINT64_MAX;
     if (polling_) {
       const uint64_t now = MonoNowNs();
-      if (NanosToNextStall(now) == 0) {
+      to_stall = NanosToNextStall(now);
+      if (to_stall == 0) {
         stall_due = true;
         RefreshLoad(now);
+        to_stall = NanosToNextStall(now);  // the one found is flagged now
       }
     }
     Redecide(stall_due);
