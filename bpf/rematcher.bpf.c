@@ -145,6 +145,16 @@ struct {
   __type(value, __u64);
 } events_woken SEC(".maps");
 
+/* Written by userspace only: the record layout the maps were created for
+ * (RM_LAYOUT_VERSION and record sizes), read back before a new process
+ * adopts maps pinned by an earlier one (DatapathOptions::pin_dir). */
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, __u64);
+} layout SEC(".maps");
+
 /* --------------------------------------------------------------- helpers */
 
 static __always_inline void stat_inc(__u32 idx) {

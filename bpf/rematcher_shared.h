@@ -394,6 +394,9 @@ enum rm_event_type {
 };
 
 #define RM_EVENTS_RING (1 << 20) /* ring buffer bytes */
+/* Bumped whenever a record's fields change meaning or place, even at the
+ * same size: a process adopts pinned maps only of its own layout. */
+#define RM_LAYOUT_VERSION 1
 
 /* Ring-buffer event, 48 bytes. Every event may wake the core (one IPI per
  * wakeup, costly in a VM), so the datapath sends at most one waking event

@@ -91,9 +91,13 @@ absl::Status Core::Init() {
   DatapathOptions dopts;
   dopts.max_clients = opts_.max_clients;
   dopts.max_pool = opts_.max_backends * opts_.max_conns_per_backend;
+  dopts.pin_dir = opts_.pin_dir;
   auto dp = Datapath::Load(dopts);
   if (!dp.ok()) return dp.status();
   dp_ = std::move(*dp);
+  if (dp_->adopted())
+    LOG(INFO) << "adopting the datapath pinned in " << opts_.pin_dir
+              << " (its clients and pooled connections carry on)";
 
   rm_config cfg{};
   cfg.vip = opts_.vip;
@@ -139,10 +143,28 @@ absl::Status Core::Init() {
             << (dp_->attached_generic() ? "generic" : "native") << "), VIP "
             << AddrString(opts_.vip, opts_.vip_port);
 
+  adopting_ = dp_->adopted();
   for (const BackendSpec& b : opts_.backends) {
     auto id = AddBackend(b);
     if (!id.ok()) return id.status();
   }
+  adopting_ = false;
+  if (dp_->adopted()) {
+    auto adopted = pools_->Adopt();
+    if (!adopted.ok()) return adopted.status();
+    adopted_pools_ = adopted->idle + adopted->busy + adopted->verifying;
+    auto clients = dp_->ForEachClient([&](uint32_t, const rm_client& c) {
+      if (c.state == RM_C_ESTABLISHED) adopted_clients_++;
+    });
+    if (!clients.ok()) return clients;
+    LOG(INFO) << "adopted " << adopted_pools_ << " pooled connections (" << adopted->idle
+              << " idle, " << adopted->busy << " busy, " << adopted->verifying
+              << " being verified; " << adopted->dropped << " dropped) and "
+              << adopted_clients_ << " established clients";
+  }
+  // An earlier process may have left the datapath not waking anyone
+  // (it was polling): wakeups on until this one decides otherwise.
+  if (auto st = dp_->SetEventWakeups(true); !st.ok()) return st;
 
   rb_ = ring_buffer__new(dp_->events_fd(), &Core::OnEventThunk, this, nullptr);
   if (!rb_) return Errno("ring_buffer__new");
@@ -204,7 +226,9 @@ absl::StatusOr<uint32_t> Core::AddBackend(const BackendSpec& spec) {
   Backend b;
   b.spec = spec;
   backends_[id] = b;
-  dp_->ResetBackendLoad(id);
+  // Adopted load counters are the live count of what the datapath holds
+  // in flight (it settles them as those requests end): never reset.
+  if (!adopting_) dp_->ResetBackendLoad(id);
   first_byte_hist_[id].Reset();
   rm_backend rb{};
   rb.ip = spec.ip;
@@ -899,6 +923,8 @@ std::string Core::StatsText() {
   for (int i = 0; i < RM_ST__MAX; i++) absl::StrAppend(&out, StatName(i), " ", (*st)[i], "\n");
   absl::StrAppend(&out, "policy_decisions ", decisions_written_, "\n");
   absl::StrAppend(&out, "policy_redecided ", decisions_redecided_, "\n");
+  absl::StrAppend(&out, "adopted_pools ", adopted_pools_, "\n");
+  absl::StrAppend(&out, "adopted_clients ", adopted_clients_, "\n");
   absl::StrAppend(&out, "pool_acks_sent ", pool_acks_sent_, "\n");
   absl::StrAppend(&out, "pool_acks_carried ", pool_acks_carried_, "\n");
   uint64_t stalls = 0;

@@ -100,6 +100,10 @@ struct CoreOptions {
   // not shun a backend for good. stall_min 0: off.
   absl::Duration stall_min = absl::Milliseconds(1);
   absl::Duration stall_hold = absl::Seconds(1);
+  // bpffs directory the datapath is pinned in (DatapathOptions::pin_dir):
+  // it outlives the process, and the next one started with it adopts the
+  // clients and pooled connections it holds. Empty: not pinned.
+  std::string pin_dir;
   std::string control_socket;  // empty: none
   std::string metrics_addr;    // IP:PORT of the Prometheus HTTP endpoint; empty: none
   HealthOptions health;        // lb_ip is filled in from lb_ip above
@@ -209,6 +213,9 @@ class Core {
   absl::flat_hash_map<uint32_t, uint32_t> forced_;  // client -> backend
 
   uint64_t decisions_written_ = 0, pool_acks_sent_ = 0, events_ = 0;
+  // What Init took over from a pinned datapath (CoreOptions::pin_dir).
+  uint64_t adopted_pools_ = 0, adopted_clients_ = 0;
+  bool adopting_ = false;  // Init is registering the backends of an adopted datapath
   // Event-loop accounting (see CoreOptions::poll_interval): wakeups by the
   // ring (one per waking event), reads of the ring while polling, switches
   // into polling, and whether it polls now.

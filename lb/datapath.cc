@@ -3,10 +3,16 @@
 #include <errno.h>
 #include <linux/if_link.h>
 #include <net/if.h>
+#include <dirent.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +27,17 @@ namespace {
 absl::Status Errno(int err, absl::string_view what) {
   if (err < 0) err = -err;
   return absl::ErrnoToStatus(err, what);
+}
+
+// What the `layout` map holds: the layout version and the sizes of the
+// records an adopting process reads in place.
+uint64_t LayoutWord() {
+  return (uint64_t{RM_LAYOUT_VERSION} << 48) | (uint64_t{sizeof(rm_client)} << 32) |
+         (uint64_t{sizeof(rm_pool)} << 16) | sizeof(rm_backend_load);
+}
+
+std::string PinPath(const std::string& dir, absl::string_view name) {
+  return absl::StrCat(dir, "/", name);
 }
 
 }  // namespace
@@ -110,6 +127,9 @@ absl::StatusOr<std::unique_ptr<Datapath>> Datapath::Load(const DatapathOptions& 
     if ((err = bpf_map__set_max_entries(m, opts.max_pool)))
       return Errno(err, "sizing pool tables");
   }
+  if (!opts.pin_dir.empty()) {
+    if (auto st = dp->ReusePinnedMaps(); !st.ok()) return st;
+  }
   if ((err = rematcher_bpf__load(s)))
     return Errno(err, "loading the XDP program (verifier log above)");
 
@@ -117,19 +137,38 @@ absl::StatusOr<std::unique_ptr<Datapath>> Datapath::Load(const DatapathOptions& 
   if (ncpus < 1) return Errno(ncpus, "counting CPUs");
   dp->ncpus_ = ncpus;
 
-  // One idle queue per backend slot, created up front so the datapath
-  // never sees a missing inner map.
-  for (uint32_t b = 0; b < RM_MAX_BACKENDS; b++) {
-    int fd = bpf_map_create(BPF_MAP_TYPE_QUEUE, "rm_idle", 0, sizeof(uint32_t),
-                            RM_MAX_POOL_PER_BACKEND, nullptr);
-    if (fd < 0) return Errno(errno, "creating an idle-pool queue");
-    dp->idle_queue_fds_.push_back(fd);
-    if (bpf_map_update_elem(bpf_map__fd(s->maps.idle_pools), &b, &fd, BPF_ANY))
-      return Errno(errno, "installing an idle-pool queue");
-  }
-  for (uint32_t id = 0; id < opts.max_clients; id++) {
-    if (bpf_map_update_elem(bpf_map__fd(s->maps.free_client_ids), nullptr, &id, 0))
-      return Errno(errno, "filling the free client-id queue");
+  if (dp->adopted_) {
+    // The idle queues are the pinned outer map's: open them by id.
+    for (uint32_t b = 0; b < RM_MAX_BACKENDS; b++) {
+      uint32_t inner_id = 0;
+      if (bpf_map_lookup_elem(bpf_map__fd(s->maps.idle_pools), &b, &inner_id))
+        return Errno(errno, "reading the pinned idle-pool queues");
+      int fd = bpf_map_get_fd_by_id(inner_id);
+      if (fd < 0) return Errno(errno, "opening a pinned idle-pool queue");
+      dp->idle_queue_fds_.push_back(fd);
+    }
+  } else {
+    // One idle queue per backend slot, created up front so the datapath
+    // never sees a missing inner map.
+    for (uint32_t b = 0; b < RM_MAX_BACKENDS; b++) {
+      int fd = bpf_map_create(BPF_MAP_TYPE_QUEUE, "rm_idle", 0, sizeof(uint32_t),
+                              RM_MAX_POOL_PER_BACKEND, nullptr);
+      if (fd < 0) return Errno(errno, "creating an idle-pool queue");
+      dp->idle_queue_fds_.push_back(fd);
+      if (bpf_map_update_elem(bpf_map__fd(s->maps.idle_pools), &b, &fd, BPF_ANY))
+        return Errno(errno, "installing an idle-pool queue");
+    }
+    for (uint32_t id = 0; id < opts.max_clients; id++) {
+      if (bpf_map_update_elem(bpf_map__fd(s->maps.free_client_ids), nullptr, &id, 0))
+        return Errno(errno, "filling the free client-id queue");
+    }
+    uint32_t zero = 0;
+    uint64_t word = LayoutWord();
+    if (bpf_map_update_elem(bpf_map__fd(s->maps.layout), &zero, &word, BPF_ANY))
+      return Errno(errno, "writing the layout word");
+    if (!opts.pin_dir.empty()) {
+      if (auto st = dp->PinMaps(); !st.ok()) return st;
+    }
   }
 
   dp->load_len_ = sizeof(rm_backend_load) * RM_MAX_BACKENDS;
@@ -150,6 +189,165 @@ absl::StatusOr<std::unique_ptr<Datapath>> Datapath::Load(const DatapathOptions& 
   return dp;
 }
 
+absl::Status Datapath::ReusePinnedMaps() {
+  const std::string& dir = opts_.pin_dir;
+  if (mkdir(dir.c_str(), 0700) && errno != EEXIST)
+    return Errno(errno, absl::StrCat("creating pin directory ", dir));
+  struct statfs fs {};
+  if (statfs(dir.c_str(), &fs)) return Errno(errno, absl::StrCat("statfs ", dir));
+  if (fs.f_type != BPF_FS_MAGIC)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--pin_dir ", dir, " is not on a BPF filesystem (mount -t bpf bpf /sys/fs/bpf)"));
+  std::vector<std::pair<bpf_map*, int>> found;
+  auto close_all = [&] {
+    for (auto& [m, fd] : found) close(fd);
+  };
+  std::string missing;
+  bpf_map* m;
+  bpf_object__for_each_map(m, skel_->obj) {
+    if (bpf_map__is_internal(m)) continue;
+    int fd = bpf_obj_get(PinPath(dir, bpf_map__name(m)).c_str());
+    if (fd < 0) {
+      if (errno != ENOENT) {
+        int e = errno;
+        close_all();
+        return Errno(e, absl::StrCat("opening pinned map ", PinPath(dir, bpf_map__name(m))));
+      }
+      if (missing.empty()) missing = bpf_map__name(m);
+      continue;
+    }
+    found.push_back({m, fd});
+  }
+  if (found.empty()) return absl::OkStatus();  // nothing pinned: a fresh start
+  if (!missing.empty()) {
+    close_all();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the datapath pinned in ", dir, " is incomplete (no map '", missing,
+        "'); remove it with --unload"));
+  }
+  // Same layout and sizes, or no adoption: a record read in another
+  // layout would be silently wrong.
+  for (auto& [map, fd] : found) {
+    bpf_map_info info{};
+    uint32_t len = sizeof(info);
+    absl::Status bad;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len)) {
+      bad = Errno(errno, "reading a pinned map's info");
+    } else if (info.type != bpf_map__type(map) || info.key_size != bpf_map__key_size(map) ||
+               info.value_size != bpf_map__value_size(map) ||
+               info.max_entries != bpf_map__max_entries(map) ||
+               info.map_flags != bpf_map__map_flags(map)) {
+      bad = absl::FailedPreconditionError(absl::StrCat(
+          "pinned map '", bpf_map__name(map), "' in ", dir, " has ", info.max_entries,
+          " entries of ", info.value_size, " bytes where this build and these flags need ",
+          bpf_map__max_entries(map), " of ", bpf_map__value_size(map),
+          " (was it pinned with other --max_clients, --max_backends or "
+          "--max_conns_per_backend?); remove it with --unload"));
+    } else if (absl::string_view(bpf_map__name(map)) == "layout") {
+      uint32_t zero = 0;
+      uint64_t word = 0;
+      if (bpf_map_lookup_elem(fd, &zero, &word) || word != LayoutWord())
+        bad = absl::FailedPreconditionError(absl::StrCat(
+            "the datapath pinned in ", dir,
+            " was made by a build with another record layout; remove it with --unload"));
+    }
+    if (!bad.ok()) {
+      close_all();
+      return bad;
+    }
+  }
+  for (auto& [map, fd] : found) {
+    int err = bpf_map__reuse_fd(map, fd);
+    if (err) {
+      close_all();
+      return Errno(err, absl::StrCat("reusing pinned map ", bpf_map__name(map)));
+    }
+  }
+  close_all();  // reuse_fd took duplicates
+  adopted_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status Datapath::PinMaps() {
+  bpf_map* m;
+  bpf_object__for_each_map(m, skel_->obj) {
+    if (bpf_map__is_internal(m)) continue;
+    std::string path = PinPath(opts_.pin_dir, bpf_map__name(m));
+    if (int err = bpf_map__pin(m, path.c_str()))
+      return Errno(err, absl::StrCat("pinning map at ", path));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Datapath::AttachPinned(int ifindex) {
+  const std::string path = PinPath(opts_.pin_dir, "link");
+  int lfd = bpf_obj_get(path.c_str());
+  if (lfd >= 0) {
+    bpf_link_info info{};
+    uint32_t len = sizeof(info);
+    absl::Status bad;
+    if (bpf_obj_get_info_by_fd(lfd, &info, &len)) {
+      bad = Errno(errno, absl::StrCat("reading pinned link ", path));
+    } else if (info.type != BPF_LINK_TYPE_XDP || info.xdp.ifindex != static_cast<uint32_t>(ifindex)) {
+      bad = absl::FailedPreconditionError(absl::StrCat(
+          "the link pinned at ", path, " is not XDP on this interface; remove it with --unload"));
+    } else if (!adopted_) {
+      bad = absl::FailedPreconditionError(absl::StrCat(
+          "a link is pinned at ", path, " but no maps beside it; remove it with --unload"));
+    } else if (bpf_link_update(lfd, prog_fd(), nullptr)) {
+      bad = Errno(errno, absl::StrCat("swapping the program in pinned link ", path));
+    }
+    if (!bad.ok()) {
+      close(lfd);
+      return bad;
+    }
+    pinned_link_fd_ = lfd;
+    return absl::OkStatus();
+  }
+  if (errno != ENOENT) return Errno(errno, absl::StrCat("opening pinned link ", path));
+  uint32_t existing = 0;
+  if (bpf_xdp_query_id(ifindex, 0, &existing) == 0 && existing != 0) {
+    char name[IF_NAMESIZE] = "?";
+    if_indextoname(ifindex, name);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "interface ", name, " already has an XDP program (id ", existing,
+        "); remove it first (ip link set dev ", name, " xdp off)"));
+  }
+  bpf_link* l = bpf_program__attach_xdp(skel_->progs.xdp_rematcher, ifindex);
+  if (!l) return Errno(errno, "attaching XDP in native mode (--pin_dir needs native XDP)");
+  if (int err = bpf_link__pin(l, path.c_str())) {
+    bpf_link__destroy(l);
+    return Errno(err, absl::StrCat("pinning the XDP link at ", path));
+  }
+  link_ = l;  // destroying it only closes our fd: the pin keeps it attached
+  return absl::OkStatus();
+}
+
+absl::Status Datapath::Unload(const std::string& pin_dir) {
+  DIR* d = opendir(pin_dir.c_str());
+  if (!d) {
+    if (errno == ENOENT)
+      return absl::NotFoundError(absl::StrCat("nothing is pinned in ", pin_dir));
+    return Errno(errno, absl::StrCat("opening ", pin_dir));
+  }
+  std::vector<std::string> names;
+  while (dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") names.push_back(n);
+  }
+  closedir(d);
+  // The link first: the program stops before its maps go.
+  std::sort(names.begin(), names.end(), [](const std::string& a, const std::string& b) {
+    return (a == "link") > (b == "link") || ((a == "link") == (b == "link") && a < b);
+  });
+  for (const std::string& n : names) {
+    std::string path = PinPath(pin_dir, n);
+    if (unlink(path.c_str())) return Errno(errno, absl::StrCat("removing ", path));
+  }
+  if (rmdir(pin_dir.c_str())) return Errno(errno, absl::StrCat("removing ", pin_dir));
+  return absl::OkStatus();
+}
+
 Datapath::~Datapath() {
   Detach();
   if (load_) munmap(load_, load_len_);
@@ -160,7 +358,9 @@ Datapath::~Datapath() {
 }
 
 absl::Status Datapath::Attach(int ifindex, bool allow_generic) {
-  if (link_ || generic_) return absl::FailedPreconditionError("already attached");
+  if (link_ || generic_ || pinned_link_fd_ >= 0)
+    return absl::FailedPreconditionError("already attached");
+  if (!opts_.pin_dir.empty()) return AttachPinned(ifindex);
   uint32_t existing = 0;
   if (bpf_xdp_query_id(ifindex, 0, &existing) == 0 && existing != 0) {
     char name[IF_NAMESIZE] = "?";
@@ -191,6 +391,10 @@ absl::Status Datapath::Attach(int ifindex, bool allow_generic) {
 }
 
 void Datapath::Detach() {
+  if (pinned_link_fd_ >= 0) {
+    close(pinned_link_fd_);  // the pin keeps it attached
+    pinned_link_fd_ = -1;
+  }
   if (link_) {
     bpf_link__destroy(link_);
     link_ = nullptr;
@@ -354,6 +558,10 @@ absl::StatusOr<std::optional<uint32_t>> Datapath::PopIdle(uint32_t backend) {
   }
   __atomic_fetch_sub(&load_[backend].idle, 1, __ATOMIC_RELAXED);
   return std::optional<uint32_t>(RM_IDLE_PID(pid));
+}
+
+void Datapath::UncountIdle(uint32_t backend) {
+  if (backend < RM_MAX_BACKENDS) __atomic_fetch_sub(&load_[backend].idle, 1, __ATOMIC_RELAXED);
 }
 
 absl::StatusOr<size_t> Datapath::CompactIdle(uint32_t backend) {

@@ -5,6 +5,13 @@
 // the program, creates one idle queue per backend slot and fills the free
 // client-id queue. Attach() attaches through a bpf_link, so a crashed
 // process leaves nothing attached behind. The destructor detaches.
+//
+// Pinned (DatapathOptions::pin_dir): the maps and the link are pinned in a
+// bpffs directory and outlive the process, crash included; the XDP program
+// keeps serving the clients it holds meanwhile. The next Load() with the
+// same pin_dir adopts them (same record layout and table sizes, checked)
+// and Attach() swaps its program into the pinned link atomically. Unload()
+// removes a pinned datapath for good.
 #ifndef REMATCHER_LB_DATAPATH_H_
 #define REMATCHER_LB_DATAPATH_H_
 
@@ -13,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -41,6 +49,9 @@ struct DatapathOptions {
   // ahead by the connection's idle time). Off only in packet tests whose
   // models compute exact TSvals without a clock; one test runs it on.
   bool estimate_backend_ts_clock = true;
+  // bpffs directory to pin the datapath in, or to adopt it from (empty:
+  // not pinned; the datapath goes with the process).
+  std::string pin_dir;
 };
 
 using StatsArray = std::array<uint64_t, RM_ST__MAX>;
@@ -64,6 +75,13 @@ class Datapath {
   absl::Status Attach(int ifindex, bool allow_generic);
   void Detach();
   bool attached_generic() const { return generic_; }
+  // Whether Load() adopted maps pinned by an earlier process (their
+  // records, queues and counters are live state, not to be reset).
+  bool adopted() const { return adopted_; }
+  // Removes the datapath pinned in pin_dir: the link first (XDP detaches,
+  // so the clients it held are reset by the kernel at their next segment),
+  // then the maps, then the directory. NotFound if nothing is pinned there.
+  static absl::Status Unload(const std::string& pin_dir);
 
   int prog_fd() const;      // xdp_rematcher, e.g. for BPF_PROG_TEST_RUN
   int ctl_prog_fd() const;  // xdp_ctl
@@ -108,6 +126,9 @@ class Datapath {
   // look for an idle connection meanwhile may find none for a moment (the
   // datapath's bounded wait covers that).
   absl::StatusOr<size_t> CompactIdle(uint32_t backend);
+  // One idle entry of `backend` is dead and not counted as idle any more
+  // (its record was deleted from userspace while it sat in the queue).
+  void UncountIdle(uint32_t backend);
   // Takes an idle pooled connection out of service if it has been idle
   // since before `older_than_ns` (CLOCK_MONOTONIC_COARSE). True if it did.
   absl::StatusOr<bool> RetireIdlePool(uint32_t pid, uint64_t older_than_ns);
@@ -149,6 +170,11 @@ class Datapath {
   // Counter `index` of the stats map summed over CPUs; per_cpu has ncpus_ slots.
   absl::StatusOr<uint64_t> SumCounter(uint32_t index, std::vector<uint64_t>* per_cpu) const;
   explicit Datapath(const DatapathOptions& opts) : opts_(opts) {}
+  // Load() with a pin_dir: reuses the maps pinned there, if any (all or
+  // none), after checking each against what this build would create.
+  absl::Status ReusePinnedMaps();
+  absl::Status PinMaps();
+  absl::Status AttachPinned(int ifindex);
   // Copies a whole client or pool record in or out through xdp_ctl, under
   // the record's lock (RM_CTL_GET_CLIENT, RM_CTL_GET_POOL, RM_CTL_PUT_POOL).
   absl::Status RecordCtl(uint32_t op, uint32_t id, const void* in_rec, void* out_rec,
@@ -161,6 +187,8 @@ class Datapath {
   DatapathOptions opts_;
   ::rematcher_bpf* skel_ = nullptr;
   bpf_link* link_ = nullptr;
+  int pinned_link_fd_ = -1;  // a pinned link adopted (not created) by Attach
+  bool adopted_ = false;
   bool generic_ = false;
   int generic_ifindex_ = 0;
   int ncpus_ = 1;

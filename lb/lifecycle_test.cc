@@ -17,7 +17,10 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/mount.h>
 #include <unistd.h>
+
+#include <filesystem>
 
 #include <fstream>
 #include <iostream>
@@ -235,7 +238,11 @@ class LifecycleTest : public ::testing::Test {
     absl::Time deadline = absl::Now() + absl::Seconds(30);
     while (absl::Now() < deadline) {
       auto r = SendControlCommand(kSock, "stats");
-      if (r.ok() && ParseStats(*r)["pool_established"] >= want_established) return;
+      if (r.ok()) {
+        auto st = ParseStats(*r);
+        // Connections opened by this process, or adopted from a pinned datapath.
+        if (st["pool_established"] + st["adopted_pools"] >= want_established) return;
+      }
       ASSERT_TRUE(lb_.Running()) << "rematcher exited: " << Log();
       absl::SleepFor(absl::Milliseconds(100));
     }
@@ -677,6 +684,112 @@ TEST_F(LifecycleTest, RestartDropsEstablishedClientsWithResetAndServesNewOnes) {
   ASSERT_GE(fd3, 0) << strerror(-fd3) << Log();
   EXPECT_TRUE(RequestOk(fd3, 1000, 4));
   close(fd3);
+}
+
+// With --pin_dir the datapath outlives the process (README, "Restarts"):
+// an established client keeps its connection through a stop, the time no
+// process runs, and a crash (SIGKILL); each new process adopts the pooled
+// connections and the clients and makes their decisions again; one with
+// other table sizes refuses to adopt and leaves it serving; --unload
+// removes it, and the clients it held are reset at once.
+TEST_F(LifecycleTest, PinnedDatapathKeepsEstablishedClientsAcrossRestarts) {
+  // A bpffs of the test's own, mounted where the LB's `ip netns exec`
+  // (which mounts a private /sys) still sees it.
+  const std::string mnt = absl::StrCat("/run/rematcher/rmlc-bpf-", getpid());
+  std::error_code ec;
+  std::filesystem::create_directories(mnt, ec);
+  if (ec || mount("bpf", mnt.c_str(), "bpf", 0, nullptr))
+    GTEST_SKIP() << "SKIPPED: cannot mount a BPF filesystem at " << mnt << ": "
+                 << (ec ? ec.message() : strerror(errno));
+  const std::string pin = mnt + "/lb";
+  // Whatever happens, nothing stays pinned or mounted.
+  struct Cleanup {
+    std::string mnt, pin;
+    ~Cleanup() {
+      std::error_code ec;
+      std::filesystem::remove_all(pin, ec);
+      umount2(mnt.c_str(), MNT_DETACH);
+      rmdir(mnt.c_str());
+    }
+  } cleanup{mnt, pin};
+  const std::vector<std::string> be = {Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)};
+  const std::vector<std::string> flags = {"--conns_per_backend=4", "--pin_dir=" + pin};
+  StartLb(be, 3 * 4, flags);
+  EXPECT_TRUE(std::filesystem::exists(pin + "/link")) << Log();
+  EXPECT_EQ(Stats()["adopted_pools"], 0u);
+  int fd = ConnectFrom(tb_->client_ns(0), kVip, 8080, absl::Seconds(3));
+  ASSERT_GE(fd, 0) << strerror(-fd) << Log();
+  for (uint64_t seed = 1; seed <= 6; seed++) ASSERT_TRUE(RequestOk(fd, 1000 * seed, seed));
+
+  // Stopped: no process runs, the datapath serves the client alone, and a
+  // new client too (handshake in XDP, an idle pooled connection).
+  auto rc = lb_.Stop(absl::Seconds(5));
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  EXPECT_EQ(*rc, 0) << Log();
+  lb_ = Process();
+  for (uint64_t seed = 10; seed < 16; seed++)
+    EXPECT_TRUE(RequestOk(fd, 2000, seed)) << "request " << seed << " with no process running";
+  int fd2 = ConnectFrom(tb_->client_ns(1), kVip, 8080, absl::Seconds(3));
+  ASSERT_GE(fd2, 0) << strerror(-fd2);
+  EXPECT_TRUE(RequestOk(fd2, 300, 16));
+
+  // Started again: it adopts both clients and the 12 pooled connections,
+  // and its decisions reach the datapath.
+  StartLb(be, 3 * 4, flags);
+  auto st = Stats();
+  EXPECT_EQ(st["adopted_pools"], 12u) << Log();
+  EXPECT_EQ(st["adopted_clients"], 2u) << Log();
+  EXPECT_NE(Log().find("adopting the datapath pinned in " + pin), std::string::npos) << Log();
+  const uint64_t applied = st["decision_applied"];
+  for (uint64_t seed = 20; seed < 30; seed++) {
+    EXPECT_TRUE(RequestOk(fd, 500, seed)) << "request " << seed << " after adoption";
+    EXPECT_TRUE(RequestOk(fd2, 700, seed + 100));
+  }
+  EXPECT_GE(Stats()["decision_applied"], applied + 10) << "the new process decides nothing";
+
+  // A process that would size the tables otherwise refuses, saying why,
+  // and the pinned datapath keeps serving.
+  lb_.Signal(SIGKILL);
+  auto killed = lb_.Wait(absl::Seconds(5));
+  ASSERT_TRUE(killed.ok()) << killed.status();
+  lb_ = Process();
+  EXPECT_TRUE(RequestOk(fd, 3000, 40)) << "after a crash";
+  {
+    std::vector<std::string> argv = {RunfilePath("lb/rematcher"), "--iface=eth0",
+                                     absl::StrCat("--vip=", kVip, ":8080"),
+                                     "--backends=" + absl::StrJoin(be, ","),
+                                     "--control_socket=", "--pin_dir=" + pin,
+                                     "--max_clients=1024"};
+    auto bad = tb_->RunCommand(tb_->lb_ns(), argv, absl::Seconds(20));
+    ASSERT_TRUE(bad.ok()) << bad.status();
+    EXPECT_EQ(bad->exit_code, 2);
+    EXPECT_NE(bad->err.find("remove it with --unload"), std::string::npos) << bad->err;
+  }
+  EXPECT_TRUE(RequestOk(fd, 3000, 41)) << "after a refused adoption";
+
+  // After the crash: adopted again, old and new clients served.
+  StartLb(be, 3 * 4, flags);
+  EXPECT_EQ(Stats()["adopted_pools"], 12u) << Log();
+  EXPECT_TRUE(RequestOk(fd, 100, 42));
+  EXPECT_TRUE(RequestOk(fd2, 100, 43));
+  int fd3 = ConnectFrom(tb_->client_ns(0), kVip, 8080, absl::Seconds(3));
+  ASSERT_GE(fd3, 0) << strerror(-fd3) << Log();
+  EXPECT_TRUE(RequestOk(fd3, 5000, 44));
+
+  // Unloaded: gone for good, and a held client is reset, not left hanging.
+  rc = lb_.Stop(absl::Seconds(5));
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  lb_ = Process();
+  auto un = tb_->RunCommand(
+      tb_->lb_ns(), {RunfilePath("lb/rematcher"), "--unload", "--pin_dir=" + pin},
+      absl::Seconds(10));
+  ASSERT_TRUE(un.ok()) << un.status();
+  EXPECT_EQ(un->exit_code, 0) << un->err;
+  EXPECT_FALSE(std::filesystem::exists(pin));
+  absl::Time t0 = absl::Now();
+  EXPECT_FALSE(RequestOk(fd, 100, 50)) << "a client survived --unload";
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(3)) << "the client waited instead of a reset";
+  for (int f : {fd, fd2, fd3}) close(f);
 }
 
 }  // namespace

@@ -85,6 +85,15 @@ DEFINE_double(stall_hold_ms, 1000,
 DEFINE_double(idle_release_ms, 1000, "Hand back the pooled connection of a client idle this long (0: never).");
 DEFINE_double(client_idle_timeout_s, 300, "Forget clients idle this long.");
 DEFINE_double(duration_s, 0, "Stop after this many seconds (0: run until SIGINT/SIGTERM).");
+DEFINE_string(pin_dir, "",
+              "bpffs directory (e.g. /sys/fs/bpf/rematcher-eth0) to pin the datapath in. "
+              "Pinned, it outlives the process (stop, restart, crash): the XDP program keeps "
+              "serving the clients it holds, and the next rematcher started with the same "
+              "--pin_dir adopts them and the pooled connections. Needs --iface. Empty: the "
+              "datapath goes with the process and a restart resets established clients.");
+DEFINE_bool(unload, false,
+            "Remove the datapath pinned in --pin_dir (XDP detaches; the clients it held are "
+            "reset at their next segment) and exit.");
 DEFINE_string(control_socket, "/run/rematcher/rematcher.sock", "Control socket path (root only; empty: none).");
 DEFINE_string(metrics_addr, "", "Serve Prometheus metrics over HTTP (GET /metrics, /healthz) on "
               "exactly this numeric IP:PORT, e.g. 127.0.0.1:9100 or [::1]:9100. Empty: off.");
@@ -280,10 +289,31 @@ int Main(int argc, char** argv) {
 
   // BPF needs bpffs only for pinning; mount it if missing, quietly.
   mkdir("/sys/fs/bpf", 0700);
-  mount("bpf", "/sys/fs/bpf", "bpf", 0, nullptr);
+  const bool mounted_bpffs = mount("bpf", "/sys/fs/bpf", "bpf", 0, nullptr) == 0;
+
+  if (!FLAGS_pin_dir.empty() && FLAGS_pin_dir[0] != '/')
+    return Fail("--pin_dir must be an absolute path on a BPF filesystem");
+  if (FLAGS_unload) {
+    if (FLAGS_pin_dir.empty()) return Fail("--unload needs --pin_dir");
+    absl::Status st = Datapath::Unload(FLAGS_pin_dir);
+    if (!st.ok()) return Fail(absl::StrCat("--unload: ", st.ToString()));
+    LOG(INFO) << "removed the datapath pinned in " << FLAGS_pin_dir;
+    return 0;
+  }
+  // A bpffs this process had to mount lives only as long as its mount
+  // namespace: under `ip netns exec` (a private /sys) that is the process.
+  if (mounted_bpffs && absl::StartsWith(FLAGS_pin_dir, "/sys/fs/bpf/"))
+    return Fail(absl::StrCat(
+        "--pin_dir ", FLAGS_pin_dir,
+        ": /sys/fs/bpf was not mounted in this mount namespace (ip netns exec mounts a "
+        "private /sys), so pins there would go with the process; use a directory on a bpffs "
+        "mounted outside it (e.g. mount -t bpf bpf /run/rematcher/bpf)"));
+  o.pin_dir = FLAGS_pin_dir;
 
   std::unique_ptr<Sandbox> sandbox;
   if (FLAGS_iface.empty()) {
+    if (!FLAGS_pin_dir.empty())
+      return Fail("--pin_dir needs --iface (the sandbox's network goes with the process)");
     if (!FLAGS_backends.empty() || !FLAGS_vip.empty())
       return Fail("--vip/--backends need --iface (without --iface, rematcher builds a sandbox)");
     SandboxOptions so;

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -83,6 +84,75 @@ absl::Status PoolManager::AddBackend(uint32_t id, const BackendSpec& spec) {
   b.failures = 0;
   b.next_try = absl::InfinitePast();
   return absl::OkStatus();
+}
+
+absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
+  AdoptedPools out;
+  std::vector<bool> kept(dp_->max_pool(), false);
+  uint32_t top = 0;
+  for (uint32_t pid = 0; pid < dp_->max_pool(); pid++) {
+    std::optional<rm_pool> peek = dp_->PeekPool(pid);
+    if (!peek || peek->key.backend_ip == 0) continue;  // never used, or deleted
+    absl::StatusOr<rm_pool> rec = dp_->GetPool(pid);
+    if (!rec.ok()) return rec.status();
+    if (rec->key.backend_ip == 0) continue;
+    top = pid + 1;
+    gens_[pid] = rec->gen;
+    auto b = backends_.find(rec->backend_id);
+    const bool ours = b != backends_.end() && !b->second.removed &&
+                      b->second.spec.ip == rec->key.backend_ip &&
+                      b->second.spec.port == rec->key.backend_port &&
+                      rec->key.lb_ip == opts_.lb_ip;
+    const bool live =
+        rec->state == RM_P_IDLE || rec->state == RM_P_BUSY || rec->state == RM_P_VERIFY;
+    int fd = -1;
+    if (ours && live) {
+      fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in local{};
+      local.sin_family = AF_INET;
+      local.sin_addr.s_addr = rec->key.lb_ip;
+      local.sin_port = rec->key.lb_port;
+      if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local))) {
+        LOG(WARNING) << "pooled connection " << pid << ": local port "
+                     << AddrString(rec->key.lb_ip, rec->key.lb_port)
+                     << " is taken: " << strerror(errno) << "; not adopted";
+        close(fd);
+        fd = -1;
+      }
+    }
+    if (fd < 0) {
+      // Established once (sequence state known): tell the backend.
+      if (live || rec->state == RM_P_DEAD)
+        SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0,
+                    /*rst=*/true, false)
+            .IgnoreError();
+      dp_->DeletePool(pid, rec->key).IgnoreError();
+      if (rec->state == RM_P_IDLE) dp_->UncountIdle(rec->backend_id);
+      out.dropped++;
+      continue;
+    }
+    Conn c;
+    c.fd = fd;
+    c.backend = rec->backend_id;
+    c.key = rec->key;
+    c.state = Conn::kLive;
+    conns_[pid] = c;
+    kept[pid] = true;
+    b->second.live++;
+    if (rec->state == RM_P_IDLE) out.idle++;
+    if (rec->state == RM_P_BUSY) out.busy++;
+    if (rec->state == RM_P_VERIFY) {
+      out.verifying++;
+      OnVerify(pid);
+    }
+  }
+  next_id_ = top;
+  for (uint32_t pid = 0; pid < top; pid++)
+    if (!kept[pid]) free_ids_.push_back(pid);
+  // Entries of the connections dropped above (and of any that died while
+  // no process ran) leave the idle queues now.
+  for (auto& [id, b] : backends_) CompactIdle(id, b);
+  return out;
 }
 
 void PoolManager::RemoveBackend(uint32_t id) {

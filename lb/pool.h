@@ -51,6 +51,12 @@ struct PoolOptions {
   absl::Duration idle_timeout = absl::ZeroDuration();  // 0: never
 };
 
+// What PoolManager::Adopt found in the records an earlier process left.
+struct AdoptedPools {
+  uint32_t idle = 0, busy = 0, verifying = 0;  // kept
+  uint32_t dropped = 0;  // connecting, dead, or of a backend no longer given
+};
+
 struct PoolStats {
   uint64_t opened = 0, established = 0, connect_failures = 0, retired = 0;
   uint64_t idle_entries_compacted = 0;  // dead idle-queue entries dropped
@@ -72,6 +78,15 @@ class PoolManager {
 
   // Registers a backend slot; its pool is filled by Tick().
   absl::Status AddBackend(uint32_t id, const BackendSpec& spec);
+  // Takes over the pooled connections an earlier process left in adopted
+  // maps (Datapath::adopted()). A live one (idle, busy, being verified)
+  // whose tuple is a registered backend's and whose local address is
+  // lb_ip is kept, with a socket bound to its local port so that no new
+  // connection takes the tuple (the old socket went silently, in repair
+  // mode, with the old process); the others are reset towards their
+  // backend if they were established, and deleted. Call after AddBackend
+  // for every backend and before the first Tick.
+  absl::StatusOr<AdoptedPools> Adopt();
   // Stops refilling; idle connections are retired as they surface. Busy
   // ones finish their exchange and are retired when released.
   void RemoveBackend(uint32_t id);
