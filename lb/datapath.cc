@@ -4,6 +4,8 @@
 #include <linux/if_link.h>
 #include <net/if.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -38,6 +40,22 @@ uint64_t LayoutWord() {
 
 std::string PinPath(const std::string& dir, absl::string_view name) {
   return absl::StrCat(dir, "/", name);
+}
+
+// An exclusive lock on the pin directory itself (flock works on any inode,
+// bpffs directories included); the fd holds it.
+absl::StatusOr<int> LockPinDir(const std::string& dir) {
+  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Errno(errno, absl::StrCat("opening ", dir));
+  if (flock(fd, LOCK_EX | LOCK_NB)) {
+    int e = errno;
+    close(fd);
+    if (e == EWOULDBLOCK)
+      return absl::FailedPreconditionError(
+          absl::StrCat("another rematcher is running with --pin_dir ", dir));
+    return Errno(e, absl::StrCat("locking ", dir));
+  }
+  return fd;
 }
 
 }  // namespace
@@ -198,6 +216,11 @@ absl::Status Datapath::ReusePinnedMaps() {
   if (fs.f_type != BPF_FS_MAGIC)
     return absl::InvalidArgumentError(absl::StrCat(
         "--pin_dir ", dir, " is not on a BPF filesystem (mount -t bpf bpf /sys/fs/bpf)"));
+  // One process per pinned datapath: two would both decide, ACK and
+  // manage the same pools. Held until this process exits.
+  auto lock = LockPinDir(dir);
+  if (!lock.ok()) return lock.status();
+  pin_lock_fd_ = *lock;
   std::vector<std::pair<bpf_map*, int>> found;
   auto close_all = [&] {
     for (auto& [m, fd] : found) close(fd);
@@ -324,12 +347,18 @@ absl::Status Datapath::AttachPinned(int ifindex) {
 }
 
 absl::Status Datapath::Unload(const std::string& pin_dir) {
-  DIR* d = opendir(pin_dir.c_str());
-  if (!d) {
-    if (errno == ENOENT)
+  auto lock = LockPinDir(pin_dir);
+  if (!lock.ok()) {
+    if (absl::IsNotFound(lock.status()))
       return absl::NotFoundError(absl::StrCat("nothing is pinned in ", pin_dir));
-    return Errno(errno, absl::StrCat("opening ", pin_dir));
+    return lock.status();
   }
+  struct Unlock {
+    int fd;
+    ~Unlock() { close(fd); }
+  } unlock{*lock};
+  DIR* d = opendir(pin_dir.c_str());
+  if (!d) return Errno(errno, absl::StrCat("opening ", pin_dir));
   std::vector<std::string> names;
   while (dirent* e = readdir(d)) {
     std::string n = e->d_name;
@@ -350,6 +379,7 @@ absl::Status Datapath::Unload(const std::string& pin_dir) {
 
 Datapath::~Datapath() {
   Detach();
+  if (pin_lock_fd_ >= 0) close(pin_lock_fd_);
   if (load_) munmap(load_, load_len_);
   if (decisions_) munmap(const_cast<uint64_t*>(decisions_), decisions_len_);
   if (pools_) munmap(const_cast<rm_pool*>(pools_), pools_len_);

@@ -188,6 +188,7 @@ class Datapath {
   ::rematcher_bpf* skel_ = nullptr;
   bpf_link* link_ = nullptr;
   int pinned_link_fd_ = -1;  // a pinned link adopted (not created) by Attach
+  int pin_lock_fd_ = -1;     // flock on pin_dir while this process uses it
   bool adopted_ = false;
   bool generic_ = false;
   int generic_ifindex_ = 0;
