@@ -42,6 +42,19 @@ std::string PinPath(const std::string& dir, absl::string_view name) {
   return absl::StrCat(dir, "/", name);
 }
 
+// Another XDP program on the interface is not replaced silently.
+absl::Status RefuseIfXdpAttached(int ifindex) {
+  uint32_t existing = 0;
+  if (bpf_xdp_query_id(ifindex, 0, &existing) == 0 && existing != 0) {
+    char name[IF_NAMESIZE] = "?";
+    if_indextoname(ifindex, name);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "interface ", name, " already has an XDP program (id ", existing,
+        "); remove it first (ip link set dev ", name, " xdp off)"));
+  }
+  return absl::OkStatus();
+}
+
 // An exclusive lock on the pin directory itself (flock works on any inode,
 // bpffs directories included); the fd holds it.
 absl::StatusOr<int> LockPinDir(const std::string& dir) {
@@ -328,14 +341,7 @@ absl::Status Datapath::AttachPinned(int ifindex) {
     return absl::OkStatus();
   }
   if (errno != ENOENT) return Errno(errno, absl::StrCat("opening pinned link ", path));
-  uint32_t existing = 0;
-  if (bpf_xdp_query_id(ifindex, 0, &existing) == 0 && existing != 0) {
-    char name[IF_NAMESIZE] = "?";
-    if_indextoname(ifindex, name);
-    return absl::FailedPreconditionError(absl::StrCat(
-        "interface ", name, " already has an XDP program (id ", existing,
-        "); remove it first (ip link set dev ", name, " xdp off)"));
-  }
+  if (auto st = RefuseIfXdpAttached(ifindex); !st.ok()) return st;
   bpf_link* l = bpf_program__attach_xdp(skel_->progs.xdp_rematcher, ifindex);
   if (!l) return Errno(errno, "attaching XDP in native mode (--pin_dir needs native XDP)");
   if (int err = bpf_link__pin(l, path.c_str())) {
@@ -391,14 +397,7 @@ absl::Status Datapath::Attach(int ifindex, bool allow_generic) {
   if (link_ || generic_ || pinned_link_fd_ >= 0)
     return absl::FailedPreconditionError("already attached");
   if (!opts_.pin_dir.empty()) return AttachPinned(ifindex);
-  uint32_t existing = 0;
-  if (bpf_xdp_query_id(ifindex, 0, &existing) == 0 && existing != 0) {
-    char name[IF_NAMESIZE] = "?";
-    if_indextoname(ifindex, name);
-    return absl::FailedPreconditionError(absl::StrCat(
-        "interface ", name, " already has an XDP program (id ", existing,
-        "); remove it first (ip link set dev ", name, " xdp off)"));
-  }
+  if (auto st = RefuseIfXdpAttached(ifindex); !st.ok()) return st;
   bpf_link* l = bpf_program__attach_xdp(skel_->progs.xdp_rematcher, ifindex);
   if (l) {
     link_ = l;
