@@ -981,6 +981,12 @@ std::string Core::MetricsText() {
   single("rematcher_policy_redecided_total", "counter",
          "Pending decisions changed because their backend fell behind.",
          decisions_redecided_);
+  single("rematcher_adopted_pool_connections", "gauge",
+         "Pooled connections this process took over from a pinned datapath at start.",
+         adopted_pools_);
+  single("rematcher_adopted_clients", "gauge",
+         "Established clients this process took over from a pinned datapath at start.",
+         adopted_clients_);
   single("rematcher_pool_acks_sent_total", "counter",
          "ACKs sent to old pooled connections after a rematch (raw socket).",
          pool_acks_sent_);

@@ -760,6 +760,7 @@ TEST_F(LifecycleTest, PinnedDatapathKeepsEstablishedClientsAcrossRestarts) {
   auto st = Stats();
   EXPECT_EQ(st["adopted_pools"], 12u) << Log();
   EXPECT_EQ(st["adopted_clients"], 2u) << Log();
+  EXPECT_NE(Ctl("metrics").find("rematcher_adopted_clients 2\n"), std::string::npos);
   EXPECT_NE(Log().find("adopting the datapath pinned in " + pin), std::string::npos) << Log();
   const uint64_t applied = st["decision_applied"];
   for (uint64_t seed = 20; seed < 30; seed++) {
