@@ -204,7 +204,11 @@ absl::StatusOr<Process> Spawn(const std::vector<std::string>& argv, const SpawnO
   };
   int out_fd = open_out(options.stdout_path);
   if (out_fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", options.stdout_path));
-  int err_fd = open_out(options.stderr_path);
+  // One file for both: one open file description (a shared offset), or
+  // each write would land over the other's from offset 0.
+  int err_fd = !options.stderr_path.empty() && options.stderr_path == options.stdout_path
+                   ? fcntl(out_fd, F_DUPFD_CLOEXEC, 0)
+                   : open_out(options.stderr_path);
   if (err_fd < 0) {
     int e = errno;
     close(out_fd);

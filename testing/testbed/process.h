@@ -46,7 +46,7 @@ absl::StatusOr<std::string> ResolveExecutable(const std::string& name);
 
 struct SpawnOptions {
   // Files that receive the child's stdout / stderr (created or truncated);
-  // empty means /dev/null.
+  // empty means /dev/null. The same path for both interleaves them.
   std::string stdout_path;
   std::string stderr_path;
 };

@@ -51,6 +51,19 @@ TEST(ProcessTest, SpawnWaitAndOutputFile) {
   EXPECT_EQ(ss.str(), "spawned\n");
 }
 
+TEST(ProcessTest, SpawnStdoutAndStderrToOneFileKeepsBoth) {
+  std::string path = ::testing::TempDir() + "/spawn_both.txt";
+  SpawnOptions o;
+  o.stdout_path = o.stderr_path = path;
+  absl::StatusOr<Process> p = Spawn({"sh", "-c", "echo one >&2; echo two; echo three >&2"}, o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_TRUE(p->Wait(absl::Seconds(5)).ok());
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  EXPECT_EQ(ss.str(), "one\ntwo\nthree\n");
+}
+
 TEST(ProcessTest, DestructorKillsAndReaps) {
   pid_t pid;
   {
