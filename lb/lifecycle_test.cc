@@ -20,6 +20,7 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include <fstream>
@@ -761,6 +762,18 @@ TEST_F(LifecycleTest, PinnedDatapathKeepsEstablishedClientsAcrossRestarts) {
   EXPECT_EQ(st["adopted_pools"], 12u) << Log();
   EXPECT_EQ(st["adopted_clients"], 2u) << Log();
   EXPECT_NE(Ctl("metrics").find("rematcher_adopted_clients 2\n"), std::string::npos);
+  // Each adopted pooled connection has its socket again (repair mode,
+  // established, no handshake sent), as the first process had.
+  // (A health probe's connection may be counted for a moment: retried.)
+  std::string ss;
+  for (int i = 0; i < 20; i++) {
+    auto r = tb_->Run(tb_->lb_ns(), {"ss", "-Htn", "state", "established"});
+    ASSERT_TRUE(r.ok()) << r.status();
+    ss = *r;
+    if (std::count(ss.begin(), ss.end(), '\n') == 12) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(std::count(ss.begin(), ss.end(), '\n'), 12) << ss;
   EXPECT_NE(Log().find("adopting the datapath pinned in " + pin), std::string::npos) << Log();
   const uint64_t applied = st["decision_applied"];
   for (uint64_t seed = 20; seed < 30; seed++) {

@@ -86,6 +86,43 @@ absl::Status PoolManager::AddBackend(uint32_t id, const BackendSpec& spec) {
   return absl::OkStatus();
 }
 
+// The socket of an established pooled connection, made again in repair
+// mode for an adopted record: bound to its tuple and connected without a
+// handshake, at the record's sequence numbers. Like the one the earlier
+// process had (in repair mode since Finish), it never sends or receives;
+// it holds the tuple and closes silently.
+absl::StatusOr<int> PoolManager::RepairSocket(const rm_pool& rec) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Errno("socket");
+  auto fail = [&](absl::string_view what) {
+    absl::Status st = Errno(what);
+    close(fd);
+    return st;
+  };
+  int one = 1;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &one, sizeof(one)))
+    return fail("TCP_REPAIR (needs CAP_NET_ADMIN)");
+  for (auto [q, seq] : {std::pair<int, uint32_t>{TCP_SEND_QUEUE, rec.lb_nxt},
+                        std::pair<int, uint32_t>{TCP_RECV_QUEUE, rec.be_nxt}}) {
+    if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, &q, sizeof(q)) ||
+        setsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, &seq, sizeof(seq)))
+      return fail("TCP_QUEUE_SEQ");
+  }
+  sockaddr_in local{};
+  local.sin_family = AF_INET;
+  local.sin_addr.s_addr = rec.key.lb_ip;
+  local.sin_port = rec.key.lb_port;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)))
+    return fail("bind to its local port");
+  sockaddr_in peer{};
+  peer.sin_family = AF_INET;
+  peer.sin_addr.s_addr = rec.key.backend_ip;
+  peer.sin_port = rec.key.backend_port;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&peer), sizeof(peer)))
+    return fail("connect in repair mode");
+  return fd;
+}
+
 absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
   AdoptedPools out;
   std::vector<bool> kept(dp_->max_pool(), false);
@@ -107,17 +144,14 @@ absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
         rec->state == RM_P_IDLE || rec->state == RM_P_BUSY || rec->state == RM_P_VERIFY;
     int fd = -1;
     if (ours && live) {
-      fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_in local{};
-      local.sin_family = AF_INET;
-      local.sin_addr.s_addr = rec->key.lb_ip;
-      local.sin_port = rec->key.lb_port;
-      if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local))) {
-        LOG(WARNING) << "pooled connection " << pid << ": local port "
-                     << AddrString(rec->key.lb_ip, rec->key.lb_port)
-                     << " is taken: " << strerror(errno) << "; not adopted";
-        close(fd);
-        fd = -1;
+      absl::StatusOr<int> s = RepairSocket(*rec);
+      if (s.ok()) {
+        fd = *s;
+      } else {
+        LOG(WARNING) << "pooled connection " << pid << " ("
+                     << AddrString(rec->key.lb_ip, rec->key.lb_port) << " -> "
+                     << AddrString(rec->key.backend_ip, rec->key.backend_port)
+                     << "): " << s.status() << "; not adopted";
       }
     }
     if (fd < 0) {

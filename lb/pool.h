@@ -81,9 +81,9 @@ class PoolManager {
   // Takes over the pooled connections an earlier process left in adopted
   // maps (Datapath::adopted()). A live one (idle, busy, being verified)
   // whose tuple is a registered backend's and whose local address is
-  // lb_ip is kept, with a socket bound to its local port so that no new
-  // connection takes the tuple (the old socket went silently, in repair
-  // mode, with the old process); the others are reset towards their
+  // lb_ip is kept, with its socket made again in repair mode (the old one
+  // went silently with the old process) so that no new connection takes
+  // the tuple; the others are reset towards their
   // backend if they were established, and deleted. Call after AddBackend
   // for every backend and before the first Tick.
   absl::StatusOr<AdoptedPools> Adopt();
@@ -180,6 +180,7 @@ class PoolManager {
   void CompactIdle(uint32_t backend, Backend& b);
 
   absl::Status OpenOne(uint32_t backend);
+  absl::StatusOr<int> RepairSocket(const rm_pool& rec);
   // Opens connections until the backend's target is met (bounded per call).
   void Refill(uint32_t backend, absl::Time now);
   absl::Status Finish(uint32_t pid, Conn& c);
