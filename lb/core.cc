@@ -143,14 +143,8 @@ absl::Status Core::Init() {
             << (dp_->attached_generic() ? "generic" : "native") << "), VIP "
             << AddrString(opts_.vip, opts_.vip_port);
 
-  adopting_ = dp_->adopted();
-  for (const BackendSpec& b : opts_.backends) {
-    auto id = AddBackend(b);
-    if (!id.ok()) return id.status();
-  }
-  adopting_ = false;
   if (dp_->adopted()) {
-    auto adopted = pools_->Adopt();
+    auto adopted = AddBackendsAdopting();
     if (!adopted.ok()) return adopted.status();
     adopted_pools_ = adopted->idle + adopted->busy + adopted->verifying;
     auto clients = dp_->ForEachClient([&](uint32_t, const rm_client& c) {
@@ -161,6 +155,11 @@ absl::Status Core::Init() {
               << " idle, " << adopted->busy << " busy, " << adopted->verifying
               << " being verified; " << adopted->dropped << " dropped) and "
               << adopted_clients_ << " established clients";
+  } else {
+    for (const BackendSpec& b : opts_.backends) {
+      auto id = AddBackend(b);
+      if (!id.ok()) return id.status();
+    }
   }
   // An earlier process may have left the datapath not waking anyone
   // (it was polling): wakeups on until this one decides otherwise.
@@ -205,12 +204,52 @@ absl::Status Core::Init() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<AdoptedPools> Core::AddBackendsAdopting() {
+  // The pinned backends, by address.
+  absl::flat_hash_map<uint64_t, uint32_t> pinned;
+  auto addr_key = [](uint32_t ip, uint16_t port) { return (uint64_t{ip} << 16) | port; };
+  for (uint32_t id = 0; id < opts_.max_backends; id++) {
+    auto b = dp_->GetBackend(id);
+    if (b.ok() && b->ip != 0 && (b->flags & (RM_BE_ACTIVE | RM_BE_DRAINING)))
+      pinned[addr_key(b->ip, b->port)] = id;
+  }
+  adopting_ = true;
+  std::vector<const BackendSpec*> fresh;
+  for (const BackendSpec& spec : opts_.backends) {
+    auto it = pinned.find(addr_key(spec.ip, spec.port));
+    if (it == pinned.end()) {
+      fresh.push_back(&spec);
+      continue;
+    }
+    auto id = AddBackendAt(spec, it->second);
+    if (!id.ok()) return id.status();
+    pinned.erase(it);
+  }
+  // Pinned and not given any more: kept, removed, until its pooled
+  // connections (adopted next) are released and retired.
+  for (const auto& [key, id] : pinned) {
+    BackendSpec gone;
+    gone.ip = static_cast<uint32_t>(key >> 16);
+    gone.port = static_cast<uint16_t>(key & 0xffff);
+    auto added = AddBackendAt(gone, id);
+    if (!added.ok()) return added.status();
+    LOG(INFO) << "backend " << id << " (" << AddrString(gone.ip, gone.port)
+              << ") was in the pinned datapath and is not given now: removing it";
+    if (auto st = RemoveBackend(id); !st.ok()) return st;
+  }
+  adopting_ = false;
+  // The pooled connections now, before any new backend could take the id
+  // of a removed one that still has some.
+  auto adopted = pools_->Adopt();
+  if (!adopted.ok()) return adopted.status();
+  for (const BackendSpec* spec : fresh) {
+    auto id = AddBackend(*spec);
+    if (!id.ok()) return id.status();
+  }
+  return adopted;
+}
+
 absl::StatusOr<uint32_t> Core::AddBackend(const BackendSpec& spec) {
-  for (const auto& [id, b] : backends_)
-    if (!b.removed && b.spec.ip == spec.ip && b.spec.port == spec.port)
-      return absl::AlreadyExistsError(
-          absl::StrCat("backend ", AddrString(spec.ip, spec.port), " already present (id ", id,
-                       ")"));
   uint32_t id = 0;
   while (id < opts_.max_backends) {
     auto it = backends_.find(id);
@@ -223,6 +262,18 @@ absl::StatusOr<uint32_t> Core::AddBackend(const BackendSpec& spec) {
   if (id >= opts_.max_backends)
     return absl::ResourceExhaustedError(
         absl::StrCat("backend table full (--max_backends=", opts_.max_backends, ")"));
+  return AddBackendAt(spec, id);
+}
+
+absl::StatusOr<uint32_t> Core::AddBackendAt(const BackendSpec& spec, uint32_t id) {
+  for (const auto& [other, b] : backends_)
+    if (!b.removed && b.spec.ip == spec.ip && b.spec.port == spec.port)
+      return absl::AlreadyExistsError(
+          absl::StrCat("backend ", AddrString(spec.ip, spec.port), " already present (id ",
+                       other, ")"));
+  if (id >= opts_.max_backends)
+    return absl::ResourceExhaustedError(
+        absl::StrCat("backend id ", id, " is past --max_backends=", opts_.max_backends));
   Backend b;
   b.spec = spec;
   backends_[id] = b;

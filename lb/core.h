@@ -138,6 +138,8 @@ class Core {
 
   // Control operations (also reachable through the control socket).
   absl::StatusOr<uint32_t> AddBackend(const BackendSpec& spec);
+  // The same at a given id (adoption keeps each backend's pinned id).
+  absl::StatusOr<uint32_t> AddBackendAt(const BackendSpec& spec, uint32_t id);
   absl::Status RemoveBackend(uint32_t id);
   absl::Status DrainBackend(uint32_t id);
   absl::Status RematchClient(uint32_t client, uint32_t backend);
@@ -216,6 +218,12 @@ class Core {
   // What Init took over from a pinned datapath (CoreOptions::pin_dir).
   uint64_t adopted_pools_ = 0, adopted_clients_ = 0;
   bool adopting_ = false;  // Init is registering the backends of an adopted datapath
+  // Init's backends for an adopted datapath: each given backend the pinned
+  // one held keeps its id (its records, pools and load are under it); one
+  // it held and is not given any more stays, removed (draining), until its
+  // pooled connections are released and retired; then the pooled
+  // connections are adopted (PoolManager::Adopt); new backends come last.
+  absl::StatusOr<AdoptedPools> AddBackendsAdopting();
   // Event-loop accounting (see CoreOptions::poll_interval): wakeups by the
   // ring (one per waking event), reads of the ring while polling, switches
   // into polling, and whether it polls now.

@@ -883,5 +883,52 @@ TEST_F(LifecycleTest, PinnedRestartsUnderLoadFailNoRequest) {
   EXPECT_EQ(un->exit_code, 0) << un->err;
 }
 
+// A restart that changes the backend list: a backend dropped from it has
+// its pooled connections reset and its clients move at their next request;
+// one added gets a pool of its own.
+TEST_F(LifecycleTest, PinnedRestartWithOtherBackends) {
+  PinDir pd;
+  if (!pd.ok()) GTEST_SKIP() << "SKIPPED: " << pd.error;
+  const std::vector<std::string> three = {Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)};
+  const std::vector<std::string> two = {Addr(0, 8080), Addr(1, 8080)};
+  const std::vector<std::string> flags = {"--conns_per_backend=8", "--policy=p2c",
+                                          "--pin_dir=" + pd.pin};
+  StartLb(three, 3 * 8, flags);
+  std::string out = TempDir() + "/restart_backends.json";
+  auto load = StartLoad(0, out, {"--connections=16", "--duration_s=12", "--timeout_ms=3000",
+                                 "--sizes=100,5000", "--allow_errors"});
+  ASSERT_TRUE(load.ok()) << load.status();
+  absl::SleepFor(absl::Seconds(2));
+  auto rc = lb_.Stop(absl::Seconds(5));
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  lb_ = Process();
+  StartLb(two, 2 * 8, flags);
+  auto st = Stats();
+  std::cout << "[backend dropped] adopted pools " << st["adopted_pools"] << " clients "
+            << st["adopted_clients"] << std::endl;
+  EXPECT_TRUE(WaitLog("was in the pinned datapath and is not given now", absl::Seconds(1)))
+      << Log();
+  EXPECT_NE(Row(Addr(2, 8080)).first, "up") << Ctl("backends");
+  absl::SleepFor(absl::Seconds(3));
+  auto after_drop = Ctl("backends");
+  rc = lb_.Stop(absl::Seconds(5));
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  lb_ = Process();
+  StartLb(three, 2 * 8 + 8, flags);
+  st = Stats();
+  std::cout << "[backend added] adopted pools " << st["adopted_pools"] << " clients "
+            << st["adopted_clients"] << std::endl;
+  EXPECT_EQ(st["adopted_clients"], 16u);
+  auto back = WaitState(Addr(2, 8080), "up", absl::Seconds(5));
+  EXPECT_TRUE(back.ok()) << back.status();
+  ASSERT_TRUE(load->Running());
+  auto done = load->Wait(absl::Seconds(30));
+  ASSERT_TRUE(done.ok());
+  std::string j = ReadFile(out);
+  std::cout << "[backends changed] " << after_drop << j << std::endl;
+  EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
+  EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
+}
+
 }  // namespace
 }  // namespace rematcher

@@ -136,7 +136,9 @@ absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
     top = pid + 1;
     gens_[pid] = rec->gen;
     auto b = backends_.find(rec->backend_id);
-    const bool ours = b != backends_.end() && !b->second.removed &&
+    // A removed backend's connections are kept too: its clients are
+    // mid-exchange or move at their next request, as after a runtime remove.
+    const bool ours = b != backends_.end() &&
                       b->second.spec.ip == rec->key.backend_ip &&
                       b->second.spec.port == rec->key.backend_port &&
                       rec->key.lb_ip == opts_.lb_ip;

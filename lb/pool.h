@@ -80,7 +80,7 @@ class PoolManager {
   absl::Status AddBackend(uint32_t id, const BackendSpec& spec);
   // Takes over the pooled connections an earlier process left in adopted
   // maps (Datapath::adopted()). A live one (idle, busy, being verified)
-  // whose tuple is a registered backend's and whose local address is
+  // whose tuple is a registered backend's (removed ones included) and whose local address is
   // lb_ip is kept, with its socket made again in repair mode (the old one
   // went silently with the old process) so that no new connection takes
   // the tuple; the others are reset towards their
