@@ -24,6 +24,15 @@ namespace {
 
 absl::Status Errno(absl::string_view what) { return absl::ErrnoToStatus(errno, what); }
 
+// An IPv4 socket address; ip and port in network order.
+sockaddr_in Ipv4(uint32_t ip, uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = ip;
+  a.sin_port = port;
+  return a;
+}
+
 uint16_t Fold(uint64_t s) {
   while (s >> 16) s = (s & 0xffff) + (s >> 16);
   return static_cast<uint16_t>(s);
@@ -108,16 +117,10 @@ absl::StatusOr<int> PoolManager::RepairSocket(const rm_pool& rec) {
         setsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, &seq, sizeof(seq)))
       return fail("TCP_QUEUE_SEQ");
   }
-  sockaddr_in local{};
-  local.sin_family = AF_INET;
-  local.sin_addr.s_addr = rec.key.lb_ip;
-  local.sin_port = rec.key.lb_port;
+  sockaddr_in local = Ipv4(rec.key.lb_ip, rec.key.lb_port);
   if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)))
     return fail("bind to its local port");
-  sockaddr_in peer{};
-  peer.sin_family = AF_INET;
-  peer.sin_addr.s_addr = rec.key.backend_ip;
-  peer.sin_port = rec.key.backend_port;
+  sockaddr_in peer = Ipv4(rec.key.backend_ip, rec.key.backend_port);
   if (connect(fd, reinterpret_cast<sockaddr*>(&peer), sizeof(peer)))
     return fail("connect in repair mode");
   return fd;
@@ -225,9 +228,7 @@ absl::Status PoolManager::OpenOne(uint32_t backend) {
   };
   int mss = opts_.mss;
   if (setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss))) return fail("TCP_MAXSEG");
-  sockaddr_in local{};
-  local.sin_family = AF_INET;
-  local.sin_addr.s_addr = opts_.lb_ip;
+  sockaddr_in local = Ipv4(opts_.lb_ip, 0);
   if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)))
     return fail(absl::StrCat("bind to ", AddrString(opts_.lb_ip, 0)));
   socklen_t len = sizeof(local);
@@ -255,10 +256,7 @@ absl::Status PoolManager::OpenOne(uint32_t backend) {
     free_ids_.push_back(*id);
     return st;
   }
-  sockaddr_in peer{};
-  peer.sin_family = AF_INET;
-  peer.sin_addr.s_addr = b.spec.ip;
-  peer.sin_port = b.spec.port;
+  sockaddr_in peer = Ipv4(b.spec.ip, b.spec.port);
   if (connect(fd, reinterpret_cast<sockaddr*>(&peer), sizeof(peer)) && errno != EINPROGRESS) {
     absl::Status st = Errno(absl::StrCat("connect to ", AddrString(b.spec.ip, b.spec.port)));
     dp_->DeletePool(*id, c.key).IgnoreError();
@@ -739,9 +737,7 @@ absl::Status PoolManager::SendSegment(const rm_pool& rec, uint32_t seq, uint32_t
   s += Sum16(&ip->saddr, 8);
   s += IPPROTO_TCP + seg_len;
   th->check = htons(static_cast<uint16_t>(~Fold(s)));
-  sockaddr_in dst{};
-  dst.sin_family = AF_INET;
-  dst.sin_addr.s_addr = k.backend_ip;
+  sockaddr_in dst = Ipv4(k.backend_ip, 0);
   if (sendto(raw_fd_, pkt, 20 + seg_len, 0, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) < 0)
     return Errno("sending on raw socket");
   return absl::OkStatus();
