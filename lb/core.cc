@@ -385,14 +385,18 @@ void Core::OnEvent(const rm_event& ev) {
       OnRequestDone(ev);
       if (ev.ack_pool != RM_NO_ID) SendPoolAck(ev.ack_pool, ev);
       break;
-    case RM_EV_REQ_DONE:
+    case RM_EV_REQ_DONE: {
       // The decision made at this request's start is asked again with
       // fresher load: as if there were none, or it would count against
       // its own backend (and a client would keep its backend for good).
+      // The policy is told it is a repeat, and of what (a round robin
+      // must not count it as another turn).
+      const uint32_t earlier = ev.client_id < pending_to_.size() ? pending_to_[ev.client_id] : RM_NO_ID;
       SetPending(ev.client_id, RM_NO_ID);
-      OnRequestDone(ev);
+      OnRequestDone(ev, earlier);
       TimeFirstByte(ev);
       break;
+    }
     case RM_EV_POOL_ACK:
       SendPoolAck(ev.pool_id, ev);
       break;
@@ -457,7 +461,7 @@ void Core::SendPoolAck(uint32_t pool, const rm_event& ev) {
   }
 }
 
-void Core::OnRequestDone(const rm_event& ev) {
+void Core::OnRequestDone(const rm_event& ev, uint32_t earlier) {
   const uint64_t now = MonoNowNs();
   uint32_t target = ev.backend_id;
   auto forced = forced_.find(ev.client_id);
@@ -470,7 +474,7 @@ void Core::OnRequestDone(const rm_event& ev) {
     snap.now_ns = now;
     snap.backends = absl::MakeConstSpan(snapshot_);
     std::optional<size_t> pick =
-        policy_->Pick(snap, PolicyRequest(ev.client_id, ev.backend_id, ev.req_no));
+        policy_->Pick(snap, PolicyRequest(ev.client_id, ev.backend_id, ev.req_no, earlier));
     if (pick) target = snapshot_[*pick].id;
     // "No preference" (or a pick out of service) must not keep a client on
     // a backend that left service: its next request goes elsewhere.
@@ -486,11 +490,16 @@ void Core::OnRequestDone(const rm_event& ev) {
 }
 
 Request Core::PolicyRequest(uint32_t client, uint32_t current_backend,
-                            uint32_t requests_so_far) const {
+                            uint32_t requests_so_far, uint32_t earlier) const {
   Request req;
   req.client_id = client;
   auto cur = snap_index_.find(current_backend);
   if (cur != snap_index_.end()) req.current_backend = cur->second;
+  if (earlier != RM_NO_ID) {
+    req.repeat = true;
+    auto prev = snap_index_.find(earlier);
+    if (prev != snap_index_.end()) req.previous_pick = prev->second;
+  }
   req.requests_on_connection = requests_so_far;
   return req;
 }
@@ -676,7 +685,10 @@ void Core::Redecide(bool at_once) {
         continue;
       }
       const uint32_t next = static_cast<uint32_t>(d >> 32);
-      std::optional<size_t> pick = policy_->Pick(snap, PolicyRequest(id, b.id, next - 1));
+      // Where the client is now is in its record, not here: the policy
+      // is told only what it is replacing.
+      std::optional<size_t> pick =
+          policy_->Pick(snap, PolicyRequest(id, RM_NO_ID, next - 1, /*earlier=*/b.id));
       if (!pick || snapshot_[*pick].id == b.id || !Eligible(snapshot_[*pick].id)) {
         keep.push_back(id);
         continue;

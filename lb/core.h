@@ -161,7 +161,9 @@ class Core {
   absl::Status Init();
   static int OnEventThunk(void* ctx, void* data, size_t len);
   void OnEvent(const rm_event& ev);
-  void OnRequestDone(const rm_event& ev);
+  // `earlier`: the backend decided for this client's next request before
+  // (at the request's start), which this decision replaces; RM_NO_ID if none.
+  void OnRequestDone(const rm_event& ev, uint32_t earlier = RM_NO_ID);
   void SendPoolAck(uint32_t pool, const rm_event& ev);
   void Tick();
   void CollectClients();
@@ -265,8 +267,10 @@ class Core {
   // The snapshot's load figures and stall flags as of now_ns (MonoNowNs).
   void RefreshLoad(uint64_t now_ns);
   // What the policy is told about a client's next request.
+  // `earlier`: the backend this call's decision replaces (RM_NO_ID: a
+  // first decision).
   Request PolicyRequest(uint32_t client, uint32_t current_backend,
-                        uint32_t requests_so_far) const;
+                        uint32_t requests_so_far, uint32_t earlier = RM_NO_ID) const;
   // Whether backend `id` is stalled now (see CoreOptions::stall_min).
   bool Stalled(uint32_t id, const rm_backend_load& l, uint64_t now_ns) const;
   // The silence after which backend `id` counts as stalled.

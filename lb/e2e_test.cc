@@ -422,6 +422,23 @@ TEST_F(E2eTest, RoundRobinSpreadsRequestsNotConnections) {
   ExpectClean(before);
 }
 
+// The core asks the policy about a client's next request twice (when the
+// request starts and again when it is done): a round robin that counted
+// both as turns kept a lone client on one of two backends for good. With
+// the repeat flagged (RM_REQUEST_REPEAT) every request takes a turn.
+TEST_F(E2eTest, RoundRobinTakesTurnsForALoneClient) {
+  StartLb(absl::StrCat(tb_->backend_ip(0), ":8080,", tb_->backend_ip(1), ":8080"), "rr");
+  std::string j = Load(0, {"--connections=1", "--requests=400", "--mode=open", "--rate=400",
+                           "--sizes=100"});
+  ASSERT_EQ(JsonInt(j, "ok"), 400) << j;
+  auto counts = BackendCounts(j);
+  ASSERT_EQ(counts.size(), 2u) << j;
+  for (auto& [name, n] : counts) EXPECT_NEAR(n, 200, 10) << name << " " << j;
+  // Each request on the other backend than the last (a late decision
+  // leaves one in place).
+  EXPECT_GE(JsonInt(j, "backend_switches"), 390) << j;
+}
+
 // Under a saturating closed loop the core stops being woken per event and
 // reads the ring on its own clock (--poll_us); when the load stops it goes
 // back to a wakeup per event. Both halves must keep decisions on time: a

@@ -45,6 +45,12 @@ struct Request {
   uint32_t client_id = 0;
   // Index into Snapshot::backends of the backend serving it now, if any.
   std::optional<size_t> current_backend;
+  // This client's next request was decided before (at its request's start,
+  // or by an earlier re-decision) and this call replaces that choice
+  // (RM_REQUEST_REPEAT): previous_pick is the index of the backend chosen
+  // then, if it is still in the snapshot.
+  bool repeat = false;
+  std::optional<size_t> previous_pick;
   uint64_t requests_on_connection = 0;  // including the one that finished
   uint32_t client_ipv4 = 0;             // network byte order
   uint16_t client_port = 0;             // network byte order

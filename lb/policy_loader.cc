@@ -100,6 +100,12 @@ class PluginPolicy final : public Policy {
     req.client_port = request.client_port;
     req.requests_on_connection = request.requests_on_connection;
     req.connection_start_ns = request.connection_start_ns;
+    req.previous_pick = -1;
+    if (request.repeat) {
+      req.flags |= RM_REQUEST_REPEAT;
+      if (request.previous_pick.has_value() && *request.previous_pick < n)
+        req.previous_pick = static_cast<int32_t>(*request.previous_pick);
+    }
 
     const int32_t choice = entry_->pick(instance_, &snap, &req);
     if (choice < 0) {

@@ -53,7 +53,10 @@
  *    starts and when its response starts, and again for a decision not yet
  *    used when the backend it names falls behind (a stall, see the host's
  *    --redecide_us): the same client may be asked about the same request
- *    more than once, with fresher load each time.
+ *    more than once, with fresher load each time. Such a repeat carries
+ *    RM_REQUEST_REPEAT and the earlier choice (ABI 1.2): a policy that keeps
+ *    a rotation or credits (round robin) must not count it as another
+ *    turn, or a client asked twice per request skips every other backend.
  *
  * Errors
  * ------
@@ -79,7 +82,7 @@ extern "C" {
 #endif
 
 #define RM_POLICY_ABI_MAJOR 1
-#define RM_POLICY_ABI_MINOR 1 /* 1.1: RM_BACKEND_STALLED */
+#define RM_POLICY_ABI_MINOR 2 /* 1.1: RM_BACKEND_STALLED; 1.2: rm_request.flags, previous_pick */
 
 /* The one symbol the host looks up. */
 #define RM_POLICY_ENTRY_SYMBOL "rematcher_policy_entry"
@@ -182,8 +185,8 @@ struct rm_snapshot {
  *     8     4  current_backend
  *    12     4  client_ipv4
  *    16     2  client_port
- *    18     2  reserved0 (zero)
- *    20     4  reserved1 (zero)
+ *    18     2  flags           (1.2; zero from a 1.0/1.1 host)
+ *    20     4  previous_pick   (1.2; read only with RM_REQUEST_REPEAT)
  *    24     8  requests_on_connection
  *    32     8  connection_start_ns
  */
@@ -195,12 +198,33 @@ struct rm_request {
                               the snapshot any more */
   uint32_t client_ipv4;  /* network byte order */
   uint16_t client_port;  /* network byte order */
-  uint16_t reserved0;    /* explicit padding, zero */
-  uint32_t reserved1;    /* explicit padding, zero */
+  uint16_t flags;        /* RM_REQUEST_* (ABI 1.2; the padding 1.0 and 1.1
+                            hosts zero, so "no flags" there) */
+  int32_t previous_pick; /* with RM_REQUEST_REPEAT: index into
+                            snap->backends of the backend chosen for this
+                            same next request before, or -1 if it is not in
+                            the snapshot any more; -1 otherwise (ABI 1.2) */
   uint64_t requests_on_connection; /* requests completed on this client
                                       connection, including this one */
   uint64_t connection_start_ns;    /* CLOCK_MONOTONIC when it was accepted */
 };
+
+/* rm_request.flags */
+/* This client's next request was already decided by an earlier pick()
+ * (at its request's start, or before a re-decision); this call replaces
+ * that choice, which previous_pick names. */
+#define RM_REQUEST_REPEAT 0x1u
+
+/* The earlier choice a repeat replaces, if it is still in the snapshot:
+ * an index into snap->backends, or -1 (not a repeat, or gone). Safe with
+ * any host: a 1.0/1.1 host leaves flags zero. */
+static inline int32_t rm_request_previous(const struct rm_request *req,
+                                          const struct rm_snapshot *snap) {
+  if ((req->flags & RM_REQUEST_REPEAT) == 0 || req->previous_pick < 0 ||
+      (uint32_t)req->previous_pick >= snap->num_backends)
+    return -1;
+  return req->previous_pick;
+}
 
 /* rm_result.status */
 #define RM_RESULT_OK 0u     /* full response received */
@@ -307,6 +331,9 @@ RM_STATIC_ASSERT(sizeof(struct rm_snapshot) == 24, "rm_snapshot layout");
 RM_STATIC_ASSERT(sizeof(struct rm_request) == 40, "rm_request layout");
 RM_STATIC_ASSERT(offsetof(struct rm_request, requests_on_connection) == 24,
                  "rm_request layout");
+RM_STATIC_ASSERT(offsetof(struct rm_request, flags) == 18 &&
+                     offsetof(struct rm_request, previous_pick) == 20,
+                 "rm_request layout: 1.2 uses what was padding");
 RM_STATIC_ASSERT(sizeof(struct rm_result) == 32, "rm_result layout");
 RM_STATIC_ASSERT(sizeof(struct rm_policy_v1) == 48, "rm_policy_v1 layout");
 RM_STATIC_ASSERT(RM_POLICY_PREFIX_SIZE == 16, "descriptor prefix layout");

@@ -3,7 +3,9 @@
 #ifndef REMATCHER_POLICIES_COMMON_POLICY_UTIL_H_
 #define REMATCHER_POLICIES_COMMON_POLICY_UTIL_H_
 
+#include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <string>
 
@@ -60,6 +62,58 @@ inline int CompareWeightedLoad(const rm_backend_info& a,
   uint64_t rhs = (uint64_t{b.outstanding} + 1) * a.weight;
   return lhs < rhs ? -1 : (lhs > rhs ? 1 : 0);
 }
+
+
+// The `stick` option shared by the load-aware policies: a client stays on
+// the backend it is on when that backend is still a candidate (see
+// Candidates) and has at most `stick` more requests in flight than the
+// backend the policy picked. Moving a client is not free: the pooled
+// connection it leaves is owed an ACK that the core sends from userspace,
+// and the one it takes must be found and swapped in by the datapath. Among
+// equally loaded backends a move buys nothing, so by default (stick=0) ties
+// keep the client where it is; stick=N trades up to N requests of
+// imbalance for fewer moves; stick=-1 moves on every tie (the behaviour
+// before 2026-12-05).
+class Stickiness {
+ public:
+  static constexpr int64_t kDefault = 0;
+
+  bool Read(rematcher_plugin::PolicyArgs& args, std::string* error) {
+    if (!args.Has("stick")) return true;
+    std::string text;
+    args.GetString("stick", &text);
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || errno != 0 || v < -1 || v > 1000000) {
+      *error = "option 'stick': '" + text +
+               "' is not -1 (off) or a number of requests 0..1000000";
+      return false;
+    }
+    slack_ = v;
+    return true;
+  }
+
+  // `pick` (an index into snap, or kNoPreference) or the current backend.
+  template <typename IsCandidate>
+  int32_t Apply(const rematcher_plugin::Snapshot& snap, const rm_request& req,
+                const IsCandidate& candidate, int32_t pick) const {
+    if (slack_ < 0 || pick < 0 || req.current_backend < 0 ||
+        static_cast<size_t>(req.current_backend) >= snap.size() ||
+        req.current_backend == pick)
+      return pick;
+    const rm_backend_info& cur = snap[static_cast<size_t>(req.current_backend)];
+    if (!candidate(cur)) return pick;
+    const int64_t excess = static_cast<int64_t>(cur.outstanding) -
+                           static_cast<int64_t>(snap[static_cast<size_t>(pick)].outstanding);
+    return excess <= slack_ ? req.current_backend : pick;
+  }
+
+  int64_t slack() const { return slack_; }
+
+ private:
+  int64_t slack_ = kDefault;
+};
 
 }  // namespace rematcher_policies
 

@@ -92,6 +92,96 @@ inline void ExpectSkipsIneligible(rematcher::Policy& policy) {
   EXPECT_EQ(policy.stats().plugin_errors, 0u);
 }
 
+
+// Picks `n` times for a client now on bs[current]; backend id -> count.
+inline std::map<int64_t, int> CountPicksFrom(
+    rematcher::Policy& policy, const std::vector<rematcher::BackendInfo>& bs,
+    size_t current, int n) {
+  std::map<int64_t, int> counts;
+  rematcher::Snapshot snap{0, bs};
+  rematcher::Request req;
+  req.current_backend = current;
+  for (int i = 0; i < n; ++i) {
+    auto pick = policy.Pick(snap, req);
+    counts[pick.has_value() ? int64_t{bs[*pick].id} : -1]++;
+  }
+  return counts;
+}
+
+// A round robin asked again about the same next request (RM_REQUEST_REPEAT)
+// gives the earlier answer without taking a turn, unless that backend is
+// stalled or out of service now, and a repeat whose earlier choice left the
+// snapshot is a fresh turn.
+inline void ExpectRepeatIsNotATurn(rematcher::Policy& policy) {
+  const std::vector<rematcher::BackendInfo> bs = {Backend(1), Backend(2), Backend(3)};
+  rematcher::Snapshot snap{0, bs};
+  std::vector<uint32_t> order;
+  for (int i = 0; i < 6; ++i) {
+    rematcher::Request first;
+    auto pick = policy.Pick(snap, first);
+    ASSERT_TRUE(pick.has_value());
+    for (int r = 0; r < 3; ++r) {
+      rematcher::Request again;
+      again.repeat = true;
+      again.previous_pick = *pick;
+      EXPECT_EQ(policy.Pick(snap, again), pick) << "repeat " << r;
+    }
+    order.push_back(bs[*pick].id);
+  }
+  EXPECT_EQ(order, (std::vector<uint32_t>{1, 2, 3, 1, 2, 3}));
+  // The earlier choice (the third backend) is stalled now: a turn, which
+  // is the first backend's, and the rotation moves on to the second.
+  std::vector<rematcher::BackendInfo> stalled = bs;
+  stalled[2].flags |= RM_BACKEND_STALLED;
+  rematcher::Request again;
+  again.repeat = true;
+  again.previous_pick = 2;
+  EXPECT_EQ(policy.Pick({0, stalled}, again), 0u);
+  EXPECT_EQ(policy.Pick(snap, rematcher::Request{}), 1u);
+  again.previous_pick = std::nullopt;  // gone from the snapshot
+  EXPECT_TRUE(policy.Pick(snap, again).has_value());
+  EXPECT_EQ(policy.stats().plugin_errors, 0u);
+}
+
+// The `stick` option (Stickiness) of the load-aware built-ins, created
+// through `make(args)`: ties keep a client where it is by default, more
+// load than the slack moves it, stick=-1 moves on ties, a current backend
+// that is no longer a candidate never holds a client, bad values are
+// refused.
+template <typename Make>
+void ExpectStickiness(const Make& make) {
+  const uint16_t stalled = RM_BACKEND_HEALTHY | RM_BACKEND_STALLED;
+  const std::vector<rematcher::BackendInfo> tie = {Backend(1, 1, 2), Backend(2, 1, 2),
+                                                   Backend(3, 1, 2)};
+  auto p = make("");
+  EXPECT_EQ(CountPicksFrom(*p, tie, 1, 300)[2], 300) << "a tie keeps the client";
+  // One more in flight on the current backend than on the others: moves at
+  // stick=0, stays at stick=1, moves again at two more.
+  const std::vector<rematcher::BackendInfo> one_more = {Backend(1, 1, 2), Backend(2, 1, 3),
+                                                        Backend(3, 1, 2)};
+  EXPECT_EQ(CountPicksFrom(*p, one_more, 1, 300)[2], 0);
+  auto slack = make("stick=1");
+  EXPECT_EQ(CountPicksFrom(*slack, one_more, 1, 300)[2], 300);
+  const std::vector<rematcher::BackendInfo> two_more = {Backend(1, 1, 2), Backend(2, 1, 4),
+                                                        Backend(3, 1, 2)};
+  EXPECT_EQ(CountPicksFrom(*slack, two_more, 1, 300)[2], 0);
+  // stick=-1: a tie is broken as if the client were new.
+  auto off = make("stick=-1");
+  auto spread = CountPicksFrom(*off, tie, 1, 300);
+  EXPECT_GT(spread[1], 30);
+  EXPECT_GT(spread[3], 30);
+  EXPECT_LT(spread[2], 200);
+  // A stalled, draining or unhealthy current backend holds nobody, even
+  // idle against busy others.
+  for (uint16_t flags : {stalled, uint16_t{RM_BACKEND_HEALTHY | RM_BACKEND_DRAINING},
+                         uint16_t{0}}) {
+    const std::vector<rematcher::BackendInfo> out = {Backend(1, 1, 5), Backend(2, 1, 0, flags),
+                                                     Backend(3, 1, 5)};
+    auto counts = CountPicksFrom(*slack, out, 1, 100);
+    EXPECT_EQ(counts[2], 0) << "flags " << flags;
+  }
+}
+
 }  // namespace rematcher_policies
 
 #endif  // REMATCHER_POLICIES_COMMON_TEST_UTIL_H_

@@ -4,7 +4,12 @@
 // Ties are broken round-robin: the scan starts one past the previous choice,
 // and the first backend with the minimum wins, so equally loaded backends
 // take turns instead of the lowest index taking everything (which matters at
-// low load, where every backend has 0 outstanding). No options.
+// low load, where every backend has 0 outstanding); a client whose current
+// backend is among the least loaded stays there.
+//
+// Options: stick=N  stay on the current backend unless the least loaded has
+//                   more than N fewer requests in flight (default 0: ties
+//                   stay; -1: ties rotate for everyone). See Stickiness.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -20,11 +25,13 @@ using rematcher_plugin::Snapshot;
 
 class LeastOutstanding {
  public:
-  static std::unique_ptr<LeastOutstanding> Create(PolicyArgs&, std::string*) {
-    return std::make_unique<LeastOutstanding>();
+  static std::unique_ptr<LeastOutstanding> Create(PolicyArgs& args, std::string* error) {
+    auto policy = std::make_unique<LeastOutstanding>();
+    if (!policy->stick_.Read(args, error)) return nullptr;
+    return policy;
   }
 
-  int32_t Pick(const Snapshot& snap, const rm_request&) {
+  int32_t Pick(const Snapshot& snap, const rm_request& req) {
     const size_t n = snap.size();
     int64_t best = -1;
     const rematcher_policies::Candidates candidate(snap);
@@ -36,12 +43,22 @@ class LeastOutstanding {
       }
     }
     if (best < 0) return rematcher_plugin::kNoPreference;
-    next_ = static_cast<size_t>(best) + 1;
-    return static_cast<int32_t>(best);
+    // A repeat keeps the earlier choice while it is still among the least
+    // loaded, rather than flipping to the next in the rotation.
+    const int32_t earlier = rm_request_previous(&req, &snap.raw());
+    if (earlier >= 0 && earlier != best && candidate(snap[earlier]) &&
+        snap[earlier].outstanding == snap[best].outstanding)
+      best = earlier;
+    const int32_t pick = stick_.Apply(snap, req, candidate, static_cast<int32_t>(best));
+    // The rotation moves on only for a tie broken for a first decision (a
+    // repeat, RM_REQUEST_REPEAT, is not another turn).
+    if (pick == best && (req.flags & RM_REQUEST_REPEAT) == 0) next_ = static_cast<size_t>(best) + 1;
+    return pick;
   }
 
  private:
   size_t next_ = 0;
+  rematcher_policies::Stickiness stick_;
 };
 
 }  // namespace

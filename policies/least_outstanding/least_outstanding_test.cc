@@ -29,6 +29,23 @@ TEST(LeastOutstandingTest, TiesRotate) {
   EXPECT_EQ(counts[2], 0);
 }
 
+TEST(LeastOutstandingTest, RepeatsDoNotTurnTheTieRotation) {
+  auto p = LinkedPolicy();
+  const std::vector<rematcher::BackendInfo> bs = {Backend(1, 1, 0), Backend(2, 1, 0)};
+  rematcher::Snapshot snap{0, bs};
+  std::vector<uint32_t> order;
+  for (int i = 0; i < 4; ++i) {
+    auto pick = p->Pick(snap, rematcher::Request{});
+    ASSERT_TRUE(pick.has_value());
+    rematcher::Request again;
+    again.repeat = true;
+    again.previous_pick = *pick;
+    EXPECT_EQ(p->Pick(snap, again), pick);
+    order.push_back(bs[*pick].id);
+  }
+  EXPECT_EQ(order, (std::vector<uint32_t>{1, 2, 1, 2}));
+}
+
 TEST(LeastOutstandingTest, AvoidsStalled) {
   auto p = LinkedPolicy();
   ExpectAvoidsStalled(*p);
@@ -39,8 +56,16 @@ TEST(LeastOutstandingTest, SkipsIneligible) {
   ExpectSkipsIneligible(*p);
 }
 
-TEST(LeastOutstandingTest, RejectsAnyOption) {
+TEST(LeastOutstandingTest, RejectsUnknownOptions) {
   EXPECT_NE(CreateError("x=1").find("unknown option 'x'"), std::string::npos);
+}
+
+TEST(LeastOutstandingTest, StaysOnATie) {
+  ExpectStickiness([](const std::string& args) {
+    return LinkedPolicy(args.empty() ? "" : "" + args);
+  });
+  for (const char* bad : {"stick=-2", "stick=x", "stick=", "stick=1.5", "stick=1000001"})
+    EXPECT_NE(CreateError(bad).find("option 'stick'"), std::string::npos) << bad << ": " << CreateError(bad);
 }
 
 }  // namespace

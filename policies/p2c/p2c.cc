@@ -5,7 +5,10 @@
 // onto the single least loaded backend when many picks are made from the
 // same stale load figures.
 //
-// Options: seed=N  reproducible choices (default: random seed).
+// Options: seed=N   reproducible choices (default: random seed).
+//          stick=N  stay on the current backend unless the winner has more
+//                   than N fewer requests in flight (default 0: ties stay;
+//                   -1: always take the winner). See Stickiness.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -27,13 +30,14 @@ class PowerOfTwo {
   static std::unique_ptr<PowerOfTwo> Create(PolicyArgs& args,
                                             std::string* error) {
     auto policy = std::make_unique<PowerOfTwo>();
-    if (!rematcher_policies::ReadSeed(args, &policy->rng_, error)) {
+    if (!rematcher_policies::ReadSeed(args, &policy->rng_, error) ||
+        !policy->stick_.Read(args, error)) {
       return nullptr;
     }
     return policy;
   }
 
-  int32_t Pick(const Snapshot& snap, const rm_request&) {
+  int32_t Pick(const Snapshot& snap, const rm_request& req) {
     eligible_.clear();
     const rematcher_policies::Candidates candidate(snap);
     for (size_t i = 0; i < snap.size(); ++i) {
@@ -53,11 +57,12 @@ class PowerOfTwo {
     } else {
       winner = (rng_() & 1) ? a : b;
     }
-    return static_cast<int32_t>(winner);
+    return stick_.Apply(snap, req, candidate, static_cast<int32_t>(winner));
   }
 
  private:
   std::mt19937_64 rng_;
+  rematcher_policies::Stickiness stick_;
   std::vector<size_t> eligible_;  // reused: no allocation per pick
 };
 

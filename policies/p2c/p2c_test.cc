@@ -56,9 +56,17 @@ TEST(PowerOfTwoTest, ArgsErrors) {
             std::string::npos)
       << CreateError("seed=abc");
   EXPECT_NE(CreateError("seed=1,choices=3")
-                .find("unknown option 'choices' (accepted: seed)"),
+                .find("unknown option 'choices' (accepted: seed, stick)"),
             std::string::npos)
       << CreateError("seed=1,choices=3");
+}
+
+TEST(PowerOfTwoTest, StaysOnATie) {
+  ExpectStickiness([](const std::string& args) {
+    return LinkedPolicy(args.empty() ? "seed=5" : "seed=5," + args);
+  });
+  for (const char* bad : {"stick=-2", "stick=x", "stick=", "stick=1.5", "stick=1000001"})
+    EXPECT_NE(CreateError(bad).find("option 'stick'"), std::string::npos) << bad << ": " << CreateError(bad);
 }
 
 }  // namespace

@@ -60,5 +60,10 @@ TEST(RoundRobinTest, RejectsAnyOption) {
       << CreateError("seed=1");
 }
 
+TEST(RoundRobinTest, RepeatIsNotATurn) {
+  auto p = LinkedPolicy();
+  ExpectRepeatIsNotATurn(*p);
+}
+
 }  // namespace
 }  // namespace rematcher_policies

@@ -28,7 +28,7 @@ class WeightedLeastOutstanding {
     return std::make_unique<WeightedLeastOutstanding>();
   }
 
-  int32_t Pick(const Snapshot& snap, const rm_request&) {
+  int32_t Pick(const Snapshot& snap, const rm_request& req) {
     const size_t n = snap.size();
     int64_t best = -1;
     const rematcher_policies::Candidates candidate(snap);
@@ -41,7 +41,8 @@ class WeightedLeastOutstanding {
       }
     }
     if (best < 0) return rematcher_plugin::kNoPreference;
-    next_ = static_cast<size_t>(best) + 1;
+    // A repeat (RM_REQUEST_REPEAT) is not another turn of the tie rotation.
+    if ((req.flags & RM_REQUEST_REPEAT) == 0) next_ = static_cast<size_t>(best) + 1;
     return static_cast<int32_t>(best);
   }
 

@@ -7,7 +7,8 @@
 // in bursts (weights 5,1,1 give a a b a c a a, not a a a a a b c).
 //
 // State is keyed by backend id, not index, so backends coming and going do
-// not shuffle the others' credit. No options.
+// not shuffle the others' credit. A repeat (RM_REQUEST_REPEAT) keeps the
+// earlier choice and takes no credit: see rr. No options.
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -30,7 +31,9 @@ class SmoothWeightedRoundRobin {
     return std::make_unique<SmoothWeightedRoundRobin>();
   }
 
-  int32_t Pick(const Snapshot& snap, const rm_request&) {
+  int32_t Pick(const Snapshot& snap, const rm_request& req) {
+    const int32_t earlier = rm_request_previous(&req, &snap.raw());
+    if (earlier >= 0 && rematcher_plugin::IsPreferred(snap[earlier])) return earlier;
     int64_t total = 0;
     int64_t best = -1;
     int64_t best_current = 0;

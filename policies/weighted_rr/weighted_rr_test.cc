@@ -71,5 +71,10 @@ TEST(WeightedRoundRobinTest, RejectsAnyOption) {
             std::string::npos);
 }
 
+TEST(WeightedRoundRobinTest, RepeatIsNotATurn) {
+  auto p = LinkedPolicy();
+  ExpectRepeatIsNotATurn(*p);
+}
+
 }  // namespace
 }  // namespace rematcher_policies
