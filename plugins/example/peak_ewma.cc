@@ -9,7 +9,7 @@
 // the lower score of two backends drawn at random wins. Slow or overloaded
 // backends are avoided without the herding of a strict minimum.
 //
-// ## The contract in five lines
+// ## The contract in six lines
 //
 // - Write a class with `static std::unique_ptr<T> Create(PolicyArgs&,
 // std::string* error)`
@@ -24,6 +24,12 @@
 // - The host refuses out-of-range or ineligible (unhealthy, draining,
 //   weight 0) picks and counts them as plugin errors; skip those backends
 //   yourself with `rematcher_plugin::IsEligible`.
+// - The same client's next request may be asked about more than once (at
+//   its request's start and end, and when its backend falls behind): the
+//   later asks carry RM_REQUEST_REPEAT and the earlier choice
+//   (`rm_request_previous(&req, &snap.raw())`). A policy with a rotation or
+//   credits should not count a repeat as another turn; this one draws
+//   afresh, which is fine.
 //
 // ## Build it
 //
