@@ -470,11 +470,24 @@ void Core::OnRequestDone(const rm_event& ev, uint32_t earlier) {
     forced_.erase(forced);
   } else {
     RefreshLoad(now);
+    // Asked when a request starts, the decision is for the request after
+    // it, which this one will no longer load: its own backend is shown
+    // without it, or every first decision would lean away from where the
+    // client is (the one at the request's end sees it answered already).
+    uint32_t* own = nullptr;
+    if (ev.type == RM_EV_REQ_START) {
+      auto cur = snap_index_.find(ev.backend_id);
+      if (cur != snap_index_.end() && snapshot_[cur->second].outstanding > 0) {
+        own = &snapshot_[cur->second].outstanding;
+        --*own;
+      }
+    }
     Snapshot snap;
     snap.now_ns = now;
     snap.backends = absl::MakeConstSpan(snapshot_);
     std::optional<size_t> pick =
         policy_->Pick(snap, PolicyRequest(ev.client_id, ev.backend_id, ev.req_no, earlier));
+    if (own != nullptr) ++*own;
     if (pick) target = snapshot_[*pick].id;
     // "No preference" (or a pick out of service) must not keep a client on
     // a backend that left service: its next request goes elsewhere.
