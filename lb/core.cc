@@ -56,10 +56,17 @@ absl::StatusOr<std::unique_ptr<Core>> Core::Create(const CoreOptions& opts) {
 }
 
 Core::~Core() {
-  // Probes first (they leave the epoll set), pools next (their sockets
-  // close silently), then the datapath detaches.
+  // Probes first (they leave the epoll set), pools next (reset at their
+  // backends unless pinned; their sockets close silently), then the
+  // datapath detaches.
   metrics_http_.reset();
   health_.reset();
+  // Without a pinned datapath nothing will serve these connections again:
+  // the backends are told so rather than left holding them open.
+  if (pools_ && opts_.pin_dir.empty()) {
+    const uint32_t reset = pools_->ResetAll();
+    LOG(INFO) << "reset " << reset << " pooled connections at their backends";
+  }
   pools_.reset();
   if (rb_) ring_buffer__free(rb_);
   for (int fd : {epfd_, timerfd_, sigfd_, ctlfd_})
@@ -242,6 +249,12 @@ absl::StatusOr<AdoptedPools> Core::AddBackendsAdopting() {
   // of a removed one that still has some.
   auto adopted = pools_->Adopt();
   if (!adopted.ok()) return adopted.status();
+  // A removed backend's idle ones, adopted only to be accounted, close now
+  // as they would at a removal at run time.
+  for (const auto& [key, id] : pinned) {
+    const uint32_t closed = pools_->RetireIdle(id);
+    if (closed) LOG(INFO) << "backend " << id << ": " << closed << " adopted idle pooled connections closed";
+  }
   for (const BackendSpec* spec : fresh) {
     auto id = AddBackend(*spec);
     if (!id.ok()) return id.status();
@@ -309,8 +322,17 @@ absl::Status Core::RemoveBackend(uint32_t id) {
   it->second.flags = rb.flags;
   pools_->RemoveBackend(id);
   health_->RemoveBackend(id);
-  LOG(INFO) << "backend " << id << " removed: its clients move at their next request";
-  return PublishBackends();
+  absl::Status published = PublishBackends();
+  // Its clients' next requests, and decisions already made for it, go
+  // elsewhere; its idle pooled connections close now (nothing will take
+  // them again) instead of at --pool_idle_timeout_ms. Busy ones finish
+  // their response and close when they are idle again (PoolManager::Tick).
+  const size_t moved = MoveClientsOff(id);
+  const uint32_t retired = pools_->RetireIdle(id);
+  LOG(INFO) << "backend " << id << " removed: " << moved
+            << " clients move at their next request, " << retired
+            << " idle pooled connections closed";
+  return published;
 }
 
 absl::Status Core::DrainBackend(uint32_t id) {

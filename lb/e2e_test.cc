@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 #include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -175,6 +176,26 @@ class E2eTest : public ::testing::Test {
   void StopLb() {
     if (lb_.valid()) lb_.Stop(absl::Seconds(5)).IgnoreError();
     lb_ = Process();
+  }
+
+  // The peers of backend i's established connections on :8080, as the
+  // backend sees them (an LB that died, not stopped, leaves its own behind).
+  std::set<std::string> BackendPeers(int i) {
+    std::set<std::string> peers;
+    auto r = tb_->Run(tb_->backend_ns(i), {"ss", "-Htn", "state", "established", "sport", "=", ":8080"});
+    if (!r.ok()) return {"ss failed: " + r.status().ToString()};
+    for (absl::string_view line : absl::StrSplit(*r, '\n', absl::SkipEmpty())) {
+      std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      if (f.size() >= 4) peers.insert(std::string(f[3]));
+    }
+    return peers;
+  }
+  // Those not in `before`.
+  std::set<std::string> NewPeers(int i, const std::set<std::string>& before) {
+    std::set<std::string> now = BackendPeers(i), out;
+    for (const std::string& p : now)
+      if (!before.count(p)) out.insert(p);
+    return out;
   }
 
   std::string Log() {
@@ -422,6 +443,31 @@ TEST_F(E2eTest, RoundRobinSpreadsRequestsNotConnections) {
   ExpectClean(before);
 }
 
+// Stopped (without --pin_dir, so the datapath goes too), rematcher resets
+// its pooled connections at the backends instead of leaving them open
+// there until the backends' own timeouts (the sockets themselves close
+// silently: they are in repair mode).
+TEST_F(E2eTest, StoppingResetsThePooledConnections) {
+  std::vector<std::set<std::string>> stale;
+  for (int i = 0; i < 3; i++) stale.push_back(BackendPeers(i));
+  StartLb(Backends(8080), "p2c");
+  std::string j = Load(0, {"--connections=4", "--requests=400", "--sizes=100"});
+  ASSERT_EQ(JsonInt(j, "ok"), 400) << j;
+  for (int i = 0; i < 3; i++) EXPECT_GE(NewPeers(i, stale[i]).size(), 16u) << "backend " << i;
+  StopLb();
+  EXPECT_NE(Log().find("pooled connections at their backends"), std::string::npos) << Log();
+  for (int i = 0; i < 3; i++) {
+    std::set<std::string> left;
+    for (int k = 0; k < 30; k++) {
+      left = NewPeers(i, stale[i]);
+      if (left.empty()) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    EXPECT_EQ(left.size(), 0u) << "backend " << i << " still holds e.g. "
+                               << (left.empty() ? "" : *left.begin());
+  }
+}
+
 // The core asks the policy about a client's next request twice (when the
 // request starts and again when it is done): a round robin that counted
 // both as turns kept a lone client on one of two backends for good. With
@@ -463,7 +509,11 @@ TEST_F(E2eTest, P2cKeepsALoneClientOnEqualBackends) {
 // core that never polled, or that kept the datapath's wakeups off after
 // the load (each event then waits for the 100 ms timeout), fails here.
 TEST_F(E2eTest, CorePollsUnderLoadAndIsWokenAgainAfter) {
-  StartLb(Backends(8080), "p2c");
+  // stick=-1, as when the 0.8 below was measured: with the default (ties
+  // stay) 72-92% of decisions were on time in 6 runs against 84-96% in 3
+  // with stick=-1; a client that stays comes back sooner (no pooled
+  // connection swapped) is the likely reason, not isolated.
+  StartLb(Backends(8080), "p2c", {"--policy_args=stick=-1"});
   Snap before = TakeNstat();
   auto s0 = Stats();
   std::string j = Load(0, {"--connections=16", "--requests=40000", "--sizes=0,100,2000"});
@@ -530,7 +580,9 @@ TEST_F(E2eTest, CorePollsUnderLoadAndIsWokenAgainAfter) {
 }
 
 TEST_F(E2eTest, ThousandsOfRematchesMixedSizesByteExact) {
-  StartLb(Backends(8080), "p2c");
+  // Ties broken afresh (stick=-1): as many moves as p2c makes, for the
+  // splice's sake; the default keeps a client in place on a tie.
+  StartLb(Backends(8080), "p2c", {"--policy_args=stick=-1"});
   Snap before = TakeNstat();
   std::string j = Load(1, {"--connections=8", "--requests=15000",
                            "--sizes=0,100,10000,300000", "--upload_sizes=0,0,5000,100000"});
@@ -571,6 +623,7 @@ TEST_F(E2eTest, PipeliningClientStaysCorrect) {
 }
 
 TEST_F(E2eTest, RemovingABackendUnderLoadLosesNoRequest) {
+  const std::set<std::string> stale = BackendPeers(2);
   StartLb(Backends(8080), "rr");
   std::string out = TempDir() + "/remove_load.json";
   auto p = tb_->Spawn(tb_->client_ns(0),
@@ -595,6 +648,18 @@ TEST_F(E2eTest, RemovingABackendUnderLoadLosesNoRequest) {
   EXPECT_LT(counts["b2"], counts["b0"] * 0.6) << j;
   std::string b = Ctl("backends");
   EXPECT_EQ(b.find("198.18.2.3:8080      1      up"), std::string::npos) << b;
+  // The removed backend keeps no pooled connection: the idle ones closed
+  // at the removal, the busy ones once their clients moved on (not after
+  // --pool_idle_timeout_ms, 60 s).
+  std::set<std::string> left;
+  for (int i = 0; i < 50; i++) {
+    left = NewPeers(2, stale);
+    if (left.empty()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(left.size(), 0u) << "connections still open on the removed backend, e.g. "
+                             << (left.empty() ? "" : *left.begin()) << "\n" << Ctl("backends");
+  EXPECT_NE(Log().find("idle pooled connections closed"), std::string::npos) << Log();
 }
 
 }  // namespace

@@ -884,7 +884,8 @@ TEST_F(LifecycleTest, PinnedRestartsUnderLoadFailNoRequest) {
 }
 
 // A restart that changes the backend list: a backend dropped from it has
-// its pooled connections reset and its clients move at their next request;
+// its pooled connections closed (idle ones at once, busy ones when their
+// response is done) and its clients move at their next request;
 // one added gets a pool of its own.
 TEST_F(LifecycleTest, PinnedRestartWithOtherBackends) {
   PinDir pd;
@@ -911,6 +912,17 @@ TEST_F(LifecycleTest, PinnedRestartWithOtherBackends) {
   EXPECT_NE(Row(Addr(2, 8080)).first, "up") << Ctl("backends");
   absl::SleepFor(absl::Seconds(3));
   auto after_drop = Ctl("backends");
+  // The dropped backend keeps no pooled connection: its idle ones (adopted)
+  // closed at once, its busy ones as their clients moved on.
+  std::string ss;
+  for (int i = 0; i < 30; i++) {
+    auto r = tb_->Run(tb_->backend_ns(2), {"ss", "-Htn", "state", "established", "sport", "=", ":8080"});
+    ASSERT_TRUE(r.ok()) << r.status();
+    ss = *r;
+    if (ss.empty()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(ss, "") << "connections still open on the dropped backend";
   rc = lb_.Stop(absl::Seconds(5));
   ASSERT_TRUE(rc.ok()) << rc.status();
   lb_ = Process();

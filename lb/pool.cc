@@ -194,6 +194,18 @@ absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
   return out;
 }
 
+uint32_t PoolManager::ResetAll() {
+  uint32_t sent = 0;
+  for (const auto& [pid, c] : conns_) {
+    if (c.state != Conn::kLive) continue;
+    auto rec = dp_->GetPool(pid);
+    if (!rec.ok()) continue;
+    auto r = SendAck(pid, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0, /*rst=*/true);
+    if (r.ok() && *r) sent++;
+  }
+  return sent;
+}
+
 void PoolManager::RemoveBackend(uint32_t id) {
   auto it = backends_.find(id);
   if (it != backends_.end()) it->second.removed = true;
@@ -512,6 +524,15 @@ void PoolManager::Tick(absl::Time now) {
     Retire(pid, false);
   }
   if (opts_.idle_timeout > absl::ZeroDuration()) RetireIdleTooLong(now);
+  // A removed backend's connections close as they come back idle (its
+  // clients moved on after their response): nothing takes them again.
+  std::vector<uint32_t> sweep;
+  for (auto& [id, b] : backends_)
+    if (b.removed && b.live > 0 && now - b.last_removed_sweep >= absl::Milliseconds(200)) {
+      b.last_removed_sweep = now;
+      sweep.push_back(id);
+    }
+  for (uint32_t id : sweep) RetireIdle(id);
   for (auto& [id, b] : backends_) {
     // Keep a spare margin of idle connections, so a burst of new clients
     // finds one without waiting for a connect.

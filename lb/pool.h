@@ -90,6 +90,12 @@ class PoolManager {
   // Stops refilling; idle connections are retired as they surface. Busy
   // ones finish their exchange and are retired when released.
   void RemoveBackend(uint32_t id);
+  // Resets every pooled connection at its backend (an RST at the record's
+  // sequence numbers, exact for idle ones). For a shutdown that takes the
+  // datapath with it: otherwise the sockets close silently (repair mode)
+  // and the backends keep their side open until their own timeouts.
+  // Returns how many were sent.
+  uint32_t ResetAll();
 
   // Epoll integration: fds to watch for writability while connecting.
   // The core calls OnWritable(fd) and Tick() (about every 100 ms).
@@ -154,6 +160,7 @@ class PoolManager {
   struct Backend {
     BackendSpec spec;
     bool removed = false;
+    absl::Time last_removed_sweep;  // removed: when its idle ones were last closed
     uint32_t target = 0;
     uint32_t live = 0, connecting = 0;
     int failures = 0;
