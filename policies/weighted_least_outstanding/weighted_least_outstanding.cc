@@ -7,7 +7,13 @@
 // in-flight counts settle in proportion to the weights.
 //
 // Scores are compared exactly (cross-multiplied integers). Ties are broken
-// round-robin from one past the previous choice. No options.
+// round-robin from one past the previous choice.
+//
+// Options: stick=N  stay on the current backend unless the least loaded
+//                   one's score is lower even with N requests taken off the
+//                   current one's (default -1: ties rotate for everyone,
+//                   so shares follow the weights; 0: ties stay). See
+//                   Stickiness::ApplyWeighted.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -23,9 +29,11 @@ using rematcher_plugin::Snapshot;
 
 class WeightedLeastOutstanding {
  public:
-  static std::unique_ptr<WeightedLeastOutstanding> Create(PolicyArgs&,
-                                                          std::string*) {
-    return std::make_unique<WeightedLeastOutstanding>();
+  static std::unique_ptr<WeightedLeastOutstanding> Create(PolicyArgs& args,
+                                                          std::string* error) {
+    auto policy = std::make_unique<WeightedLeastOutstanding>();
+    if (!policy->stick_.Read(args, error)) return nullptr;
+    return policy;
   }
 
   int32_t Pick(const Snapshot& snap, const rm_request& req) {
@@ -41,13 +49,21 @@ class WeightedLeastOutstanding {
       }
     }
     if (best < 0) return rematcher_plugin::kNoPreference;
+    // A repeat keeps the earlier choice while it is still among the least
+    // loaded (per unit of weight).
+    const int32_t earlier = rm_request_previous(&req, &snap.raw());
+    if (earlier >= 0 && earlier != best && candidate(snap[earlier]) &&
+        rematcher_policies::CompareWeightedLoad(snap[earlier], snap[best]) == 0)
+      best = earlier;
+    const int32_t pick = stick_.ApplyWeighted(snap, req, candidate, static_cast<int32_t>(best));
     // A repeat (RM_REQUEST_REPEAT) is not another turn of the tie rotation.
-    if ((req.flags & RM_REQUEST_REPEAT) == 0) next_ = static_cast<size_t>(best) + 1;
-    return static_cast<int32_t>(best);
+    if (pick == best && (req.flags & RM_REQUEST_REPEAT) == 0) next_ = static_cast<size_t>(best) + 1;
+    return pick;
   }
 
  private:
   size_t next_ = 0;
+  rematcher_policies::Stickiness stick_{-1};
 };
 
 }  // namespace

@@ -9,7 +9,12 @@
 // of the two always wins, so light backends get less than their weight's
 // share when the LB is idle; under load the shares follow the weights.
 //
-// Options: seed=N  reproducible choices (default: random seed).
+// Options: seed=N   reproducible choices (default: random seed).
+//          stick=N  stay on the current backend unless the winner's load per
+//                   unit of weight is lower even with N requests taken off
+//                   the current one's (default -1: always take the
+//                   winner, so shares follow the weights; 0: ties stay).
+//                   See Stickiness::ApplyWeighted.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -30,13 +35,14 @@ class WeightedPowerOfTwo {
   static std::unique_ptr<WeightedPowerOfTwo> Create(PolicyArgs& args,
                                                     std::string* error) {
     auto policy = std::make_unique<WeightedPowerOfTwo>();
-    if (!rematcher_policies::ReadSeed(args, &policy->rng_, error)) {
+    if (!rematcher_policies::ReadSeed(args, &policy->rng_, error) ||
+        !policy->stick_.Read(args, error)) {
       return nullptr;
     }
     return policy;
   }
 
-  int32_t Pick(const Snapshot& snap, const rm_request&) {
+  int32_t Pick(const Snapshot& snap, const rm_request& req) {
     eligible_.clear();
     uint64_t total = 0;
     const rematcher_policies::Candidates candidate(snap);
@@ -56,7 +62,7 @@ class WeightedPowerOfTwo {
     } else {
       winner = (rng_() & 1) ? a : b;
     }
-    return static_cast<int32_t>(winner);
+    return stick_.ApplyWeighted(snap, req, candidate, static_cast<int32_t>(winner));
   }
 
  private:
@@ -75,6 +81,7 @@ class WeightedPowerOfTwo {
   }
 
   std::mt19937_64 rng_;
+  rematcher_policies::Stickiness stick_{-1};
   std::vector<size_t> eligible_;  // reused: no allocation per pick
 };
 
