@@ -352,7 +352,44 @@ absl::Status Datapath::AttachPinned(int ifindex) {
   return absl::OkStatus();
 }
 
-absl::Status Datapath::Unload(const std::string& pin_dir) {
+namespace {
+// Every live record of the pinned `pools` map, if the pinned layout is this
+// build's (-1 if not, or if the maps cannot be read).
+int64_t ForEachPinnedPool(const std::string& pin_dir,
+                          const std::function<void(const rm_pool&)>& fn) {
+  int layout = bpf_obj_get(PinPath(pin_dir, "layout").c_str());
+  int pools = bpf_obj_get(PinPath(pin_dir, "pools").c_str());
+  int clients = bpf_obj_get(PinPath(pin_dir, "clients").c_str());
+  int64_t seen = -1;
+  uint32_t zero = 0;
+  uint64_t word = 0;
+  bpf_map_info info{};
+  uint32_t len = sizeof(info);
+  if (layout >= 0 && pools >= 0 && bpf_map_lookup_elem(layout, &zero, &word) == 0 &&
+      word == LayoutWord() && bpf_obj_get_info_by_fd(pools, &info, &len) == 0 &&
+      info.value_size == sizeof(rm_pool)) {
+    seen = 0;
+    rm_pool rec;
+    for (uint32_t k = 0; k < info.max_entries; k++) {
+      if (bpf_map_lookup_elem(pools, &k, &rec)) continue;
+      if (rec.state != RM_P_IDLE && rec.state != RM_P_BUSY && rec.state != RM_P_VERIFY) continue;
+      rm_client c;
+      if (rec.state == RM_P_BUSY && clients >= 0 &&
+          bpf_map_lookup_elem(clients, &rec.owner, &c) == 0)
+        UseOwnerSeqs(&rec, k, c);
+      fn(rec);
+      seen++;
+    }
+  }
+  for (int fd : {layout, pools, clients})
+    if (fd >= 0) close(fd);
+  return seen;
+}
+}  // namespace
+
+absl::Status Datapath::Unload(const std::string& pin_dir,
+                              const std::function<void(const rm_pool&)>& on_pool,
+                              int64_t* pools_seen) {
   auto lock = LockPinDir(pin_dir);
   if (!lock.ok()) {
     if (absl::IsNotFound(lock.status()))
@@ -375,8 +412,15 @@ absl::Status Datapath::Unload(const std::string& pin_dir) {
   std::sort(names.begin(), names.end(), [](const std::string& a, const std::string& b) {
     return (a == "link") > (b == "link") || ((a == "link") == (b == "link") && a < b);
   });
+  bool pools_done = on_pool == nullptr;
   for (const std::string& n : names) {
     std::string path = PinPath(pin_dir, n);
+    if (!pools_done && n != "link") {
+      // The link is gone (sorted first): nothing changes the records now.
+      pools_done = true;
+      const int64_t seen = ForEachPinnedPool(pin_dir, on_pool);
+      if (pools_seen) *pools_seen = seen;
+    }
     if (unlink(path.c_str())) return Errno(errno, absl::StrCat("removing ", path));
   }
   if (rmdir(pin_dir.c_str())) return Errno(errno, absl::StrCat("removing ", pin_dir));

@@ -63,6 +63,16 @@ const char* StatName(int stat);
 // bpf_ktime_get_coarse_ns(), so comparable with the times in its records.
 uint64_t CoarseNowNs();
 
+// A busy pooled connection's record keeps the sequence numbers of its
+// take; the live ones are in the record of the client it carries (pool =
+// client + d_req, client = pool + d_resp). Sets them in *rec if `c` is
+// that client (an RST must carry the backend's next expected sequence).
+inline void UseOwnerSeqs(rm_pool* rec, uint32_t pool_id, const rm_client& c) {
+  if (rec->state != RM_P_BUSY || c.pool_id != pool_id) return;
+  rec->lb_nxt = c.c_nxt + c.d_req;
+  rec->be_nxt = c.s_nxt - c.d_resp;
+}
+
 class Datapath {
  public:
   static absl::StatusOr<std::unique_ptr<Datapath>> Load(const DatapathOptions& opts);
@@ -81,7 +91,13 @@ class Datapath {
   // Removes the datapath pinned in pin_dir: the link first (XDP detaches,
   // so the clients it held are reset by the kernel at their next segment),
   // then the maps, then the directory. NotFound if nothing is pinned there.
-  static absl::Status Unload(const std::string& pin_dir);
+  // on_pool, if given, sees every live pooled connection record (idle,
+  // busy, being verified) after the link is gone and before the maps are,
+  // when the pinned records have this build's layout; the count of those
+  // seen goes to *pools_seen, or -1 if the layout differed.
+  static absl::Status Unload(const std::string& pin_dir,
+                             const std::function<void(const rm_pool&)>& on_pool = nullptr,
+                             int64_t* pools_seen = nullptr);
 
   int prog_fd() const;      // xdp_rematcher, e.g. for BPF_PROG_TEST_RUN
   int ctl_prog_fd() const;  // xdp_ctl

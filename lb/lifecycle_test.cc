@@ -331,6 +331,31 @@ class LifecycleTest : public ::testing::Test {
   static std::string* setup_error_;
   Process lb_;
   std::string lb_log_;
+  // Peers of backend i's established connections on :8080, as it sees them.
+  std::set<std::string> BackendPeers(int i) {
+    std::set<std::string> out;
+    auto r = tb_->Run(tb_->backend_ns(i), {"ss", "-Htn", "state", "established", "sport", "=", ":8080"});
+    if (!r.ok()) return {"ss failed"};
+    for (absl::string_view line : absl::StrSplit(*r, '\n', absl::SkipEmpty())) {
+      std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      if (f.size() >= 4) out.insert(std::string(f[3]));
+    }
+    return out;
+  }
+  // Waits up to 3 s for backend i to hold no connection not in `before`;
+  // returns one it still holds, or "".
+  std::string LeftOn(int i, const std::set<std::string>& before) {
+    std::string left;
+    for (int k = 0; k < 30; k++) {
+      left.clear();
+      for (const std::string& p : BackendPeers(i))
+        if (!before.count(p)) left = p;
+      if (left.empty()) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return left;
+  }
+
 };
 
 Testbed* LifecycleTest::tb_ = nullptr;
@@ -723,6 +748,8 @@ TEST_F(LifecycleTest, PinnedDatapathKeepsEstablishedClientsAcrossRestarts) {
   const std::string pin = pd.pin;
   const std::vector<std::string> be = {Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)};
   const std::vector<std::string> flags = {"--conns_per_backend=4", "--pin_dir=" + pin};
+  std::vector<std::set<std::string>> stale;
+  for (int i = 0; i < 3; i++) stale.push_back(BackendPeers(i));
   StartLb(be, 3 * 4, flags);
   EXPECT_TRUE(std::filesystem::exists(pin + "/link")) << Log();
   EXPECT_EQ(Stats()["adopted_pools"], 0u);
@@ -826,6 +853,15 @@ TEST_F(LifecycleTest, PinnedDatapathKeepsEstablishedClientsAcrossRestarts) {
   EXPECT_FALSE(RequestOk(fd, 100, 50)) << "a client survived --unload";
   EXPECT_LT(absl::Now() - t0, absl::Seconds(3)) << "the client waited instead of a reset";
   for (int f : {fd, fd2, fd3}) close(f);
+  // And the backends are told: each pooled connection reset there.
+  std::smatch m;
+  const std::string unload_log = un->err;
+  ASSERT_TRUE(std::regex_search(unload_log, m,
+                                std::regex("reset ([0-9]+) pooled connections at their backends")))
+      << unload_log;
+  EXPECT_GE(std::stoi(m[1].str()), 12) << unload_log;
+  for (int i = 0; i < 3; i++)
+    EXPECT_EQ(LeftOn(i, stale[i]), "") << "backend " << i << " still holds a pooled connection";
 }
 
 // Restarts under load with --pin_dir: a closed loop on 16 connections
@@ -895,18 +931,7 @@ TEST_F(LifecycleTest, PinnedRestartWithOtherBackends) {
   const std::vector<std::string> two = {Addr(0, 8080), Addr(1, 8080)};
   const std::vector<std::string> flags = {"--conns_per_backend=8", "--policy=p2c",
                                           "--pin_dir=" + pd.pin};
-  // Peers of backend i's established connections on :8080.
-  auto peers = [&](int i) {
-    std::set<std::string> out;
-    auto r = tb_->Run(tb_->backend_ns(i), {"ss", "-Htn", "state", "established", "sport", "=", ":8080"});
-    if (!r.ok()) return std::set<std::string>{"ss failed"};
-    for (absl::string_view line : absl::StrSplit(*r, '\n', absl::SkipEmpty())) {
-      std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
-      if (f.size() >= 4) out.insert(std::string(f[3]));
-    }
-    return out;
-  };
-  const std::set<std::string> stale = peers(2);
+  const std::set<std::string> stale = BackendPeers(2);
   StartLb(three, 3 * 8, flags);
   std::string out = TempDir() + "/restart_backends.json";
   auto load = StartLoad(0, out, {"--connections=16", "--duration_s=12", "--timeout_ms=3000",
@@ -929,16 +954,7 @@ TEST_F(LifecycleTest, PinnedRestartWithOtherBackends) {
   // closed at once, its busy ones as their clients moved on. (Counted
   // against what it held before this test: an earlier test's pinned
   // datapath, unloaded, leaves its connections there by design.)
-  std::set<std::string> left;
-  for (int i = 0; i < 30; i++) {
-    left.clear();
-    for (const std::string& p : peers(2))
-      if (!stale.count(p)) left.insert(p);
-    if (left.empty()) break;
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-  EXPECT_EQ(left.size(), 0u) << "connections still open on the dropped backend, e.g. "
-                             << (left.empty() ? "" : *left.begin());
+  EXPECT_EQ(LeftOn(2, stale), "") << "a connection still open on the dropped backend";
   rc = lb_.Stop(absl::Seconds(5));
   ASSERT_TRUE(rc.ok()) << rc.status();
   lb_ = Process();

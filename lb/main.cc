@@ -22,6 +22,7 @@
 #include "glog/logging.h"
 #include "lb/core.h"
 #include "lb/metrics_http.h"
+#include "lb/pool.h"
 #include "lb/policy_loader.h"
 #include "lb/sandbox.h"
 
@@ -295,8 +296,30 @@ int Main(int argc, char** argv) {
     return Fail("--pin_dir must be an absolute path on a BPF filesystem");
   if (FLAGS_unload) {
     if (FLAGS_pin_dir.empty()) return Fail("--unload needs --pin_dir");
-    absl::Status st = Datapath::Unload(FLAGS_pin_dir);
+    // Its pooled connections are reset at their backends (one RST each,
+    // at the record's sequence numbers), which would otherwise hold them
+    // open until their own timeouts. Sent from this namespace: run it
+    // where rematcher ran.
+    int raw_fd = -1;
+    int64_t sent = 0, failed = 0, seen = 0;
+    absl::Status last;
+    absl::Status st = Datapath::Unload(
+        FLAGS_pin_dir,
+        [&](const rm_pool& rec) {
+          absl::Status s = SendPoolSegment(&raw_fd, rec, rec.lb_nxt, rec.be_nxt, rec.lb_ts_last,
+                                           rec.be_ts_last, 0, /*rst=*/true, false);
+          if (s.ok()) sent++;
+          else { failed++; last = s; }
+        },
+        &seen);
+    if (raw_fd >= 0) close(raw_fd);
     if (!st.ok()) return Fail(absl::StrCat("--unload: ", st.ToString()));
+    if (seen < 0)
+      LOG(WARNING) << "the pinned records have another layout: their pooled connections were "
+                      "not reset at the backends (they close at the backends' timeouts)";
+    else
+      LOG(INFO) << "reset " << sent << " pooled connections at their backends"
+                << (failed ? absl::StrCat(" (", failed, " not: ", last.ToString(), ")") : "");
     LOG(INFO) << "removed the datapath pinned in " << FLAGS_pin_dir;
     return 0;
   }

@@ -200,8 +200,12 @@ uint32_t PoolManager::ResetAll() {
     if (c.state != Conn::kLive) continue;
     auto rec = dp_->GetPool(pid);
     if (!rec.ok()) continue;
-    auto r = SendAck(pid, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0, /*rst=*/true);
-    if (r.ok() && *r) sent++;
+    if (rec->state == RM_P_BUSY)
+      if (auto owner = dp_->GetClient(rec->owner); owner.ok()) UseOwnerSeqs(&*rec, pid, *owner);
+    if (SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0,
+                    /*rst=*/true, false)
+            .ok())
+      sent++;
   }
   return sent;
 }
@@ -711,10 +715,16 @@ void PoolManager::ProbeVerifying(absl::Time now) {
 absl::Status PoolManager::SendSegment(const rm_pool& rec, uint32_t seq, uint32_t ack,
                                       uint32_t tsval, uint32_t tsecr, uint16_t window,
                                       bool rst, bool probe_byte) {
+  return SendPoolSegment(&raw_fd_, rec, seq, ack, tsval, tsecr, window, rst, probe_byte);
+}
+
+absl::Status SendPoolSegment(int* raw_fd, const rm_pool& rec, uint32_t seq, uint32_t ack,
+                             uint32_t tsval, uint32_t tsecr, uint16_t window, bool rst,
+                             bool probe_byte) {
   if (rec.key.backend_ip == 0) return absl::NotFoundError("pooled connection record unused");
-  if (raw_fd_ < 0) {
-    raw_fd_ = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
-    if (raw_fd_ < 0) return Errno("raw socket (needs CAP_NET_RAW)");
+  if (*raw_fd < 0) {
+    *raw_fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+    if (*raw_fd < 0) return Errno("raw socket (needs CAP_NET_RAW)");
   }
   // The tuple from the record, not conns_: Retire() sends its RST after
   // erasing the connection from conns_ (looked up there, it never went).
@@ -759,7 +769,7 @@ absl::Status PoolManager::SendSegment(const rm_pool& rec, uint32_t seq, uint32_t
   s += IPPROTO_TCP + seg_len;
   th->check = htons(static_cast<uint16_t>(~Fold(s)));
   sockaddr_in dst = Ipv4(k.backend_ip, 0);
-  if (sendto(raw_fd_, pkt, 20 + seg_len, 0, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) < 0)
+  if (sendto(*raw_fd, pkt, 20 + seg_len, 0, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) < 0)
     return Errno("sending on raw socket");
   return absl::OkStatus();
 }

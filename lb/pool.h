@@ -57,6 +57,13 @@ struct AdoptedPools {
   uint32_t dropped = 0;  // connecting, dead, or of a backend no longer given
 };
 
+// One segment of pooled connection `rec` from the LB's side, through a raw
+// socket (*raw_fd, opened on first use): an ACK, an RST (rst), or a probe
+// carrying one byte the backend already has (probe_byte).
+absl::Status SendPoolSegment(int* raw_fd, const rm_pool& rec, uint32_t seq, uint32_t ack,
+                             uint32_t tsval, uint32_t tsecr, uint16_t window, bool rst,
+                             bool probe_byte);
+
 struct PoolStats {
   uint64_t opened = 0, established = 0, connect_failures = 0, retired = 0;
   uint64_t idle_entries_compacted = 0;  // dead idle-queue entries dropped
