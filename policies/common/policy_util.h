@@ -103,15 +103,11 @@ class Stickiness {
   template <typename IsCandidate>
   int32_t Apply(const rematcher_plugin::Snapshot& snap, const rm_request& req,
                 const IsCandidate& candidate, int32_t pick) const {
-    if (slack_ < 0 || pick < 0 || req.current_backend < 0 ||
-        static_cast<size_t>(req.current_backend) >= snap.size() ||
-        req.current_backend == pick)
-      return pick;
-    const rm_backend_info& cur = snap[static_cast<size_t>(req.current_backend)];
-    if (!candidate(cur)) return pick;
-    const int64_t excess = static_cast<int64_t>(cur.outstanding) -
-                           static_cast<int64_t>(snap[static_cast<size_t>(pick)].outstanding);
-    return excess <= slack_ ? req.current_backend : pick;
+    return Decide(snap, req, candidate, pick,
+                  [&](const rm_backend_info& cur, const rm_backend_info& other) {
+                    return static_cast<int64_t>(cur.outstanding) - slack_ <=
+                           static_cast<int64_t>(other.outstanding);
+                  });
   }
 
   // The same for the weighted policies, by load per unit of weight: stays
@@ -120,22 +116,32 @@ class Stickiness {
   template <typename IsCandidate>
   int32_t ApplyWeighted(const rematcher_plugin::Snapshot& snap, const rm_request& req,
                         const IsCandidate& candidate, int32_t pick) const {
-    if (slack_ < 0 || pick < 0 || req.current_backend < 0 ||
-        static_cast<size_t>(req.current_backend) >= snap.size() ||
-        req.current_backend == pick)
-      return pick;
-    const rm_backend_info& cur = snap[static_cast<size_t>(req.current_backend)];
-    const rm_backend_info& other = snap[static_cast<size_t>(pick)];
-    if (!candidate(cur) || cur.weight == 0 || other.weight == 0) return pick;
-    // Both sides fit easily: outstanding < 2^32, slack <= 10^6, weight < 2^32.
-    const __int128 lhs = (static_cast<__int128>(cur.outstanding) - slack_ + 1) * other.weight;
-    const __int128 rhs = (static_cast<__int128>(other.outstanding) + 1) * cur.weight;
-    return lhs <= rhs ? req.current_backend : pick;
+    return Decide(snap, req, candidate, pick,
+                  [&](const rm_backend_info& cur, const rm_backend_info& other) {
+                    if (cur.weight == 0 || other.weight == 0) return false;
+                    // Fits easily: outstanding < 2^32, slack <= 10^6, weight < 2^32.
+                    return (static_cast<__int128>(cur.outstanding) - slack_ + 1) * other.weight <=
+                           (static_cast<__int128>(other.outstanding) + 1) * cur.weight;
+                  });
   }
 
   int64_t slack() const { return slack_; }
 
  private:
+  // The current backend if it is another candidate than the pick and
+  // `stays(current, pick)`, else the pick.
+  template <typename IsCandidate, typename Stays>
+  int32_t Decide(const rematcher_plugin::Snapshot& snap, const rm_request& req,
+                 const IsCandidate& candidate, int32_t pick, const Stays& stays) const {
+    if (slack_ < 0 || pick < 0 || req.current_backend < 0 ||
+        static_cast<size_t>(req.current_backend) >= snap.size() ||
+        req.current_backend == pick)
+      return pick;
+    const rm_backend_info& cur = snap[static_cast<size_t>(req.current_backend)];
+    if (!candidate(cur)) return pick;
+    return stays(cur, snap[static_cast<size_t>(pick)]) ? req.current_backend : pick;
+  }
+
   int64_t slack_;
 };
 

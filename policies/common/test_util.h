@@ -182,6 +182,27 @@ void ExpectStickiness(const Make& make) {
   }
 }
 
+// The weighted policies' `stick`: ExpectStickiness at stick=0 (their
+// default is -1), per unit of weight ((3 + 1) / 2 on the current backend
+// against (1 + 1) / 1 is a tie, so the client stays; one more in flight
+// there and it moves), and by default a tie does not hold a client.
+// `base`: options every instance gets ("" or "seed=N").
+inline void ExpectWeightedStickiness(const std::string& base) {
+  const std::string sep = base.empty() ? "" : ",";
+  ExpectStickiness([&](const std::string& args) {
+    return LinkedPolicy(base + sep + (args.empty() ? "stick=0" : args));
+  });
+  auto p = LinkedPolicy(base + sep + "stick=0");
+  const std::vector<rematcher::BackendInfo> tie = {Backend(1, 1, 1), Backend(2, 2, 3)};
+  EXPECT_EQ(CountPicksFrom(*p, tie, 1, 100)[2], 100);
+  const std::vector<rematcher::BackendInfo> more = {Backend(1, 1, 1), Backend(2, 2, 4)};
+  EXPECT_EQ(CountPicksFrom(*p, more, 1, 100)[2], 0);
+  EXPECT_NE(CreateError("stick=-5").find("option 'stick'"), std::string::npos);
+  auto by_default = LinkedPolicy(base);
+  const std::vector<rematcher::BackendInfo> even = {Backend(1), Backend(2), Backend(3)};
+  EXPECT_LT(CountPicksFrom(*by_default, even, 1, 300)[2], 250);
+}
+
 }  // namespace rematcher_policies
 
 #endif  // REMATCHER_POLICIES_COMMON_TEST_UTIL_H_

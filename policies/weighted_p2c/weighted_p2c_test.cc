@@ -48,24 +48,7 @@ TEST(WeightedPowerOfTwoTest, ArgsErrors) {
             std::string::npos);
 }
 
-TEST(WeightedPowerOfTwoTest, StaysOnATieWithStick) {
-  ExpectStickiness([](const std::string& args) {
-    // The helper's "default" is stick=0 here: these default to -1.
-    return LinkedPolicy(args.empty() ? "seed=5,stick=0" : "seed=5," + args);
-  });
-  // Per unit of weight: (3 + 1) / 2 on the current one against (1 + 1) / 1
-  // is a tie, so the client stays; one more in flight there and it moves.
-  auto p = LinkedPolicy("seed=5,stick=0");
-  const std::vector<rematcher::BackendInfo> tie = {Backend(1, 1, 1), Backend(2, 2, 3)};
-  EXPECT_EQ(CountPicksFrom(*p, tie, 1, 100)[2], 100);
-  const std::vector<rematcher::BackendInfo> more = {Backend(1, 1, 1), Backend(2, 2, 4)};
-  EXPECT_EQ(CountPicksFrom(*p, more, 1, 100)[2], 0);
-  EXPECT_NE(CreateError("stick=-5").find("option 'stick'"), std::string::npos);
-  // By default (-1) a tie does not hold a client: shares follow weights.
-  auto by_default = LinkedPolicy("seed=5");
-  const std::vector<rematcher::BackendInfo> even = {Backend(1), Backend(2), Backend(3)};
-  EXPECT_LT(CountPicksFrom(*by_default, even, 1, 300)[2], 250);
-}
+TEST(WeightedPowerOfTwoTest, StaysOnATieWithStick) { ExpectWeightedStickiness("seed=5"); }
 
 }  // namespace
 }  // namespace rematcher_policies
