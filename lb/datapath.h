@@ -67,12 +67,6 @@ uint64_t CoarseNowNs();
 // take; the live ones are in the record of the client it carries (pool =
 // client + d_req, client = pool + d_resp). Sets them in *rec if `c` is
 // that client (an RST must carry the backend's next expected sequence).
-// A pooled connection that was established and not given up yet (idle,
-// carrying a client, or being verified).
-inline bool PoolLive(const rm_pool& rec) {
-  return rec.state == RM_P_IDLE || rec.state == RM_P_BUSY || rec.state == RM_P_VERIFY;
-}
-
 inline void UseOwnerSeqs(rm_pool* rec, uint32_t pool_id, const rm_client& c) {
   if (rec->state != RM_P_BUSY || c.pool_id != pool_id) return;
   rec->lb_nxt = c.c_nxt + c.d_req;

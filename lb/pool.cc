@@ -145,7 +145,8 @@ absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
                       b->second.spec.ip == rec->key.backend_ip &&
                       b->second.spec.port == rec->key.backend_port &&
                       rec->key.lb_ip == opts_.lb_ip;
-    const bool live = PoolLive(*rec);
+    const bool live =
+        rec->state == RM_P_IDLE || rec->state == RM_P_BUSY || rec->state == RM_P_VERIFY;
     int fd = -1;
     if (ours && live) {
       absl::StatusOr<int> s = RepairSocket(*rec);
@@ -160,7 +161,10 @@ absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
     }
     if (fd < 0) {
       // Established once (sequence state known): tell the backend.
-      if (live || rec->state == RM_P_DEAD) SendReset(pid, *rec).IgnoreError();
+      if (live || rec->state == RM_P_DEAD)
+        SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0,
+                    /*rst=*/true, false)
+            .IgnoreError();
       dp_->DeletePool(pid, rec->key).IgnoreError();
       if (rec->state == RM_P_IDLE) dp_->UncountIdle(rec->backend_id);
       out.dropped++;
@@ -195,16 +199,15 @@ uint32_t PoolManager::ResetAll() {
   for (const auto& [pid, c] : conns_) {
     if (c.state != Conn::kLive) continue;
     auto rec = dp_->GetPool(pid);
-    if (rec.ok() && SendReset(pid, *rec).ok()) sent++;
+    if (!rec.ok()) continue;
+    if (rec->state == RM_P_BUSY)
+      if (auto owner = dp_->GetClient(rec->owner); owner.ok()) UseOwnerSeqs(&*rec, pid, *owner);
+    if (SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0,
+                    /*rst=*/true, false)
+            .ok())
+      sent++;
   }
   return sent;
-}
-
-absl::Status PoolManager::SendReset(uint32_t pid, rm_pool rec) {
-  if (rec.state == RM_P_BUSY)
-    if (auto owner = dp_->GetClient(rec.owner); owner.ok()) UseOwnerSeqs(&rec, pid, *owner);
-  return SendSegment(rec, rec.lb_nxt, rec.be_nxt, rec.lb_ts_last, rec.be_ts_last, 0,
-                     /*rst=*/true, false);
 }
 
 void PoolManager::RemoveBackend(uint32_t id) {
@@ -406,7 +409,10 @@ void PoolManager::Retire(uint32_t pid, bool send_rst) {
     if (b.live) b.live--;
     if (send_rst) {
       auto rec = dp_->GetPool(pid);
-      if (rec.ok()) SendReset(pid, *rec).IgnoreError();
+      if (rec.ok())
+        SendAck(pid, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0, /*rst=*/true)
+            .status()
+            .IgnoreError();
     }
     stats_.retired++;
   } else {
