@@ -691,6 +691,13 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
   if (!c || !sc) return -1;
   struct rm_pool_take *np = &sc->np;
   struct rm_leg *leg = &sc->dleg;
+  /* A client without a pooled connection (its first request) whose chosen
+   * backend has none idle goes to another backend that has one rather
+   * than wait: its segment would be dropped and only come back after the
+   * client's retransmission timeout (200 ms or more). A client that has
+   * one stays on it instead (the rematch is skipped). Read unlocked: a
+   * hint, the splice below checks under the lock. */
+  int first_req = *(volatile __u32 *)&c->pool_id == RM_NO_ID;
 
 #pragma clang loop unroll(disable)
   for (int i = 0; i < 6; i++) {
@@ -717,7 +724,11 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     __u32 cand;
     if (bpf_map_pop_elem(q, &cand)) {
       emit(cfg, RM_EV_NEED_POOL, id, bid, RM_NO_ID, 0);
-      if (want != RM_ANY_BACKEND) break;
+      if (want != RM_ANY_BACKEND) {
+        if (!first_req) break;
+        want = RM_ANY_BACKEND;
+        stat_inc(RM_ST_FIRST_ELSEWHERE);
+      }
       continue;
     }
     __u32 cpid = RM_IDLE_PID(cand);
@@ -964,9 +975,19 @@ static __noinline int client_syn_again(struct xdp_md *ctx, struct rm_pkt *pk,
     r.tsval = c->s_ts_last;
     r.sack_perm = (c->c_flags & RM_LEG_SACK) != 0;
     r.ws = (c->c_flags & RM_LEG_WS) ? c->s_wscale : 0xff;
-  } else if ((c->state == RM_C_LAST_ACK || c->state == RM_C_CLOSED) &&
-             c->pool_id == RM_NO_ID) {
-    recycle = 1; /* port reuse after a close we finished */
+  } else if ((c->state == RM_C_CLOSED ||
+              (c->state == RM_C_LAST_ACK && c->pool_id == RM_NO_ID)) &&
+             (rm_after(pk->seq, c->c_nxt) ||
+              (pk->has_ts && (c->c_flags & RM_LEG_TS) && rm_after(pk->tsval, c->c_ts_last)))) {
+    /* Port reuse after a close that finished here (CLOSED: its pooled
+     * connection has been handed back), while the record lingers for late
+     * segments. Like TIME_WAIT (RFC 6191) a SYN is a new connection only
+     * if it is newer than the old one: its sequence past the old one's
+     * end, or its timestamp newer. A NAT close leaves pool_id set, so
+     * CLOSED cannot require it clear: a client reusing the port at once
+     * (it closed passively, so it holds no TIME_WAIT) would otherwise
+     * wait out the linger in SYN retransmissions. */
+    recycle = 1;
   }
   rm_unlock(&c->lock);
   if (resend) {

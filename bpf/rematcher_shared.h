@@ -376,6 +376,8 @@ enum rm_stat {
                                later client is handed those bytes */
   RM_ST_POOL_REATTACHED,    /* ...and given back to the client that went
                                idle waiting for them */
+  RM_ST_FIRST_ELSEWHERE,    /* a first request's chosen backend had no idle
+                               pooled connection: it went to one that had */
   RM_ST__MAX,
 };
 

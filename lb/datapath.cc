@@ -119,6 +119,7 @@ const char* StatName(int stat) {
       "pool_verified",
       "pool_unverified",
       "pool_reattached",
+      "first_request_elsewhere",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];

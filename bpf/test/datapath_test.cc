@@ -546,6 +546,56 @@ TEST_F(DatapathTest, FirstDataSplicedEveryField) {
   }
 }
 
+// The policy chose backend 0 for a new client's first request, but only
+// backend 1 has an idle pooled connection: the request goes there at once
+// rather than being dropped to wait for the client's retransmission.
+TEST_F(DatapathTest, FirstRequestGoesElsewhereWhenItsBackendHasNoIdlePool) {
+  ASSERT_TRUE(dp_->SetBackendList({0, 1}).ok());
+  rm_backend be0{htonl(kBackends[0].ip), htons(kBackends[0].port),
+                 RM_BE_ACTIVE | RM_BE_CAN_GROW};
+  ASSERT_TRUE(dp_->SetBackend(0, be0).ok());
+  PoolSpec p = SecondPool();
+  AddPool(p);
+  ClientSpec c;
+  Handshake(c);
+  dp_->SetDecision(c.id, 1, 0);
+  Epoch e = StartEpoch(c, p);
+  ClientToBackend("first request, decided for a backend with none idle", c, p, e,
+                  ClientSeg(c, Pattern(100, 1)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_FIRST_ELSEWHERE, 1}});
+  EXPECT_EQ(Client(c.id).backend_id, 1u);
+  EXPECT_EQ(Pool(1).state, uint32_t(RM_P_BUSY));
+}
+
+// No backend has an idle pooled connection but a pool can grow: the first
+// request is dropped (the client retransmits it) for up to
+// RM_NO_POOL_WAIT_NS after the client's last activity, then refused.
+TEST_F(DatapathTest, FirstRequestWaitsForAGrowingPoolThenIsRefused) {
+  rm_backend be0{htonl(kBackends[0].ip), htons(kBackends[0].port),
+                 RM_BE_ACTIVE | RM_BE_CAN_GROW};
+  ASSERT_TRUE(dp_->SetBackend(0, be0).ok());
+  ClientSpec c;
+  Handshake(c);
+  Seg s = ClientSeg(c, Pattern(10, 1));
+  Bytes in = BuildSeg(FromClient(c), s);
+  Expect("first request, pool growing", in, XDP_DROP, nullptr, {{RM_ST_NO_POOL_WAIT, 1}});
+  Expect("its retransmission, still growing", in, XDP_DROP, nullptr,
+         {{RM_ST_NO_POOL_WAIT, 1}});
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_ESTABLISHED));
+  // The wait runs from the client's last activity: move it 2 s back.
+  int clients = MapFdByName(dp_->prog_fd(), "clients");
+  ASSERT_GE(clients, 0);
+  rm_client rec = Client(c.id);
+  rec.last_seen_ns -= 2000000000ull;
+  rec.lock = 0;  // the copy was taken under it
+  ASSERT_EQ(bpf_map_update_elem(clients, &c.id, &rec, BPF_EXIST), 0);
+  close(clients);
+  Bytes want = ToClient(c).Flags(RST).Seq(s.ack).Window(0).Build();
+  Expect("retransmission after the wait", in, XDP_TX, &want, {{RM_ST_TX_RST, 1}});
+  EXPECT_FALSE(dp_->LookupClient(FlowKey(c))->has_value());
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_FREE));
+}
+
 TEST_F(DatapathTest, NoIdlePoolRefusesFirstRequest) {
   ClientSpec c;
   Handshake(c);
@@ -1637,6 +1687,45 @@ TEST_F(DatapathTest, ClientFinMidRequestRunsAsNatToTheEnd) {
                   {{RM_ST_TX_C2B, 1}, {RM_ST_CLOSED_RETIRE, 1}, {RM_ST_POOL_DEAD, 1}});
   EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+}
+
+// A NAT close (the backend's FIN delimited the response) ends CLOSED with
+// the record lingering and pool_id still set. The client closed passively,
+// holds no TIME_WAIT and may reuse the port at once: a newer SYN starts a
+// new connection (as TIME_WAIT's RFC 6191 rule); an old duplicate of the
+// finished connection's SYN does not.
+TEST_F(DatapathTest, NewerSynAfterNatCloseRecyclesOldDuplicateDoesNot) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  Exchange(c, p, e, b);
+  BackendToClient("backend FIN", c, p, e, BackendSeg(b, {}, FIN | ACK), {{RM_ST_TX_B2C, 1}});
+  Seg fin = ClientSeg(c, {}, FIN | ACK);
+  ClientToBackend("client FIN", c, p, e, fin, {{RM_ST_TX_C2B, 1}});
+  b.ack += 1;
+  BackendToClient("backend acks the client FIN", c, p, e, BackendSeg(b, {}, ACK),
+                  {{RM_ST_TX_B2C, 1}, {RM_ST_POOL_DEAD, 1}});
+  rm_client closed = Client(c.id);
+  ASSERT_EQ(closed.state, uint32_t(RM_C_CLOSED));
+  ASSERT_NE(closed.pool_id, RM_NO_ID);
+  ClientSpec dup = c;  // the first connection's SYN again: seq and TSval old
+  dup.tsval = closed.c_ts_last - 5;
+  Expect("old duplicate SYN", Syn(dup), XDP_DROP, nullptr, {{RM_ST_DROP_BAD_STATE, 1}});
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
+  ClientSpec c2 = c;
+  c2.isn = closed.c_nxt + 50000;
+  c2.tsval = closed.c_ts_last + 1;
+  TestRunResult r = Expect("newer SYN, same tuple, after a NAT close", Syn(c2), XDP_TX,
+                           nullptr, {{RM_ST_TX_SYNACK, 1}});
+  rm_client rec = Client(**dp_->LookupClient(FlowKey(c2)));
+  EXPECT_EQ(rec.state, uint32_t(RM_C_SYN_RCVD));
+  EXPECT_EQ(rec.c_isn, c2.isn);
+  EXPECT_EQ(rec.pool_id, RM_NO_ID);
+  c2.s_isn = rec.s_isn;
+  c2.s_ts0 = rec.s_ts_last;
+  EXPECT_TRUE(PacketsEqual(SynAck(c2), r.output));
 }
 
 TEST_F(DatapathTest, ClientRstWhileQuiescentKeepsPool) {
