@@ -508,15 +508,21 @@ TEST_F(FaultsTest, DetachRestoresACleanLink) {
     NstatDelta db = testbed::NstatDiff(b0, Nstat(tb_->backend_ns(0)));
     testbed::PrintNstatDiff(std::cout, "client after detach", dc);
     testbed::PrintNstatDiff(std::cout, "backend after detach", db);
-    for (const NstatDelta* d : {&dc, &db}) {
-      EXPECT_EQ(Get(*d, "TcpInCsumErrors"), 0);
-      // A clean link is not a lossless host: two full-speed 4 MiB streams on
-      // two cores occasionally overflow a per-CPU backlog or fire a spurious
-      // RACK/TLP retransmit (measured: 0 to ~120 of ~3000 segments). The
-      // faulted runs above retransmit hundreds; the exact checks are the
-      // UDP stream below and the injector's own state.
-      EXPECT_LT(Get(*d, "TcpRetransSegs"), 300);
-    }
+    for (const NstatDelta* d : {&dc, &db}) EXPECT_EQ(Get(*d, "TcpInCsumErrors"), 0);
+    // The link lost and duplicated nothing: every segment each side put on
+    // the wire (TcpOutSegs excludes retransmissions, TcpRetransSegs counts
+    // them) arrived at the other side. Retransmissions themselves are not a
+    // measure of the link: on a busy two-core host a stall past the RTO
+    // makes the sender resend a whole flight that then arrives twice
+    // (measured in CI: 313 of 3,149 segments, all received).
+    auto conserved = [&](const NstatDelta& from, const NstatDelta& to, const char* dir) {
+      int64_t sent = Get(from, "TcpOutSegs") + Get(from, "TcpRetransSegs");
+      std::cout << "[link] " << dir << ": sent " << sent << " (" << Get(from, "TcpRetransSegs")
+                << " retransmitted), received " << Get(to, "TcpInSegs") << std::endl;
+      EXPECT_EQ(Get(to, "TcpInSegs"), sent) << dir;
+    };
+    conserved(db, dc, "backend to client");
+    conserved(dc, db, "client to backend");
     u = UdpStream(9109, 1000);
     EXPECT_EQ(u.received, 1000);
     EXPECT_EQ(u.out_of_order, 0);
