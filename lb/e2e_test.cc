@@ -532,9 +532,12 @@ TEST_F(E2eTest, CorePollsUnderLoadAndIsWokenAgainAfter) {
   std::cout << "[poll] under load: decisions applied " << applied << " late " << late << std::endl;
   // The test backend answers at once, so a client's next request follows
   // its last within a few hundred microseconds: measured 93% applied with
-  // --poll_us=0, 88-90% polling at 100-200 us. A core that stopped
-  // deciding while polling would be near 0.
-  EXPECT_GE(applied / (applied + late), 0.8) << "applied " << applied << " late " << late;
+  // --poll_us=0, 72-96% polling at 100-200 us, on a shared two-core host
+  // that also runs the clients and backends (one CI run: 79.7%). How many
+  // are on time under full load is a benchmark figure (README, decision
+  // rates); what this asserts is that a polling core keeps deciding: one
+  // that stopped would be near 0.
+  EXPECT_GE(applied / (applied + late), 0.5) << "applied " << applied << " late " << late;
   // Idle: out of polling within a few 10 ms windows.
   auto await_idle = [&] {
     absl::Time deadline = absl::Now() + absl::Seconds(5);
