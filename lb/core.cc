@@ -998,17 +998,31 @@ std::string Core::BackendsText() {
   return out;
 }
 
-std::string Core::ClientsText(size_t limit) {
-  std::string out = absl::StrFormat("%-7s %-21s %-12s %-7s %9s %9s\n", "id", "client", "state",
+std::string Core::ClientsText(size_t limit, bool closing) {
+  std::string out = absl::StrFormat("%-7s %-21s %-12s %-7s %9s %9s", "id", "client", "state",
                                     "backend", "requests", "rematches");
+  // `closing`: only records past established, with what decides whether a
+  // close was clean (between requests, everything acknowledged both ways)
+  // or ran to its end through the pooled connection: the request phase, the
+  // FINs seen and acknowledged (RM_FIN_*), the client bytes the backend has
+  // not acknowledged and the response bytes the client has not.
+  if (closing) absl::StrAppend(&out, " phase fin  be_unacked cl_unacked pool");
+  absl::StrAppend(&out, "\n");
   size_t n = 0, total = 0;
   dp_->ForEachClient([&](uint32_t id, const rm_client& c) {
+     if (closing && (c.state == RM_C_ESTABLISHED || c.state == RM_C_SYN_RCVD)) return;
      total++;
      if (n++ >= limit) return;
      std::string be = c.backend_id == RM_NO_ID ? "-" : absl::StrCat(c.backend_id);
-     absl::StrAppendFormat(&out, "%-7u %-21s %-12s %-7s %9u %9u\n", id,
+     absl::StrAppendFormat(&out, "%-7u %-21s %-12s %-7s %9u %9u", id,
                            AddrString(c.key.client_ip, c.key.client_port),
                            ClientStateName(c.state), be, c.req_no, c.rematches);
+     if (closing)
+       absl::StrAppendFormat(&out, " %5u 0x%02x %10d %10d %s", c.phase, c.fin_flags,
+                             static_cast<int32_t>(c.c_nxt + c.d_req - c.b_acked),
+                             static_cast<int32_t>(c.s_nxt - c.c_acked),
+                             c.pool_id == RM_NO_ID ? "-" : absl::StrCat(c.pool_id));
+     absl::StrAppend(&out, "\n");
    }).IgnoreError();
   if (total > limit) absl::StrAppend(&out, "... ", total - limit, " more\n");
   return out;
@@ -1291,13 +1305,14 @@ std::string Core::HandleCommand(const std::string& line) {
   auto err = [](const absl::Status& st) { return absl::StrCat("error: ", st.message(), "\n"); };
   auto num = [](const std::string& s, uint32_t* v) { return absl::SimpleAtoi(s, v); };
   if (a.empty() || a[0] == "help")
-    return "commands: backends | clients [N] | stats | metrics | add IP:PORT [WEIGHT] | "
+    return "commands: backends | clients [N] [closing] | stats | metrics | add IP:PORT [WEIGHT] | "
            "remove ID | drain ID | rematch CLIENT BACKEND\n";
   if (a[0] == "backends") return BackendsText();
   if (a[0] == "clients") {
     uint32_t n = 100;
-    if (a.size() > 1 && !num(a[1], &n)) return "error: clients N\n";
-    return ClientsText(n);
+    if (a.size() > 1 && !num(a[1], &n)) return "error: clients [N] [closing]\n";
+    if (a.size() > 2 && a[2] != "closing") return "error: clients [N] [closing]\n";
+    return ClientsText(n, a.size() > 2);
   }
   if (a[0] == "stats") return StatsText();
   if (a[0] == "metrics") return MetricsText();

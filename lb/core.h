@@ -145,7 +145,8 @@ class Core {
   absl::Status RematchClient(uint32_t client, uint32_t backend);
   std::vector<BackendStatus> Backends();
   std::string BackendsText();
-  std::string ClientsText(size_t limit);
+  // `closing`: only records past established, with the state of their close.
+  std::string ClientsText(size_t limit, bool closing = false);
   std::string StatsText();
   std::string MetricsText();  // Prometheus text exposition
   std::string HandleCommand(const std::string& line);

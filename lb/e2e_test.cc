@@ -367,6 +367,16 @@ TEST_F(E2eTest, TenThousandShortConnectionsLeakNothing) {
   EXPECT_EQ(JsonInt(j, "ok"), 5000) << j;
   EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
   opened += JsonInt(j, "connections_opened");
+  // The backend closed each of those: the records linger closed, and the
+  // control socket's closing view shows them finished (both FINs seen and
+  // acknowledged, nothing unacknowledged either way).
+  std::string closing = Ctl("clients 5 closing");
+  EXPECT_NE(closing.find("be_unacked"), std::string::npos) << closing;
+  std::vector<std::string> rows = absl::StrSplit(closing, '\n', absl::SkipEmpty());
+  ASSERT_GE(rows.size(), 2u) << closing;
+  std::smatch row;
+  EXPECT_TRUE(std::regex_search(rows[1], row, std::regex(" closed .* 0x0f +0 +0 ")))
+      << closing;
   // Linger (2 s) plus a GC pass: every client record must be gone.
   absl::Time deadline = absl::Now() + absl::Seconds(10);
   std::string clients;
