@@ -38,6 +38,13 @@ uint64_t LayoutWord() {
          (uint64_t{sizeof(rm_pool)} << 16) | sizeof(rm_backend_load);
 }
 
+// Whether a pinned `layout` map holds this build's LayoutWord().
+bool HoldsThisLayout(int layout_fd) {
+  uint32_t zero = 0;
+  uint64_t word = 0;
+  return bpf_map_lookup_elem(layout_fd, &zero, &word) == 0 && word == LayoutWord();
+}
+
 std::string PinPath(const std::string& dir, absl::string_view name) {
   return absl::StrCat(dir, "/", name);
 }
@@ -281,9 +288,7 @@ absl::Status Datapath::ReusePinnedMaps() {
           " (was it pinned with other --max_clients, --max_backends or "
           "--max_conns_per_backend?); remove it with --unload"));
     } else if (absl::string_view(bpf_map__name(map)) == "layout") {
-      uint32_t zero = 0;
-      uint64_t word = 0;
-      if (bpf_map_lookup_elem(fd, &zero, &word) || word != LayoutWord())
+      if (!HoldsThisLayout(fd))
         bad = absl::FailedPreconditionError(absl::StrCat(
             "the datapath pinned in ", dir,
             " was made by a build with another record layout; remove it with --unload"));
@@ -362,18 +367,16 @@ int64_t ForEachPinnedPool(const std::string& pin_dir,
   int pools = bpf_obj_get(PinPath(pin_dir, "pools").c_str());
   int clients = bpf_obj_get(PinPath(pin_dir, "clients").c_str());
   int64_t seen = -1;
-  uint32_t zero = 0;
-  uint64_t word = 0;
   bpf_map_info info{};
   uint32_t len = sizeof(info);
-  if (layout >= 0 && pools >= 0 && bpf_map_lookup_elem(layout, &zero, &word) == 0 &&
-      word == LayoutWord() && bpf_obj_get_info_by_fd(pools, &info, &len) == 0 &&
+  if (layout >= 0 && pools >= 0 && HoldsThisLayout(layout) &&
+      bpf_obj_get_info_by_fd(pools, &info, &len) == 0 &&
       info.value_size == sizeof(rm_pool)) {
     seen = 0;
     rm_pool rec;
     for (uint32_t k = 0; k < info.max_entries; k++) {
       if (bpf_map_lookup_elem(pools, &k, &rec)) continue;
-      if (rec.state != RM_P_IDLE && rec.state != RM_P_BUSY && rec.state != RM_P_VERIFY) continue;
+      if (!PoolLive(rec)) continue;
       rm_client c;
       if (rec.state == RM_P_BUSY && clients >= 0 &&
           bpf_map_lookup_elem(clients, &rec.owner, &c) == 0)

@@ -63,6 +63,12 @@ const char* StatName(int stat);
 // bpf_ktime_get_coarse_ns(), so comparable with the times in its records.
 uint64_t CoarseNowNs();
 
+// A pooled connection that was established and not given up yet (idle,
+// carrying a client, or being verified).
+inline bool PoolLive(const rm_pool& rec) {
+  return rec.state == RM_P_IDLE || rec.state == RM_P_BUSY || rec.state == RM_P_VERIFY;
+}
+
 // A busy pooled connection's record keeps the sequence numbers of its
 // take; the live ones are in the record of the client it carries (pool =
 // client + d_req, client = pool + d_resp). Sets them in *rec if `c` is

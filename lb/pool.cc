@@ -145,8 +145,7 @@ absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
                       b->second.spec.ip == rec->key.backend_ip &&
                       b->second.spec.port == rec->key.backend_port &&
                       rec->key.lb_ip == opts_.lb_ip;
-    const bool live =
-        rec->state == RM_P_IDLE || rec->state == RM_P_BUSY || rec->state == RM_P_VERIFY;
+    const bool live = PoolLive(*rec);
     int fd = -1;
     if (ours && live) {
       absl::StatusOr<int> s = RepairSocket(*rec);
@@ -161,10 +160,7 @@ absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
     }
     if (fd < 0) {
       // Established once (sequence state known): tell the backend.
-      if (live || rec->state == RM_P_DEAD)
-        SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0,
-                    /*rst=*/true, false)
-            .IgnoreError();
+      if (live || rec->state == RM_P_DEAD) SendReset(pid, *rec).IgnoreError();
       dp_->DeletePool(pid, rec->key).IgnoreError();
       if (rec->state == RM_P_IDLE) dp_->UncountIdle(rec->backend_id);
       out.dropped++;
@@ -199,15 +195,16 @@ uint32_t PoolManager::ResetAll() {
   for (const auto& [pid, c] : conns_) {
     if (c.state != Conn::kLive) continue;
     auto rec = dp_->GetPool(pid);
-    if (!rec.ok()) continue;
-    if (rec->state == RM_P_BUSY)
-      if (auto owner = dp_->GetClient(rec->owner); owner.ok()) UseOwnerSeqs(&*rec, pid, *owner);
-    if (SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0,
-                    /*rst=*/true, false)
-            .ok())
-      sent++;
+    if (rec.ok() && SendReset(pid, *rec).ok()) sent++;
   }
   return sent;
+}
+
+absl::Status PoolManager::SendReset(uint32_t pid, rm_pool rec) {
+  if (rec.state == RM_P_BUSY)
+    if (auto owner = dp_->GetClient(rec.owner); owner.ok()) UseOwnerSeqs(&rec, pid, *owner);
+  return SendSegment(rec, rec.lb_nxt, rec.be_nxt, rec.lb_ts_last, rec.be_ts_last, 0,
+                     /*rst=*/true, false);
 }
 
 void PoolManager::RemoveBackend(uint32_t id) {
@@ -409,10 +406,7 @@ void PoolManager::Retire(uint32_t pid, bool send_rst) {
     if (b.live) b.live--;
     if (send_rst) {
       auto rec = dp_->GetPool(pid);
-      if (rec.ok())
-        SendAck(pid, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0, /*rst=*/true)
-            .status()
-            .IgnoreError();
+      if (rec.ok()) SendReset(pid, *rec).IgnoreError();
     }
     stats_.retired++;
   } else {

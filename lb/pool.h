@@ -97,10 +97,10 @@ class PoolManager {
   // Stops refilling; idle connections are retired as they surface. Busy
   // ones finish their exchange and are retired when released.
   void RemoveBackend(uint32_t id);
-  // Resets every pooled connection at its backend (an RST at the record's
-  // sequence numbers, exact for idle ones). For a shutdown that takes the
-  // datapath with it: otherwise the sockets close silently (repair mode)
-  // and the backends keep their side open until their own timeouts.
+  // Resets every pooled connection at its backend (SendReset). For a
+  // shutdown that takes the datapath with it: otherwise the sockets close
+  // silently (repair mode) and the backends keep their side open until
+  // their own timeouts.
   // Returns how many were sent.
   uint32_t ResetAll();
 
@@ -195,6 +195,10 @@ class PoolManager {
 
   absl::Status OpenOne(uint32_t backend);
   absl::StatusOr<int> RepairSocket(const rm_pool& rec);
+  // An RST for pooled connection pid at the backend's next expected
+  // sequence: the record's, or for a busy one its client's live ones
+  // (UseOwnerSeqs).
+  absl::Status SendReset(uint32_t pid, rm_pool rec);
   // Opens connections until the backend's target is met (bounded per call).
   void Refill(uint32_t backend, absl::Time now);
   absl::Status Finish(uint32_t pid, Conn& c);
