@@ -131,6 +131,11 @@ absl::Status Core::Init() {
 
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epfd_ < 0) return Errno("epoll_create1");
+  // A replacement pooled connection is usable a round trip after it is
+  // opened: watch it from the start, not from the next tick (up to 100 ms
+  // later, while clients of a backend that closes every connection wait
+  // for an idle one).
+  pools_->SetConnectingWatcher([this](int fd) { WatchConnecting(fd); });
   HealthOptions hopts = opts_.health;
   hopts.lb_ip = opts_.lb_ip;
   if (auto st = ValidateHealthOptions(hopts); !st.ok()) return st;
@@ -892,18 +897,21 @@ void Core::WatchLimits(absl::Time now) {
   limits_logged_no_pool_ = no_pool;
 }
 
+void Core::WatchConnecting(int fd) {
+  if (epfd_ < 0 || watched_.contains(fd)) return;
+  epoll_event e{};
+  e.events = EPOLLOUT | EPOLLONESHOT;
+  e.data.fd = fd;
+  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &e) == 0) watched_[fd] = true;
+}
+
 void Core::Tick() {
   ExpirePending();
   absl::Time now = absl::Now();
   pools_->Tick(now);
-  // Pooled connections being opened are watched for writability.
-  for (int fd : pools_->ConnectingFds()) {
-    if (watched_.contains(fd)) continue;
-    epoll_event e{};
-    e.events = EPOLLOUT | EPOLLONESHOT;
-    e.data.fd = fd;
-    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &e) == 0) watched_[fd] = true;
-  }
+  // Pooled connections being opened are watched for writability (as they
+  // are opened; this catches any whose registration failed).
+  for (int fd : pools_->ConnectingFds()) WatchConnecting(fd);
   // Forget connecting fds that were closed (timed out): epoll dropped them
   // with the close, and a new socket may reuse the number.
   if (!watched_.empty()) {
@@ -1385,6 +1393,13 @@ absl::Status Core::Run() {
     }
     if (linger) timeout.tv_nsec = poll_ns;
     linger = false;
+    if (pools_->verifying()) {
+      // A connection handed back is idle again only once its probe is
+      // answered: probe when due, not at the next wakeup (up to the 100 ms
+      // tick when the ring is quiet).
+      const int64_t to_probe = absl::ToInt64Nanoseconds(pools_->NextProbeDue() - absl::Now());
+      timeout.tv_nsec = std::clamp<int64_t>(to_probe, 20'000, timeout.tv_nsec);
+    }
     int n = epoll_pwait2(epfd_, evs, 64, &timeout, nullptr);
     if (n < 0 && errno != EINTR) return Errno("epoll_pwait2");
     if (polling_) ring_polls_++;

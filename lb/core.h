@@ -167,6 +167,8 @@ class Core {
   void OnRequestDone(const rm_event& ev, uint32_t earlier = RM_NO_ID);
   void SendPoolAck(uint32_t pool, const rm_event& ev);
   void Tick();
+  // Adds a connecting pooled socket to epoll (once) to finish it when writable.
+  void WatchConnecting(int fd);
   void CollectClients();
   void PrintStats();
   absl::Status PublishBackends();

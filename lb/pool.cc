@@ -281,6 +281,7 @@ absl::Status PoolManager::OpenOne(uint32_t backend) {
   by_fd_[fd] = *id;
   b.connecting++;
   stats_.opened++;
+  if (watch_) watch_(fd);
   return absl::OkStatus();
 }
 
@@ -659,6 +660,12 @@ void PoolManager::OnVerify(uint32_t pid) {
   verifying_[pid] = Verifying{absl::Now() + absl::Nanoseconds(RM_VERIFY_SETTLE_NS) +
                                   absl::Milliseconds(1),
                               0};
+}
+
+absl::Time PoolManager::NextProbeDue() const {
+  absl::Time due = absl::InfiniteFuture();
+  for (const auto& [pid, v] : verifying_) due = std::min(due, v.due);
+  return due;
 }
 
 void PoolManager::ProbeVerifying(absl::Time now) {

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,10 @@ class PoolManager {
   PoolManager(Datapath* dp, const PoolOptions& opts) : dp_(dp), opts_(opts) {}
   ~PoolManager();
 
+  // Called with each socket OpenOne() starts connecting, so its completion
+  // is watched at once (ConnectingFds() lists them all, for a sweep).
+  void SetConnectingWatcher(std::function<void(int fd)> fn) { watch_ = std::move(fn); }
+
   // Registers a backend slot; its pool is filled by Tick().
   absl::Status AddBackend(uint32_t id, const BackendSpec& spec);
   // Takes over the pooled connections an earlier process left in adopted
@@ -123,6 +128,8 @@ class PoolManager {
   // answer (8 probes, 50 ms apart) are retired.
   void ProbeVerifying(absl::Time now);
   bool verifying() const { return !verifying_.empty(); }
+  // When the next probe is due (InfiniteFuture if none is pending).
+  absl::Time NextProbeDue() const;
 
   uint32_t Established(uint32_t backend) const;  // live (idle or busy)
   uint32_t Connecting(uint32_t backend) const;
@@ -211,6 +218,7 @@ class PoolManager {
   absl::flat_hash_map<uint32_t, Backend> backends_;
   absl::flat_hash_map<uint32_t, Conn> conns_;     // by pool id
   absl::flat_hash_map<int, uint32_t> by_fd_;      // connecting fd -> pool id
+  std::function<void(int fd)> watch_;
   absl::flat_hash_map<uint32_t, uint16_t> gens_;  // by pool id
   std::deque<uint32_t> free_ids_;
   uint32_t next_id_ = 0;
