@@ -109,12 +109,14 @@ class E2eBed {
   // nstat of every client and backend ("c0".."cN", "b0".."bM"). When the
   // PAWS tracer runs (testing/tcpdrops, started by Create when the kernel
   // has it), each host's counters also hold its PAWS drops by kind under
-  // kPawsStale / kPawsFresh / kPawsPureAck and their ages under
+  // kPawsStale / kPawsFresh / kPawsPureAck (kPawsRequest: dropped by a
+  // socket still completing its handshake, not classified) and their ages under
   // kPawsAge + "<ticks>" (tracer counts for the host's address), so Diff
   // covers them too.
   static constexpr char kPawsStale[] = "PawsTraceStale";
   static constexpr char kPawsFresh[] = "PawsTraceFresh";
   static constexpr char kPawsPureAck[] = "PawsTracePureAck";
+  static constexpr char kPawsRequest[] = "PawsTraceRequest";
   static constexpr char kPawsAge[] = "PawsTraceAge";
   // Why the tracer is not running ("" when it is).
   const std::string& paws_trace_error() const { return paws_trace_error_; }

@@ -51,6 +51,8 @@ struct tcp_sock {
 
 struct sk_buff {
   char cb[48];
+  unsigned char *head;
+  __u16 network_header;
 } __attribute__((preserve_access_index));
 
 enum skb_drop_reason {
@@ -86,7 +88,19 @@ int BPF_PROG(paws_drop, struct sk_buff *skb, void *location, enum skb_drop_reaso
   if (reason != bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_TCP_RFC7323_PAWS))
     return 0;
   if (!rx_sk) return 0; /* cannot be attributed: the totals check shows it */
-  __u32 addr = BPF_CORE_READ(rx_sk, __sk_common.skc_rcv_saddr);
+  unsigned char state = BPF_CORE_READ(rx_sk, __sk_common.skc_state);
+  int request = state == PT_TCP_NEW_SYN_RECV || state == PT_TCP_LISTEN;
+  __u32 addr = 0;
+  if (request) {
+    /* tcp_check_req reports the drop against the listener, whose address
+     * may be the wildcard: key it by the segment's destination instead
+     * (the IPv4 header's daddr, 16 bytes in). */
+    unsigned char *head = BPF_CORE_READ(skb, head);
+    __u16 nh = BPF_CORE_READ(skb, network_header);
+    bpf_probe_read_kernel(&addr, sizeof(addr), head + nh + 16);
+  } else {
+    addr = BPF_CORE_READ(rx_sk, __sk_common.skc_rcv_saddr);
+  }
   struct pt_counts *c = bpf_map_lookup_elem(&counts, &addr);
   if (!c) {
     struct pt_counts zero = {};
@@ -94,9 +108,12 @@ int BPF_PROG(paws_drop, struct sk_buff *skb, void *location, enum skb_drop_reaso
     c = bpf_map_lookup_elem(&counts, &addr);
     if (!c) return 0;
   }
-  unsigned char state = BPF_CORE_READ(rx_sk, __sk_common.skc_state);
-  if (state == PT_TCP_TIME_WAIT || state == PT_TCP_NEW_SYN_RECV || state == PT_TCP_LISTEN) {
-    __sync_fetch_and_add(&c->not_full, 1);
+  if (request) {
+    __sync_fetch_and_add(&c->request, 1);
+    return 0;
+  }
+  if (state == PT_TCP_TIME_WAIT) {
+    __sync_fetch_and_add(&c->timewait, 1);
     return 0;
   }
   /* struct tcp_skb_cb starts with seq, end_seq. */

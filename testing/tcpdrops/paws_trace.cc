@@ -36,7 +36,7 @@ int PawsCounts::max_age() const {
 
 std::string PawsCounts::ToString() const {
   std::string s = absl::StrCat("stale ", stale, " fresh ", fresh, " pure_ack ", pure_ack,
-                               " not_full ", not_full, " ages");
+                               " request ", request, " timewait ", timewait, " ages");
   for (int a = 0; a < kAgeBuckets; ++a)
     if (age[a] != 0) absl::StrAppend(&s, " ", a, a == kAgeBuckets - 1 ? "+" : "", ":", age[a]);
   return s;
@@ -82,7 +82,7 @@ std::map<std::string, PawsCounts> PawsTrace::ByAddress() const {
     pt_counts v = {};
     if (bpf_map_lookup_elem(fd, &next, &v) == 0) {
       PawsCounts& c = out[Ip(next)];
-      c = PawsCounts{v.stale, v.fresh, v.pure_ack, v.not_full};
+      c = PawsCounts{v.stale, v.fresh, v.pure_ack, v.request, v.timewait};
       for (int a = 0; a < kAgeBuckets; ++a) c.age[a] = v.age[a];
     }
     key = next;

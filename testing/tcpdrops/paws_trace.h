@@ -10,7 +10,10 @@
 //   stale     every byte of the dropped segment was below rcv_nxt;
 //   fresh     it carried new bytes (logged: the first PT_LOG_SLOTS);
 //   pure_ack  no data (an old ACK the kernel did not excuse as disordered);
-//   not_full  received by a TIME_WAIT or request socket;
+//   request   received by a request or listening socket (the receiver had
+//             not completed the handshake; keyed by the segment's
+//             destination), counted in PAWSEstab but not classified;
+//   timewait  received by a TIME_WAIT socket (PAWSTimewait on Linux >= 6.15);
 // and how old each was (ts_recent - TSval, in the receiver's ms ticks).
 // The tracepoint is global: drops in every namespace are seen, keyed by the
 // receiving socket's address. Needs root and kernel >= 6.11 (the
@@ -37,13 +40,14 @@ struct PawsCounts {
   uint64_t stale = 0;
   uint64_t fresh = 0;
   uint64_t pure_ack = 0;
-  uint64_t not_full = 0;
+  uint64_t request = 0;
+  uint64_t timewait = 0;
   // age[a]: drops a TS ticks older than ts_recent (the last: that or more).
   std::array<uint64_t, kAgeBuckets> age = {};
-  uint64_t total() const { return stale + fresh + pure_ack + not_full; }
+  uint64_t total() const { return stale + fresh + pure_ack + request + timewait; }
   // The oldest drop's age (kAgeBuckets - 1 means that or more); -1: none.
   int max_age() const;
-  // "stale 3 fresh 0 pure_ack 0 not_full 0 ages 2:2 3:1"
+  // "stale 3 fresh 0 pure_ack 0 request 0 timewait 0 ages 2:2 3:1"
   std::string ToString() const;
 };
 

@@ -12,7 +12,10 @@ struct pt_counts {
   __u64 stale;     /* data or FIN, all of it below rcv_nxt: an old copy */
   __u64 fresh;     /* data or FIN beyond rcv_nxt: new bytes thrown away */
   __u64 pure_ack;  /* no data: an ACK the kernel did not excuse as disordered */
-  __u64 not_full;  /* a mini socket (TIME_WAIT, request): not classified */
+  __u64 request;   /* by a request or listening socket (the receiver had not
+                      completed the handshake): counted in PAWSEstab, not
+                      classified */
+  __u64 timewait;  /* by a TIME_WAIT socket: PAWSTimewait since Linux 6.15 */
   /* How old each classified drop was: ts_recent - TSval in the receiver's
    * TS ticks (ms on Linux), bucket = that, capped at PT_AGE_BUCKETS - 1. */
   __u64 age[PT_AGE_BUCKETS];

@@ -164,7 +164,8 @@ TEST_F(PawsTraceTest, StaleAndFreshDropsAreToldApart) {
   EXPECT_EQ(got.stale, 1u);
   EXPECT_EQ(got.fresh, 1u);
   EXPECT_EQ(got.pure_ack, 0u);
-  EXPECT_EQ(got.not_full, 0u);
+  EXPECT_EQ(got.request, 0u);
+  EXPECT_EQ(got.timewait, 0u);
   // 100,000 ticks old: both in the last bucket.
   EXPECT_EQ(got.age[kAgeBuckets - 1], 2u);
   EXPECT_EQ(got.max_age(), kAgeBuckets - 1);
