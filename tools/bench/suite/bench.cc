@@ -144,6 +144,12 @@ struct Point {
   int conns = 64;
   double rate = 0;  // open loop: offered requests per second
   std::string size = "0";
+  // A new connection for every request. The request says "Connection:
+  // close" (the backend closes first) unless churn_fin_only: then the
+  // client just closes after the response, and the backend may keep the
+  // connection (an L4 LB's pooled one lives on).
+  bool churn = false;
+  bool churn_fin_only = false;
 };
 
 struct Scenario {
@@ -174,6 +180,16 @@ Point Closed(int conns, std::string size = "0", std::string tool = "loadgen") {
   p.conns = conns;
   p.size = size;
   p.name = absl::StrCat(tool == "wrk" ? "wrk" : "closed", "-", conns, "c", size == "0" ? "" : "-" + size);
+  return p;
+}
+
+// Connection churn: every request on a connection of its own, closed by
+// the client after the response (a short-lived-connection workload).
+Point Churn(int conns, bool fin_only = false) {
+  Point p = Closed(conns);
+  p.churn = true;
+  p.churn_fin_only = fin_only;
+  p.name = absl::StrCat("churn-", conns, "c", fin_only ? "-fin" : "");
   return p;
 }
 
@@ -222,7 +238,8 @@ absl::StatusOr<Plan> MakePlan(const std::string& suite) {
   } else {
     equal.points = {Closed(10),         Closed(100), Closed(1000), Closed(10000),
                     Closed(64, "64k"),  Closed(64, "0", "wrk"),    Open(5000),
-                    Open(10000),        Open(20000)};
+                    Open(10000),        Open(20000),           Churn(16),
+                    Churn(16, /*fin_only=*/true)};
     slow.points = {Closed(64), Closed(64, "0", "wrk"), Open(5000), Open(10000)};
     stalls.points = {Closed(64), Open(5000), Open(10000)};
     fail.points = {Open(5000)};
@@ -698,6 +715,8 @@ std::vector<std::string> Bench::LoadArgv(const Point& p, const std::string& targ
     a.push_back("--mode=open");
     a.push_back(absl::StrFormat("--rate=%.1f", rate));
   }
+  if (p.churn) a.push_back("--new_conn_per_request");
+  if (p.churn_fin_only) a.push_back("--close_header=false");
   if (!csv.empty()) a.push_back("--latency_csv=" + csv);
   return a;
 }
@@ -995,7 +1014,14 @@ std::string Report(const Plan& plan, const std::vector<Row>& rows, const std::st
     for (const Point& p : s.points) {
       absl::StrAppend(&md, "### ", s.name, " / ", p.name, " (", p.tool, ", ",
                       p.open ? absl::StrFormat("open loop %.0f req/s", p.rate) : "closed loop",
-                      ", ", p.conns, " connections, ", p.size, " B responses)\n\n");
+                      ", ", p.conns, " connections, ",
+                      p.churn ? (p.churn_fin_only ? "a new connection per request, closed by "
+                                                    "the client without Connection: close, "
+                                                  : "a new connection per request with "
+                                                    "Connection: close, ")
+                              : "",
+                      p.size,
+                      " B responses)\n\n");
       absl::StrAppend(&md,
                       "| contender | rps | p50 ms | p99 ms | p99.9 ms | lb proc us/req | "
                       "softirq us/req | lb est us/req | errors | failed runs | retrans c/b | RTOs c/b |\n"
@@ -1113,7 +1139,7 @@ std::string Report(const Plan& plan, const std::vector<Row>& rows, const std::st
   // Cost flat over connection counts (full suite).
   std::vector<std::string> cp;
   for (const Point& p : plan.scenarios.front().points)
-    if (!p.open && p.tool == "loadgen" && p.size == "0") cp.push_back(p.name);
+    if (!p.open && !p.churn && p.tool == "loadgen" && p.size == "0") cp.push_back(p.name);
   if (cp.size() >= 3) {
     for (const std::string& c : all_rm) {
       std::vector<std::string> parts;
