@@ -432,12 +432,21 @@ void Core::OnEvent(const rm_event& ev) {
       // reset it unprompted: worth an early probe.
       if (ev.client_id == RM_NO_ID) health_->OnIdleConnDied(ev.backend_id);
       pools_->OnDead(ev.pool_id, ev.req_no != 0);
+      // A client whose connection ended with it (a close that ran through
+      // the pooled connection, or a reset) makes no next request.
+      if (ev.client_id < opts_.max_clients) {
+        auto c = dp_->GetClient(ev.client_id);
+        if (c.ok() && c->state != RM_C_ESTABLISHED) ForgetPending(ev.client_id);
+      }
       break;
     case RM_EV_NEED_POOL:
       pools_->OnNeed(ev.backend_id);
       break;
     case RM_EV_POOL_VERIFY:
       pools_->OnVerify(ev.pool_id);
+      // Its client closed between requests, or went idle (one that comes
+      // back is decided afresh at its next request's start).
+      ForgetPending(ev.client_id);
       break;
     default:
       break;
@@ -627,6 +636,18 @@ void Core::SetPending(uint32_t client, uint32_t backend) {
   if (old < RM_MAX_BACKENDS && committed_[old] > 0) committed_[old]--;
   pending_to_[client] = backend;
   if (backend < RM_MAX_BACKENDS) committed_[backend]++;
+}
+
+void Core::ForgetPending(uint32_t client) {
+  // Its decision stays in the datapath (used if the client does come
+  // back); it just no longer counts as load to come, nor is it re-asked:
+  // with clients opening a connection per request, decisions of clients
+  // already gone were re-asked tens to hundreds of times per request
+  // until they expired (ExpirePending, 1 s).
+  if (client < pending_to_.size() && pending_to_[client] != RM_NO_ID) {
+    SetPending(client, RM_NO_ID);
+    pending_forgotten_++;
+  }
 }
 
 void Core::NoteDecision(uint32_t client, uint32_t backend, uint64_t now) {
@@ -1043,6 +1064,7 @@ std::string Core::StatsText() {
   for (int i = 0; i < RM_ST__MAX; i++) absl::StrAppend(&out, StatName(i), " ", (*st)[i], "\n");
   absl::StrAppend(&out, "policy_decisions ", decisions_written_, "\n");
   absl::StrAppend(&out, "policy_redecided ", decisions_redecided_, "\n");
+  absl::StrAppend(&out, "pending_forgotten ", pending_forgotten_, "\n");
   absl::StrAppend(&out, "adopted_pools ", adopted_pools_, "\n");
   absl::StrAppend(&out, "adopted_clients ", adopted_clients_, "\n");
   absl::StrAppend(&out, "pool_acks_sent ", pool_acks_sent_, "\n");

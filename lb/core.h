@@ -255,6 +255,8 @@ class Core {
   void NoteDecision(uint32_t client, uint32_t backend, uint64_t now_ns);
   // pending_to_[client] = backend (RM_NO_ID: none), keeping committed_.
   void SetPending(uint32_t client, uint32_t backend);
+  // Drops a client's pending decision: it closed, or went idle.
+  void ForgetPending(uint32_t client);
   // Forgets decisions older than a second (Tick).
   void ExpirePending();
   // Decisions not used yet, by backend: load to come, which the policy's
@@ -299,7 +301,7 @@ class Core {
   std::vector<BackendInfo> view_;  // Redecide's snapshot, with its moves counted
   std::vector<std::vector<uint32_t>> pending_;
   std::vector<uint32_t> pending_to_;
-  uint64_t last_redecide_ns_ = 0, decisions_redecided_ = 0;
+  uint64_t last_redecide_ns_ = 0, decisions_redecided_ = 0, pending_forgotten_ = 0;
   // Backends found behind at the last re-decision round: only a backend
   // behind in two rounds in a row has its pending decisions re-asked.
   absl::flat_hash_set<uint32_t> behind_;

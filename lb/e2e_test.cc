@@ -363,6 +363,12 @@ TEST_F(E2eTest, TenThousandShortConnectionsLeakNothing) {
   EXPECT_EQ(s["handshakes"], static_cast<uint64_t>(opened));
   EXPECT_GE(s["closed_clean"], 5000u);
   EXPECT_EQ(s["pool_retired"], 0u);
+  // Each closing client's pending decision (made at its request's start
+  // for a next request that never comes) is dropped at its close, not
+  // re-asked until it expires.
+  std::cout << "[pending] forgotten " << s["pending_forgotten"] << ", redecided "
+            << s["policy_redecided"] << std::endl;
+  EXPECT_GE(s["pending_forgotten"], 4500u);
   j = Load(1, {"--connections=4", "--requests=5000", "--new_conn_per_request", "--sizes=100"});
   EXPECT_EQ(JsonInt(j, "ok"), 5000) << j;
   EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
@@ -376,6 +382,10 @@ TEST_F(E2eTest, TenThousandShortConnectionsLeakNothing) {
   std::cout << "[pool] first requests that waited for a pooled connection: "
             << s2["no_pool_wait"] - s["no_pool_wait"] << " of 5000" << std::endl;
   EXPECT_LT(s2["no_pool_wait"] - s["no_pool_wait"], 40u);
+  // Closes that ran through the pooled connection forget theirs too.
+  std::cout << "[pending] forgotten " << s2["pending_forgotten"] - s["pending_forgotten"]
+            << " in the backend-closed half" << std::endl;
+  EXPECT_GE(s2["pending_forgotten"] - s["pending_forgotten"], 4500u);
   // The backend closed each of those: the records linger closed, and the
   // control socket's closing view shows them finished (both FINs seen and
   // acknowledged, nothing unacknowledged either way).
