@@ -306,8 +306,7 @@ int Main(int argc, char** argv) {
     absl::Status st = Datapath::Unload(
         FLAGS_pin_dir,
         [&](const rm_pool& rec) {
-          absl::Status s = SendPoolSegment(&raw_fd, rec, rec.lb_nxt, rec.be_nxt, rec.lb_ts_last,
-                                           rec.be_ts_last, 0, /*rst=*/true, false);
+          absl::Status s = SendPoolReset(&raw_fd, rec);
           if (s.ok()) sent++;
           else { failed++; last = s; }
         },

@@ -203,8 +203,12 @@ uint32_t PoolManager::ResetAll() {
 absl::Status PoolManager::SendReset(uint32_t pid, rm_pool rec) {
   if (rec.state == RM_P_BUSY)
     if (auto owner = dp_->GetClient(rec.owner); owner.ok()) UseOwnerSeqs(&rec, pid, *owner);
-  return SendSegment(rec, rec.lb_nxt, rec.be_nxt, rec.lb_ts_last, rec.be_ts_last, 0,
-                     /*rst=*/true, false);
+  return SendPoolReset(&raw_fd_, rec);
+}
+
+absl::Status SendPoolReset(int* raw_fd, const rm_pool& rec) {
+  return SendPoolSegment(raw_fd, rec, rec.lb_nxt, rec.be_nxt, rec.lb_ts_last, rec.be_ts_last, 0,
+                         /*rst=*/true, /*probe_byte=*/false);
 }
 
 void PoolManager::RemoveBackend(uint32_t id) {
@@ -624,30 +628,27 @@ bool PoolManager::CanGrow(uint32_t backend) const {
 }
 
 absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t ack,
-                                          uint32_t tsval, uint32_t tsecr, uint16_t window,
-                                          bool rst) {
+                                          uint32_t tsval, uint32_t tsecr, uint16_t window) {
   // A peek (no syscall; this runs for most rematches): every field used
   // below is taken as a lower bound or a state check, so a record caught
   // mid-change can only make the ACK newer or skip it.
   std::optional<rm_pool> rec = dp_->PeekPool(pid);
   if (!rec) return absl::NotFoundError("no such pooled connection record");
-  if (!rst) {
-    // The owed ACK is only useful while the connection sits idle (or is
-    // being verified before it is): once the next client carries it, its
-    // packets are newer and a late ACK with older timestamps would be
-    // dropped by the backend (PAWS) or be noise.
-    if (rec->state != RM_P_IDLE && rec->state != RM_P_VERIFY) return false;
-    // It may have been taken and handed back again since the event was
-    // written (the core runs behind the datapath under load): the record of
-    // an idle connection holds what was last sent on it, so acknowledge
-    // from there, never with an older sequence or timestamp.
-    auto after = [](uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) > 0; };
-    if (after(rec->lb_nxt, seq)) seq = rec->lb_nxt;
-    if (after(rec->be_nxt, ack)) ack = rec->be_nxt;
-    if (after(rec->lb_ts_last, tsval)) tsval = rec->lb_ts_last;
-    if (after(rec->be_ts_last, tsecr)) tsecr = rec->be_ts_last;
-  }
-  if (auto st = SendSegment(*rec, seq, ack, tsval, tsecr, window, rst, false); !st.ok())
+  // The owed ACK is only useful while the connection sits idle (or is
+  // being verified before it is): once the next client carries it, its
+  // packets are newer and a late ACK with older timestamps would be
+  // dropped by the backend (PAWS) or be noise.
+  if (rec->state != RM_P_IDLE && rec->state != RM_P_VERIFY) return false;
+  // It may have been taken and handed back again since the event was
+  // written (the core runs behind the datapath under load): the record of
+  // an idle connection holds what was last sent on it, so acknowledge
+  // from there, never with an older sequence or timestamp.
+  auto after = [](uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) > 0; };
+  if (after(rec->lb_nxt, seq)) seq = rec->lb_nxt;
+  if (after(rec->be_nxt, ack)) ack = rec->be_nxt;
+  if (after(rec->lb_ts_last, tsval)) tsval = rec->lb_ts_last;
+  if (after(rec->be_ts_last, tsecr)) tsecr = rec->be_ts_last;
+  if (auto st = SendSegment(*rec, seq, ack, tsval, tsecr, window, /*rst=*/false, false); !st.ok())
     return st;
   return true;
 }
@@ -657,22 +658,22 @@ void PoolManager::OnVerify(uint32_t pid) {
   // A little after the settle time, which the datapath measures from the
   // release (this event comes later still): an earlier answer would only
   // be absorbed, and the next probe may come 600 ms later.
-  verifying_[pid] = Verifying{absl::Now() + absl::Nanoseconds(RM_VERIFY_SETTLE_NS) +
-                                  absl::Milliseconds(1),
-                              0};
-}
-
-absl::Time PoolManager::NextProbeDue() const {
-  absl::Time due = absl::InfiniteFuture();
-  for (const auto& [pid, v] : verifying_) due = std::min(due, v.due);
-  return due;
+  const absl::Time due =
+      absl::Now() + absl::Nanoseconds(RM_VERIFY_SETTLE_NS) + absl::Milliseconds(1);
+  verifying_[pid] = Verifying{due, 0};
+  next_probe_ = std::min(next_probe_, due);
 }
 
 void PoolManager::ProbeVerifying(absl::Time now) {
+  // The next due time is found on the way (for NextProbeDue).
+  next_probe_ = absl::InfiniteFuture();
   if (verifying_.empty()) return;
   std::vector<uint32_t> done, silent;
   for (auto& [pid, v] : verifying_) {
-    if (now < v.due) continue;
+    if (now < v.due) {
+      next_probe_ = std::min(next_probe_, v.due);
+      continue;
+    }
     std::optional<rm_pool> rec = dp_->PeekPool(pid);
     if (!rec || rec->state != RM_P_VERIFY || conns_.find(pid) == conns_.end()) {
       done.push_back(pid);  // verified, retired, or gone
@@ -697,6 +698,7 @@ void PoolManager::ProbeVerifying(absl::Time now) {
     stats_.verify_probes++;
     v.probes++;
     v.due = now + absl::Milliseconds(50);
+    next_probe_ = std::min(next_probe_, v.due);
   }
   for (uint32_t pid : done) verifying_.erase(pid);
   for (uint32_t pid : silent) {

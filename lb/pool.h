@@ -64,6 +64,10 @@ struct AdoptedPools {
 absl::Status SendPoolSegment(int* raw_fd, const rm_pool& rec, uint32_t seq, uint32_t ack,
                              uint32_t tsval, uint32_t tsecr, uint16_t window, bool rst,
                              bool probe_byte);
+// An RST at the record's own sequence numbers and timestamps (exact for an
+// idle connection; a busy one's live numbers are in its client's record,
+// see UseOwnerSeqs).
+absl::Status SendPoolReset(int* raw_fd, const rm_pool& rec);
 
 struct PoolStats {
   uint64_t opened = 0, established = 0, connect_failures = 0, retired = 0;
@@ -128,8 +132,9 @@ class PoolManager {
   // answer (8 probes, 50 ms apart) are retired.
   void ProbeVerifying(absl::Time now);
   bool verifying() const { return !verifying_.empty(); }
-  // When the next probe is due (InfiniteFuture if none is pending).
-  absl::Time NextProbeDue() const;
+  // When the next probe is due (InfiniteFuture if none is pending), as of
+  // the last ProbeVerifying and the OnVerify calls since.
+  absl::Time NextProbeDue() const { return next_probe_; }
 
   uint32_t Established(uint32_t backend) const;  // live (idle or busy)
   uint32_t Connecting(uint32_t backend) const;
@@ -147,13 +152,13 @@ class PoolManager {
   uint32_t RetireIdle(uint32_t backend);
   void RetryNow(uint32_t backend);
 
-  // Sends a bare ACK (or RST) on a pooled connection from its recorded state
+  // Sends a bare ACK on a pooled connection from its recorded state
   // through a raw socket: used for the ACK the old backend is owed at a
-  // rematch (XDP cannot emit two packets for one).
+  // rematch (XDP cannot emit two packets for one). (RSTs: SendReset.)
   // Returns false when no ACK was needed: the connection is not idle (its
   // next splice carries the ACK).
   absl::StatusOr<bool> SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,
-                               uint32_t tsecr, uint16_t window, bool rst);
+                               uint32_t tsecr, uint16_t window);
 
  private:
   // The segment itself, exactly as given, on the record's tuple.
@@ -164,6 +169,7 @@ class PoolManager {
     int probes = 0;
   };
   absl::flat_hash_map<uint32_t, Verifying> verifying_;
+  absl::Time next_probe_ = absl::InfiniteFuture();
   struct Conn {
     int fd = -1;
     uint32_t backend = 0;
