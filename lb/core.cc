@@ -530,6 +530,16 @@ void Core::OnRequestDone(const rm_event& ev, uint32_t earlier) {
     if (!Eligible(target)) {
       if (auto fb = FallbackBackend(target)) target = *fb;
     }
+    // A pick with no pooled connection to give would only be skipped in the
+    // datapath, while counting as load to come there and, for a policy
+    // that keeps its earlier answer (rr), being asked and kept again at the
+    // request's end: under overload on a 2-CPU box every decision of 2,000
+    // rr clients came to name the one full backend and rematching stopped
+    // (stress_test). The client stays where it is instead.
+    if (target != ev.backend_id && Eligible(ev.backend_id) && Full(target)) {
+      target = ev.backend_id;
+      decisions_full_kept_++;
+    }
   }
   // A decision that keeps the client in place is still a decision: the
   // datapath counts it as applied, not late.
@@ -553,13 +563,18 @@ Request Core::PolicyRequest(uint32_t client, uint32_t current_backend,
   return req;
 }
 
-uint64_t Core::StallLimitNs(uint32_t id, const rm_backend_load& l) const {
-  const uint64_t min_ns = absl::ToInt64Nanoseconds(opts_.stall_min);
+uint64_t Core::Typical(uint32_t id) const {
+  if (id >= RM_MAX_BACKENDS) return 0;
   // 0: no sample in that window.
-  uint64_t typical = l.ewma_first_ns;
+  uint64_t typical = dp_->BackendLoad(id).ewma_first_ns;
   for (uint64_t f : {floor_cur_[id], floor_prev_[id]})
     if (f != 0 && f < typical) typical = f;
-  return std::max<uint64_t>(min_ns, 3 * typical);
+  return typical;
+}
+
+uint64_t Core::StallLimitNs(uint32_t id) const {
+  const uint64_t min_ns = absl::ToInt64Nanoseconds(opts_.stall_min);
+  return std::max<uint64_t>(min_ns, 3 * Typical(id));
 }
 
 bool Core::Stalled(uint32_t id, const rm_backend_load& l, uint64_t now) const {
@@ -567,7 +582,7 @@ bool Core::Stalled(uint32_t id, const rm_backend_load& l, uint64_t now) const {
   const uint64_t progress = l.progress_ns;
   if (progress >= now) return false;
   const uint64_t quiet = now - progress;
-  const uint64_t limit = StallLimitNs(id, l);
+  const uint64_t limit = StallLimitNs(id);
   return quiet > limit &&
          quiet < limit + static_cast<uint64_t>(absl::ToInt64Nanoseconds(opts_.stall_hold));
 }
@@ -579,7 +594,7 @@ uint64_t Core::NanosToNextStall(uint64_t now) const {
     if (b.id >= RM_MAX_BACKENDS || stalled_[b.id]) continue;
     const rm_backend_load& l = dp_->BackendLoad(b.id);
     if (l.unanswered == 0) continue;
-    const uint64_t limit = StallLimitNs(b.id, l);
+    const uint64_t limit = StallLimitNs(b.id);
     const uint64_t at = l.progress_ns + limit + 1;
     // Silent past the flag's hold: the health checks' business, not a
     // reason to poll.
@@ -735,6 +750,16 @@ void Core::Redecide(bool at_once) {
     if (!stalled && (out < least + 3 || out < least * 2)) continue;
     behind_.insert(b.id);
     if (!stalled && !was_behind.contains(b.id)) continue;
+    const uint64_t progress = dp_->BackendLoad(b.id).progress_ns;
+    const uint64_t silence = now > progress ? now - progress : 0;
+    // Where a decision may move (see below); with nowhere, its decisions
+    // are not put to the policy at all this round.
+    auto may_take = [&](uint32_t t) {
+      return t != b.id && Eligible(t) && !Full(t) && !(stalled && Typical(t) > silence);
+    };
+    if (std::none_of(snapshot_.begin(), snapshot_.end(),
+                     [&](const BackendInfo& t) { return may_take(t.id); }))
+      continue;
     std::vector<uint32_t> list;
     list.swap(pending_[b.id]);
     std::vector<uint32_t>& keep = pending_[b.id];
@@ -750,11 +775,23 @@ void Core::Redecide(bool at_once) {
       // is told only what it is replacing.
       std::optional<size_t> pick =
           policy_->Pick(snap, PolicyRequest(id, RM_NO_ID, next - 1, /*earlier=*/b.id));
-      if (!pick || snapshot_[*pick].id == b.id || !Eligible(snapshot_[*pick].id)) {
+      if (!pick || snapshot_[*pick].id == b.id) {
         keep.push_back(id);
         continue;
       }
       const uint32_t target = snapshot_[*pick].id;
+      // Not to a backend that has no connection to give (see Full), nor,
+      // off a stalled one, to a backend whose usual first byte takes longer
+      // than this one's silence so far: under CPU overload the fast
+      // backends' short gaps were flagged as stalls (3x a floor of
+      // fractions of a millisecond) and their decisions all drained to the
+      // overloaded one, whose own floor was 100 ms and more; once it was
+      // full, none of them could be used (stress_test).
+      if (!may_take(target)) {
+        if (Eligible(target)) redecide_withheld_++;
+        keep.push_back(id);
+        continue;
+      }
       // Only if no newer decision replaced it meanwhile.
       if (!dp_->ReplaceDecision(id, d, next, target)) {
         SetPending(id, RM_NO_ID);
@@ -809,6 +846,11 @@ void Core::CollectClients() {
   }
   for (auto [id, older] : to_free) dp_->FreeClient(id, older).IgnoreError();
   for (auto [id, older] : to_release) dp_->ReleaseIdleClient(id, older).IgnoreError();
+}
+
+bool Core::Full(uint32_t backend) const {
+  return backend < RM_MAX_BACKENDS && pools_->Idle(backend) == 0 && !pools_->CanGrow(backend) &&
+         pools_->Connecting(backend) == 0;
 }
 
 bool Core::Eligible(uint32_t backend) const {
@@ -1028,8 +1070,8 @@ std::string Core::BackendsText() {
 }
 
 std::string Core::ClientsText(size_t limit, bool closing) {
-  std::string out = absl::StrFormat("%-7s %-21s %-12s %-7s %9s %9s", "id", "client", "state",
-                                    "backend", "requests", "rematches");
+  std::string out = absl::StrFormat("%-7s %-21s %-12s %-7s %-5s %9s %9s", "id", "client", "state",
+                                    "backend", "next", "requests", "rematches");
   // `closing`: only records past established, with what decides whether a
   // close was clean (between requests, everything acknowledged both ways)
   // or ran to its end through the pooled connection: the request phase, the
@@ -1043,9 +1085,15 @@ std::string Core::ClientsText(size_t limit, bool closing) {
      total++;
      if (n++ >= limit) return;
      std::string be = c.backend_id == RM_NO_ID ? "-" : absl::StrCat(c.backend_id);
-     absl::StrAppendFormat(&out, "%-7u %-21s %-12s %-7s %9u %9u", id,
+     // The backend decided for the client's next request, if that decision
+     // is still to be used ("-": none yet, or one for a request gone by).
+     const uint64_t d = dp_->GetDecision(id);
+     std::string next = d != 0 && static_cast<uint32_t>(d >> 32) == c.req_no + 1
+                            ? absl::StrCat(static_cast<uint32_t>(d) - 1)
+                            : "-";
+     absl::StrAppendFormat(&out, "%-7u %-21s %-12s %-7s %-5s %9u %9u", id,
                            AddrString(c.key.client_ip, c.key.client_port),
-                           ClientStateName(c.state), be, c.req_no, c.rematches);
+                           ClientStateName(c.state), be, next, c.req_no, c.rematches);
      if (closing)
        absl::StrAppendFormat(&out, " %5u 0x%02x %10d %10d %s", c.phase, c.fin_flags,
                              static_cast<int32_t>(c.c_nxt + c.d_req - c.b_acked),
@@ -1064,6 +1112,8 @@ std::string Core::StatsText() {
   for (int i = 0; i < RM_ST__MAX; i++) absl::StrAppend(&out, StatName(i), " ", (*st)[i], "\n");
   absl::StrAppend(&out, "policy_decisions ", decisions_written_, "\n");
   absl::StrAppend(&out, "policy_redecided ", decisions_redecided_, "\n");
+  absl::StrAppend(&out, "policy_pick_full ", decisions_full_kept_, "\n");
+  absl::StrAppend(&out, "redecide_withheld ", redecide_withheld_, "\n");
   absl::StrAppend(&out, "pending_forgotten ", pending_forgotten_, "\n");
   absl::StrAppend(&out, "adopted_pools ", adopted_pools_, "\n");
   absl::StrAppend(&out, "adopted_clients ", adopted_clients_, "\n");
@@ -1123,6 +1173,15 @@ std::string Core::MetricsText() {
   single("rematcher_policy_redecided_total", "counter",
          "Pending decisions changed because their backend fell behind.",
          decisions_redecided_);
+  single("rematcher_policy_pick_full_total", "counter",
+         "Policy picks of a backend with no pooled connection to give (none idle, pool at its "
+         "limit) that kept the client where it was instead.",
+         decisions_full_kept_);
+  single("rematcher_redecide_withheld_total", "counter",
+         "Re-decisions the policy made but the core withheld: the new backend was full, or "
+         "usually slower than the stalled one's silence so far (rounds with no such backend at "
+         "all do not ask the policy and are not counted).",
+         redecide_withheld_);
   single("rematcher_adopted_pool_connections", "gauge",
          "Pooled connections this process took over from a pinned datapath at start.",
          adopted_pools_);

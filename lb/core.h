@@ -181,6 +181,9 @@ class Core {
   // (round robin over eligible ones); nullopt when none is.
   std::optional<uint32_t> FallbackBackend(uint32_t avoid);
   bool Eligible(uint32_t backend) const;
+  // No idle pooled connection, none connecting and the pool at its limit:
+  // a rematch there now would be skipped (the client stays where it is).
+  bool Full(uint32_t backend) const;
   // Rate-limited ERRORs when the datapath refuses clients at a limit.
   void WatchLimits(absl::Time now);
   absl::Status OpenControlSocket();
@@ -279,7 +282,10 @@ class Core {
   // Whether backend `id` is stalled now (see CoreOptions::stall_min).
   bool Stalled(uint32_t id, const rm_backend_load& l, uint64_t now_ns) const;
   // The silence after which backend `id` counts as stalled.
-  uint64_t StallLimitNs(uint32_t id, const rm_backend_load& l) const;
+  uint64_t StallLimitNs(uint32_t id) const;
+  // Backend id's usual first-byte latency: the lower of its EWMA and its
+  // floors of the last 0.5-1 s (0 before any sample).
+  uint64_t Typical(uint32_t id) const;
   // Nanoseconds until the first backend not flagged yet could be (0: now;
   // UINT64_MAX: none has unanswered requests, or stall flags are off).
   uint64_t NanosToNextStall(uint64_t now_ns) const;
@@ -302,6 +308,10 @@ class Core {
   std::vector<std::vector<uint32_t>> pending_;
   std::vector<uint32_t> pending_to_;
   uint64_t last_redecide_ns_ = 0, decisions_redecided_ = 0, pending_forgotten_ = 0;
+  // Picks of a full backend (Full) turned into staying put, and re-decision
+  // moves withheld because the new backend was full or slower than the
+  // stalled one's silence so far.
+  uint64_t decisions_full_kept_ = 0, redecide_withheld_ = 0;
   // Backends found behind at the last re-decision round: only a backend
   // behind in two rounds in a row has its pending decisions re-asked.
   absl::flat_hash_set<uint32_t> behind_;

@@ -147,15 +147,16 @@ class E2eTest : public ::testing::Test {
 
   // Starts rematcher in the LB namespace and waits until every backend has
   // established pooled connections.
+  // pool: pooled connections opened per backend at start (waited for).
   void StartLb(const std::string& backends, const std::string& policy,
-               std::vector<std::string> extra = {}) {
+               std::vector<std::string> extra = {}, uint32_t pool = 16) {
     std::vector<std::string> argv = {RunfilePath("lb/rematcher"),
                                      "--iface=eth0",
                                      "--vip=198.18.0.10:8080",
                                      "--backends=" + backends,
                                      "--policy=" + policy,
                                      "--stats_interval_s=0",
-                                     "--conns_per_backend=16",
+                                     absl::StrCat("--conns_per_backend=", pool),
                                      std::string("--control_socket=") + kSock};
     argv.insert(argv.end(), extra.begin(), extra.end());
     lb_log_ = TempDir() + "/rematcher.log";
@@ -166,7 +167,7 @@ class E2eTest : public ::testing::Test {
     int n = std::count(backends.begin(), backends.end(), ',') + 1;
     while (absl::Now() < deadline) {
       auto r = SendControlCommand(kSock, "stats");
-      if (r.ok() && ParseStats(*r)["pool_established"] >= 16u * n) return;
+      if (r.ok() && ParseStats(*r)["pool_established"] >= pool * n) return;
       ASSERT_TRUE(lb_.Running()) << "rematcher exited: " << Log();
       absl::SleepFor(absl::Milliseconds(100));
     }
@@ -512,6 +513,34 @@ TEST_F(E2eTest, RoundRobinTakesTurnsForALoneClient) {
   // Each request on the other backend than the last (a late decision
   // leaves one in place).
   EXPECT_GE(JsonInt(j, "backend_switches"), 390) << j;
+}
+
+// A policy's pick whose backend has no pooled connection to give (none
+// idle, its pool at --max_conns_per_backend) keeps the client where it is
+// (policy_pick_full) rather than becoming a decision the datapath can only
+// skip. Before, such decisions counted as load to come on the full backend
+// and rr kept them when asked again at the request's end: under overload
+// every decision of stress_test's 2,000 clients came to name one full
+// backend and rematching all but stopped. Here 4 clients fill two pools of
+// 2 exactly, so every rr turn to the other backend is such a pick: half of
+// the requests. Without the rule, all of those were skipped rematches.
+TEST_F(E2eTest, RoundRobinPickOfAFullBackendKeepsTheClientInPlace) {
+  StartLb(absl::StrCat(tb_->backend_ip(0), ":8080,", tb_->backend_ip(1), ":8080"), "rr",
+          {"--max_conns_per_backend=2", "--idle_release_ms=0"}, /*pool=*/2);
+  std::string j = Load(0, {"--connections=4", "--requests=2000", "--mode=closed", "--sizes=100"});
+  ASSERT_EQ(JsonInt(j, "ok"), 2000) << j;
+  EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
+  auto s = Stats();
+  std::cout << "[full] policy_pick_full " << s["policy_pick_full"] << " rematch_skipped_no_idle "
+            << s["rematch_skipped_no_idle"] << " rematches " << s["rematches"]
+            << " first_request_elsewhere " << s["first_request_elsewhere"] << std::endl;
+  // Each client's first request may land where the others left no room
+  // (first_request_elsewhere) and moves; after that no connection is free.
+  EXPECT_GE(s["policy_pick_full"], 800u);
+  EXPECT_LE(s["rematch_skipped_no_idle"], 20u);
+  EXPECT_LE(s["rematches"], 20u);
+  EXPECT_EQ(s["drop_no_pool"], 0u);
+  EXPECT_EQ(s["tx_rst"], 0u);
 }
 
 // A move is not free (an owed ACK, a pooled connection swapped), so p2c
