@@ -510,9 +510,18 @@ TEST_F(E2eTest, RoundRobinTakesTurnsForALoneClient) {
   auto counts = BackendCounts(j);
   ASSERT_EQ(counts.size(), 2u) << j;
   for (auto& [name, n] : counts) EXPECT_NEAR(n, 200, 10) << name << " " << j;
-  // Each request on the other backend than the last (a late decision
-  // leaves one in place).
-  EXPECT_GE(JsonInt(j, "backend_switches"), 390) << j;
+  auto s = Stats();
+  std::cout << "[turns] switches " << JsonInt(j, "backend_switches") << ", decisions applied "
+            << s["decision_applied"] << " late " << s["decision_late"] << ", p99 "
+            << JsonInt(j, "p99") << " us" << std::endl;
+  // Each request whose decision was there in time goes to the other
+  // backend than the last; a late one leaves it in place (1-5 of 400 here,
+  // 25 in a CI run where the other tests kept both CPUs busy and p99 was
+  // 12 ms). Counting the repeat as a turn kept the client in place at
+  // every applied decision instead.
+  const int64_t applied = s["decision_applied"];
+  EXPECT_GE(applied, 200) << "decisions mostly late: the test says nothing";
+  EXPECT_GE(JsonInt(j, "backend_switches"), applied - 5) << j;
 }
 
 // A policy's pick whose backend has no pooled connection to give (none
