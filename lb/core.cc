@@ -431,7 +431,7 @@ void Core::OnEvent(const rm_event& ev) {
       // An idle connection (no client) dying means the backend closed or
       // reset it unprompted: worth an early probe.
       if (ev.client_id == RM_NO_ID) health_->OnIdleConnDied(ev.backend_id);
-      pools_->OnDead(ev.pool_id, ev.req_no != 0);
+      pools_->OnDead(ev.pool_id, ev.req_no != 0, /*was_idle=*/ev.client_id == RM_NO_ID);
       // A client whose connection ended with it (a close that ran through
       // the pooled connection, or a reset) makes no next request.
       if (ev.client_id < opts_.max_clients) {

@@ -547,11 +547,11 @@ void Datapath::ResetBackendLoad(uint32_t id) {
   memset(&load_[id], 0, sizeof(load_[id]));
 }
 
-absl::Status Datapath::PutPool(uint32_t pid, const rm_pool& p) {
+absl::Status Datapath::PutPool(uint32_t pid, const rm_pool& p, bool map_tuple) {
   if (pid >= opts_.max_pool) return absl::OutOfRangeError(absl::StrCat("pool id ", pid));
   if (auto st = RecordCtl(RM_CTL_PUT_POOL, pid, &p, nullptr, sizeof(p)); !st.ok())
     return absl::Status(st.code(), absl::StrCat("writing pool record: ", st.message()));
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.pool_ids), &p.key, &pid, BPF_ANY))
+  if (map_tuple && bpf_map_update_elem(bpf_map__fd(skel_->maps.pool_ids), &p.key, &pid, BPF_ANY))
     return Errno(errno, "mapping pool tuple");
   return absl::OkStatus();
 }

@@ -130,7 +130,8 @@ class Datapath {
 
   // Pool records. PutPool writes the record under its lock and maps the
   // tuple to the id.
-  absl::Status PutPool(uint32_t pid, const rm_pool& p);
+  // map_tuple: also map p.key to pid (skip when it already is).
+  absl::Status PutPool(uint32_t pid, const rm_pool& p, bool map_tuple = true);
   absl::StatusOr<rm_pool> GetPool(uint32_t pid) const;
   // The record as it stands in memory, without its lock and without a
   // syscall (a read-only mmap): each 32-bit field is one the datapath wrote,

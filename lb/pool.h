@@ -121,7 +121,9 @@ class PoolManager {
 
   // Datapath reports.
   // reset: the backend was not told (no FIN/RST passed): send it a RST.
-  void OnDead(uint32_t pid, bool reset);
+  // was_idle: it died idle (a backend's FIN or RST on a connection nobody
+  // held), so its idle-queue entry is left behind (NoteDeath).
+  void OnDead(uint32_t pid, bool reset, bool was_idle);
   void OnNeed(uint32_t backend);
   // A pooled connection entered RM_P_VERIFY (handed back by a client that
   // closed or went idle): probe its backend RM_VERIFY_SETTLE_NS later; the
