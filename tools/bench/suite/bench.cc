@@ -318,7 +318,9 @@ const std::vector<std::string> kRmCounters = {"rematches",      "decision_applie
                                               "pool_dead",      "pipelined",        "closed_retire",
                                               "pool_connect_failures", "pool_acks_sent",
                                               "pool_acks_carried", "core_ring_wakeups",
-                                              "core_ring_polls", "backend_stalls", "policy_redecided"};
+                                              "core_ring_polls", "backend_stalls", "policy_redecided",
+                                              "rematch_skipped_no_idle", "policy_pick_full",
+                                              "redecide_withheld"};
 
 // nstat counters that show loss or splice damage; deltas per run, on the
 // client namespace and summed over the backend namespaces.
