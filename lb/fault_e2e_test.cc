@@ -276,6 +276,7 @@ class FaultE2eTest : public ::testing::Test {
       ASSERT_EQ(JsonInt(w->json, "ok"), 1) << w->json << w->err;
     }
     auto before = bed().TakeNstat();
+    bed().ClearPawsLog();
     ASSERT_TRUE(before.ok()) << before.status();
     AttachFaults(rate, 1000 + static_cast<uint64_t>(rate * 1000));
     const uint64_t per_client = kRequests / kClients;
@@ -390,6 +391,7 @@ void FaultE2eTest::RunBackendCloses(const std::vector<std::string>& backend_flag
   // Idle pooled connections die of the keepalive timeout before any load.
   absl::SleepFor(absl::Milliseconds(800));
   auto before = bed().TakeNstat();
+  bed().ClearPawsLog();
   ASSERT_TRUE(before.ok());
   AttachFaults(0.01, 77);
   const uint64_t n = std::max<uint64_t>(1000, kRequests / 3);

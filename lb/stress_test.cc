@@ -242,6 +242,7 @@ TEST_F(StressTest, ThousandsOfKeepAliveClientsRematchedPerRequest) {
   auto rx0 = (*probe)->PerCpuU64("stats", RM_ST_RX);
   ASSERT_TRUE(rx0.ok()) << rx0.status();
   auto before = bed_->TakeNstat();
+  bed_->ClearPawsLog();
   ASSERT_TRUE(before.ok()) << before.status();
   const uint64_t tx_errors0 = XdpTxErrors(*bed_);
 

@@ -149,7 +149,7 @@ absl::Status E2eBed::CheckPawsAttribution(const std::string& host, const testbed
     return absl::InternalError(absl::StrCat(
         host, ": a PAWS drop ", oldest, oldest == tcpdrops::kAgeBuckets - 1 ? "+" : "",
         " ticks old, more than the ", max_age, " the injected faults explain; logged drops ",
-        "(all new-data ones, others 7+ ticks old):\n", absl::StrJoin(LoggedPawsDrops(), "\n")));
+        "(the first 48 new-data ones of this phase, then the first 16 others 7+ ticks old):\n", absl::StrJoin(LoggedPawsDrops(), "\n")));
   }
   return absl::OkStatus();
 }

@@ -123,6 +123,10 @@ class E2eBed {
   // The first PAWS drops logged (every one carrying new data, and others
   // 7 or more ticks old), one line each.
   std::vector<std::string> LoggedPawsDrops() const;
+  // Starts the PAWS drop log afresh (at a measured phase's start).
+  void ClearPawsLog() {
+    if (paws_) paws_->ClearLog();
+  }
   // For one host's Diff: prints "[paws] HOST: PAWSEstab N = old copies +
   // new data + pure ACKs, ages ..." and fails when a PAWS drop escaped the
   // tracer, or, with max_age >= 0, when a drop was more than max_age TS

@@ -79,7 +79,8 @@ struct {
   __type(value, struct pt_drop);
 } drop_log SEC(".maps");
 
-__u64 logged = 0;       /* slots used: min(this, PT_LOG_SLOTS) */
+__u64 logged = 0;       /* fresh slots used: min(this, PT_LOG_FRESH_SLOTS) */
+__u64 logged_old = 0;   /* other slots used: min(this, PT_LOG_SLOTS - PT_LOG_FRESH_SLOTS) */
 __u32 log_min_age = 0;  /* also log non-fresh drops this old (0: none) */
 
 SEC("tp_btf/kfree_skb")
@@ -138,8 +139,15 @@ int BPF_PROG(paws_drop, struct sk_buff *skb, void *location, enum skb_drop_reaso
     __sync_fetch_and_add(&c->fresh, 1);
   }
   if (kind != PT_FRESH && (log_min_age == 0 || age < (__s32)log_min_age)) return 0;
-  __u32 slot = (__u32)__sync_fetch_and_add(&logged, 1);
-  if (slot >= PT_LOG_SLOTS) return 0;
+  __u32 slot;
+  if (kind == PT_FRESH) {
+    slot = (__u32)__sync_fetch_and_add(&logged, 1);
+    if (slot >= PT_LOG_FRESH_SLOTS) return 0;
+  } else {
+    slot = (__u32)__sync_fetch_and_add(&logged_old, 1);
+    if (slot >= PT_LOG_SLOTS - PT_LOG_FRESH_SLOTS) return 0;
+    slot += PT_LOG_FRESH_SLOTS;
+  }
   struct pt_drop *d = bpf_map_lookup_elem(&drop_log, &slot);
   if (!d) return 0;
   d->saddr = BPF_CORE_READ(rx_sk, __sk_common.skc_daddr);

@@ -99,10 +99,16 @@ PawsCounts PawsTrace::For(const std::string& addr) const {
 
 std::vector<PawsDrop> PawsTrace::LoggedDrops() const {
   std::vector<PawsDrop> out;
-  uint64_t n = std::min<uint64_t>(__atomic_load_n(&skel_->bss->logged, __ATOMIC_RELAXED),
-                                  PT_LOG_SLOTS);
+  const uint64_t fresh = std::min<uint64_t>(
+      __atomic_load_n(&skel_->bss->logged, __ATOMIC_RELAXED), PT_LOG_FRESH_SLOTS);
+  const uint64_t old = std::min<uint64_t>(
+      __atomic_load_n(&skel_->bss->logged_old, __ATOMIC_RELAXED),
+      PT_LOG_SLOTS - PT_LOG_FRESH_SLOTS);
+  std::vector<uint32_t> slots;
+  for (uint32_t i = 0; i < fresh; ++i) slots.push_back(i);
+  for (uint32_t i = 0; i < old; ++i) slots.push_back(PT_LOG_FRESH_SLOTS + i);
   int fd = bpf_map__fd(skel_->maps.drop_log);
-  for (uint32_t i = 0; i < n; ++i) {
+  for (uint32_t i : slots) {
     pt_drop d = {};
     if (bpf_map_lookup_elem(fd, &i, &d) != 0) continue;
     const char* kind = d.kind == PT_FRESH ? "fresh" : d.kind == PT_STALE ? "stale" : "pure_ack";
@@ -111,6 +117,11 @@ std::vector<PawsDrop> PawsTrace::LoggedDrops() const {
                    d.ts_recent});
   }
   return out;
+}
+
+void PawsTrace::ClearLog() {
+  __atomic_store_n(&skel_->bss->logged, 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&skel_->bss->logged_old, 0, __ATOMIC_RELAXED);
 }
 
 void PawsTrace::SetLogMinAge(uint32_t ticks) {

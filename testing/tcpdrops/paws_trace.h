@@ -71,10 +71,14 @@ class PawsTrace {
   // Counts so far per receiving IPv4 address ("198.18.2.1").
   std::map<std::string, PawsCounts> ByAddress() const;
   PawsCounts For(const std::string& addr) const;  // zeros when none
-  // The first logged drops, in the order seen: every fresh one, and others
-  // at least SetLogMinAge ticks old.
+  // The logged drops: the first 48 fresh ones, then the first 16 others at
+  // least SetLogMinAge ticks old (each in the order seen; separate slots,
+  // so many fresh drops cannot hide an old copy).
   std::vector<PawsDrop> LoggedDrops() const;
   void SetLogMinAge(uint32_t ticks);
+  // Empties the log (the counts stay): from here on it holds this phase's
+  // drops, not an earlier test's that used up the slots.
+  void ClearLog();
 
  private:
   PawsTrace() = default;

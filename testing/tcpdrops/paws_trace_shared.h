@@ -33,6 +33,10 @@ struct pt_drop {
 
 enum { PT_STALE = 0, PT_FRESH = 1, PT_PURE_ACK = 2 };
 
+/* drop_log: the first PT_LOG_FRESH_SLOTS slots for fresh drops, the rest
+ * for the others at least log_min_age old, so that a run with many fresh
+ * drops cannot crowd out the rare old copy a test fails on. */
 #define PT_LOG_SLOTS 64
+#define PT_LOG_FRESH_SLOTS 48
 
 #endif

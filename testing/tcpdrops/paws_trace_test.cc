@@ -150,6 +150,7 @@ TEST_F(PawsTraceTest, StaleAndFreshDropsAreToldApart) {
               static_cast<ssize_t>(frame.size() - 14))
         << strerror(errno);
   };
+  trace_->SetLogMinAge(7);      // the stale one is logged too, in its own slots
   forge(snd_nxt - 5, "hello");  // bytes the server has: stale
   forge(snd_nxt, "world");      // bytes it has not: fresh
 
@@ -169,15 +170,23 @@ TEST_F(PawsTraceTest, StaleAndFreshDropsAreToldApart) {
   // 100,000 ticks old: both in the last bucket.
   EXPECT_EQ(got.age[kAgeBuckets - 1], 2u);
   EXPECT_EQ(got.max_age(), kAgeBuckets - 1);
-  bool logged = false;
+  bool logged = false, logged_stale = false;
   for (const PawsDrop& d : trace_->LoggedDrops()) {
     std::cout << "[paws_trace] logged: " << d.ToString() << std::endl;
-    if (d.kind == "fresh" && d.to == absl::StrCat(kServer, ":", ntohs(s.sin_port)) && d.seq == snd_nxt &&
-        d.end_seq == snd_nxt + 5 && d.rcv_nxt == snd_nxt && d.tsval == ts - 100000) {
+    const bool to_server = d.to == absl::StrCat(kServer, ":", ntohs(s.sin_port));
+    if (d.kind == "fresh" && to_server && d.seq == snd_nxt && d.end_seq == snd_nxt + 5 &&
+        d.rcv_nxt == snd_nxt && d.tsval == ts - 100000) {
       logged = true;
     }
+    if (d.kind == "stale" && to_server && d.seq == snd_nxt - 5 && d.end_seq == snd_nxt)
+      logged_stale = true;
   }
   EXPECT_TRUE(logged) << "the fresh drop was not logged with its sequence range";
+  EXPECT_TRUE(logged_stale) << "the stale drop (100,000 ticks old) was not logged";
+  // A new phase starts with an empty log; the counts stay.
+  trace_->ClearLog();
+  EXPECT_TRUE(trace_->LoggedDrops().empty());
+  EXPECT_EQ(trace_->For(kServer).stale, 1u);
 }
 
 }  // namespace
