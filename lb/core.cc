@@ -427,11 +427,12 @@ void Core::OnEvent(const rm_event& ev) {
     case RM_EV_POOL_ACK:
       SendPoolAck(ev.pool_id, ev);
       break;
-    case RM_EV_POOL_DEAD:
+    case RM_EV_POOL_DEAD: {
       // An idle connection (no client) dying means the backend closed or
       // reset it unprompted: worth an early probe.
-      if (ev.client_id == RM_NO_ID) health_->OnIdleConnDied(ev.backend_id);
-      pools_->OnDead(ev.pool_id, ev.req_no != 0, /*was_idle=*/ev.client_id == RM_NO_ID);
+      const bool was_idle = ev.client_id == RM_NO_ID;
+      if (was_idle) health_->OnIdleConnDied(ev.backend_id);
+      pools_->OnDead(ev.pool_id, ev.req_no != 0, was_idle);
       // A client whose connection ended with it (a close that ran through
       // the pooled connection, or a reset) makes no next request.
       if (ev.client_id < opts_.max_clients) {
@@ -439,6 +440,7 @@ void Core::OnEvent(const rm_event& ev) {
         if (c.ok() && c->state != RM_C_ESTABLISHED) ForgetPending(ev.client_id);
       }
       break;
+    }
     case RM_EV_NEED_POOL:
       pools_->OnNeed(ev.backend_id);
       break;

@@ -148,8 +148,10 @@ absl::Status E2eBed::CheckPawsAttribution(const std::string& host, const testbed
     // somewhere. The drops logged so far say which connection.
     return absl::InternalError(absl::StrCat(
         host, ": a PAWS drop ", oldest, oldest == tcpdrops::kAgeBuckets - 1 ? "+" : "",
-        " ticks old, more than the ", max_age, " the injected faults explain; logged drops ",
-        "(the first 48 new-data ones of this phase, then the first 16 others 7+ ticks old):\n", absl::StrJoin(LoggedPawsDrops(), "\n")));
+        " ticks old, more than the ", max_age, " the injected faults explain; logged drops (the ",
+        "first ", tcpdrops::kLogFreshSlots, " new-data ones of this phase, then the first ",
+        tcpdrops::kLogOldSlots, " others 7+ ticks old):\n",
+        absl::StrJoin(LoggedPawsDrops(), "\n")));
   }
   return absl::OkStatus();
 }

@@ -120,8 +120,9 @@ class E2eBed {
   static constexpr char kPawsAge[] = "PawsTraceAge";
   // Why the tracer is not running ("" when it is).
   const std::string& paws_trace_error() const { return paws_trace_error_; }
-  // The first PAWS drops logged (every one carrying new data, and others
-  // 7 or more ticks old), one line each.
+  // The PAWS drops logged since ClearPawsLog (the first ones carrying new
+  // data, and the first others 7 or more ticks old: PawsTrace::LoggedDrops),
+  // one line each.
   std::vector<std::string> LoggedPawsDrops() const;
   // Starts the PAWS drop log afresh (at a measured phase's start).
   void ClearPawsLog() {

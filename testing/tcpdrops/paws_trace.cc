@@ -16,6 +16,8 @@
 
 namespace rematcher::tcpdrops {
 static_assert(kAgeBuckets == PT_AGE_BUCKETS);
+static_assert(kLogFreshSlots == PT_LOG_FRESH_SLOTS);
+static_assert(kLogOldSlots == PT_LOG_SLOTS - PT_LOG_FRESH_SLOTS);
 namespace {
 
 std::string Ip(uint32_t net_order) {

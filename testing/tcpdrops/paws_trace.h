@@ -8,7 +8,7 @@
 // tracer (paws_trace.bpf.c, a BTF tracepoint on skb:kfree_skb) tells the
 // two apart per receiving address:
 //   stale     every byte of the dropped segment was below rcv_nxt;
-//   fresh     it carried new bytes (logged: the first PT_LOG_SLOTS);
+//   fresh     it carried new bytes (logged: the first kLogFreshSlots);
 //   pure_ack  no data (an old ACK the kernel did not excuse as disordered);
 //   request   received by a request or listening socket (the receiver had
 //             not completed the handshake; keyed by the segment's
@@ -35,6 +35,10 @@ struct paws_trace_bpf;
 namespace rematcher::tcpdrops {
 
 inline constexpr int kAgeBuckets = 32;  // PT_AGE_BUCKETS
+// LoggedDrops' capacity: new-data drops, and the others at least
+// SetLogMinAge ticks old, each in slots of their own.
+inline constexpr int kLogFreshSlots = 48;  // PT_LOG_FRESH_SLOTS
+inline constexpr int kLogOldSlots = 16;    // PT_LOG_SLOTS - PT_LOG_FRESH_SLOTS
 
 struct PawsCounts {
   uint64_t stale = 0;
@@ -71,9 +75,9 @@ class PawsTrace {
   // Counts so far per receiving IPv4 address ("198.18.2.1").
   std::map<std::string, PawsCounts> ByAddress() const;
   PawsCounts For(const std::string& addr) const;  // zeros when none
-  // The logged drops: the first 48 fresh ones, then the first 16 others at
-  // least SetLogMinAge ticks old (each in the order seen; separate slots,
-  // so many fresh drops cannot hide an old copy).
+  // The logged drops: the first kLogFreshSlots fresh ones, then the first
+  // kLogOldSlots others at least SetLogMinAge ticks old (each in the order
+  // seen; separate slots, so many fresh drops cannot hide an old copy).
   std::vector<PawsDrop> LoggedDrops() const;
   void SetLogMinAge(uint32_t ticks);
   // Empties the log (the counts stay): from here on it holds this phase's
