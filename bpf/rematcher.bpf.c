@@ -637,6 +637,34 @@ RM_GLOBAL int pool_release_leg(__u32 pid, __u32 which) {
   return 0;
 }
 
+/* Where a request arriving now goes, given the backend `to` its client's
+ * decision names (a move, or its current backend: stay): `to`, unless it
+ * has at least cfg->reroute_margin more requests unanswered than the
+ * alternative the core keeps for it (rm_backend_load::alt), and at least
+ * twice as many: then the alternative. The decision was made when the client's previous request
+ * started or was answered, often milliseconds ago; a backend that stalled
+ * since (a pause of tens of milliseconds) has its unanswered count
+ * climbing while the core has yet to notice, and every request sent there
+ * meanwhile would wait the pause out. Counts read unlocked: a hint. */
+RM_GLOBAL __u32 arrival_target(__u32 to) {
+  __u32 z = 0;
+  const struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  if (!cfg || !cfg->reroute_margin) return to;
+  struct rm_backend_load *t = bpf_map_lookup_elem(&backend_load, &to);
+  if (!t) return to;
+  __u32 alt = *(volatile __u32 *)&t->alt;
+  if (alt == 0 || alt - 1 == to) return to;
+  alt--;
+  struct rm_backend_load *a = bpf_map_lookup_elem(&backend_load, &alt);
+  if (!a) return to;
+  __u32 tu = *(volatile __u32 *)&t->unanswered, au = *(volatile __u32 *)&a->unanswered;
+  /* Behind by the margin and by half: under a closed loop's load every
+   * backend has tens unanswered, a few either way being noise. */
+  if (tu < au + cfg->reroute_margin || tu < 2 * au) return to;
+  stat_inc(RM_ST_ARRIVAL_REROUTED);
+  return alt;
+}
+
 /* The event that starts a request, with the owed ACK of a rematch that
  * just happened on this CPU, if any. */
 RM_GLOBAL int emit_req_start(__u32 client, __u32 backend, __u32 pool,
@@ -698,6 +726,15 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
    * one stays on it instead (the rematch is skipped). Read unlocked: a
    * hint, the splice below checks under the lock. */
   int first_req = *(volatile __u32 *)&c->pool_id == RM_NO_ID;
+  if (!first_req && cfg->reroute_margin && want < RM_MAX_BACKENDS) {
+    /* Checked on arrival (with rerouting on, a decision to stay comes
+     * here too): the client stays put, as decided or because the backend
+     * decided fell behind the one it is on; or it goes to the decided
+     * backend's alternative. */
+    __u32 cur = *(volatile __u32 *)&c->backend_id;
+    want = arrival_target(want);
+    if (want == cur) return -1;
+  }
 
 #pragma clang loop unroll(disable)
   for (int i = 0; i < 6; i++) {
@@ -1123,7 +1160,9 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
         int fresh = dec && (__u32)(dec >> 32) == next;
         if (fresh && cfg->rematch) want = (__u32)dec - 1;
         else if (pool == RM_NO_ID) want = RM_ANY_BACKEND;
-        if (pool != RM_NO_ID && want == c->backend_id) want = RM_NO_ID;
+        /* A decision to stay is still checked on arrival (do_splice,
+         * arrival_target) when rerouting is on. */
+        if (pool != RM_NO_ID && want == c->backend_id && !cfg->reroute_margin) want = RM_NO_ID;
         if (pool != RM_NO_ID && next > 1 && cfg->rematch)
           st_a = fresh ? RM_ST_DECISION_APPLIED : RM_ST_DECISION_LATE;
       }

@@ -89,7 +89,11 @@ struct rm_config {
                               Every pooled connection can take this much, so
                               a rematch never turns the client's window into
                               loss at the new backend. 0: no cap. */
-  __u32 _pad2;
+  __u32 reroute_margin; /* a request arriving at a boundary goes to its
+                           backend's alternative (rm_backend_load::alt)
+                           when the backend it would go to has at least
+                           this many more requests unanswered (it may have
+                           stalled since the decision). 0: never. */
 };
 
 /* -------------------------------------------------------------- records */
@@ -298,7 +302,10 @@ struct rm_backend_load {
                           the whole response (which a client with nothing
                           more to send delays: ~13 ms of ghost load per
                           request at 5,000 req/s open loop). */
-  __u32 pad0;
+  __u32 alt;           /* written by the core: where a request bound
+                          here goes instead while this backend has
+                          rm_config::reroute_margin more requests
+                          unanswered (backend id + 1; 0: none) */
 };
 
 enum rm_backend_flags {
@@ -378,6 +385,10 @@ enum rm_stat {
                                idle waiting for them */
   RM_ST_FIRST_ELSEWHERE,    /* a first request's chosen backend had no idle
                                pooled connection: it went to one that had */
+  RM_ST_ARRIVAL_REROUTED,   /* a request at a boundary went to its backend's
+                               alternative: reroute_margin more requests
+                               were unanswered at the one decided (or at
+                               the current one, with no move decided) */
   RM_ST__MAX,
 };
 

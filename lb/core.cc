@@ -118,6 +118,7 @@ absl::Status Core::Init() {
   cfg.max_clients = opts_.max_clients;
   cfg.client_window_cap = opts_.client_window_cap;
   cfg.pool_max_uses = opts_.pool_max_uses;
+  cfg.reroute_margin = opts_.rematch ? opts_.reroute_margin : 0;
   if (auto st = dp_->SetConfig(cfg); !st.ok()) return st;
 
   PoolOptions popts;
@@ -639,6 +640,36 @@ void Core::RefreshLoad(uint64_t now) {
     if (stalled && !stalled_[b.id]) stalls_[b.id]++;
     stalled_[b.id] = stalled;
     b.flags = stalled ? (b.flags | RM_BACKEND_STALLED) : (b.flags & ~RM_BACKEND_STALLED);
+  }
+  if (opts_.reroute_margin > 0 && opts_.rematch) UpdateAlternatives();
+}
+
+void Core::UpdateAlternatives() {
+  // Each backend's alternative (rm_backend_load::alt): the least loaded
+  // other backend that is in service and has a connection to give, by
+  // requests unanswered, then in flight and decided for it. The datapath
+  // compares the two counts again as each request arrives.
+  struct Cand {
+    uint32_t id;
+    uint64_t unanswered, load;
+  };
+  Cand best{RM_NO_ID, UINT64_MAX, UINT64_MAX}, second = best;
+  auto less = [](const Cand& a, const Cand& b) {
+    return a.unanswered != b.unanswered ? a.unanswered < b.unanswered : a.load < b.load;
+  };
+  for (const BackendInfo& b : snapshot_) {
+    if (b.id >= RM_MAX_BACKENDS || !Eligible(b.id) || Full(b.id)) continue;
+    Cand c{b.id, dp_->BackendLoad(b.id).unanswered, b.outstanding};
+    if (less(c, best)) {
+      second = best;
+      best = c;
+    } else if (less(c, second)) {
+      second = c;
+    }
+  }
+  for (const BackendInfo& b : snapshot_) {
+    if (b.id >= RM_MAX_BACKENDS) continue;
+    dp_->SetBackendAlt(b.id, b.id == best.id ? second.id : best.id);
   }
 }
 

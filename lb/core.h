@@ -52,6 +52,11 @@ struct CoreOptions {
   // Pooled connections are retired before the backend's keep-alive limits
   // bite: after this many splices (0: never) / this long idle (0: never).
   uint32_t pool_max_uses = 0;
+  // A request arriving at a boundary goes to its backend's alternative
+  // (the least loaded other backend, kept by RefreshLoad) when the backend
+  // it would go to has at least this many more requests unanswered
+  // (rm_config::reroute_margin). 0: never.
+  uint32_t reroute_margin = 2;
   absl::Duration pool_idle_timeout = absl::Seconds(60);
   bool rematch = true;
   bool allow_generic_xdp = false;
@@ -279,6 +284,9 @@ class Core {
   // first decision).
   Request PolicyRequest(uint32_t client, uint32_t current_backend,
                         uint32_t requests_so_far, uint32_t earlier = RM_NO_ID) const;
+  // Writes each backend's alternative for the datapath's reroute check
+  // (CoreOptions::reroute_margin).
+  void UpdateAlternatives();
   // Whether backend `id` is stalled now (see CoreOptions::stall_min).
   bool Stalled(uint32_t id, const rm_backend_load& l, uint64_t now_ns) const;
   // The silence after which backend `id` counts as stalled.

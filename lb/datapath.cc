@@ -127,6 +127,7 @@ const char* StatName(int stat) {
       "pool_unverified",
       "pool_reattached",
       "first_request_elsewhere",
+      "arrival_rerouted",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];
@@ -540,6 +541,13 @@ absl::Status Datapath::SetBackendList(const std::vector<uint32_t>& ids) {
 const rm_backend_load& Datapath::BackendLoad(uint32_t id) const {
   CHECK_LT(id, static_cast<uint32_t>(RM_MAX_BACKENDS));
   return load_[id];
+}
+
+void Datapath::SetBackendAlt(uint32_t id, uint32_t alt) {
+  CHECK_LT(id, static_cast<uint32_t>(RM_MAX_BACKENDS));
+  const uint32_t v = alt < RM_MAX_BACKENDS ? alt + 1 : 0;
+  volatile uint32_t* slot = &load_[id].alt;
+  if (*slot != v) *slot = v;
 }
 
 void Datapath::ResetBackendLoad(uint32_t id) {

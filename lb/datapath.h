@@ -127,6 +127,10 @@ class Datapath {
   // Live load signals (mmap; no syscall). id < RM_MAX_BACKENDS.
   const rm_backend_load& BackendLoad(uint32_t id) const;
   void ResetBackendLoad(uint32_t id);
+  // rm_backend_load::alt of backend `id` (alt: a backend id, RM_NO_ID for
+  // none); written only when it changes (the record's line is the
+  // datapath's).
+  void SetBackendAlt(uint32_t id, uint32_t alt);
 
   // Pool records. PutPool writes the record under its lock and maps the
   // tuple to the id.

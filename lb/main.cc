@@ -44,6 +44,11 @@ DEFINE_uint32(client_window_cap, 128 * 1024,
               "Most bytes a client may send ahead (its advertised window is capped). Every "
               "pooled connection accepts this much, so moving a client never overruns the new "
               "backend. 0: no cap (uploads then pin clients whose window grew).");
+DEFINE_uint32(reroute_margin, 2,
+              "A request arriving at a boundary goes to the least loaded other backend "
+              "instead when the backend decided for it (or its current one) has at least "
+              "this many more requests unanswered at that instant, and twice as many (it may "
+              "have stalled since the decision was made). 0: never.");
 DEFINE_uint32(pool_max_uses, 0,
               "Retire a pooled connection after it carried this many clients or requests "
               "(splices), below the backend's own limit (nginx keepalive_requests, default "
@@ -237,6 +242,7 @@ int Main(int argc, char** argv) {
   o.rematch = FLAGS_rematch;
   o.client_window_cap = FLAGS_client_window_cap;
   o.pool_max_uses = FLAGS_pool_max_uses;
+  o.reroute_margin = FLAGS_reroute_margin;
   o.pool_idle_timeout = absl::Milliseconds(FLAGS_pool_idle_timeout_ms);
   o.allow_generic_xdp = FLAGS_allow_generic_xdp;
   o.policy = FLAGS_policy;

@@ -988,6 +988,130 @@ TEST_F(DatapathTest, BoundaryWithoutDecisionStays) {
   EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
 }
 
+// ---------------------------------------------------- reroute on arrival
+
+// The arrival check (rm_config::reroute_margin): a request whose decided
+// backend has fallen behind its alternative since the decision was made
+// goes to the alternative. The load counts are set through the mmap'd
+// table, as the datapath's own accounting would leave them.
+class RerouteTest : public DatapathTest {
+ protected:
+  void SetUp() override {
+    DatapathTest::SetUp();
+    if (IsSkipped()) return;
+    auto cfg = dp_->GetConfig();
+    ASSERT_TRUE(cfg.ok()) << cfg.status();
+    cfg->reroute_margin = 2;
+    ASSERT_TRUE(dp_->SetConfig(*cfg).ok());
+    dp_->SetBackendAlt(0, 1);
+    dp_->SetBackendAlt(1, 0);
+  }
+  void SetUnanswered(uint32_t bid, uint32_t n) {
+    const_cast<rm_backend_load&>(dp_->BackendLoad(bid)).unanswered = n;
+  }
+  // A client spliced onto p0 (backend 0) with one exchange done, and p1
+  // (backend 1) idle.
+  void Ready(PoolSpec& p0, PoolSpec& p1, ClientSpec& c, BackendPos& b, Epoch& e) {
+    AddPool(p0);
+    p1 = SecondPool();
+    AddPool(p1);
+    e = Splice(c, p0, b);
+    Exchange(c, p0, e, b);
+  }
+};
+
+TEST_F(RerouteTest, DecisionToStayOnABackendFallenBehindGoesToItsAlternative) {
+  PoolSpec p0, p1;
+  ClientSpec c;
+  BackendPos b;
+  Epoch e;
+  Ready(p0, p1, c, b, e);
+  SetUnanswered(0, 2);  // two requests of others unanswered (a stall?), none at 1
+  SetUnanswered(1, 0);
+  dp_->SetDecision(c.id, 2, 0);  // decided a request ago: stay on 0
+  Epoch e1 = StartEpoch(c, p1);
+  ClientToBackend("request 2 rerouted to backend 1", c, p1, e1, ClientSeg(c, Pattern(50, 4)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_ARRIVAL_REROUTED, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.backend_id, 1u);
+  EXPECT_EQ(rec.pool_id, 1u);
+  EXPECT_EQ(dp_->BackendLoad(1).unanswered, 1u) << "the request counts where it went";
+  EXPECT_EQ(dp_->BackendLoad(0).unanswered, 2u);
+  EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+}
+
+TEST_F(RerouteTest, MoveToABackendFallenBehindTheCurrentOneStays) {
+  PoolSpec p0, p1;
+  ClientSpec c;
+  BackendPos b;
+  Epoch e;
+  Ready(p0, p1, c, b, e);
+  SetUnanswered(1, 3);
+  SetUnanswered(0, 1);  // 3 >= 1 + 2 and 3 >= 2 x 1: behind
+  dp_->SetDecision(c.id, 2, 1);
+  ClientToBackend("request 2 stays on backend 0", c, p0, e, ClientSeg(c, Pattern(50, 4)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1},
+                   {RM_ST_ARRIVAL_REROUTED, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.pool_id, 0u);
+  EXPECT_EQ(rec.rematches, 0u);
+  EXPECT_EQ(rec.req_no, 2u);
+  EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
+}
+
+TEST_F(RerouteTest, NotBehindByTheMarginAndByHalfTheDecisionStands) {
+  PoolSpec p0, p1;
+  ClientSpec c;
+  BackendPos b;
+  Epoch e;
+  Ready(p0, p1, c, b, e);
+  // 5 against 3: behind by the margin, not by half (5 < 6). A closed
+  // loop's backends differ by that much all the time.
+  SetUnanswered(1, 5);
+  SetUnanswered(0, 3);
+  dp_->SetDecision(c.id, 2, 1);
+  Epoch e1 = StartEpoch(c, p1);
+  ClientToBackend("request 2 moves as decided", c, p1, e1, ClientSeg(c, Pattern(50, 4)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                   {RM_ST_DECISION_APPLIED, 1}});
+  EXPECT_EQ(Client(c.id).backend_id, 1u);
+  BackendPos b1{p1.be_nxt, p1.lb_nxt + 50, p1.be_ts, e1.TsvalC2B(c.c_ts)};
+  Exchange(c, p1, e1, b1);
+  // 1 against 0: behind by half, not by the margin. Stays as decided.
+  SetUnanswered(1, 1);
+  SetUnanswered(0, 0);
+  dp_->SetDecision(c.id, 3, 1);
+  ClientToBackend("request 3 stays as decided", c, p1, e1, ClientSeg(c, Pattern(30, 5)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}});
+  EXPECT_EQ(Client(c.id).backend_id, 1u);
+}
+
+TEST_F(RerouteTest, OffOrWithoutAnAlternativeNothingIsRerouted) {
+  PoolSpec p0, p1;
+  ClientSpec c;
+  BackendPos b;
+  Epoch e;
+  Ready(p0, p1, c, b, e);
+  SetUnanswered(0, 9);
+  dp_->SetBackendAlt(0, RM_NO_ID);
+  dp_->SetDecision(c.id, 2, 0);
+  ClientToBackend("request 2: backend 0 has no alternative", c, p0, e,
+                  ClientSeg(c, Pattern(50, 4)), {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}});
+  b.ack += 50;
+  Exchange(c, p0, e, b);
+  dp_->SetBackendAlt(0, 1);
+  auto cfg = dp_->GetConfig();
+  ASSERT_TRUE(cfg.ok());
+  cfg->reroute_margin = 0;
+  ASSERT_TRUE(dp_->SetConfig(*cfg).ok());
+  dp_->SetDecision(c.id, 3, 0);
+  ClientToBackend("request 3: rerouting off", c, p0, e, ClientSeg(c, Pattern(30, 5)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}});
+  EXPECT_EQ(Client(c.id).backend_id, 0u);
+  EXPECT_EQ(Client(c.id).rematches, 0u);
+}
+
 TEST_F(DatapathTest, RematchOffDoesNotMove) {
   LoadDatapath(4, 1, 1, /*rematch=*/0);
   PoolSpec p0;
