@@ -37,8 +37,12 @@ using packet::SYN;
 
 constexpr int kPackets = 200000;
 constexpr int kMaxSeconds = 120;
-constexpr int kPools = 6;
-constexpr int kClients = 4;  // 0,1 protected; 2,3 sacrificial
+constexpr int kPools = 8;     // 0-5 carry the clients; 6,7 idle, for rematches
+constexpr int kClients = 6;  // 0,1 protected; 2,3 sacrificial; 4,5 driven
+// Whether client i's flow and pool i are spared FIN and
+// RST: protected flows must translate byte-exact at the end, driven ones
+// keep crossing request boundaries (see drive()).
+bool Spared(int i) { return i < 2 || i >= 4; }
 
 class FuzzTest : public DatapathFixture {
  protected:
@@ -102,15 +106,19 @@ class FuzzTest : public DatapathFixture {
     Epoch e;
   };
 
-  // Whether a frame carries a protected flow's tuple (clients 0,1 to the
-  // VIP, or pools 0,1 from their backends), in either direction.
+  // Whether a frame carries a spared flow's tuple (clients 0,1,4,5 to the
+  // VIP, or pools 0,1,4-7 from their backends), in either direction.
   static bool HitsProtected(const Bytes& in, const std::vector<Flow>& flows,
                             const std::vector<PoolSpec>& pools) {
     packet::ParsedPacket p = packet::Parse(in);
     if (!p.ipv4 || !p.tcp) return false;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < int(flows.size()); i++) {
+      if (!Spared(i)) continue;
       const ClientSpec& c = flows[i].c;
       if (p.ipv4->src == c.ip && p.tcp->sport == c.port) return true;
+    }
+    for (int i = 0; i < int(pools.size()); i++) {
+      if (!Spared(i)) continue;
       const BackendSpec& b = kBackends[pools[i].backend];
       if (p.ipv4->src == b.ip && p.tcp->dport == pools[i].lb_port) return true;
     }
@@ -163,6 +171,66 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
     ASSERT_EQ(Client(f.c.id).pool_id, uint32_t(i));
   }
   if (HasFailure()) return;
+  // Rematching and the arrival check run under the fuzz too: now and then
+  // a sacrificial client completes an exchange, built from its record as it
+  // stands (response, the client's ACK of it, a decision, the next
+  // request), so its requests cross boundaries and move between the
+  // backends while the random segments keep coming; the backends'
+  // alternatives (rm_backend_load::alt) are set, and now and then garbled.
+  {
+    auto cfg = dp_->GetConfig();
+    ASSERT_TRUE(cfg.ok()) << cfg.status();
+    cfg->reroute_margin = 2;
+    ASSERT_TRUE(dp_->SetConfig(*cfg).ok());
+    dp_->SetBackendAlt(0, 1);
+    dp_->SetBackendAlt(1, 0);
+  }
+  auto run_checked = [&](const std::string& what, const Bytes& in) {
+    auto r = RunXdp(dp_->prog_fd(), in);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->retval == XDP_DROP || r->retval == XDP_PASS || r->retval == XDP_TX)
+        << what << ": verdict " << XdpVerdictName(r->retval);
+    EXPECT_NE(r->retval, XDP_PASS) << what << ": an owned tuple's segment passed to the stack";
+  };
+  int driven = 0;
+  auto drive = [&](const Flow& f) {
+    rm_client c = Client(f.c.id);
+    if (c.state != RM_C_ESTABLISHED || c.pool_id >= uint32_t(kPools)) return;
+    driven++;
+    const PoolSpec& p = pools[c.pool_id];
+    run_checked("driven response", FromBackend(p)
+                                       .Flags(ACK | PSH)
+                                       .Seq(c.s_nxt - c.d_resp)
+                                       .Ack(c.c_nxt + c.d_req)
+                                       .Window(1000)
+                                       .Nop()
+                                       .Nop()
+                                       .Timestamps(c.b_ts_last + 1, c.lb_ts_last)
+                                       .Payload(Pattern(100, 5))
+                                       .Build());
+    c = Client(f.c.id);
+    run_checked("driven ack", FromClient(f.c)
+                                  .Flags(ACK)
+                                  .Seq(c.c_nxt)
+                                  .Ack(c.s_nxt)
+                                  .Window(1000)
+                                  .Nop()
+                                  .Nop()
+                                  .Timestamps(c.c_ts_last + 1, c.s_ts_last)
+                                  .Build());
+    c = Client(f.c.id);
+    dp_->SetDecision(f.c.id, c.req_no + 1, U(2));
+    run_checked("driven request", FromClient(f.c)
+                                      .Flags(ACK | PSH)
+                                      .Seq(c.c_nxt)
+                                      .Ack(c.s_nxt)
+                                      .Window(1000)
+                                      .Nop()
+                                      .Nop()
+                                      .Timestamps(c.c_ts_last + 1, c.s_ts_last)
+                                      .Payload(Pattern(50, 6))
+                                      .Build());
+  };
   std::vector<rm_client> start(kClients);
   for (int i = 0; i < kClients; i++) start[i] = Client(flows[i].c.id);
 
@@ -175,6 +243,12 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
     Bytes in;
     std::string kind;
     bool wellformed = false, owned = false;
+    if (P(0.02)) drive(flows[4 + U(2)]);
+    if (P(0.001)) {
+      // A garbled alternative: out of range, unknown or the backend itself.
+      const uint32_t garble[] = {0, 1, 2, 3, 64, 65, 0xFFFFFFFFu, R32()};
+      const_cast<rm_backend_load&>(dp_->BackendLoad(U(2))).alt = garble[U(8)];
+    }
     uint32_t pick = U(100);
     if (pick < 10) {
       kind = "random bytes";
@@ -197,15 +271,18 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
       uint32_t seq_base;
       bool protect = false;
       if (t < 5) {
-        Flow& f = flows[U(kClients)];
-        protect = f.c.port < 40002;
+        const int fi = int(U(kClients));
+        Flow& f = flows[fi];
+        protect = Spared(fi);
         b = FromClient(f.c);
         seq_base = f.c.c_nxt;
         b.Seq(Near(f.c.c_nxt)).Ack(Near(f.c.s_nxt));
         kind = protect ? "client (protected)" : "client";
         owned = true;
       } else if (t < 9) {
-        const PoolSpec& p = pools[U(kPools)];
+        // Not the driven flows' pools (4-7, which they swap among): new data
+        // on an idle one retires it, and rematches would run out.
+        const PoolSpec& p = pools[U(4)];
         protect = p.pid < 2;
         b = FromBackend(p);
         seq_base = p.be_nxt;
@@ -284,13 +361,17 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
                 << "\n";
     }
   }
-  std::cout << "ran " << done << " packets\n";
+  std::cout << "ran " << done << " packets, " << driven << " exchanges driven\n";
   for (auto& [k, v] : kinds) std::cout << "  " << k << ": " << v << "\n";
   for (auto& [k, v] : verdicts) std::cout << "  " << XdpVerdictName(k) << ": " << v << "\n";
   StatsArray st = Stats();
   for (int i = 0; i < RM_ST__MAX; i++)
     if (st[i]) std::cout << "  " << StatName(i) << " " << st[i] << "\n";
   EXPECT_GE(done, kPackets / 10) << "too few packets in the time bound";
+  // The driven exchanges crossed boundaries: decisions were applied and
+  // clients moved between the backends.
+  EXPECT_GT(st[RM_ST_DECISION_APPLIED], 0u);
+  EXPECT_GT(st[RM_ST_REMATCHES], 0u);
 
   // ---- record consistency
   std::map<uint32_t, int> queued;
