@@ -641,11 +641,14 @@ RM_GLOBAL int pool_release_leg(__u32 pid, __u32 which) {
  * decision names (a move, or its current backend: stay): `to`, unless it
  * has at least cfg->reroute_margin more requests unanswered than the
  * alternative the core keeps for it (rm_backend_load::alt), and at least
- * twice as many: then the alternative. The decision was made when the client's previous request
- * started or was answered, often milliseconds ago; a backend that stalled
- * since (a pause of tens of milliseconds) has its unanswered count
- * climbing while the core has yet to notice, and every request sent there
- * meanwhile would wait the pause out. Counts read unlocked: a hint. */
+ * twice as many: then the alternative, if it is active and not draining.
+ * The decision was made when the client's previous request started or was
+ * answered, often milliseconds ago; a backend that stalled since (a pause
+ * of tens of milliseconds) has its unanswered count climbing while the
+ * core has yet to notice, and every request sent there meanwhile would
+ * wait the pause out. Counts read unlocked: a hint. (An alternative that
+ * left service since the core chose it, the client's own backend being
+ * drained for instance, must not keep the client where it is.) */
 RM_GLOBAL __u32 arrival_target(__u32 to) {
   __u32 z = 0;
   const struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
@@ -661,6 +664,8 @@ RM_GLOBAL __u32 arrival_target(__u32 to) {
   /* Behind by the margin and by half: under a closed loop's load every
    * backend has tens unanswered, a few either way being noise. */
   if (tu < au + cfg->reroute_margin || tu < 2 * au) return to;
+  struct rm_backend *be = bpf_map_lookup_elem(&backends, &alt);
+  if (!be || !(be->flags & RM_BE_ACTIVE) || (be->flags & RM_BE_DRAINING)) return to;
   stat_inc(RM_ST_ARRIVAL_REROUTED);
   return alt;
 }

@@ -1112,6 +1112,30 @@ TEST_F(RerouteTest, OffOrWithoutAnAlternativeNothingIsRerouted) {
   EXPECT_EQ(Client(c.id).rematches, 0u);
 }
 
+TEST_F(RerouteTest, AnAlternativeOutOfServiceIsNotUsed) {
+  PoolSpec p0, p1;
+  ClientSpec c;
+  BackendPos b;
+  Epoch e;
+  Ready(p0, p1, c, b, e);
+  // Backend 0, where the client is, is being drained, and the core moves
+  // the client to backend 1; backend 1 looks behind and its alternative
+  // (chosen before the drain) is backend 0. Rerouting there would keep
+  // the client on a draining backend: it moves as decided.
+  rm_backend be0{htonl(kBackends[0].ip), htons(kBackends[0].port),
+                 RM_BE_ACTIVE | RM_BE_DRAINING};
+  ASSERT_TRUE(dp_->SetBackend(0, be0).ok());
+  SetUnanswered(1, 4);
+  SetUnanswered(0, 0);
+  dp_->SetDecision(c.id, 2, 1);
+  Epoch e1 = StartEpoch(c, p1);
+  ClientToBackend("request 2 leaves the draining backend", c, p1, e1,
+                  ClientSeg(c, Pattern(50, 4)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                   {RM_ST_DECISION_APPLIED, 1}});
+  EXPECT_EQ(Client(c.id).backend_id, 1u);
+}
+
 TEST_F(DatapathTest, RematchOffDoesNotMove) {
   LoadDatapath(4, 1, 1, /*rematch=*/0);
   PoolSpec p0;
