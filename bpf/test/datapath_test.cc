@@ -999,12 +999,7 @@ class RerouteTest : public DatapathTest {
   void SetUp() override {
     DatapathTest::SetUp();
     if (IsSkipped()) return;
-    auto cfg = dp_->GetConfig();
-    ASSERT_TRUE(cfg.ok()) << cfg.status();
-    cfg->reroute_margin = 2;
-    ASSERT_TRUE(dp_->SetConfig(*cfg).ok());
-    dp_->SetBackendAlt(0, 1);
-    dp_->SetBackendAlt(1, 0);
+    EnableReroute();
   }
   void SetUnanswered(uint32_t bid, uint32_t n) {
     const_cast<rm_backend_load&>(dp_->BackendLoad(bid)).unanswered = n;

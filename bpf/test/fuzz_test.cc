@@ -177,14 +177,8 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
   // request), so its requests cross boundaries and move between the
   // backends while the random segments keep coming; the backends'
   // alternatives (rm_backend_load::alt) are set, and now and then garbled.
-  {
-    auto cfg = dp_->GetConfig();
-    ASSERT_TRUE(cfg.ok()) << cfg.status();
-    cfg->reroute_margin = 2;
-    ASSERT_TRUE(dp_->SetConfig(*cfg).ok());
-    dp_->SetBackendAlt(0, 1);
-    dp_->SetBackendAlt(1, 0);
-  }
+  EnableReroute();
+  if (HasFailure()) return;
   auto run_checked = [&](const std::string& what, const Bytes& in) {
     auto r = RunXdp(dp_->prog_fd(), in);
     ASSERT_TRUE(r.ok()) << r.status();
@@ -208,28 +202,23 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
                                        .Timestamps(c.b_ts_last + 1, c.lb_ts_last)
                                        .Payload(Pattern(100, 5))
                                        .Build());
-    c = Client(f.c.id);
-    run_checked("driven ack", FromClient(f.c)
-                                  .Flags(ACK)
-                                  .Seq(c.c_nxt)
-                                  .Ack(c.s_nxt)
-                                  .Window(1000)
-                                  .Nop()
-                                  .Nop()
-                                  .Timestamps(c.c_ts_last + 1, c.s_ts_last)
-                                  .Build());
-    c = Client(f.c.id);
-    dp_->SetDecision(f.c.id, c.req_no + 1, U(2));
-    run_checked("driven request", FromClient(f.c)
-                                      .Flags(ACK | PSH)
-                                      .Seq(c.c_nxt)
-                                      .Ack(c.s_nxt)
-                                      .Window(1000)
-                                      .Nop()
-                                      .Nop()
-                                      .Timestamps(c.c_ts_last + 1, c.s_ts_last)
-                                      .Payload(Pattern(50, 6))
-                                      .Build());
+    // The client's next segment at its record's current position.
+    auto client_seg = [&](uint8_t flags, const Bytes& payload) {
+      c = Client(f.c.id);
+      return FromClient(f.c)
+          .Flags(flags)
+          .Seq(c.c_nxt)
+          .Ack(c.s_nxt)
+          .Window(1000)
+          .Nop()
+          .Nop()
+          .Timestamps(c.c_ts_last + 1, c.s_ts_last)
+          .Payload(payload)
+          .Build();
+    };
+    run_checked("driven ack", client_seg(ACK, {}));
+    dp_->SetDecision(f.c.id, Client(f.c.id).req_no + 1, U(2));
+    run_checked("driven request", client_seg(ACK | PSH, Pattern(50, 6)));
   };
   std::vector<rm_client> start(kClients);
   for (int i = 0; i < kClients; i++) start[i] = Client(flows[i].c.id);

@@ -316,6 +316,17 @@ class DatapathFixture : public ::testing::Test {
     ASSERT_TRUE(dp_->SetBackendList({0}).ok());
   }
 
+  // Turns the arrival check on (rm_config::reroute_margin) with backends
+  // 0 and 1 each other's alternative.
+  void EnableReroute(uint32_t margin = 2) {
+    auto cfg = dp_->GetConfig();
+    ASSERT_TRUE(cfg.ok()) << cfg.status();
+    cfg->reroute_margin = margin;
+    ASSERT_TRUE(dp_->SetConfig(*cfg).ok());
+    dp_->SetBackendAlt(0, 1);
+    dp_->SetBackendAlt(1, 0);
+  }
+
   // ---- pools
   rm_pool_key PoolKey(const PoolSpec& p) const {
     const BackendSpec& b = kBackends[p.backend];
