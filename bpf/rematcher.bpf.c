@@ -637,11 +637,17 @@ RM_GLOBAL int pool_release_leg(__u32 pid, __u32 which) {
   return 0;
 }
 
+/* Whether a backend takes new splices: active and not draining. */
+static __always_inline int backend_open(const struct rm_backend *be) {
+  return be && (be->flags & RM_BE_ACTIVE) && !(be->flags & RM_BE_DRAINING);
+}
+
 /* Where a request arriving now goes, given the backend `to` its client's
  * decision names (a move, or its current backend: stay): `to`, unless it
- * has at least cfg->reroute_margin more requests unanswered than the
- * alternative the core keeps for it (rm_backend_load::alt), and at least
- * twice as many: then the alternative, if it is active and not draining.
+ * has at least `margin` (rm_config::reroute_margin) more requests
+ * unanswered than the alternative the core keeps for it
+ * (rm_backend_load::alt), and at least twice as many: then the
+ * alternative, if it is active and not draining.
  * The decision was made when the client's previous request started or was
  * answered, often milliseconds ago; a backend that stalled since (a pause
  * of tens of milliseconds) has its unanswered count climbing while the
@@ -649,10 +655,8 @@ RM_GLOBAL int pool_release_leg(__u32 pid, __u32 which) {
  * wait the pause out. Counts read unlocked: a hint. (An alternative that
  * left service since the core chose it, the client's own backend being
  * drained for instance, must not keep the client where it is.) */
-RM_GLOBAL __u32 arrival_target(__u32 to) {
-  __u32 z = 0;
-  const struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
-  if (!cfg || !cfg->reroute_margin) return to;
+RM_GLOBAL __u32 arrival_target(__u32 to, __u32 margin) {
+  if (!margin) return to;
   struct rm_backend_load *t = bpf_map_lookup_elem(&backend_load, &to);
   if (!t) return to;
   __u32 alt = *(volatile __u32 *)&t->alt;
@@ -663,9 +667,8 @@ RM_GLOBAL __u32 arrival_target(__u32 to) {
   __u32 tu = *(volatile __u32 *)&t->unanswered, au = *(volatile __u32 *)&a->unanswered;
   /* Behind by the margin and by half: under a closed loop's load every
    * backend has tens unanswered, a few either way being noise. */
-  if (tu < au + cfg->reroute_margin || tu < 2 * au) return to;
-  struct rm_backend *be = bpf_map_lookup_elem(&backends, &alt);
-  if (!be || !(be->flags & RM_BE_ACTIVE) || (be->flags & RM_BE_DRAINING)) return to;
+  if (tu < au + margin || tu < 2 * au) return to;
+  if (!backend_open(bpf_map_lookup_elem(&backends, &alt))) return to;
   stat_inc(RM_ST_ARRIVAL_REROUTED);
   return alt;
 }
@@ -737,7 +740,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
      * decided fell behind the one it is on; or it goes to the decided
      * backend's alternative. */
     __u32 cur = *(volatile __u32 *)&c->backend_id;
-    want = arrival_target(want);
+    want = arrival_target(want, cfg->reroute_margin);
     if (want == cur) return -1;
   }
 
@@ -756,7 +759,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
       bid = want;
     }
     struct rm_backend *be = bpf_map_lookup_elem(&backends, &bid);
-    if (!be || !(be->flags & RM_BE_ACTIVE) || (be->flags & RM_BE_DRAINING)) {
+    if (!backend_open(be)) {
       if (want != RM_ANY_BACKEND) return -1;
       continue;
     }

@@ -1095,11 +1095,7 @@ TEST_F(RerouteTest, OffOrWithoutAnAlternativeNothingIsRerouted) {
                   ClientSeg(c, Pattern(50, 4)), {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}});
   b.ack += 50;
   Exchange(c, p0, e, b);
-  dp_->SetBackendAlt(0, 1);
-  auto cfg = dp_->GetConfig();
-  ASSERT_TRUE(cfg.ok());
-  cfg->reroute_margin = 0;
-  ASSERT_TRUE(dp_->SetConfig(*cfg).ok());
+  EnableReroute(/*margin=*/0);  // the alternatives back, the check off
   dp_->SetDecision(c.id, 3, 0);
   ClientToBackend("request 3: rerouting off", c, p0, e, ClientSeg(c, Pattern(30, 5)),
                   {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}});

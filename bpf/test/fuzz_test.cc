@@ -172,7 +172,7 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
   }
   if (HasFailure()) return;
   // Rematching and the arrival check run under the fuzz too: now and then
-  // a sacrificial client completes an exchange, built from its record as it
+  // a driven client (4, 5) completes an exchange, built from its record as it
   // stands (response, the client's ACK of it, a decision, the next
   // request), so its requests cross boundaries and move between the
   // backends while the random segments keep coming; the backends'
