@@ -44,9 +44,13 @@ struct {
   __type(value, __u32);
 } client_ids SEC(".maps");
 
+/* Mapped read-only by userspace: its periodic scans (idle clients, moves
+ * off a backend, `clients`) read the records in place instead of copying
+ * the whole table through the syscall (Datapath::ForEachClient). */
 struct {
   __uint(type, BPF_MAP_TYPE_ARRAY);
   __uint(max_entries, 65536);
+  __uint(map_flags, BPF_F_MMAPABLE);
   __type(key, __u32);
   __type(value, struct rm_client);
 } clients SEC(".maps");

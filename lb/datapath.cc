@@ -226,6 +226,12 @@ absl::StatusOr<std::unique_ptr<Datapath>> Datapath::Load(const DatapathOptions& 
   p = mmap(nullptr, dp->pools_len_, PROT_READ, MAP_SHARED, bpf_map__fd(s->maps.pools), 0);
   if (p == MAP_FAILED) return Errno(errno, "mmap of pools");
   dp->pools_ = static_cast<const volatile rm_pool*>(p);
+  static_assert(sizeof(rm_client) % 8 == 0,
+                "mmap'd array stride is the value size rounded to 8");
+  dp->clients_len_ = sizeof(rm_client) * opts.max_clients;
+  p = mmap(nullptr, dp->clients_len_, PROT_READ, MAP_SHARED, bpf_map__fd(s->maps.clients), 0);
+  if (p == MAP_FAILED) return Errno(errno, "mmap of clients");
+  dp->clients_ = static_cast<const volatile rm_client*>(p);
   return dp;
 }
 
@@ -279,9 +285,13 @@ absl::Status Datapath::ReusePinnedMaps() {
     if (bpf_obj_get_info_by_fd(fd, &info, &len)) {
       bad = Errno(errno, "reading a pinned map's info");
     } else if (info.type != bpf_map__type(map) || info.key_size != bpf_map__key_size(map) ||
-               info.value_size != bpf_map__value_size(map) ||
-               info.max_entries != bpf_map__max_entries(map) ||
                info.map_flags != bpf_map__map_flags(map)) {
+      bad = absl::FailedPreconditionError(absl::StrCat(
+          "pinned map '", bpf_map__name(map), "' in ", dir,
+          " has another type, key or flags than this build's (pinned by another version "
+          "of rematcher?); remove it with --unload"));
+    } else if (info.value_size != bpf_map__value_size(map) ||
+               info.max_entries != bpf_map__max_entries(map)) {
       bad = absl::FailedPreconditionError(absl::StrCat(
           "pinned map '", bpf_map__name(map), "' in ", dir, " has ", info.max_entries,
           " entries of ", info.value_size, " bytes where this build and these flags need ",
@@ -438,6 +448,7 @@ Datapath::~Datapath() {
   if (load_) munmap(load_, load_len_);
   if (decisions_) munmap(const_cast<uint64_t*>(decisions_), decisions_len_);
   if (pools_) munmap(const_cast<rm_pool*>(pools_), pools_len_);
+  if (clients_) munmap(const_cast<rm_client*>(clients_), clients_len_);
   for (int fd : idle_queue_fds_) close(fd);
   if (skel_) rematcher_bpf__destroy(skel_);
 }
@@ -690,29 +701,19 @@ absl::StatusOr<std::optional<uint32_t>> Datapath::LookupClient(const rm_flow_key
 
 absl::Status Datapath::ForEachClient(
     const std::function<void(uint32_t, const rm_client&)>& fn) const {
-  constexpr uint32_t kBatch = 4096;
-  std::vector<uint32_t> keys(kBatch);
-  std::vector<rm_client> vals(kBatch);
-  // No lock: the records are read as they stand, each field as last
+  if (!clients_) return absl::FailedPreconditionError("client table not mapped");
+  // No lock: the records are read as they stand, each word as last
   // written; callers treat them as hints and act through xdp_ctl, which
-  // checks again under the lock.
-  LIBBPF_OPTS(bpf_map_batch_opts, o);
-  uint32_t in_batch = 0, out_batch = 0;
-  bool first = true;
-  int fd = bpf_map__fd(skel_->maps.clients);
-  for (;;) {
-    uint32_t count = kBatch;
-    int err = bpf_map_lookup_batch(fd, first ? nullptr : &in_batch, &out_batch, keys.data(),
-                                   vals.data(), &count, &o);
-    int e = errno;
-    for (uint32_t i = 0; i < count; i++)
-      if (vals[i].state != RM_C_FREE) fn(keys[i], vals[i]);
-    if (err) {
-      if (e == ENOENT) break;
-      return absl::ErrnoToStatus(e, "reading client records");
-    }
-    in_batch = out_batch;
-    first = false;
+  // checks again under the lock. A free slot costs one word read (the
+  // table is sized for --max_clients, mostly free), not a copy.
+  for (uint32_t id = 0; id < opts_.max_clients; id++) {
+    const volatile rm_client* src = &clients_[id];
+    if (src->state == RM_C_FREE) continue;
+    rm_client c;
+    const volatile uint32_t* w = reinterpret_cast<const volatile uint32_t*>(src);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(&c);
+    for (size_t i = 0; i < sizeof(c) / 4; i++) dst[i] = w[i];
+    if (c.state != RM_C_FREE) fn(id, c);
   }
   return absl::OkStatus();
 }

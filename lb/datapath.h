@@ -162,9 +162,10 @@ class Datapath {
 
   absl::StatusOr<rm_client> GetClient(uint32_t id) const;
   absl::StatusOr<std::optional<uint32_t>> LookupClient(const rm_flow_key& key) const;
-  // Visits every client record that is not FREE (batched reads, not under
-  // the records' lock: a record being changed meanwhile may mix old and new
-  // fields, so callers treat what they see as a hint).
+  // Visits every client record that is not FREE, read in place through the
+  // read-only mmap of the table (no syscall, no copy of free slots; not
+  // under the records' lock: a record being changed meanwhile may mix old
+  // and new fields, so callers treat what they see as a hint).
   absl::Status ForEachClient(const std::function<void(uint32_t, const rm_client&)>& fn) const;
   // Frees a client slot from userspace (after the datapath marked it
   // CLOSED, or it expired): the record is marked FREE, the tuple unmapped,
@@ -222,8 +223,9 @@ class Datapath {
   int ncpus_ = 1;
   rm_backend_load* load_ = nullptr;       // mmap of backend_load
   volatile uint64_t* decisions_ = nullptr;  // mmap of decisions
-  size_t load_len_ = 0, decisions_len_ = 0, pools_len_ = 0;
-  const volatile rm_pool* pools_ = nullptr;  // read-only mmap of pools
+  size_t load_len_ = 0, decisions_len_ = 0, pools_len_ = 0, clients_len_ = 0;
+  const volatile rm_pool* pools_ = nullptr;      // read-only mmap of pools
+  const volatile rm_client* clients_ = nullptr;  // read-only mmap of clients
   std::vector<int> idle_queue_fds_;
 };
 

@@ -1,7 +1,7 @@
 // Pinning and adoption of the datapath (DatapathOptions::pin_dir) without a
 // network: what a second Load() with the same pin_dir takes over (records,
 // idle queues, load counters, backends), the one-process lock, and every
-// refusal (not bpffs, other table sizes, another record layout, an
+// refusal (not bpffs, other table sizes, another record layout, other map flags, an
 // incomplete pin directory); Unload removes it all. The attach half (the
 // pinned link) needs an interface: //lb:lifecycle_test covers it.
 #include <arpa/inet.h>
@@ -123,7 +123,24 @@ TEST_F(PinTest, RefusesWhatItCannotAdoptAndUnloadRemovesIt) {
     ASSERT_EQ(bpf_map_update_elem(fd, &zero, &word, BPF_ANY), 0);
     close(fd);
   }
-  { ASSERT_TRUE(Datapath::Load(opts_).ok()) << "the layout word put back is adopted again"; }
+  // A table of the same size pinned with other flags (before the client
+  // table was mapped into userspace, it was a plain array).
+  {
+    const std::string path = pin_ + "/clients";
+    int orig = bpf_obj_get(path.c_str());
+    ASSERT_GE(orig, 0);
+    ASSERT_EQ(unlink(path.c_str()), 0);
+    int plain = bpf_map_create(BPF_MAP_TYPE_ARRAY, "clients", sizeof(uint32_t), sizeof(rm_client),
+                               opts_.max_clients, nullptr);
+    ASSERT_GE(plain, 0);
+    ASSERT_EQ(bpf_obj_pin(plain, path.c_str()), 0);
+    ExpectRefused(opts_, "another type, key or flags");
+    ASSERT_EQ(unlink(path.c_str()), 0);
+    ASSERT_EQ(bpf_obj_pin(orig, path.c_str()), 0);
+    close(plain);
+    close(orig);
+  }
+  { ASSERT_TRUE(Datapath::Load(opts_).ok()) << "the layout word and table put back are adopted again"; }
   // A pin directory missing a map.
   ASSERT_EQ(unlink((pin_ + "/decisions").c_str()), 0);
   ExpectRefused(opts_, "incomplete (no map 'decisions')");
