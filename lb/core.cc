@@ -729,10 +729,14 @@ void Core::ExpirePending() {
   // A decision not used within a second belongs to an idle or gone client:
   // it no longer counts as load on its backend (and a client that comes
   // back is decided afresh at its next request's start anyway).
-  // A slice per tick: the table may have millions of slots.
+  // A fifth of the table per tick (every 100 ms): each slot is looked at
+  // twice a second, so a decision stops counting 1-1.5 s after it was
+  // made. (The whole table every tick was 5% of the core's CPU at an open
+  // 5,000 req/s with the default 65,536 slots.)
   const uint32_t now = static_cast<uint32_t>(MonoNowNs() >> 20);
   const size_t n = pending_to_.size();
-  for (size_t k = 0; k < n && k < (1u << 16); k++) {
+  const size_t slice = std::min<size_t>(n, std::max<size_t>(4096, n / 5));
+  for (size_t k = 0; k < slice; k++) {
     const size_t id = expire_cursor_++ % n;
     if (pending_to_[id] != RM_NO_ID && now - pending_at_[id] > 954)  // 1 s
       SetPending(id, RM_NO_ID);

@@ -265,7 +265,8 @@ class Core {
   void SetPending(uint32_t client, uint32_t backend);
   // Drops a client's pending decision: it closed, or went idle.
   void ForgetPending(uint32_t client);
-  // Forgets decisions older than a second (Tick).
+  // Forgets decisions older than a second (Tick; each slot is looked at
+  // every half second).
   void ExpirePending();
   // Decisions not used yet, by backend: load to come, which the policy's
   // snapshot counts in `outstanding` (RefreshLoad).

@@ -474,6 +474,59 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
                  "--poll_max_us must be in --poll_us..100000");
 }
 
+// A decision is made for a client's next request; while unused it counts
+// as load to come on its backend (--count_pending_decisions). A client that
+// stays connected and idle (idle release off) never uses it: it must stop
+// counting after a second, swept within half a second more, and the client
+// is served normally when it comes back.
+TEST_F(LifecycleTest, PendingDecisionsOfIdleClientsStopCountingAfterASecond) {
+  constexpr int kClients = 12;
+  StartLb({Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)}, 3 * 4,
+          {"--conns_per_backend=4", "--idle_release_ms=0"});
+  auto pending = [&] {
+    uint64_t sum = 0;
+    for (absl::string_view line : absl::StrSplit(Ctl("metrics"), '\n')) {
+      if (!absl::StartsWith(line, "rematcher_backend_pending_decisions{")) continue;
+      uint64_t v = 0;
+      if (absl::SimpleAtoi(line.substr(line.rfind(' ') + 1), &v)) sum += v;
+    }
+    return sum;
+  };
+  std::vector<int> fds;
+  for (int i = 0; i < kClients; i++) {
+    int fd = ConnectFrom(tb_->client_ns(i % 2), kVip, 8080, absl::Seconds(3));
+    ASSERT_GE(fd, 0) << "connection " << i << ": " << strerror(-fd) << Log();
+    fds.push_back(fd);
+    EXPECT_TRUE(RequestOk(fd, 100 + i, 200 + i)) << "connection " << i;
+  }
+  const absl::Time last = absl::Now();
+  // Each held client has a decision for its next request.
+  uint64_t most = 0;
+  while (absl::Now() - last < absl::Milliseconds(500) && most < kClients) {
+    most = std::max(most, pending());
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_GE(most, uint64_t{kClients} / 2) << "the held clients' decisions were not counted";
+  // Counted for about a second, then not.
+  absl::Time gone = absl::InfiniteFuture();
+  while (absl::Now() - last < absl::Seconds(4)) {
+    if (pending() == 0) {
+      gone = absl::Now();
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_NE(gone, absl::InfiniteFuture()) << "idle clients' decisions still counted after 4 s";
+  EXPECT_GE(gone - last, absl::Milliseconds(900)) << "decisions forgotten before a second";
+  EXPECT_LE(gone - last, absl::Milliseconds(2500)) << "decisions counted past 1.5 s (+ slack)";
+  std::cout << "[pending] " << most << " decisions counted, gone after " << (gone - last)
+            << std::endl;
+  for (int i = 0; i < kClients; i++)
+    EXPECT_TRUE(RequestOk(fds[i], 3000 + i, 400 + i)) << "held connection " << i;
+  for (int fd : fds) close(fd);
+  EXPECT_TRUE(lb_.Running()) << Log();
+}
+
 TEST_F(LifecycleTest, UnreachableBackendGoesDownClientsMoveAndItComesBack) {
   const std::string b2 = Addr(2, 8080);
   StartLb({Addr(0, 8080), Addr(1, 8080), b2}, 3 * 8,
