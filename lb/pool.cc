@@ -422,9 +422,13 @@ void PoolManager::Retire(uint32_t pid, bool send_rst) {
     by_fd_.erase(c.fd);
   }
   if (c.fd >= 0) {
-    // Repair mode makes close() silent: no FIN, no RST from the kernel.
-    int one = 1;
-    setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, &one, sizeof(one));
+    // Repair mode makes close() silent: no FIN, no RST from the kernel. A
+    // live connection's socket is in it already (Finish, RepairSocket); one
+    // still connecting is put in it here.
+    if (c.state != Conn::kLive) {
+      int one = 1;
+      setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, &one, sizeof(one));
+    }
     close(c.fd);
   }
   dp_->DeletePool(pid, c.key).IgnoreError();

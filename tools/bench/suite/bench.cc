@@ -81,7 +81,8 @@ DEFINE_int32(reps, 0, "Repetitions per point (default: quick 3, full 5)");
 DEFINE_double(duration_s, 0, "Seconds per load run (default: quick 1.25, full 5)");
 DEFINE_double(warmup_s, -1, "Unrecorded load after each LB start (default: quick 0.25, full 1)");
 DEFINE_string(contenders, "",
-              "Comma-separated contender names, in this order (default: all). A rematcher "
+              "Comma-separated contender names, in this order (default: all but "
+              "rematcher-peak_ewma, the example custom plugin). A rematcher "
               "contender takes extra flags after @, +-separated, as a variant: "
               "rematcher-p2c@poll_us=0");
 DEFINE_string(scenarios, "", "Comma-separated subset of scenario names (default: all of the suite)");
@@ -112,8 +113,9 @@ enum class Kind { kDirect, kRematcher, kHaproxyHttp, kHaproxyTcp, kNft };
 struct Contender {
   std::string name;
   Kind kind;
-  std::string arg;  // rematcher policy or HAProxy balance algorithm
+  std::string arg;  // rematcher policy (a name, or a plugin path in the runfiles) or HAProxy balance algorithm
   std::string extra = "";  // more rematcher flags
+  bool by_default = true;  // run when --contenders is not given
 };
 
 std::vector<Contender> AllContenders() {
@@ -122,6 +124,9 @@ std::vector<Contender> AllContenders() {
       {"rematcher-rr", Kind::kRematcher, "rr"},
       {"rematcher-least_outstanding", Kind::kRematcher, "least_outstanding"},
       {"rematcher-p2c", Kind::kRematcher, "p2c"},
+      // The example custom plugin (plugins/example/peak_ewma.cc), loaded by
+      // path as a user's own would be; its path is set in Bench().
+      {"rematcher-peak_ewma", Kind::kRematcher, "plugins/example/libpeak_ewma.so", "", false},
       // The splice alone: one client on one pooled connection for life.
       {"rematcher-splice", Kind::kRematcher, "rr", "--rematch=false"},
       {"haproxy-http-leastconn", Kind::kHaproxyHttp, "leastconn"},
@@ -246,7 +251,11 @@ absl::StatusOr<Plan> MakePlan(const std::string& suite) {
     plan.scenarios = {equal, slow, stalls, fail};
   }
   plan.contenders = AllContenders();
-  if (!FLAGS_contenders.empty()) {
+  if (FLAGS_contenders.empty()) {
+    plan.contenders.erase(std::remove_if(plan.contenders.begin(), plan.contenders.end(),
+                                         [](const Contender& c) { return !c.by_default; }),
+                          plan.contenders.end());
+  } else {
     // Names in the order given. A rematcher contender may carry extra
     // flags after '@', '+'-separated, as a variant in the same run:
     // rematcher-p2c@poll_us=0+redecide_us=0 is p2c with --poll_us=0
@@ -569,7 +578,9 @@ absl::Status Bench::WriteHaproxyConfig(const Contender& c, const std::string& pa
 
 absl::Status Bench::StartContender(const Contender& c, const Scenario& s) {
   if (absl::Status st = CheckVipFree(); !st.ok()) return st;
-  const std::string log = absl::StrCat(tmp_, "/", c.name, ".log");
+  // A variant's flags may hold a path: no '/' in the file name.
+  const std::string log =
+      absl::StrCat(tmp_, "/", absl::StrReplaceAll(c.name, {{"/", "_"}}), ".log");
   switch (c.kind) {
     case Kind::kDirect:
       return absl::OkStatus();
@@ -588,7 +599,9 @@ absl::Status Bench::StartContender(const Contender& c, const Scenario& s) {
           std::min<int>(RM_MAX_POOL_PER_BACKEND, std::max(256, per_backend * 5 / 4));
       std::vector<std::string> argv = {
           rematcher_, "--iface=eth0", absl::StrCat("--vip=", kVip, ":", kPort),
-          "--backends=" + Backends(), "--policy=" + c.arg, "--policy_dir=" + policy_dir_,
+          "--backends=" + Backends(),
+          "--policy=" + (absl::StrContains(c.arg, '/') ? runfiles_ + "/" + c.arg : c.arg),
+          "--policy_dir=" + policy_dir_,
           "--stats_interval_s=0", "--control_socket=" + control_socket_,
           absl::StrCat("--conns_per_backend=", per_backend),
           absl::StrCat("--max_conns_per_backend=", max_per_backend),
