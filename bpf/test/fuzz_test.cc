@@ -8,6 +8,11 @@
 // packet is untouched; a well-formed packet on an owned tuple is never passed
 // to the stack; anything transmitted from a well-formed input carries valid
 // IPv4 and TCP checksums.
+// Two driven flows keep completing exchanges (so rematches and the arrival
+// check run under the fuzz); their pooled connections take random backend
+// segments too, FIN and RST included, and one that dies is retired and
+// replaced as the core would (record freed, queue compacted, a new one
+// queued), and a driven client that dies reconnects.
 // Afterwards: the pool/client records are consistent (every IDLE pool is in
 // its backend's queue exactly once, every BUSY pool is owned by exactly one
 // live client of the matching epoch and queued nowhere), and the protected
@@ -15,6 +20,7 @@
 #include <arpa/inet.h>
 #include <linux/bpf.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <map>
@@ -38,6 +44,7 @@ using packet::SYN;
 constexpr int kPackets = 200000;
 constexpr int kMaxSeconds = 120;
 constexpr int kPools = 8;     // 0-5 carry the clients; 6,7 idle, for rematches
+constexpr uint32_t kMaxPoolIds = 64;  // the pool table: replacements take 8..63
 constexpr int kClients = 6;  // 0,1 protected; 2,3 sacrificial; 4,5 driven
 // Whether client i's flow and pool i are spared FIN and
 // RST: protected flows must translate byte-exact at the end, driven ones
@@ -186,23 +193,58 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
         << what << ": verdict " << XdpVerdictName(r->retval);
     EXPECT_NE(r->retval, XDP_PASS) << what << ": an owned tuple's segment passed to the stack";
   };
-  int driven = 0;
-  auto drive = [&](const Flow& f) {
+  int driven = 0, replaced = 0, reconnected = 0;
+  // The driven flows' pooled connections (4-7 and their replacements) take
+  // random backend segments: one that dies is retired and replaced as the
+  // core does (PoolManager::Retire, then a new connection: the record
+  // freed and its tuple unmapped, the backend's idle queue compacted, a new
+  // record queued under a free id, with the next generation when the id
+  // was used before).
+  std::vector<uint32_t> driven_pools = {4, 5, 6, 7};
+  std::vector<uint32_t> free_pids;
+  for (uint32_t pid = kPools; pid < kMaxPoolIds; pid++) free_pids.push_back(pid);
+  std::vector<uint16_t> gens(kMaxPoolIds, 0);
+  uint32_t next_pid = kPools;  // one past the highest id used
+  uint16_t next_port = 50000 + kPools;
+  auto replace_if_dead = [&](uint32_t pid) {
+    if (Pool(pid).state != RM_P_DEAD || free_pids.empty()) return;
+    const PoolSpec old = pools[pid];
+    ASSERT_TRUE(dp_->DeletePool(pid, PoolKey(old)).ok());
+    ASSERT_TRUE(dp_->CompactIdle(old.backend).ok());
+    PoolSpec n = old;
+    n.pid = free_pids.front();
+    free_pids.erase(free_pids.begin());
+    if (pid >= kPools) free_pids.push_back(pid);
+    next_pid = std::max(next_pid, n.pid + 1);
+    n.gen = ++gens[n.pid] & 0xfff;
+    n.lb_port = next_port++;
+    n.lb_nxt = R32();
+    n.be_nxt = R32();
+    n.lb_ts = R32();
+    n.be_ts = R32();
+    n.be_ws = uint8_t(U(15));
+    if (pools.size() <= n.pid) pools.resize(n.pid + 1);
+    pools[n.pid] = n;
+    AddPool(n);
+    std::replace(driven_pools.begin(), driven_pools.end(), pid, n.pid);
+    replaced++;
+  };
+  auto drive = [&](Flow& f) {
     rm_client c = Client(f.c.id);
-    if (c.state != RM_C_ESTABLISHED || c.pool_id >= uint32_t(kPools)) return;
-    driven++;
-    const PoolSpec& p = pools[c.pool_id];
-    run_checked("driven response", FromBackend(p)
-                                       .Flags(ACK | PSH)
-                                       .Seq(c.s_nxt - c.d_resp)
-                                       .Ack(c.c_nxt + c.d_req)
-                                       .Window(1000)
-                                       .Nop()
-                                       .Nop()
-                                       .Timestamps(c.b_ts_last + 1, c.lb_ts_last)
-                                       .Payload(Pattern(100, 5))
-                                       .Build());
-    // The client's next segment at its record's current position.
+    if (c.state != RM_C_ESTABLISHED) {
+      // Reset or closed through its pooled connection: the client comes
+      // back on a new connection (its old record is freed as the core's
+      // collector would).
+      if (c.state != RM_C_FREE) ASSERT_TRUE(dp_->FreeClient(f.c.id, ~0ull).ok());
+      if (f.c.port >= 60000) return;  // bounded
+      f.c.port = uint16_t(f.c.port + 10);
+      f.c.isn = R32();
+      f.c.tsval = R32();
+      Handshake(f.c);
+      reconnected++;
+      return;
+    }
+    // The next segment at the client's record's current position.
     auto client_seg = [&](uint8_t flags, const Bytes& payload) {
       c = Client(f.c.id);
       return FromClient(f.c)
@@ -216,6 +258,25 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
           .Payload(payload)
           .Build();
     };
+    if (c.pool_id == RM_NO_ID) {
+      // No pooled connection yet (a new client, or its first request
+      // found none idle): its first request, again.
+      run_checked("driven first request", client_seg(ACK | PSH, Pattern(50, 6)));
+      return;
+    }
+    if (c.pool_id >= pools.size()) return;
+    driven++;
+    const PoolSpec& p = pools[c.pool_id];
+    run_checked("driven response", FromBackend(p)
+                                       .Flags(ACK | PSH)
+                                       .Seq(c.s_nxt - c.d_resp)
+                                       .Ack(c.c_nxt + c.d_req)
+                                       .Window(1000)
+                                       .Nop()
+                                       .Nop()
+                                       .Timestamps(c.b_ts_last + 1, c.lb_ts_last)
+                                       .Payload(Pattern(100, 5))
+                                       .Build());
     run_checked("driven ack", client_seg(ACK, {}));
     dp_->SetDecision(f.c.id, Client(f.c.id).req_no + 1, U(2));
     run_checked("driven request", client_seg(ACK | PSH, Pattern(50, 6)));
@@ -232,6 +293,7 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
     Bytes in;
     std::string kind;
     bool wellformed = false, owned = false;
+    uint32_t hit_pool = RM_NO_ID;
     if (P(0.02)) drive(flows[4 + U(2)]);
     if (P(0.001)) {
       // A garbled alternative: out of range, unknown or the backend itself.
@@ -269,9 +331,10 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
         kind = protect ? "client (protected)" : "client";
         owned = true;
       } else if (t < 9) {
-        // Not the driven flows' pools (4-7, which they swap among): new data
-        // on an idle one retires it, and rematches would run out.
-        const PoolSpec& p = pools[U(4)];
+        // Pools 0-3 (the protected and sacrificial flows') or one of the
+        // driven flows' (replaced when it dies, after this segment).
+        const PoolSpec& p = P(0.99) ? pools[U(4)] : pools[driven_pools[U(4)]];
+        hit_pool = p.pid;
         protect = p.pid < 2;
         b = FromBackend(p);
         seq_base = p.be_nxt;
@@ -343,6 +406,7 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
         bad = true;
       }
     }
+    if (hit_pool >= 4 && hit_pool != RM_NO_ID) replace_if_dead(hit_pool);
     if (bad) {
       failures++;
       std::cout << "input:\n" << packet::Parse(in).Describe() << "\n"
@@ -350,7 +414,9 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
                 << "\n";
     }
   }
-  std::cout << "ran " << done << " packets, " << driven << " exchanges driven\n";
+  std::cout << "ran " << done << " packets, " << driven << " exchanges driven, " << replaced
+            << " driven pooled connections replaced, " << reconnected
+            << " driven clients reconnected\n";
   for (auto& [k, v] : kinds) std::cout << "  " << k << ": " << v << "\n";
   for (auto& [k, v] : verdicts) std::cout << "  " << XdpVerdictName(k) << ": " << v << "\n";
   StatsArray st = Stats();
@@ -361,6 +427,12 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
   // clients moved between the backends.
   EXPECT_GT(st[RM_ST_DECISION_APPLIED], 0u);
   EXPECT_GT(st[RM_ST_REMATCHES], 0u);
+  // Their pooled connections died under the backend segments and were
+  // replaced, and the replacements carried exchanges too.
+  EXPECT_GT(replaced, 0);
+  int replacements_used = 0;
+  for (uint32_t pid = kPools; pid < next_pid; pid++) replacements_used += Pool(pid).uses > 0;
+  EXPECT_GT(replacements_used, 0) << "no replacement pooled connection ever carried a request";
 
   // ---- record consistency
   std::map<uint32_t, int> queued;
@@ -370,7 +442,7 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
       EXPECT_EQ(Pool(pid).backend_id, b) << "pool " << pid << " in the wrong queue";
     }
   std::map<uint32_t, uint32_t> owner_of;
-  for (uint32_t pid = 0; pid < kPools; pid++) {
+  for (uint32_t pid = 0; pid < next_pid; pid++) {
     rm_pool p = Pool(pid);
     SCOPED_TRACE(absl::StrCat("pool ", pid, " state ", p.state));
     EXPECT_LE(queued[pid], 1) << "queued twice";
@@ -384,6 +456,10 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
       EXPECT_EQ(c.epoch, p.owner_epoch);
       EXPECT_TRUE(c.state == RM_C_ESTABLISHED || c.state == RM_C_NAT_CLOSE) << c.state;
       owner_of[pid] = p.owner;
+    } else if (p.state == RM_P_FREE) {
+      // Retired and replaced: freed, its queue entry compacted away.
+      EXPECT_EQ(queued[pid], 0) << "freed but queued";
+      EXPECT_EQ(std::count(driven_pools.begin(), driven_pools.end(), pid), 0);
     } else {
       EXPECT_EQ(p.state, uint32_t(RM_P_DEAD));
     }

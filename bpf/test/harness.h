@@ -111,6 +111,7 @@ struct PoolSpec {
   uint8_t be_ws = 7;
   uint8_t flags = RM_LEG_TS | RM_LEG_SACK | RM_LEG_WS;
   std::vector<VlanSpec> vlans;  // tags on the backend side (innermost last)
+  uint16_t gen = 0;  // rm_pool.gen, also in its idle-queue entry (an id reused)
 };
 
 // A second pooled connection (pool 1, on backend 1): a rematch's target.
@@ -350,11 +351,12 @@ class DatapathFixture : public ::testing::Test {
     r.flags = p.flags;
     r.synack_seen = 1;
     r.be_mss = 1400;
+    r.gen = p.gen & 0xfff;
     r.vlan_tci = p.vlans.empty() ? 0 : TciNet(p.vlans.back());
     memcpy(r.be_mac, kBackends[p.backend].mac.data(), 6);
     ASSERT_TRUE(dp_->PutPool(p.pid, r).ok());
     if (queue) {
-      ASSERT_TRUE(dp_->PushIdle(p.backend, p.pid).ok());
+      ASSERT_TRUE(dp_->PushIdle(p.backend, p.pid, p.gen).ok());
     }
   }
   rm_pool Pool(uint32_t pid) {
