@@ -1236,14 +1236,12 @@ std::string Machine() {
                          un.ok() ? std::string(absl::StripAsciiWhitespace(*un)) : "?", hv, load[0]);
 }
 
-// The datapath's cost ratio from the other bench, when it has been built
-// (`bazel build //tools/bench:datapath_bench`); its package is private, so we
-// run the workspace's binary rather than depend on it.
+// The datapath's cost ratio from the other bench
+// (//tools/bench:datapath_bench, from this binary's runfiles).
 std::string DatapathRatio() {
-  const char* ws = getenv("BUILD_WORKSPACE_DIRECTORY");
-  std::string bin = absl::StrCat(ws ? ws : ".", "/bazel-bin/tools/bench/datapath_bench");
+  const std::string bin = tb::RunfilesRoot() + "/tools/bench/datapath_bench";
   if (access(bin.c_str(), X_OK) != 0)
-    return "not measured (build //tools/bench:datapath_bench first to include it)";
+    return absl::StrCat("not measured (", bin, " is missing)");
   auto r = tb::RunCommand({bin, "--rounds=7", "--repeat=20000"}, absl::Seconds(120));
   if (!r.ok() || r->exit_code != 0)
     return absl::StrCat("datapath_bench failed: ", r.ok() ? r->err.substr(0, 300)
@@ -1251,15 +1249,8 @@ std::string DatapathRatio() {
   for (absl::string_view line : absl::StrSplit(r->out, '\n'))
     if (absl::StartsWith(line, "ratio") || absl::StrContains(line, "(ns/pkt)"))
       LOG(INFO) << "datapath_bench: " << line;
-  size_t p = r->out.find("ratio (median/median): ");
-  if (p == std::string::npos) return absl::StrCat("unparsed: ", r->out.substr(0, 300));
-  std::string line = r->out.substr(p);
-  line = line.substr(0, line.find('\n'));
-  std::string out;
-  for (absl::string_view l : absl::StrSplit(r->out, '\n'))
-    if (absl::StrContains(l, "(ns/pkt)"))
-      absl::StrAppend(&out, "`", absl::StripAsciiWhitespace(l), "`; ");
-  return absl::StrCat(out, "`", line, "`");
+  auto summary = SummarizeDatapathBench(r->out);
+  return summary.ok() ? *summary : absl::StrCat("unparsed: ", summary.status().message());
 }
 
 int Main(int argc, char** argv) {

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -195,6 +196,18 @@ std::string CsvField(absl::string_view s) {
     out += c;
   }
   return out + "\"";
+}
+
+absl::StatusOr<std::string> SummarizeDatapathBench(absl::string_view out) {
+  std::string rows, ratio;
+  for (absl::string_view l : absl::StrSplit(out, '\n')) {
+    l = absl::StripAsciiWhitespace(l);
+    if (absl::StrContains(l, "(ns/pkt)")) absl::StrAppend(&rows, "`", l, "`; ");
+    if (absl::StartsWith(l, "ratio")) ratio = std::string(l);
+  }
+  if (ratio.empty())
+    return absl::NotFoundError(absl::StrCat("no ratio line in: ", out.substr(0, 300)));
+  return absl::StrCat(rows, "`", ratio, "`");
 }
 
 }  // namespace rematcher::bench

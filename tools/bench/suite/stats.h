@@ -65,6 +65,11 @@ std::map<std::string, int64_t> ParseKeyValueLines(absl::string_view text);
 
 std::string CsvField(absl::string_view s);
 
+// One line for results.md from //tools/bench:datapath_bench's output: its
+// "(ns/pkt)" lines and its "ratio" line, each in backquotes; NotFound when
+// there is no ratio line.
+absl::StatusOr<std::string> SummarizeDatapathBench(absl::string_view out);
+
 }  // namespace rematcher::bench
 
 #endif  // REMATCHER_TOOLS_BENCH_SUITE_STATS_H_

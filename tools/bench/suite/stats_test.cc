@@ -76,5 +76,22 @@ TEST(Stats, KeyValueAndCsv) {
   EXPECT_EQ(CsvField("plain"), "plain");
 }
 
+TEST(Stats, DatapathBenchSummary) {
+  // As //tools/bench:datapath_bench prints it.
+  const char* out =
+      "datapath_bench: 7 rounds x repeat=20000, 1000-byte payload\n"
+      "                                     median        min        max\n"
+      "floor: trivial xdp_tx_swap (ns/pkt)       25.0       25.0       29.0\n"
+      "rematcher spliced C->B (ns/pkt)         112.0      105.0      121.0\n"
+      "ratio (median of per-round ratios): 4.28x  (median/median: 4.48x)  target <= 5x: met\n";
+  auto s = SummarizeDatapathBench(out);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(*s,
+            "`floor: trivial xdp_tx_swap (ns/pkt)       25.0       25.0       29.0`; "
+            "`rematcher spliced C->B (ns/pkt)         112.0      105.0      121.0`; "
+            "`ratio (median of per-round ratios): 4.28x  (median/median: 4.48x)  target <= 5x: met`");
+  EXPECT_FALSE(SummarizeDatapathBench("datapath_bench: failed before any round\n").ok());
+}
+
 }  // namespace
 }  // namespace rematcher::bench
