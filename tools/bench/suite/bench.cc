@@ -98,6 +98,9 @@ DEFINE_string(rematcher_flags, "",
               "Extra flags for every rematcher contender, space-separated (experiments)");
 
 namespace rematcher::bench {
+
+std::vector<std::string> g_args;  // the command line's arguments, before gflags
+
 namespace {
 
 namespace tb = rematcher::testbed;
@@ -1292,9 +1295,11 @@ int Main(int argc, char** argv) {
     _exit(4);
   }).detach();
 
-  std::string command = absl::StrCat("bazel run //tools/bench/suite:bench -- --suite=",
-                                     plan->suite);
-  for (int i = 1; i < argc; i++) absl::StrAppend(&command, " ", argv[i]);
+  // The command line as given (main() keeps it before gflags takes the
+  // flags out of argv), so results.md says how to reproduce this run.
+  std::string command = "bazel run //tools/bench/suite:bench --";
+  for (const std::string& a : g_args) absl::StrAppend(&command, " ", a);
+  if (!absl::StrContains(command, "--suite")) absl::StrAppend(&command, " --suite=", plan->suite);
   std::string machine = Machine();
   LOG(INFO) << "results in " << out << "; " << machine;
 
@@ -1325,6 +1330,7 @@ int Main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   gflags::SetUsageMessage("rematcher vs HAProxy / nftables / direct on a namespace testbed");
+  for (int i = 1; i < argc; i++) rematcher::bench::g_args.push_back(argv[i]);
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;
