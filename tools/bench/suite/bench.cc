@@ -1,7 +1,7 @@
 // bench: rematcher side by side with the load balancers users would pick
 // instead, on one namespace testbed, in one run (issue 5).
 //
-//   bazel run //tools/bench/suite:bench -- --suite=quick   # ~5 minutes
+//   bazel run //tools/bench/suite:bench -- --suite=quick   # under 5 minutes
 //   bazel run //tools/bench/suite:bench -- --suite=full    # about an hour
 //
 // What it owns and its contract:
