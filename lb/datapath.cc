@@ -38,6 +38,19 @@ uint64_t LayoutWord() {
          (uint64_t{sizeof(rm_pool)} << 16) | sizeof(rm_backend_load);
 }
 
+// A record of a map mmap'd from the datapath, copied 32 bits at a time
+// without its lock: each word is one the datapath wrote whole, but a
+// record being changed meanwhile may mix old and new fields (a hint).
+template <typename T>
+T ReadWords(const volatile T* src) {
+  static_assert(sizeof(T) % 4 == 0, "records are made of 32-bit words");
+  T out;
+  const volatile uint32_t* w = reinterpret_cast<const volatile uint32_t*>(src);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(&out);
+  for (size_t i = 0; i < sizeof(T) / 4; i++) dst[i] = w[i];
+  return out;
+}
+
 // Whether a pinned `layout` map holds this build's LayoutWord().
 bool HoldsThisLayout(int layout_fd) {
   uint32_t zero = 0;
@@ -584,11 +597,7 @@ absl::StatusOr<rm_pool> Datapath::GetPool(uint32_t pid) const {
 
 std::optional<rm_pool> Datapath::PeekPool(uint32_t pid) const {
   if (pid >= opts_.max_pool || !pools_) return std::nullopt;
-  rm_pool p;
-  const volatile uint32_t* src = reinterpret_cast<const volatile uint32_t*>(&pools_[pid]);
-  uint32_t* dst = reinterpret_cast<uint32_t*>(&p);
-  for (size_t i = 0; i < sizeof(p) / 4; i++) dst[i] = src[i];
-  return p;
+  return ReadWords(&pools_[pid]);
 }
 
 absl::Status Datapath::DeletePool(uint32_t pid, const rm_pool_key& key) {
@@ -709,10 +718,7 @@ absl::Status Datapath::ForEachClient(
   for (uint32_t id = 0; id < opts_.max_clients; id++) {
     const volatile rm_client* src = &clients_[id];
     if (src->state == RM_C_FREE) continue;
-    rm_client c;
-    const volatile uint32_t* w = reinterpret_cast<const volatile uint32_t*>(src);
-    uint32_t* dst = reinterpret_cast<uint32_t*>(&c);
-    for (size_t i = 0; i < sizeof(c) / 4; i++) dst[i] = w[i];
+    const rm_client c = ReadWords(src);
     if (c.state != RM_C_FREE) fn(id, c);
   }
   return absl::OkStatus();
