@@ -524,6 +524,7 @@ void Core::OnRequestDone(const rm_event& ev, uint32_t earlier) {
     Snapshot snap;
     snap.now_ns = now;
     snap.backends = absl::MakeConstSpan(snapshot_);
+    snap.pending = absl::MakeConstSpan(snap_pending_);
     std::optional<size_t> pick =
         policy_->Pick(snap, PolicyRequest(ev.client_id, ev.backend_id, ev.req_no, earlier));
     if (own != nullptr) ++*own;
@@ -618,7 +619,9 @@ void Core::RefreshLoad(uint64_t now) {
     floor_cur_.fill(0);
     floor_window_start_ns_ = now;
   }
-  for (BackendInfo& b : snapshot_) {
+  snap_pending_.assign(snapshot_.size(), 0);
+  for (size_t i = 0; i < snapshot_.size(); ++i) {
+    BackendInfo& b = snapshot_[i];
     const rm_backend_load& l = dp_->BackendLoad(b.id);
     b.requests_total = l.requests;
     b.latency_ewma_first_byte_ns = l.ewma_first_ns;
@@ -634,7 +637,8 @@ void Core::RefreshLoad(uint64_t now) {
     // whichever backend was least loaded at one instant (20-36 requests in
     // a row on one backend at 5,000 req/s open loop; a stall starting then
     // caught them all).
-    b.outstanding = InFlight(l) + (opts_.count_pending_decisions ? committed_[b.id] : 0);
+    snap_pending_[i] = opts_.count_pending_decisions ? committed_[b.id] : 0;
+    b.outstanding = InFlight(l) + snap_pending_[i];
     TrackFirstByteFloor(b.id, l.ewma_first_ns);
     const bool stalled = Stalled(b.id, l, now);
     if (stalled && !stalled_[b.id]) stalls_[b.id]++;
@@ -773,9 +777,11 @@ void Core::Redecide(bool at_once) {
   // decisions from one snapshot, and without that a load-aware policy
   // would send them all to the backend least loaded at that instant.
   view_ = snapshot_;
+  view_pending_ = snap_pending_;
   Snapshot snap;
   snap.now_ns = now;
   snap.backends = absl::MakeConstSpan(view_);
+  snap.pending = absl::MakeConstSpan(view_pending_);
   absl::flat_hash_set<uint32_t> was_behind;
   was_behind.swap(behind_);
   for (const BackendInfo& b : snapshot_) {
@@ -836,7 +842,10 @@ void Core::Redecide(bool at_once) {
       }
       decisions_redecided_++;
       view_[*pick].outstanding++;
-      if (view_[snap_index_[b.id]].outstanding > 0) view_[snap_index_[b.id]].outstanding--;
+      view_pending_[*pick]++;
+      const size_t from = snap_index_[b.id];
+      if (view_[from].outstanding > 0) view_[from].outstanding--;
+      if (view_pending_[from] > 0) view_pending_[from]--;
       NoteDecision(id, target, now);
     }
   }
@@ -958,6 +967,7 @@ size_t Core::MoveClientsOff(uint32_t backend) {
       Snapshot snap;
       snap.now_ns = MonoNowNs();
       snap.backends = absl::MakeConstSpan(snapshot_);
+      if (snap_pending_.size() == snapshot_.size()) snap.pending = absl::MakeConstSpan(snap_pending_);
       std::optional<size_t> pick = policy_->Pick(snap, PolicyRequest(id, c.backend_id, c.req_no));
       if (pick && Eligible(snapshot_[*pick].id)) target = snapshot_[*pick].id;
     }

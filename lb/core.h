@@ -314,6 +314,8 @@ class Core {
   std::array<bool, RM_MAX_BACKENDS> stalled_{};
   std::array<uint64_t, RM_MAX_BACKENDS> stalls_{};
   std::vector<BackendInfo> view_;  // Redecide's snapshot, with its moves counted
+  // Snapshot::pending for snapshot_ (filled by RefreshLoad) and for view_.
+  std::vector<uint32_t> snap_pending_, view_pending_;
   std::vector<std::vector<uint32_t>> pending_;
   std::vector<uint32_t> pending_to_;
   uint64_t last_redecide_ns_ = 0, decisions_redecided_ = 0, pending_forgotten_ = 0;

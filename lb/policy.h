@@ -38,6 +38,9 @@ inline bool IsEligible(const BackendInfo& b) {
 struct Snapshot {
   uint64_t now_ns = 0;  // CLOCK_MONOTONIC
   absl::Span<const BackendInfo> backends;
+  // Parallel to backends, or empty: of each backend's outstanding, the
+  // decisions made for it and not started yet (rm_snapshot.pending).
+  absl::Span<const uint32_t> pending;
 };
 
 // The client whose request just finished.

@@ -88,6 +88,8 @@ class PluginPolicy final : public Policy {
     snap.num_backends = static_cast<uint32_t>(n);
     snap.now_ns = snapshot.now_ns;
     snap.backends = snapshot.backends.data();
+    // ABI 1.3: passed only if there is one count per backend.
+    snap.pending = snapshot.pending.size() == n ? snapshot.pending.data() : nullptr;
 
     rm_request req = {};
     req.struct_size = sizeof(req);

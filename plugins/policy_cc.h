@@ -67,6 +67,14 @@ class Snapshot {
     return snap_.backends + snap_.num_backends;
   }
   const rm_snapshot& raw() const { return snap_; }
+  // Of backend i's outstanding, the decisions not started yet (ABI 1.3; 0
+  // from an older host), and the rest: the requests in flight.
+  uint32_t pending(size_t i) const {
+    return rm_snapshot_pending(&snap_, static_cast<uint32_t>(i));
+  }
+  uint32_t in_flight(size_t i) const {
+    return rm_backend_in_flight(&snap_, static_cast<uint32_t>(i));
+  }
 
  private:
   const rm_snapshot& snap_;

@@ -132,6 +132,22 @@ TEST(AdapterTest, CreatePickDestroyThroughTheCAbi) {
   e->destroy(inst);
 }
 
+TEST(AdapterTest, SnapshotSplitsOutstandingIntoPendingAndInFlight) {
+  rm_backend_info backends[2] = {};
+  backends[0].outstanding = 7;
+  backends[1].outstanding = 3;
+  const uint32_t pending[2] = {4, 3};
+  rm_snapshot raw = {sizeof(rm_snapshot), 2, 0, backends, pending};
+  rematcher_plugin::Snapshot snap(raw);
+  EXPECT_EQ(snap.pending(0), 4u);
+  EXPECT_EQ(snap.in_flight(0), 3u);
+  EXPECT_EQ(snap.in_flight(1), 0u);
+  // From a 1.2 host the snapshot ends before `pending`: all in flight.
+  raw.struct_size = offsetof(rm_snapshot, pending);
+  EXPECT_EQ(snap.pending(0), 0u);
+  EXPECT_EQ(snap.in_flight(0), 7u);
+}
+
 TEST(AdapterTest, CreateErrorsReachTheHost) {
   const rm_policy_v1* e = rematcher_policy_entry();
   char err[128] = "";

@@ -82,7 +82,8 @@ extern "C" {
 #endif
 
 #define RM_POLICY_ABI_MAJOR 1
-#define RM_POLICY_ABI_MINOR 2 /* 1.1: RM_BACKEND_STALLED; 1.2: rm_request.flags, previous_pick */
+#define RM_POLICY_ABI_MINOR 3 /* 1.1: RM_BACKEND_STALLED; 1.2: rm_request.flags, previous_pick;
+                                 1.3: rm_snapshot.pending */
 
 /* The one symbol the host looks up. */
 #define RM_POLICY_ENTRY_SYMBOL "rematcher_policy_entry"
@@ -148,7 +149,8 @@ struct rm_backend_info {
                            decided when its previous one starts, so this
                            is the load to come. Without it, many decisions
                            taken from one instant's counts all name the
-                           same least loaded backend. */
+                           same least loaded backend. How many of them are
+                           decisions: rm_snapshot.pending (1.3). */
   uint32_t idle_conns;  /* idle pooled connections ready for a splice */
   uint64_t requests_total;             /* requests sent since the LB started */
   uint64_t latency_ewma_first_byte_ns; /* request end -> first response byte */
@@ -158,12 +160,13 @@ struct rm_backend_info {
 
 /* What the core passes to every pick(). Allocated and filled by the host.
  *
- * Layout (LP64, 24 bytes):
+ * Layout (LP64, 32 bytes; 24 from a 1.0-1.2 host):
  *   off  size  field
  *     0     4  struct_size
  *     4     4  num_backends
  *     8     8  now_ns
  *    16     8  backends
+ *    24     8  pending         (1.3; read through rm_snapshot_pending)
  */
 struct rm_snapshot {
   uint32_t struct_size;  /* sizeof(struct rm_snapshot) as the host built it */
@@ -173,7 +176,35 @@ struct rm_snapshot {
    * valid only for the duration of the call it is passed to; the plugin must
    * not keep the pointer, write through it or free it. Copy what you need. */
   const struct rm_backend_info *backends;
+  /* Since 1.3, a parallel array (num_backends entries, or NULL): of
+   * backends[i].outstanding, how many are decisions for clients' next
+   * requests that have not started yet (the host's
+   * --count_pending_decisions; 0 each when it is off). Every idle client
+   * holds one, so in an open loop they are most of `outstanding`: tens per
+   * backend against a request or two in flight. A count-based policy wants
+   * them (without them, decisions taken from one instant's counts all name
+   * the same backend); a policy that multiplies the load by a latency may
+   * want only the requests in flight, rm_backend_in_flight. Same ownership
+   * as backends. */
+  const uint32_t *pending;
 };
+
+/* Decisions made for backends[i] and not started yet (see
+ * rm_snapshot.pending); 0 from a host older than 1.3. */
+static inline uint32_t rm_snapshot_pending(const struct rm_snapshot *snap, uint32_t i) {
+  if (!RM_HAS_FIELD(snap, struct rm_snapshot, pending) || snap->pending == NULL ||
+      i >= snap->num_backends)
+    return 0;
+  return snap->pending[i];
+}
+
+/* Requests in flight on backends[i]: its outstanding without the decisions
+ * still to come. From a host older than 1.3, all of outstanding. */
+static inline uint32_t rm_backend_in_flight(const struct rm_snapshot *snap, uint32_t i) {
+  if (i >= snap->num_backends) return 0;
+  const uint32_t out = snap->backends[i].outstanding, pend = rm_snapshot_pending(snap, i);
+  return out > pend ? out - pend : 0;
+}
 
 /* The request that just finished and whose client needs a backend for its
  * NEXT request. Allocated and filled by the host.
@@ -327,7 +358,8 @@ RM_STATIC_ASSERT(sizeof(void *) == 8, "rematcher plugin ABI assumes LP64");
 RM_STATIC_ASSERT(sizeof(struct rm_backend_info) == 48, "rm_backend_info layout");
 RM_STATIC_ASSERT(offsetof(struct rm_backend_info, requests_total) == 24,
                  "rm_backend_info layout");
-RM_STATIC_ASSERT(sizeof(struct rm_snapshot) == 24, "rm_snapshot layout");
+RM_STATIC_ASSERT(sizeof(struct rm_snapshot) == 32 && offsetof(struct rm_snapshot, pending) == 24,
+                 "rm_snapshot layout");
 RM_STATIC_ASSERT(sizeof(struct rm_request) == 40, "rm_request layout");
 RM_STATIC_ASSERT(offsetof(struct rm_request, requests_on_connection) == 24,
                  "rm_request layout");

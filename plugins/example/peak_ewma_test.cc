@@ -8,7 +8,7 @@ namespace {
 rematcher::BackendInfo WithLatency(uint32_t id, uint32_t outstanding,
                                    uint64_t ewma_ns) {
   rematcher::BackendInfo b = Backend(id, 1, outstanding);
-  b.latency_ewma_last_byte_ns = ewma_ns;
+  b.latency_ewma_first_byte_ns = ewma_ns;
   return b;
 }
 
@@ -32,6 +32,35 @@ TEST(PeakEwmaTest, NeverPicksWorstOfThree) {
   EXPECT_NEAR(counts[1], 2000, 150);
 }
 
+// The score is the first byte's latency, whatever the last byte's: that one
+// runs until the client acknowledges the response, which a client waiting
+// to send its next request delays alike on every backend.
+TEST(PeakEwmaTest, ScoresTheFirstByteNotTheLast) {
+  auto p = LinkedPolicy("seed=5");
+  rematcher::BackendInfo fast = WithLatency(1, 0, 200000);
+  rematcher::BackendInfo slow = WithLatency(2, 0, 1000000);
+  fast.latency_ewma_last_byte_ns = 12000000;
+  slow.latency_ewma_last_byte_ns = 11000000;
+  EXPECT_EQ(CountPicks(*p, {fast, slow}, 100)[1], 100);
+}
+
+// Load is the requests in flight: the decisions for other clients' next
+// requests that the host counts in `outstanding` (tens per backend in an
+// open loop) are left out, unless count_pending=1.
+TEST(PeakEwmaTest, WeighsRequestsInFlightNotPendingDecisions) {
+  // fast: 0.2 ms x (30 - 29 pending + 1) = 0.4; slow: 1 ms x (5 - 5 + 1) = 1.
+  // Counting the decisions: 0.2 x 31 = 6.2 against 1 x 6 = 6.
+  std::vector<rematcher::BackendInfo> bs = {WithLatency(1, 30, 200000),
+                                            WithLatency(2, 5, 1000000)};
+  const std::vector<uint32_t> pending = {29, 5};
+  EXPECT_EQ(CountPicks(*LinkedPolicy("seed=6"), bs, pending, 100)[1], 100);
+  EXPECT_EQ(CountPicks(*LinkedPolicy("seed=6,count_pending=1"), bs, pending, 100)[2], 100);
+  // A host that gives no pending counts (older than ABI 1.3, or not one per
+  // backend): everything outstanding is load.
+  EXPECT_EQ(CountPicks(*LinkedPolicy("seed=6"), bs, 100)[2], 100);
+  EXPECT_EQ(CountPicks(*LinkedPolicy("seed=6"), bs, {29}, 100)[2], 100);
+}
+
 TEST(PeakEwmaTest, UnknownLatencyUsesDefault) {
   // No sample yet: assumed 1ms by default, so it beats a known 5ms backend,
   // and loses to it when told to assume 10ms.
@@ -51,11 +80,10 @@ TEST(PeakEwmaTest, SkipsIneligible) {
 TEST(PeakEwmaTest, ArgsErrors) {
   EXPECT_NE(CreateError("unknown_latency_ns=0").find("must be > 0"),
             std::string::npos);
-  EXPECT_NE(
-      CreateError("latency=1")
-          .find(
-              "unknown option 'latency' (accepted: seed, unknown_latency_ns)"),
-      std::string::npos)
+  EXPECT_NE(CreateError("count_pending=2").find("must be 0 or 1"), std::string::npos);
+  EXPECT_NE(CreateError("latency=1").find("unknown option 'latency' (accepted: "
+                                          "count_pending, seed, unknown_latency_ns)"),
+            std::string::npos)
       << CreateError("latency=1");
 }
 

@@ -56,6 +56,20 @@ inline std::map<int64_t, int> CountPicks(
   return counts;
 }
 
+// The same, with the snapshot's pending decisions per backend (parallel to
+// `bs`; the host passes them on only if there is one per backend).
+inline std::map<int64_t, int> CountPicks(
+    rematcher::Policy& policy, const std::vector<rematcher::BackendInfo>& bs,
+    const std::vector<uint32_t>& pending, int n) {
+  std::map<int64_t, int> counts;
+  rematcher::Snapshot snap{0, bs, pending};
+  for (int i = 0; i < n; ++i) {
+    auto pick = policy.Pick(snap, rematcher::Request{});
+    counts[pick.has_value() ? int64_t{bs[*pick].id} : -1]++;
+  }
+  return counts;
+}
+
 // Every load-aware built-in prefers a backend that is not stalled, even an
 // idle stalled one against busy others, and falls back to the stalled ones
 // when every eligible backend is stalled.
