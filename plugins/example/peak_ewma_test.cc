@@ -72,6 +72,11 @@ TEST(PeakEwmaTest, UnknownLatencyUsesDefault) {
             20);
 }
 
+TEST(PeakEwmaTest, AvoidsStalledBackends) {
+  auto p = LinkedPolicy("seed=7");
+  ExpectAvoidsStalled(*p);
+}
+
 TEST(PeakEwmaTest, SkipsIneligible) {
   auto p = LinkedPolicy("seed=4");
   ExpectSkipsIneligible(*p);
