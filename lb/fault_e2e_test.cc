@@ -47,6 +47,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "lb/testing/e2e_fixture.h"
+#include "testing/backend/test_util.h"
 #include "testing/faults/faults.h"
 
 #ifndef FAULT_E2E_REQUESTS
@@ -599,6 +600,50 @@ TEST_F(FaultE2eTest, ArrivingRequestsGoAroundAStalledBackend) {
   // stalled backend during a pause waits it out; with it on, those sent
   // before its count climbs (about two per pause) still do.
   EXPECT_LT(on.waited * 3, off.waited) << "with " << on.waited << ", without " << off.waited;
+}
+
+// A latency-aware policy (the example plugin, peak_ewma) all but stops
+// using a backend 10x slower at a load the fast ones carry easily, and the
+// arrival check must not undo that: each backend's alternative is chosen by
+// (unanswered + 1) x usual latency, not by the count alone, which made the
+// idle slow backend every busy one's alternative. Measured here
+// (2026-12-06, 3 runs each): 776-847 of 15,000 requests to the slow
+// backend with the count alone, 67-128 with the fix.
+TEST_F(FaultE2eTest, ArrivalReroutesLeaveAnIdleSlowBackendAlone) {
+  for (int i = 0; i < kBackends; i++)
+    ASSERT_TRUE(bed().StartBackend(i, {i == kBackends - 1 ? "--service_us=2000" : "--service_us=200"}).ok());
+  ASSERT_TRUE(bed().StartLb(backend::testutil::RunfilePath("plugins/example/libpeak_ewma.so")).ok())
+      << bed().LbLog();
+  std::vector<std::string> load = {"--connections=64", "--mode=open", "--rate=8000",
+                                   "--sizes=0", "--timeout_ms=10000", "--max_time_s=30"};
+  // Warm-up: until every backend has answered, its latency is not known.
+  std::vector<std::string> warm = load;
+  warm.push_back("--requests=2000");
+  auto w = bed().Load(0, warm, absl::Seconds(60));
+  ASSERT_TRUE(w.ok()) << w.status();
+  auto before = bed().Backends();
+  auto s0 = bed().Stats();
+  ASSERT_TRUE(before.ok() && s0.ok());
+  load.push_back("--requests=15000");
+  auto r = bed().Load(0, load, absl::Seconds(60));
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::cout << "[loadgen] " << r->json << std::endl;
+  EXPECT_EQ(JsonInt(r->json, "ok"), 15000) << r->json;
+  auto after = bed().Backends();
+  auto s = bed().Stats();
+  ASSERT_TRUE(after.ok() && s.ok());
+  ASSERT_EQ(after->size(), before->size());
+  uint64_t total = 0, slow = 0;
+  for (size_t i = 0; i < after->size(); i++) {
+    const uint64_t n = (*after)[i].requests - (*before)[i].requests;
+    total += n;
+    if ((*after)[i].id == kBackends - 1) slow = n;
+  }
+  std::cout << "[slow] the slow backend served " << slow << " of " << total
+            << " requests; arrival_rerouted " << (*s)["arrival_rerouted"] - (*s0)["arrival_rerouted"]
+            << std::endl;
+  EXPECT_GE(total, 15000u);
+  EXPECT_LE(slow * 50, total) << "more than 2% to the backend 10x slower";
 }
 
 // A stall flag moves a backend's pending decisions only to backends that
