@@ -121,9 +121,8 @@ class PeakEwma {
     // any in service. A stalled backend (RM_BACKEND_STALLED: no response
     // has begun for several times its usual latency) keeps its EWMA from
     // before the pause until the pause ends, so the score alone would keep
-    // sending it requests; the first version of this example did, and a
-    // 40 ms pause every now and then set its p99 (5.7 ms against 0.6-1.1
-    // for the built-ins, which skip stalled backends the same way).
+    // sending it requests through the pause. The built-ins skip stalled
+    // backends the same way.
     eligible_.clear();
     for (size_t i = 0; i < snap.size(); ++i) {
       if (rematcher_plugin::IsPreferred(snap[i])) eligible_.push_back(i);
