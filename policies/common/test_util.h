@@ -42,22 +42,9 @@ inline std::string CreateError(const std::string& args) {
   return policy.ok() ? "" : std::string(policy.status().message());
 }
 
-// Picks `n` times on a fixed snapshot; returns backend id -> count (-1 for
-// no preference).
-inline std::map<int64_t, int> CountPicks(
-    rematcher::Policy& policy, const std::vector<rematcher::BackendInfo>& bs,
-    int n) {
-  std::map<int64_t, int> counts;
-  rematcher::Snapshot snap{0, bs};
-  for (int i = 0; i < n; ++i) {
-    auto pick = policy.Pick(snap, rematcher::Request{});
-    counts[pick.has_value() ? int64_t{bs[*pick].id} : -1]++;
-  }
-  return counts;
-}
-
-// The same, with the snapshot's pending decisions per backend (parallel to
-// `bs`; the host passes them on only if there is one per backend).
+// Picks `n` times on a fixed snapshot, with its pending decisions per
+// backend (parallel to `bs`; the host passes them on only if there is one
+// per backend); returns backend id -> count (-1 for no preference).
 inline std::map<int64_t, int> CountPicks(
     rematcher::Policy& policy, const std::vector<rematcher::BackendInfo>& bs,
     const std::vector<uint32_t>& pending, int n) {
@@ -68,6 +55,13 @@ inline std::map<int64_t, int> CountPicks(
     counts[pick.has_value() ? int64_t{bs[*pick].id} : -1]++;
   }
   return counts;
+}
+
+// The same with no pending counts (a host older than ABI 1.3).
+inline std::map<int64_t, int> CountPicks(
+    rematcher::Policy& policy, const std::vector<rematcher::BackendInfo>& bs,
+    int n) {
+  return CountPicks(policy, bs, {}, n);
 }
 
 // Every load-aware built-in prefers a backend that is not stalled, even an
