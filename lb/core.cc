@@ -390,6 +390,10 @@ absl::Status Core::PublishBackends() {
     snapshot_.push_back(info);
     if (healthy && !b.draining) list.push_back(id);
   }
+  // Parallel to snapshot_ at all times, like its zero counts until the
+  // next RefreshLoad: a pick before then (MoveClientsOff) must not read
+  // the old list's counts by the new list's indices.
+  snap_pending_.assign(snapshot_.size(), 0);
   return dp_->SetBackendList(list);
 }
 
@@ -981,7 +985,7 @@ size_t Core::MoveClientsOff(uint32_t backend) {
       Snapshot snap;
       snap.now_ns = MonoNowNs();
       snap.backends = absl::MakeConstSpan(snapshot_);
-      if (snap_pending_.size() == snapshot_.size()) snap.pending = absl::MakeConstSpan(snap_pending_);
+      snap.pending = absl::MakeConstSpan(snap_pending_);
       std::optional<size_t> pick = policy_->Pick(snap, PolicyRequest(id, c.backend_id, c.req_no));
       if (pick && Eligible(snapshot_[*pick].id)) target = snapshot_[*pick].id;
     }
