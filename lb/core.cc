@@ -442,7 +442,23 @@ void Core::OnEvent(const rm_event& ev) {
       // the pooled connection, or a reset) makes no next request.
       if (ev.client_id < opts_.max_clients) {
         auto c = dp_->GetClient(ev.client_id);
-        if (c.ok() && c->state != RM_C_ESTABLISHED) ForgetPending(ev.client_id);
+        if (c.ok() && c->state != RM_C_ESTABLISHED) {
+          ForgetPending(ev.client_id);
+          // A close that cost a pooled connection: what made it unclean
+          // (the same fields as `clients N closing`), while the record
+          // still lingers. Rare between requests; a reset mid-exchange is
+          // the usual one.
+          LOG_EVERY_N(INFO, 100)
+              << "client " << ev.client_id << " "
+              << AddrString(c->key.client_ip, c->key.client_port)
+              << " ended with its pooled connection " << ev.pool_id << " (backend "
+              << ev.backend_id << ", retired): state " << ClientStateName(c->state)
+              << " phase " << static_cast<int>(c->phase)
+              << absl::StrFormat(" fin 0x%02x", c->fin_flags) << " be_unacked "
+              << static_cast<int32_t>(c->c_nxt + c->d_req - c->b_acked) << " cl_unacked "
+              << static_cast<int32_t>(c->s_nxt - c->c_acked) << " requests " << c->req_no
+              << " (" << google::COUNTER << " so far)";
+        }
       }
       break;
     }

