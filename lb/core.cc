@@ -370,6 +370,7 @@ absl::Status Core::RematchClient(uint32_t client, uint32_t backend) {
 }
 
 absl::Status Core::PublishBackends() {
+  UpdatePanic();
   std::vector<uint32_t> list;
   snapshot_.clear();
   snap_index_.clear();
@@ -384,7 +385,9 @@ absl::Status Core::PublishBackends() {
     info.ipv4 = b.spec.ip;
     info.port = b.spec.port;
     info.weight = b.spec.weight;
-    bool healthy = health_->healthy(id);
+    // In panic every backend counts as healthy: the policy spreads the
+    // load over all of them as usual.
+    bool healthy = InService(id);
     info.flags = (healthy ? RM_BACKEND_HEALTHY : 0) | (b.draining ? RM_BACKEND_DRAINING : 0);
     snap_index_[id] = snapshot_.size();
     snapshot_.push_back(info);
@@ -933,6 +936,32 @@ bool Core::Full(uint32_t backend) const {
          pools_->Connecting(backend) == 0;
 }
 
+bool Core::InService(uint32_t backend) const { return panic_ || health_->healthy(backend); }
+
+bool Core::UpdatePanic() {
+  bool any = false, healthy = false;
+  for (const auto& [id, b] : backends_) {
+    if (b.removed || b.draining) continue;
+    any = true;
+    if (health_->healthy(id)) {
+      healthy = true;
+      break;
+    }
+  }
+  const bool panic = opts_.health_panic && any && !healthy;
+  if (panic == panic_) return false;
+  panic_ = panic;
+  if (panic) {
+    panic_entries_++;
+    LOG(WARNING) << "every backend fails its health checks: all stay in service (panic) until "
+                 << "one passes; --health_panic=false refuses new clients instead";
+  } else {
+    LOG(WARNING) << "a backend passes its health checks again: panic over, the failing ones "
+                 << "leave service";
+  }
+  return true;
+}
+
 bool Core::Eligible(uint32_t backend) const {
   auto it = snap_index_.find(backend);
   if (it == snap_index_.end()) return false;
@@ -953,7 +982,7 @@ uint16_t Core::DatapathFlags(uint32_t id, const Backend& b) const {
   uint16_t flags = RM_BE_ACTIVE;
   // Out of service: no new splices (the same flags as a drain); clients on
   // it stay until their next request, which MoveClientsOff sends elsewhere.
-  if (b.draining || !health_->healthy(id)) flags |= RM_BE_DRAINING;
+  if (b.draining || !InService(id)) flags |= RM_BE_DRAINING;
   if (pools_->CanGrow(id)) flags |= RM_BE_CAN_GROW;
   return flags;
 }
@@ -962,6 +991,10 @@ void Core::ApplyHealth(const HealthTransition& t) {
   auto it = backends_.find(t.backend);
   if (it == backends_.end() || it->second.removed) return;
   Backend& b = it->second;
+  // A panic that starts or ends here changes every backend's service; the
+  // other backends' datapath flags follow in Tick, right after this.
+  const bool was_panic = panic_;
+  UpdatePanic();
   uint16_t flags = DatapathFlags(t.backend, b);
   rm_backend rb{};
   rb.ip = b.spec.ip;
@@ -974,6 +1007,24 @@ void Core::ApplyHealth(const HealthTransition& t) {
     LOG(ERROR) << "publishing backends after a health change: " << st;
   if (t.up) {
     pools_->RetryNow(t.backend);
+    if (was_panic && !panic_) {
+      // The panic is over: the backends still failing leave service now.
+      for (const auto& [id, ob] : backends_) {
+        if (ob.removed || id == t.backend || health_->healthy(id)) continue;
+        const size_t moved = MoveClientsOff(id);
+        LOG(INFO) << "backend " << id << " out of service: " << moved
+                  << " clients redirected for their next request";
+      }
+    }
+    return;
+  }
+  if (panic_) {
+    // Every backend fails: this one stays in service with the rest.
+    uint32_t retired = t.failed ? pools_->RetireIdle(t.backend) : 0;
+    LOG(INFO) << "backend " << t.backend << " fails its health checks but stays in service "
+              << "(panic)"
+              << (t.failed ? absl::StrCat(", ", retired, " idle pooled connections retired")
+                           : std::string());
     return;
   }
   size_t moved = MoveClientsOff(t.backend);
@@ -1134,6 +1185,7 @@ std::string Core::BackendsText() {
                         : s.draining   ? "draining"
                         : s.healthy && s.stalled ? "stalled"
                         : s.healthy    ? "up"
+                        : panic_       ? "panic"
                         : s.health.up ? "ejected"
                                        : "down";
     // Last check result, with the open streak ("ok x2", "refused x3").
@@ -1200,6 +1252,8 @@ std::string Core::StatsText() {
   absl::StrAppend(&out, "adopted_clients ", adopted_clients_, "\n");
   absl::StrAppend(&out, "pool_acks_sent ", pool_acks_sent_, "\n");
   absl::StrAppend(&out, "pool_acks_carried ", pool_acks_carried_, "\n");
+  absl::StrAppend(&out, "health_panic ", panic_ ? 1 : 0, "\nhealth_panic_entries ",
+                  panic_entries_, "\n");
   uint64_t stalls = 0;
   for (uint64_t n : stalls_) stalls += n;
   absl::StrAppend(&out, "backend_stalls ", stalls, "\n");
@@ -1272,6 +1326,12 @@ std::string Core::MetricsText() {
   single("rematcher_pool_acks_sent_total", "counter",
          "ACKs sent to old pooled connections after a rematch (raw socket).",
          pool_acks_sent_);
+  single("rematcher_health_panic", "gauge",
+         "1 while every backend fails its health checks and all stay in service "
+         "(--health_panic).",
+         panic_ ? 1 : 0);
+  single("rematcher_health_panic_entries_total", "counter",
+         "Times every backend came to fail its health checks at once.", panic_entries_);
   single("rematcher_pool_acks_carried_total", "counter",
          "Owed ACKs not sent: the connection was taken again, its next splice carries them.",
          pool_acks_carried_);

@@ -112,6 +112,13 @@ struct CoreOptions {
   std::string control_socket;  // empty: none
   std::string metrics_addr;    // IP:PORT of the Prometheus HTTP endpoint; empty: none
   HealthOptions health;        // lb_ip is filled in from lb_ip above
+  // When every backend in service (not draining, not removed) fails its
+  // health checks, keep them all in service instead of refusing every new
+  // client: checks that fail everywhere at once are as likely a broken
+  // check (a wrong --health_http_path, an overloaded health endpoint) as a
+  // fleet that is down, and a fleet that is down fails the requests anyway.
+  // Ends when one passes. Envoy's panic mode at 0% healthy.
+  bool health_panic = true;
 };
 
 // One row of `backends` output and of the policy snapshot.
@@ -186,6 +193,13 @@ class Core {
   // (round robin over eligible ones); nullopt when none is.
   std::optional<uint32_t> FallbackBackend(uint32_t avoid);
   bool Eligible(uint32_t backend) const;
+  // In service as far as health goes: passes its checks, or every backend
+  // fails them (panic, CoreOptions::health_panic).
+  bool InService(uint32_t backend) const;
+  // Recomputes panic_ from the backends' health; true if it changed.
+  bool UpdatePanic();
+  bool panic_ = false;
+  uint64_t panic_entries_ = 0;
   // No idle pooled connection, none connecting and the pool at its limit:
   // a rematch there now would be skipped (the client stays where it is).
   bool Full(uint32_t backend) const;

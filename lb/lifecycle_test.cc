@@ -187,10 +187,17 @@ class LifecycleTest : public ::testing::Test {
     for (int i = 0; i < 3; i++) StartBackend(i, 8080);
   }
 
+  // While this file exists, backend i's GET /health answers 503 (it serves
+  // everything else as usual).
+  static std::string UnhealthyFile(int i) {
+    return absl::StrCat(::testing::TempDir(), "/unhealthy-b", i);
+  }
+
   static void StartBackend(int i, int port) {
     auto p = tb_->Spawn(tb_->backend_ns(i), {RunfilePath("testing/backend/backend"),
                                              absl::StrCat("--listen=0.0.0.0:", port),
-                                             absl::StrCat("--name=b", i)});
+                                             absl::StrCat("--name=b", i),
+                                             "--unhealthy_file=" + UnhealthyFile(i)});
     ASSERT_TRUE(p.ok()) << p.status();
     (*procs_)[i * 100000 + port] = std::move(*p);
     ASSERT_TRUE(tb_->WaitForTcpListener(tb_->backend_ns(i), tb_->backend_ip(i), port,
@@ -664,6 +671,81 @@ TEST_F(LifecycleTest, BackendDroppingNewConnectionsWhileServingStaysUp) {
   auto up = WaitState(b2, "up", absl::Seconds(10));
   ASSERT_TRUE(up.ok()) << up.status() << Log();
   EXPECT_TRUE(lb_.Running()) << Log();
+}
+
+// Health checks that fail on every backend at once (here each backend's
+// GET /health answers 503 while it serves as usual, as a wrong
+// --health_http_path or an overloaded health endpoint would) keep them all
+// in service (panic, --health_panic, the default) instead of refusing every
+// client. The first backend to pass again ends the panic and takes the
+// requests alone. With --health_panic=false the same failure refuses new
+// clients with an RST.
+TEST_F(LifecycleTest, EveryBackendFailingItsChecksStaysInServiceUntilOnePasses) {
+  struct Restore {
+    ~Restore() {
+      for (int i = 0; i < 3; i++) unlink(UnhealthyFile(i).c_str());
+    }
+  } restore;
+  auto set_unhealthy = [](int i) { std::ofstream(UnhealthyFile(i)) << "503\n"; };
+  const std::vector<std::string> b = {Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)};
+  const std::vector<std::string> checks = {"--conns_per_backend=8", "--health_interval_ms=200",
+                                           "--health_timeout_ms=500", "--health_rise=2",
+                                           "--health_fall=2", "--health_http_path=/health"};
+  auto load = [&](int requests) {
+    auto r = tb_->RunCommand(
+        tb_->client_ns(0),
+        {RunfilePath("testing/loadgen/loadgen"), absl::StrCat("--target=", kVip, ":8080"),
+         "--json", "--connections=4", absl::StrCat("--requests=", requests),
+         "--sizes=100,5000", "--max_time_s=20"},
+        absl::Seconds(40));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->out : std::string();
+  };
+  StartLb(b, 3 * 8, checks);
+  for (int i = 0; i < 3; i++) set_unhealthy(i);
+  for (int i = 0; i < 3; i++) {
+    auto panic = WaitState(b[i], "panic", absl::Seconds(10));
+    ASSERT_TRUE(panic.ok()) << panic.status() << Log();
+  }
+  EXPECT_TRUE(WaitLog("every backend fails its health checks", absl::Seconds(1))) << Log();
+  auto st = Stats();
+  EXPECT_EQ(st["health_panic"], 1u);
+  EXPECT_EQ(st["health_panic_entries"], 1u);
+  std::string j = load(600);
+  EXPECT_EQ(JsonInt(j, "ok"), 600) << j << Log();
+  EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
+  EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
+  for (const char* name : {"b0", "b1", "b2"}) EXPECT_GT(BackendCount(j, name), 600 / 6) << j;
+
+  // b0 passes again: the panic is over, b1 and b2 leave service.
+  unlink(UnhealthyFile(0).c_str());
+  auto up = WaitState(b[0], "up", absl::Seconds(10));
+  ASSERT_TRUE(up.ok()) << up.status() << Log();
+  // The core applies health changes at its next tick (100 ms).
+  ASSERT_TRUE(WaitLog("panic over", absl::Seconds(2))) << Log();
+  for (int i = 1; i < 3; i++) EXPECT_EQ(Row(b[i]).first, "down") << Ctl("backends");
+  EXPECT_EQ(Stats()["health_panic"], 0u);
+  j = load(600);
+  EXPECT_EQ(JsonInt(j, "ok"), 600) << j << Log();
+  EXPECT_EQ(BackendCount(j, "b0"), 600) << j;
+
+  // Without panic, every backend failing refuses new clients.
+  lb_.Stop(absl::Seconds(5)).IgnoreError();
+  lb_ = Process();
+  std::vector<std::string> no_panic = checks;
+  no_panic.push_back("--health_panic=false");
+  StartLb(b, 3 * 8, no_panic);
+  set_unhealthy(0);
+  for (int i = 0; i < 3; i++) {
+    auto down = WaitState(b[i], "down", absl::Seconds(10));
+    ASSERT_TRUE(down.ok()) << down.status() << Log();
+  }
+  ASSERT_TRUE(WaitLog("backend 0 out of service", absl::Seconds(2))) << Log();
+  EXPECT_EQ(Stats()["health_panic"], 0u);
+  j = load(8);
+  EXPECT_EQ(JsonInt(j, "ok"), 0) << j;
+  EXPECT_GT(JsonInt(j, "errors"), 0) << j;
+  EXPECT_GT(Stats()["tx_rst"], 0u) << "new clients were not refused with an RST";
 }
 
 TEST_F(LifecycleTest, RefusingBackendAtStartIsDownOthersServeThenItJoins) {

@@ -119,6 +119,8 @@ DEFINE_uint32(health_fall, 3, "Consecutive failed checks (or failed pooled conne
               "backend out of service.");
 DEFINE_string(health_http_path, "", "If set, health checks GET this path (e.g. /r?size=0) and "
               "expect a 2xx status; empty: TCP connect only.");
+DEFINE_bool(health_panic, true, "When every backend fails its health checks, keep them all in "
+            "service (panic) instead of refusing every new client; ends when one passes.");
 DEFINE_bool(health_passive, true, "Count failed or timed-out pooled-connection connects as "
             "failed checks.");
 DEFINE_double(health_latency_factor, 0, "Eject a backend whose first-byte latency EWMA is over "
@@ -275,6 +277,7 @@ int Main(int argc, char** argv) {
   o.health.fall = FLAGS_health_fall;
   o.health.http_path = FLAGS_health_http_path;
   o.health.passive = FLAGS_health_passive;
+  o.health_panic = FLAGS_health_panic;
   o.health.latency_factor = FLAGS_health_latency_factor;
   o.health.latency_min = absl::Milliseconds(FLAGS_health_latency_min_ms);
   o.health.latency_eject = absl::Seconds(FLAGS_health_latency_eject_s);

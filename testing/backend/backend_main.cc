@@ -31,6 +31,8 @@ DEFINE_int64(max_requests_per_conn, 0,
 DEFINE_int64(keepalive_timeout_ms, 0, "close connections idle this long; 0 = never");
 DEFINE_int64(corrupt_every, 0,
              "TESTING ONLY: flip one body byte in every Nth response; 0 = never");
+DEFINE_string(unhealthy_file, "",
+              "GET /health answers 503 while this file exists, else 200 (empty: always 200)");
 DEFINE_string(port_file, "",
               "if set, write the bound port here once listening (for tests and port 0)");
 
@@ -68,6 +70,7 @@ int main(int argc, char** argv) {
   options.max_requests_per_conn = FLAGS_max_requests_per_conn;
   options.keepalive_timeout_ms = FLAGS_keepalive_timeout_ms;
   options.corrupt_every = FLAGS_corrupt_every;
+  options.unhealthy_file = FLAGS_unhealthy_file;
 
   auto server = rematcher::backend::Server::Create(options);
   if (!server.ok()) {

@@ -236,6 +236,30 @@ TEST_F(BackendTest, KeepAliveTimeoutClosesIdleConnections) {
   EXPECT_LT(ms, 2000);
 }
 
+// GET /health: 200 until the --unhealthy_file exists, 503 while it does,
+// and the connection keeps serving /r either way.
+TEST_F(BackendTest, HealthAnswersFromTheUnhealthyFile) {
+  const std::string flag = ::testing::TempDir() + "/unhealthy-" + std::to_string(getpid());
+  unlink(flag.c_str());
+  StartBackend({"--unhealthy_file=" + flag});
+  Fd fd(Connect());
+  std::string buf;
+  auto health = [&]() -> int {
+    if (!SendAll(fd.get(), "GET /health HTTP/1.1\r\nHost: t\r\n\r\n").ok()) return -1;
+    auto r = ReadResponse(fd.get(), &buf);
+    return r.ok() ? r->status : -1;
+  };
+  EXPECT_EQ(health(), 200);
+  { std::ofstream(flag) << "x"; }
+  EXPECT_EQ(health(), 503);
+  ASSERT_TRUE(SendAll(fd.get(), Get(3, 3)).ok());
+  auto r = ReadResponse(fd.get(), &buf);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ExpectBody(*r, 3, 3);
+  unlink(flag.c_str());
+  EXPECT_EQ(health(), 200);
+}
+
 TEST_F(BackendTest, NotFoundAndMalformed) {
   StartBackend();
   {

@@ -559,6 +559,13 @@ class Worker {
                         "\r\nX-Upload-Fnv: ", FnvHex(c->upload_fnv.value()));
       }
       absl::StrAppend(&r.head, "\r\nConnection: ", conn_hdr, "\r\n\r\n");
+    } else if (c->req_path == "/health" && c->req_method == "GET") {
+      const bool sick = !options_.unhealthy_file.empty() &&
+                        access(options_.unhealthy_file.c_str(), F_OK) == 0;
+      r.literal_body = sick ? "unhealthy\n" : "ok\n";
+      r.head = absl::StrCat(sick ? "HTTP/1.1 503 Service Unavailable" : "HTTP/1.1 200 OK",
+                            "\r\nContent-Length: ", r.literal_body.size(), "\r\nX-Backend: ",
+                            options_.name, "\r\nConnection: ", conn_hdr, "\r\n\r\n");
     } else {
       r.literal_body = "not found\n";
       r.head = absl::StrCat("HTTP/1.1 404 Not Found\r\nContent-Length: ",

@@ -39,6 +39,9 @@ struct ServerOptions {
   int64_t max_requests_per_conn = 0;  // 0 = unlimited
   int64_t keepalive_timeout_ms = 0;   // 0 = never close idle connections
   int64_t corrupt_every = 0;          // testing only; 0 = never corrupt
+  // GET /health answers 503 while this file exists, else 200 (empty: always
+  // 200): a health endpoint a test can fail without touching the serving.
+  std::string unhealthy_file;
 };
 
 // Totals across threads, read after Wait().
