@@ -1303,7 +1303,11 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     if (pk->psh) c->cflags |= RM_CF_LASTPSH;
     else c->cflags &= ~RM_CF_LASTPSH;
   }
-  if (rm_after(pk->seq + len + pk->fin, c->c_nxt)) c->c_nxt = pk->seq + len + pk->fin;
+  /* Only bytes (or a FIN) move it: a bare ACK's seq past c_nxt means the
+   * client sent data this LB never saw (dropped before XDP), and its
+   * retransmission must still count as new (a request's start). */
+  if ((len || pk->fin) && rm_after(pk->seq + len + pk->fin, c->c_nxt))
+    c->c_nxt = pk->seq + len + pk->fin;
   if (pk->ack_f && rm_after(pk->ack, c->c_acked) && !rm_after(pk->ack, c->s_nxt))
     c->c_acked = pk->ack;
   __u32 d_tsval = c->ts_c2b;
@@ -1811,7 +1815,13 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
    * duplicated or retransmitted old segment arriving during the next
    * request must not end that request. */
   int new_resp = len && rm_after(seq_out_end - pk->fin, c->s_nxt);
-  if (rm_after(seq_out_end, c->s_nxt)) c->s_nxt = seq_out_end;
+  /* Only bytes (or a FIN) move it. A bare ACK carries the backend's
+   * snd_nxt, which is past s_nxt when response bytes were lost before XDP
+   * (a full ring): counting them as sent made their retransmission "old",
+   * so the response never began (phase stayed RM_PH_REQ) and the client's
+   * FIN after it was taken for a close mid-exchange, retiring the pooled
+   * connection. */
+  if ((len || pk->fin) && rm_after(seq_out_end, c->s_nxt)) c->s_nxt = seq_out_end;
   if (new_resp && c->phase != RM_PH_RESP) {
     if (c->phase == RM_PH_REQ) {
       first_byte = 1;

@@ -83,7 +83,8 @@ constexpr char kPrefix[] = "rmst";
 
 // Datapath counters that stay 0 in a clean run: damage (malformed, bad
 // state, unsupported, data on an idle pooled connection), refused clients
-// (table full, MSS, RST sent), events lost on the ring buffer.
+// (table full, MSS, RST sent), pooled connections that died or were retired
+// by a close mid-exchange, events lost on the ring buffer.
 //
 // Not here, bounded or printed instead:
 // - drop_no_pool: the datapath also counts it when a *rematch* finds no idle
@@ -95,18 +96,15 @@ constexpr char kPrefix[] = "rmst";
 //   segment can be taken for pipelining (README, known limits); the veth
 //   rings drop a few frames under this load (printed as XDP_TX errors).
 //   Bounded at 0.1% of the requests instead.
-// - closed_retire / pool_dead: every client closes between requests, so each
-//   close should be a clean one that keeps its pooled connection. One in
-//   2,000 was not, once, in a CI run on a slower host (2,202 frames lost to
-//   full veth rings): that close retired its pooled connection and a fresh
-//   one replaced it, the safe outcome for a close the datapath cannot show
-//   to be clean, and the pool accounting below still balanced. Not
-//   reproduced in 18 runs since (10 beside a CPU hog). Bounded at 0.1% of
-//   the connections, each dead pooled connection owed to such a close; the
-//   core logs what made each one unclean, and [closing] prints the record.
+//
+// Every client closes between requests, so every close is a clean one that
+// keeps its pooled connection (closed_retire and pool_dead 0). One in
+// 2,000 was not, once in CI (2026-12-06): a response lost before XDP and
+// retransmitted had not counted as a response (fixed in the datapath,
+// ClientFinAfterLostResponseAndRetransmittedRequestIsClean).
 constexpr const char* kMustBeZero[] = {
-    "drop_malformed",   "drop_table_full", "drop_mss", "drop_bad_state",
-    "drop_unsupported", "drop_pool_data",  "tx_rst",   "events_lost",
+    "drop_malformed", "drop_table_full", "drop_mss",    "drop_bad_state", "drop_unsupported",
+    "drop_pool_data", "pool_dead",       "tx_rst",      "closed_retire",  "events_lost",
 };
 
 uint64_t Param(const char* env, uint64_t def) {
@@ -393,11 +391,6 @@ TEST_F(StressTest, ThousandsOfKeepAliveClientsRematchedPerRequest) {
             << (*s)["no_pool_wait"] << ", drop_stale " << (*s)["drop_stale"] << std::endl;
   // A misread boundary now and then under veth loss, never systematically.
   EXPECT_LE((*s)["pipelined"], requests / 1000);
-  // An unclean close now and then, never systematically; nothing else
-  // killed a pooled connection.
-  EXPECT_LE((*s)["closed_retire"], connections / 1000);
-  EXPECT_EQ((*s)["pool_dead"], (*s)["closed_retire"])
-      << "pooled connections died other than by an unclean client close";
   EXPECT_GE((*s)["handshakes"], connections);
   // Rematching happened at scale (rr moves most requests).
   EXPECT_GT((*s)["rematches"], requests / 4);
