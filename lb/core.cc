@@ -938,7 +938,7 @@ bool Core::Full(uint32_t backend) const {
 
 bool Core::InService(uint32_t backend) const { return panic_ || health_->healthy(backend); }
 
-bool Core::UpdatePanic() {
+void Core::UpdatePanic() {
   bool any = false, healthy = false;
   for (const auto& [id, b] : backends_) {
     if (b.removed || b.draining) continue;
@@ -949,7 +949,7 @@ bool Core::UpdatePanic() {
     }
   }
   const bool panic = opts_.health_panic && any && !healthy;
-  if (panic == panic_) return false;
+  if (panic == panic_) return;
   panic_ = panic;
   if (panic) {
     panic_entries_++;
@@ -959,7 +959,6 @@ bool Core::UpdatePanic() {
     LOG(WARNING) << "a backend passes its health checks again: panic over, the failing ones "
                  << "leave service";
   }
-  return true;
 }
 
 bool Core::Eligible(uint32_t backend) const {
@@ -1018,19 +1017,14 @@ void Core::ApplyHealth(const HealthTransition& t) {
     }
     return;
   }
-  if (panic_) {
-    // Every backend fails: this one stays in service with the rest.
-    uint32_t retired = t.failed ? pools_->RetireIdle(t.backend) : 0;
-    LOG(INFO) << "backend " << t.backend << " fails its health checks but stays in service "
-              << "(panic)"
-              << (t.failed ? absl::StrCat(", ", retired, " idle pooled connections retired")
-                           : std::string());
-    return;
-  }
-  size_t moved = MoveClientsOff(t.backend);
+  // In panic every backend fails: this one stays in service with the
+  // rest, and its clients stay on it.
+  const size_t moved = panic_ ? 0 : MoveClientsOff(t.backend);
   uint32_t retired = t.failed ? pools_->RetireIdle(t.backend) : 0;
-  LOG(INFO) << "backend " << t.backend << " out of service: " << moved
-            << " clients redirected for their next request"
+  LOG(INFO) << "backend " << t.backend
+            << (panic_ ? std::string(" fails its health checks but stays in service (panic)")
+                       : absl::StrCat(" out of service: ", moved,
+                                      " clients redirected for their next request"))
             << (t.failed ? absl::StrCat(", ", retired, " idle pooled connections retired")
                          : std::string());
 }

@@ -196,8 +196,8 @@ class Core {
   // In service as far as health goes: passes its checks, or every backend
   // fails them (panic, CoreOptions::health_panic).
   bool InService(uint32_t backend) const;
-  // Recomputes panic_ from the backends' health; true if it changed.
-  bool UpdatePanic();
+  // Recomputes panic_ from the backends' health (logging a change).
+  void UpdatePanic();
   bool panic_ = false;
   uint64_t panic_entries_ = 0;
   // No idle pooled connection, none connecting and the pool at its limit:

@@ -103,8 +103,8 @@ constexpr char kPrefix[] = "rmst";
 // retransmitted had not counted as a response (fixed in the datapath,
 // ClientFinAfterLostResponseAndRetransmittedRequestIsClean).
 constexpr const char* kMustBeZero[] = {
-    "drop_malformed", "drop_table_full", "drop_mss",    "drop_bad_state", "drop_unsupported",
-    "drop_pool_data", "pool_dead",       "tx_rst",      "closed_retire",  "events_lost",
+    "drop_malformed", "drop_table_full", "drop_mss", "drop_bad_state", "drop_unsupported",
+    "drop_pool_data", "pool_dead",       "tx_rst",   "closed_retire",  "events_lost",
 };
 
 uint64_t Param(const char* env, uint64_t def) {

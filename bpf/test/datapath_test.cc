@@ -1524,53 +1524,54 @@ TEST_F(IdlePoolTest, NewDataRetires) {
 // bytes, so their retransmission was not a response, the phase stayed
 // RM_PH_REQ and the FIN retired the pooled connection.
 TEST_F(DatapathTest, ClientFinAfterLostResponseAndRetransmittedRequestIsClean) {
- for (bool seen : {true, false}) {
-  SCOPED_TRACE(seen ? "response lost after XDP" : "response lost before XDP");
-  LoadDatapath(1);
-  PoolSpec p;
-  AddPool(p);
-  ClientSpec c;
-  BackendPos b;
-  Epoch e = Splice(c, p, b, 76);
-  const uint32_t req_start = c.c_nxt - 76, s_before = c.s_nxt;
-  const uint32_t tsecr_before = c.s_ts;
-  // The response: forwarded by XDP, lost on the way to the client.
-  BackendPos b0 = b;
-  if (seen) {
-    BackendToClient("response (lost after XDP)", c, p, e, BackendSeg(b, Pattern(137, 9), ACK | PSH),
-                    {{RM_ST_TX_B2C, 1}});
-  } else {
-    BackendSeg(b, Pattern(137, 9), ACK | PSH);
+  for (bool seen : {true, false}) {
+    SCOPED_TRACE(seen ? "response lost after XDP" : "response lost before XDP");
+    LoadDatapath(1);
+    PoolSpec p;
+    AddPool(p);
+    ClientSpec c;
+    BackendPos b;
+    Epoch e = Splice(c, p, b, 76);
+    const uint32_t req_start = c.c_nxt - 76, s_before = c.s_nxt;
+    const uint32_t tsecr_before = c.s_ts;
+    // The response: forwarded by XDP, lost on the way to the client.
+    BackendPos b0 = b;
+    if (seen) {
+      BackendToClient("response (lost after XDP)", c, p, e,
+                      BackendSeg(b, Pattern(137, 9), ACK | PSH), {{RM_ST_TX_B2C, 1}});
+    } else {
+      BackendSeg(b, Pattern(137, 9), ACK | PSH);
+    }
+    // The client, never acked, retransmits the request.
+    Seg re;
+    re.flags = ACK | PSH;
+    re.seq = req_start;
+    re.ack = s_before;
+    re.win = 1000;
+    re.ts = true;
+    re.tsval = ++c.tsval;
+    re.tsecr = tsecr_before;
+    re.payload = Pattern(76, 1);
+    Expect("request retransmitted", BuildSeg(FromClient(c), re), XDP_TX, nullptr,
+           {{RM_ST_TX_C2B, 1}});
+    // The backend: a duplicate ACK with a D-SACK of the retransmission.
+    Seg dsack = BackendSeg(b, {});
+    dsack.sack = true;
+    dsack.blocks = {{p.lb_nxt, p.lb_nxt + 76}};
+    Expect("backend D-SACK", BuildSeg(FromBackend(p), dsack), XDP_TX, nullptr,
+           {{RM_ST_TX_B2C, 1}});
+    // The backend retransmits the response.
+    BackendPos b1 = b0;
+    b1.ts = b.ts;
+    Seg again = BackendSeg(b1, Pattern(137, 9), ACK | PSH);
+    BackendToClient("response retransmitted", c, p, e, again, {{RM_ST_TX_B2C, 1}});
+    rm_client before_fin = Client(c.id);
+    EXPECT_EQ(before_fin.phase, uint8_t(RM_PH_RESP));
+    EXPECT_EQ(before_fin.s_nxt, c.s_nxt);
+    Seg fin = ClientSeg(c, {}, FIN | ACK);
+    Expect("client FIN", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
+           {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
   }
-  // The client, never acked, retransmits the request.
-  Seg re;
-  re.flags = ACK | PSH;
-  re.seq = req_start;
-  re.ack = s_before;
-  re.win = 1000;
-  re.ts = true;
-  re.tsval = ++c.tsval;
-  re.tsecr = tsecr_before;
-  re.payload = Pattern(76, 1);
-  Expect("request retransmitted", BuildSeg(FromClient(c), re), XDP_TX, nullptr,
-         {{RM_ST_TX_C2B, 1}});
-  // The backend: a duplicate ACK with a D-SACK of the retransmission.
-  Seg dsack = BackendSeg(b, {});
-  dsack.sack = true;
-  dsack.blocks = {{p.lb_nxt, p.lb_nxt + 76}};
-  Expect("backend D-SACK", BuildSeg(FromBackend(p), dsack), XDP_TX, nullptr, {{RM_ST_TX_B2C, 1}});
-  // The backend retransmits the response.
-  BackendPos b1 = b0;
-  b1.ts = b.ts;
-  Seg again = BackendSeg(b1, Pattern(137, 9), ACK | PSH);
-  BackendToClient("response retransmitted", c, p, e, again, {{RM_ST_TX_B2C, 1}});
-  rm_client before_fin = Client(c.id);
-  EXPECT_EQ(before_fin.phase, uint8_t(RM_PH_RESP));
-  EXPECT_EQ(before_fin.s_nxt, c.s_nxt);
-  Seg fin = ClientSeg(c, {}, FIN | ACK);
-  Expect("client FIN", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
-         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
- }
 }
 
 // The client's side of the same: request bytes lost before XDP, then a
