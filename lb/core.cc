@@ -939,24 +939,30 @@ bool Core::Full(uint32_t backend) const {
 bool Core::InService(uint32_t backend) const { return panic_ || health_->healthy(backend); }
 
 void Core::UpdatePanic() {
-  bool any = false, healthy = false;
+  size_t in_service = 0, healthy = 0;
   for (const auto& [id, b] : backends_) {
     if (b.removed || b.draining) continue;
-    any = true;
-    if (health_->healthy(id)) {
-      healthy = true;
-      break;
-    }
+    in_service++;
+    if (health_->healthy(id)) healthy++;
   }
-  const bool panic = opts_.health_panic && any && !healthy;
+  const bool panic = opts_.health_panic && in_service > 0 &&
+                     (healthy == 0 || healthy * 100 < in_service * opts_.health_panic_threshold);
   if (panic == panic_) return;
   panic_ = panic;
   if (panic) {
     panic_entries_++;
-    LOG(WARNING) << "every backend fails its health checks: all stay in service (panic) until "
-                 << "one passes; --health_panic=false refuses new clients instead";
+    if (healthy == 0)
+      LOG(WARNING) << "every backend fails its health checks: all stay in service (panic) until "
+                   << "one passes; --health_panic=false refuses new clients instead";
+    else
+      LOG(WARNING) << "only " << healthy << " of " << in_service
+                   << " backends pass their health checks, under --health_panic_threshold="
+                   << opts_.health_panic_threshold
+                   << "%: all stay in service (panic) until enough pass";
   } else {
-    LOG(WARNING) << "a backend passes its health checks again: panic over, the failing ones "
+    panic_ended_ = true;
+    LOG(WARNING) << healthy << " of " << in_service
+                 << " backends pass their health checks: panic over, the failing ones "
                  << "leave service";
   }
 }
@@ -992,7 +998,6 @@ void Core::ApplyHealth(const HealthTransition& t) {
   Backend& b = it->second;
   // A panic that starts or ends here changes every backend's service; the
   // other backends' datapath flags follow in Tick, right after this.
-  const bool was_panic = panic_;
   UpdatePanic();
   uint16_t flags = DatapathFlags(t.backend, b);
   rm_backend rb{};
@@ -1005,20 +1010,12 @@ void Core::ApplyHealth(const HealthTransition& t) {
   if (auto st = PublishBackends(); !st.ok())
     LOG(ERROR) << "publishing backends after a health change: " << st;
   if (t.up) {
+    // A panic that ends here moves the failing backends' clients in Tick.
     pools_->RetryNow(t.backend);
-    if (was_panic && !panic_) {
-      // The panic is over: the backends still failing leave service now.
-      for (const auto& [id, ob] : backends_) {
-        if (ob.removed || id == t.backend || health_->healthy(id)) continue;
-        const size_t moved = MoveClientsOff(id);
-        LOG(INFO) << "backend " << id << " out of service: " << moved
-                  << " clients redirected for their next request";
-      }
-    }
     return;
   }
-  // In panic every backend fails: this one stays in service with the
-  // rest, and its clients stay on it.
+  // In panic this one stays in service with the rest, and its clients stay
+  // on it.
   const size_t moved = panic_ ? 0 : MoveClientsOff(t.backend);
   uint32_t retired = t.failed ? pools_->RetireIdle(t.backend) : 0;
   LOG(INFO) << "backend " << t.backend
@@ -1126,6 +1123,17 @@ void Core::Tick() {
       rb.port = b.spec.port;
       rb.flags = flags;
       if (dp_->SetBackend(id, rb).ok()) b.flags = flags;
+    }
+  }
+  if (panic_ended_) {
+    // The backends still failing leave service now (the health change or
+    // the removal that ended the panic did not move their clients).
+    panic_ended_ = false;
+    for (const auto& [id, b] : backends_) {
+      if (b.removed || InService(id)) continue;
+      const size_t moved = MoveClientsOff(id);
+      LOG(INFO) << "backend " << id << " out of service: " << moved
+                << " clients redirected for their next request";
     }
   }
   WatchLimits(now);

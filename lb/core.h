@@ -119,6 +119,11 @@ struct CoreOptions {
   // fleet that is down, and a fleet that is down fails the requests anyway.
   // Ends when one passes. Envoy's panic mode at 0% healthy.
   bool health_panic = true;
+  // With health_panic, also panic while fewer than this percentage of the
+  // backends in service pass their checks (Envoy's healthy_panic_threshold):
+  // the few that pass would otherwise take every request and likely fall
+  // over too. 0: only when none passes. Ends when the share is reached.
+  uint32_t health_panic_threshold = 0;
 };
 
 // One row of `backends` output and of the policy snapshot.
@@ -193,12 +198,14 @@ class Core {
   // (round robin over eligible ones); nullopt when none is.
   std::optional<uint32_t> FallbackBackend(uint32_t avoid);
   bool Eligible(uint32_t backend) const;
-  // In service as far as health goes: passes its checks, or every backend
-  // fails them (panic, CoreOptions::health_panic).
+  // In service as far as health goes: passes its checks, or too few
+  // backends pass them (panic, CoreOptions::health_panic).
   bool InService(uint32_t backend) const;
   // Recomputes panic_ from the backends' health (logging a change).
   void UpdatePanic();
   bool panic_ = false;
+  // Set when a panic ends; Tick then moves the failing backends' clients.
+  bool panic_ended_ = false;
   uint64_t panic_entries_ = 0;
   // No idle pooled connection, none connecting and the pool at its limit:
   // a rematch there now would be skipped (the client stays where it is).

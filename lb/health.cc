@@ -145,7 +145,7 @@ void HealthChecker::StartProbe(uint32_t id, Entry& e, absl::Time now) {
   if (connect(fd, reinterpret_cast<sockaddr*>(&peer), sizeof(peer)) && errno != EINPROGRESS) {
     int err = errno;
     close(fd);
-    Failure(id, e, ErrName(err), /*passive=*/false, /*connect=*/true);
+    Failure(id, e, ErrName(err), /*passive=*/false, Fail::kConnect);
     return;
   }
   epoll_event ev{};
@@ -170,7 +170,7 @@ void HealthChecker::OnEvent(int fd, uint32_t events) {
     int err = 0;
     socklen_t len = sizeof(err);
     getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err) return FinishProbe(id, e, false, ErrName(err), /*connect=*/true);
+    if (err) return FinishProbe(id, e, false, ErrName(err), Fail::kConnect);
     if (opts_.http_path.empty()) return FinishProbe(id, e, true, "ok");
     std::string req = absl::StrCat("GET ", opts_.http_path, " HTTP/1.1\r\nHost: ",
                                    AddrString(e.spec.ip, e.spec.port),
@@ -210,18 +210,19 @@ void HealthChecker::OnEvent(int fd, uint32_t events) {
   if (!absl::StartsWith(line, "HTTP/1.") || line.size() < 12 ||
       !absl::SimpleAtoi(line.substr(9, 3), &code))
     return FinishProbe(id, e, false, "bad HTTP status line");
-  if (code < 200 || code > 299) return FinishProbe(id, e, false, absl::StrCat("HTTP ", code));
+  if (code < 200 || code > 299)
+    return FinishProbe(id, e, false, absl::StrCat("HTTP ", code), Fail::kStatus);
   FinishProbe(id, e, true, absl::StrCat("HTTP ", code));
 }
 
 void HealthChecker::FinishProbe(uint32_t id, Entry& e, bool ok, const std::string& result,
-                                bool connect) {
+                                Fail kind) {
   absl::Duration took = absl::Now() - e.started;
   CloseProbe(e);
   if (ok)
     Success(id, e, absl::StrFormat("%s %.1fms", result, absl::ToDoubleMilliseconds(took)));
   else
-    Failure(id, e, result, /*passive=*/false, connect);
+    Failure(id, e, result, /*passive=*/false, kind);
 }
 
 void HealthChecker::Success(uint32_t id, Entry& e, const std::string& result) {
@@ -243,8 +244,8 @@ bool HealthChecker::Serving(const Entry& e) const {
 }
 
 void HealthChecker::Failure(uint32_t id, Entry& e, const std::string& result, bool passive,
-                            bool connect) {
-  if (connect && Serving(e)) {
+                            Fail kind) {
+  if (kind == Fail::kConnect && Serving(e)) {
     e.st.connect_failures_while_serving++;
     LOG_EVERY_N(INFO, 100) << Name(id, e) << ": " << (passive ? "pooled connect" : "probe")
                            << " failed (" << result
@@ -265,7 +266,7 @@ void HealthChecker::Failure(uint32_t id, Entry& e, const std::string& result, bo
     LOG(WARNING) << Name(id, e) << " is DOWN: " << e.st.fail_streak
                  << " consecutive failed checks (last: " << e.st.last
                  << "); its clients move at their next request";
-    pending_.push_back({id, false, true});
+    pending_.push_back({id, false, /*failed=*/kind != Fail::kStatus});
   } else if (e.st.up && opts_.interval > absl::ZeroDuration()) {
     // Confirm or clear a suspicion quickly.
     e.next_probe = std::min(e.next_probe, now_ + FastInterval());
@@ -303,7 +304,7 @@ std::vector<HealthTransition> HealthChecker::Tick(absl::Time now) {
       // observation per tick, not a whole fall's worth at once.
       if (fails)
         Failure(id, e, pc.last_error.empty() ? "connect failed" : pc.last_error, true,
-                /*connect=*/true);
+                Fail::kConnect);
       else if (oks && opts_.interval <= absl::ZeroDuration())
         Success(id, e, "pool connect ok");
     }
@@ -311,7 +312,8 @@ std::vector<HealthTransition> HealthChecker::Tick(absl::Time now) {
     if (e.phase != Entry::kIdle && now >= e.deadline) {
       bool connecting = e.phase == Entry::kConnecting;
       CloseProbe(e);
-      Failure(id, e, connecting ? "connect timed out" : "timed out", false, connecting);
+      Failure(id, e, connecting ? "connect timed out" : "timed out", false,
+              connecting ? Fail::kConnect : Fail::kNoAnswer);
     }
     if (e.phase == Entry::kIdle && now >= e.next_probe) StartProbe(id, e, now);
   }

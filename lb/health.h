@@ -75,8 +75,11 @@ absl::Status ValidateHealthOptions(const HealthOptions& o);
 struct HealthTransition {
   uint32_t backend;
   bool up;
-  // Down because checks failed (not a latency ejection): the backend's idle
-  // pooled connections are suspect and are retired.
+  // Down because the backend stopped answering (connects or probes failed
+  // below HTTP: refused, reset, timed out): its idle pooled connections are
+  // suspect and are retired. Not for a latency ejection, nor for a backend
+  // that answers its HTTP check with a non-2xx status (it is alive and its
+  // connections work; it asks for no new requests).
   bool failed;
 };
 
@@ -139,15 +142,22 @@ class HealthChecker {
   };
 
   void StartProbe(uint32_t id, Entry& e, absl::Time now);
+  // How a check failed.
+  enum class Fail {
+    kConnect,   // no connection: refused, unreachable, timed out connecting
+    kNoAnswer,  // connected, but no usable answer (reset, timeout, garbage)
+    kStatus,    // answered with an HTTP status other than 2xx
+  };
   void FinishProbe(uint32_t id, Entry& e, bool ok, const std::string& result,
-                   bool connect = false);
+                   Fail kind = Fail::kNoAnswer);
   void CloseProbe(Entry& e);
   void Success(uint32_t id, Entry& e, const std::string& result);
-  // `connect` marks a failure to connect (refused, unreachable, timed out
-  // connecting), which does not count while the backend is answering
-  // requests (Serving); an HTTP probe's bad answer always counts.
+  // A failure to connect does not count while the backend is answering
+  // requests (Serving); an HTTP probe's bad answer always counts. The kind
+  // of the failure that takes a backend down decides whether its idle
+  // pooled connections are retired (HealthTransition::failed).
   void Failure(uint32_t id, Entry& e, const std::string& result, bool passive,
-               bool connect = false);
+               Fail kind = Fail::kNoAnswer);
   // Answered a request on a pooled connection within the last second.
   bool Serving(const Entry& e) const;
   void CheckLatency(absl::Time now);

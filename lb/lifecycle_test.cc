@@ -479,6 +479,7 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
   // and a longest interval below the shortest.
   expect_refused({"--poll_us=500", "--poll_max_us=300"},
                  "--poll_max_us must be in --poll_us..100000");
+  expect_refused({"--health_panic_threshold=101"}, "--health_panic_threshold=101: a percentage");
 }
 
 // A decision is made for a client's next request; while unused it counts
@@ -711,6 +712,10 @@ TEST_F(LifecycleTest, EveryBackendFailingItsChecksStaysInServiceUntilOnePasses) 
   auto st = Stats();
   EXPECT_EQ(st["health_panic"], 1u);
   EXPECT_EQ(st["health_panic_entries"], 1u);
+  // A 503 is an answer: the backends' pooled connections work and are kept
+  // (b0 and b1 went down before the panic began).
+  EXPECT_EQ(Log().find("idle pooled connections retired"), std::string::npos) << Log();
+  for (int i = 0; i < 3; i++) EXPECT_EQ(PoolLive(b[i]), 8u) << Ctl("backends");
   std::string j = load(600);
   EXPECT_EQ(JsonInt(j, "ok"), 600) << j << Log();
   EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
@@ -746,6 +751,64 @@ TEST_F(LifecycleTest, EveryBackendFailingItsChecksStaysInServiceUntilOnePasses) 
   EXPECT_EQ(JsonInt(j, "ok"), 0) << j;
   EXPECT_GT(JsonInt(j, "errors"), 0) << j;
   EXPECT_GT(Stats()["tx_rst"], 0u) << "new clients were not refused with an RST";
+}
+
+// --health_panic_threshold: with fewer than that share of the backends
+// passing, all stay in service; at the share again, the failing ones leave.
+TEST_F(LifecycleTest, PanicThresholdKeepsAllInServiceBelowTheHealthyShare) {
+  struct Restore {
+    ~Restore() {
+      for (int i = 0; i < 3; i++) unlink(UnhealthyFile(i).c_str());
+    }
+  } restore;
+  auto set_unhealthy = [](int i) { std::ofstream(UnhealthyFile(i)) << "503\n"; };
+  const std::vector<std::string> b = {Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)};
+  auto load = [&](int requests) {
+    auto r = tb_->RunCommand(
+        tb_->client_ns(0),
+        {RunfilePath("testing/loadgen/loadgen"), absl::StrCat("--target=", kVip, ":8080"),
+         "--json", "--connections=4", absl::StrCat("--requests=", requests),
+         "--sizes=100,5000", "--max_time_s=20"},
+        absl::Seconds(40));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->out : std::string();
+  };
+  StartLb(b, 3 * 8,
+          {"--conns_per_backend=8", "--health_interval_ms=200", "--health_timeout_ms=500",
+           "--health_rise=2", "--health_fall=2", "--health_http_path=/health",
+           "--health_panic_threshold=50"});
+  // 2 of 3 pass (67%): b0 simply leaves service.
+  set_unhealthy(0);
+  auto down = WaitState(b[0], "down", absl::Seconds(10));
+  ASSERT_TRUE(down.ok()) << down.status() << Log();
+  ASSERT_TRUE(WaitLog("backend 0 out of service", absl::Seconds(2))) << Log();
+  EXPECT_EQ(Stats()["health_panic"], 0u);
+  // 1 of 3 (33%): panic, all three serve.
+  set_unhealthy(1);
+  for (int i = 0; i < 2; i++) {
+    auto panic = WaitState(b[i], "panic", absl::Seconds(10));
+    ASSERT_TRUE(panic.ok()) << panic.status() << Log();
+  }
+  ASSERT_TRUE(WaitLog("only 1 of 3 backends pass their health checks", absl::Seconds(2)))
+      << Log();
+  EXPECT_EQ(Row(b[2]).first, "up") << Ctl("backends");
+  EXPECT_EQ(Stats()["health_panic"], 1u);
+  std::string j = load(600);
+  EXPECT_EQ(JsonInt(j, "ok"), 600) << j << Log();
+  EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
+  EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
+  for (const char* name : {"b0", "b1", "b2"}) EXPECT_GT(BackendCount(j, name), 600 / 6) << j;
+  // b1 passes again (2 of 3): the panic is over and b0 alone leaves.
+  unlink(UnhealthyFile(1).c_str());
+  ASSERT_TRUE(WaitLog("2 of 3 backends pass their health checks: panic over", absl::Seconds(10)))
+      << Log();
+  EXPECT_EQ(Row(b[0]).first, "down") << Ctl("backends");
+  EXPECT_EQ(Stats()["health_panic"], 0u);
+  EXPECT_EQ(Stats()["health_panic_entries"], 1u);
+  j = load(600);
+  EXPECT_EQ(JsonInt(j, "ok"), 600) << j << Log();
+  EXPECT_EQ(BackendCount(j, "b0"), 0) << j;
+  EXPECT_GT(BackendCount(j, "b1"), 600 / 6) << j;
 }
 
 TEST_F(LifecycleTest, RefusingBackendAtStartIsDownOthersServeThenItJoins) {

@@ -121,6 +121,9 @@ DEFINE_string(health_http_path, "", "If set, health checks GET this path (e.g. /
               "expect a 2xx status; empty: TCP connect only.");
 DEFINE_bool(health_panic, true, "When every backend fails its health checks, keep them all in "
             "service (panic) instead of refusing every new client; ends when one passes.");
+DEFINE_uint32(health_panic_threshold, 0, "With --health_panic, also panic while fewer than this "
+              "percentage of the backends pass their health checks (0..100; 0: only when none "
+              "passes). Envoy's healthy panic threshold.");
 DEFINE_bool(health_passive, true, "Count failed or timed-out pooled-connection connects as "
             "failed checks.");
 DEFINE_double(health_latency_factor, 0, "Eject a backend whose first-byte latency EWMA is over "
@@ -278,6 +281,10 @@ int Main(int argc, char** argv) {
   o.health.http_path = FLAGS_health_http_path;
   o.health.passive = FLAGS_health_passive;
   o.health_panic = FLAGS_health_panic;
+  if (FLAGS_health_panic_threshold > 100)
+    return Fail(absl::StrCat("--health_panic_threshold=", FLAGS_health_panic_threshold,
+                             ": a percentage, 0..100"));
+  o.health_panic_threshold = FLAGS_health_panic_threshold;
   o.health.latency_factor = FLAGS_health_latency_factor;
   o.health.latency_min = absl::Milliseconds(FLAGS_health_latency_min_ms);
   o.health.latency_eject = absl::Seconds(FLAGS_health_latency_eject_s);
