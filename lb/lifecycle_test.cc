@@ -192,6 +192,25 @@ class LifecycleTest : public ::testing::Test {
   static std::string UnhealthyFile(int i) {
     return absl::StrCat(::testing::TempDir(), "/unhealthy-b", i);
   }
+  static void SetUnhealthy(int i) { std::ofstream(UnhealthyFile(i)) << "503\n"; }
+  // Every backend healthy again when a test ends, even on failure.
+  struct HealthyAtExit {
+    ~HealthyAtExit() {
+      for (int i = 0; i < 3; i++) unlink(UnhealthyFile(i).c_str());
+    }
+  };
+  // `requests` verified requests (100 B or 5 kB) over 4 connections from
+  // client 0; loadgen's JSON report.
+  static std::string Load(int requests) {
+    auto r = tb_->RunCommand(
+        tb_->client_ns(0),
+        {RunfilePath("testing/loadgen/loadgen"), absl::StrCat("--target=", kVip, ":8080"),
+         "--json", "--connections=4", absl::StrCat("--requests=", requests),
+         "--sizes=100,5000", "--max_time_s=20"},
+        absl::Seconds(40));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->out : std::string();
+  }
 
   static void StartBackend(int i, int port) {
     auto p = tb_->Spawn(tb_->backend_ns(i), {RunfilePath("testing/backend/backend"),
@@ -682,28 +701,13 @@ TEST_F(LifecycleTest, BackendDroppingNewConnectionsWhileServingStaysUp) {
 // requests alone. With --health_panic=false the same failure refuses new
 // clients with an RST.
 TEST_F(LifecycleTest, EveryBackendFailingItsChecksStaysInServiceUntilOnePasses) {
-  struct Restore {
-    ~Restore() {
-      for (int i = 0; i < 3; i++) unlink(UnhealthyFile(i).c_str());
-    }
-  } restore;
-  auto set_unhealthy = [](int i) { std::ofstream(UnhealthyFile(i)) << "503\n"; };
+  HealthyAtExit healthy_at_exit;
   const std::vector<std::string> b = {Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)};
   const std::vector<std::string> checks = {"--conns_per_backend=8", "--health_interval_ms=200",
                                            "--health_timeout_ms=500", "--health_rise=2",
                                            "--health_fall=2", "--health_http_path=/health"};
-  auto load = [&](int requests) {
-    auto r = tb_->RunCommand(
-        tb_->client_ns(0),
-        {RunfilePath("testing/loadgen/loadgen"), absl::StrCat("--target=", kVip, ":8080"),
-         "--json", "--connections=4", absl::StrCat("--requests=", requests),
-         "--sizes=100,5000", "--max_time_s=20"},
-        absl::Seconds(40));
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->out : std::string();
-  };
   StartLb(b, 3 * 8, checks);
-  for (int i = 0; i < 3; i++) set_unhealthy(i);
+  for (int i = 0; i < 3; i++) SetUnhealthy(i);
   for (int i = 0; i < 3; i++) {
     auto panic = WaitState(b[i], "panic", absl::Seconds(10));
     ASSERT_TRUE(panic.ok()) << panic.status() << Log();
@@ -716,7 +720,7 @@ TEST_F(LifecycleTest, EveryBackendFailingItsChecksStaysInServiceUntilOnePasses) 
   // (b0 and b1 went down before the panic began).
   EXPECT_EQ(Log().find("idle pooled connections retired"), std::string::npos) << Log();
   for (int i = 0; i < 3; i++) EXPECT_EQ(PoolLive(b[i]), 8u) << Ctl("backends");
-  std::string j = load(600);
+  std::string j = Load(600);
   EXPECT_EQ(JsonInt(j, "ok"), 600) << j << Log();
   EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
   EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
@@ -730,7 +734,7 @@ TEST_F(LifecycleTest, EveryBackendFailingItsChecksStaysInServiceUntilOnePasses) 
   ASSERT_TRUE(WaitLog("panic over", absl::Seconds(2))) << Log();
   for (int i = 1; i < 3; i++) EXPECT_EQ(Row(b[i]).first, "down") << Ctl("backends");
   EXPECT_EQ(Stats()["health_panic"], 0u);
-  j = load(600);
+  j = Load(600);
   EXPECT_EQ(JsonInt(j, "ok"), 600) << j << Log();
   EXPECT_EQ(BackendCount(j, "b0"), 600) << j;
 
@@ -740,14 +744,14 @@ TEST_F(LifecycleTest, EveryBackendFailingItsChecksStaysInServiceUntilOnePasses) 
   std::vector<std::string> no_panic = checks;
   no_panic.push_back("--health_panic=false");
   StartLb(b, 3 * 8, no_panic);
-  set_unhealthy(0);
+  SetUnhealthy(0);
   for (int i = 0; i < 3; i++) {
     auto down = WaitState(b[i], "down", absl::Seconds(10));
     ASSERT_TRUE(down.ok()) << down.status() << Log();
   }
   ASSERT_TRUE(WaitLog("backend 0 out of service", absl::Seconds(2))) << Log();
   EXPECT_EQ(Stats()["health_panic"], 0u);
-  j = load(8);
+  j = Load(8);
   EXPECT_EQ(JsonInt(j, "ok"), 0) << j;
   EXPECT_GT(JsonInt(j, "errors"), 0) << j;
   EXPECT_GT(Stats()["tx_rst"], 0u) << "new clients were not refused with an RST";
@@ -756,35 +760,20 @@ TEST_F(LifecycleTest, EveryBackendFailingItsChecksStaysInServiceUntilOnePasses) 
 // --health_panic_threshold: with fewer than that share of the backends
 // passing, all stay in service; at the share again, the failing ones leave.
 TEST_F(LifecycleTest, PanicThresholdKeepsAllInServiceBelowTheHealthyShare) {
-  struct Restore {
-    ~Restore() {
-      for (int i = 0; i < 3; i++) unlink(UnhealthyFile(i).c_str());
-    }
-  } restore;
-  auto set_unhealthy = [](int i) { std::ofstream(UnhealthyFile(i)) << "503\n"; };
+  HealthyAtExit healthy_at_exit;
   const std::vector<std::string> b = {Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)};
-  auto load = [&](int requests) {
-    auto r = tb_->RunCommand(
-        tb_->client_ns(0),
-        {RunfilePath("testing/loadgen/loadgen"), absl::StrCat("--target=", kVip, ":8080"),
-         "--json", "--connections=4", absl::StrCat("--requests=", requests),
-         "--sizes=100,5000", "--max_time_s=20"},
-        absl::Seconds(40));
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->out : std::string();
-  };
   StartLb(b, 3 * 8,
           {"--conns_per_backend=8", "--health_interval_ms=200", "--health_timeout_ms=500",
            "--health_rise=2", "--health_fall=2", "--health_http_path=/health",
            "--health_panic_threshold=50"});
   // 2 of 3 pass (67%): b0 simply leaves service.
-  set_unhealthy(0);
+  SetUnhealthy(0);
   auto down = WaitState(b[0], "down", absl::Seconds(10));
   ASSERT_TRUE(down.ok()) << down.status() << Log();
   ASSERT_TRUE(WaitLog("backend 0 out of service", absl::Seconds(2))) << Log();
   EXPECT_EQ(Stats()["health_panic"], 0u);
   // 1 of 3 (33%): panic, all three serve.
-  set_unhealthy(1);
+  SetUnhealthy(1);
   for (int i = 0; i < 2; i++) {
     auto panic = WaitState(b[i], "panic", absl::Seconds(10));
     ASSERT_TRUE(panic.ok()) << panic.status() << Log();
@@ -793,7 +782,7 @@ TEST_F(LifecycleTest, PanicThresholdKeepsAllInServiceBelowTheHealthyShare) {
       << Log();
   EXPECT_EQ(Row(b[2]).first, "up") << Ctl("backends");
   EXPECT_EQ(Stats()["health_panic"], 1u);
-  std::string j = load(600);
+  std::string j = Load(600);
   EXPECT_EQ(JsonInt(j, "ok"), 600) << j << Log();
   EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
   EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
@@ -805,7 +794,7 @@ TEST_F(LifecycleTest, PanicThresholdKeepsAllInServiceBelowTheHealthyShare) {
   EXPECT_EQ(Row(b[0]).first, "down") << Ctl("backends");
   EXPECT_EQ(Stats()["health_panic"], 0u);
   EXPECT_EQ(Stats()["health_panic_entries"], 1u);
-  j = load(600);
+  j = Load(600);
   EXPECT_EQ(JsonInt(j, "ok"), 600) << j << Log();
   EXPECT_EQ(BackendCount(j, "b0"), 0) << j;
   EXPECT_GT(BackendCount(j, "b1"), 600 / 6) << j;
