@@ -758,7 +758,12 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
       __u32 idx = (__u32)__sync_fetch_and_add(cur, 1) % n;
       __u32 *b = bpf_map_lookup_elem(&backend_list, &idx);
       if (!b) continue;
-      bid = *b;
+      /* Round robin, but not onto a backend fallen behind its alternative
+       * (the arrival check's test): a new client's first request comes
+       * before any policy decision, and short connections would otherwise
+       * keep feeding a slow backend its full share until its queue grew
+       * without bound. */
+      bid = arrival_target(*b, cfg->reroute_margin);
     } else {
       bid = want;
     }

@@ -1124,6 +1124,46 @@ TEST_F(RerouteTest, NotBehindByTheMarginAndByHalfTheDecisionStands) {
   EXPECT_EQ(Client(c.id).backend_id, 1u);
 }
 
+// A new client's first request has no decision: it goes round robin, but
+// not onto a backend fallen behind its alternative.
+TEST_F(RerouteTest, FirstRequestSkipsABackendFallenBehind) {
+  ASSERT_TRUE(dp_->SetBackendList({0, 1}).ok());
+  PoolSpec p0;
+  AddPool(p0);
+  PoolSpec p1 = SecondPool();
+  AddPool(p1);
+  SetUnanswered(0, 4);
+  SetUnanswered(1, 1);  // 4 >= 1 + 2 and 4 >= 2 x 1: behind
+  ClientSpec c;
+  Handshake(c);
+  Epoch e = StartEpoch(c, p1);
+  // The round robin's first turn is backend 0.
+  ClientToBackend("first request, backend 0 behind", c, p1, e, ClientSeg(c, Pattern(100, 1)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_ARRIVAL_REROUTED, 1}});
+  EXPECT_EQ(Client(c.id).backend_id, 1u);
+  EXPECT_EQ(Pool(1).state, uint32_t(RM_P_BUSY));
+  EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+  EXPECT_EQ(dp_->BackendLoad(1).unanswered, 2u) << "the request counts where it went";
+}
+
+// Not behind: the round robin's turn stands.
+TEST_F(RerouteTest, FirstRequestGoesRoundRobinWhenNoneIsBehind) {
+  ASSERT_TRUE(dp_->SetBackendList({0, 1}).ok());
+  PoolSpec p0;
+  AddPool(p0);
+  PoolSpec p1 = SecondPool();
+  AddPool(p1);
+  SetUnanswered(0, 3);
+  SetUnanswered(1, 2);  // behind by 1: noise
+  ClientSpec c;
+  Handshake(c);
+  Epoch e = StartEpoch(c, p0);
+  ClientToBackend("first request, round robin", c, p0, e, ClientSeg(c, Pattern(100, 1)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  EXPECT_EQ(Client(c.id).backend_id, 0u);
+  EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
+}
+
 TEST_F(RerouteTest, OffOrWithoutAnAlternativeNothingIsRerouted) {
   PoolSpec p0, p1;
   ClientSpec c;
