@@ -443,7 +443,12 @@ class Worker {
   size_t Capacity(const Conn* c) const {
     if (c->state == ConnState::kAwaitEof || c->closing) return 0;
     if (opt_.new_conn_per_request) return c->requests_assigned == 0 ? 1 : 0;
-    const size_t depth = static_cast<size_t>(std::max(1, opt_.pipeline));
+    size_t depth = static_cast<size_t>(std::max(1, opt_.pipeline));
+    if (opt_.requests_per_conn > 0) {
+      if (c->requests_assigned >= opt_.requests_per_conn) return 0;
+      depth = static_cast<size_t>(
+          std::min<uint64_t>(depth, opt_.requests_per_conn - c->requests_assigned));
+    }
     if (opt_.mode == Mode::kClosed) {
       // Closed loop writes a batch of `pipeline` requests back to back,
       // then waits for all of them.
@@ -773,6 +778,13 @@ class Worker {
     if (!s.keep_alive || !request_fully_sent || opt_.new_conn_per_request) {
       Retire(c, now);
       return true;
+    }
+    if (opt_.requests_per_conn > 0 && c->requests_assigned >= opt_.requests_per_conn &&
+        c->inflight.empty()) {
+      // Its last request answered: the client closes first (FIN), and a
+      // new connection takes its place.
+      RemoveConn(c);
+      return false;
     }
     MarkReady(c);
     return true;

@@ -39,6 +39,10 @@ struct Options {
   // With new_conn_per_request: send "Connection: close" (the server closes
   // first) or not (the client closes first after the response).
   bool close_header = true;
+  // Keep-alive connections that each carry this many requests, then are
+  // closed by the client (FIN after the last response) and replaced by a
+  // new one; 0: as many as the run has.
+  uint64_t requests_per_conn = 0;
   int64_t timeout_ms = 5000;
   bool verify = true;
   std::string latency_csv;  // empty: none

@@ -27,6 +27,9 @@ DEFINE_uint64(seed, 1, "seed for the deterministic per-request choices");
 DEFINE_uint64(delay_us, 0, "delay_us passed to the backend");
 DEFINE_int32(pipeline, 1, "requests written back to back per connection before reading");
 DEFINE_bool(new_conn_per_request, false, "connect, one request (Connection: close), close");
+DEFINE_uint64(requests_per_conn, 0,
+              "keep-alive connections carry this many requests each, then the client closes "
+              "and opens a new one (0: unlimited)");
 DEFINE_bool(close_header, true,
             "with --new_conn_per_request: send Connection: close (server closes first); "
             "false: the client closes first after reading the response");
@@ -73,6 +76,11 @@ int main(int argc, char** argv) {
   o.pipeline = FLAGS_pipeline;
   o.new_conn_per_request = FLAGS_new_conn_per_request;
   o.close_header = FLAGS_close_header;
+  o.requests_per_conn = FLAGS_requests_per_conn;
+  if (o.requests_per_conn > 0 && o.new_conn_per_request) {
+    LOG(ERROR) << "--requests_per_conn and --new_conn_per_request are exclusive";
+    return 3;
+  }
   o.timeout_ms = FLAGS_timeout_ms;
   o.verify = FLAGS_verify;
   o.latency_csv = FLAGS_latency_csv;

@@ -152,6 +152,21 @@ TEST_F(LoadgenTest, NewConnectionPerRequest) {
   EXPECT_GE(JsonNumber(r.json, "connections_opened"), 500);
 }
 
+TEST_F(LoadgenTest, RequestsPerConnectionReconnects) {
+  Start();
+  LoadgenRun r = RunLoadgen(backend_.target(), {"--requests=500", "--connections=4",
+                                                "--requests_per_conn=10", "--sizes=10"});
+  ASSERT_EQ(r.exit_code, 0) << r.log << r.json;
+  EXPECT_EQ(JsonNumber(r.json, "ok"), 500);
+  EXPECT_EQ(JsonNumber(r.json, "errors"), 0);
+  // 10 per connection; the last few connections of the run may carry fewer.
+  EXPECT_GE(JsonNumber(r.json, "connections_opened"), 50);
+  EXPECT_LE(JsonNumber(r.json, "connections_opened"), 54);
+  LoadgenRun both = RunLoadgen(backend_.target(), {"--requests=5", "--requests_per_conn=2",
+                                                   "--new_conn_per_request"});
+  EXPECT_EQ(both.exit_code, 3) << both.log;
+}
+
 TEST_F(LoadgenTest, DeadTargetIsAnErrorAndTheRunEnds) {
   absl::StatusOr<int> port = backend::testutil::UnusedLoopbackPort();
   ASSERT_TRUE(port.ok());

@@ -158,6 +158,9 @@ struct Point {
   // connection (an L4 LB's pooled one lives on).
   bool churn = false;
   bool churn_fin_only = false;
+  // Keep-alive connections of this many requests each, closed by the client
+  // after the last response and replaced (0: one connection for the run).
+  int requests_per_conn = 0;
 };
 
 struct Scenario {
@@ -198,6 +201,19 @@ Point Churn(int conns, bool fin_only = false) {
   p.churn = true;
   p.churn_fin_only = fin_only;
   p.name = absl::StrCat("churn-", conns, "c", fin_only ? "-fin" : "");
+  return p;
+}
+
+// Short keep-alive connections: each carries `per_conn` requests, then the
+// client closes it (FIN after the last response) and opens another, as
+// browsers and pooled HTTP clients do. For rematcher every close returns a
+// pooled connection and every open takes one (the per-client set-up and
+// tear-down), which the persistent-connection points never exercise.
+Point Reconnecting(int conns, int per_conn) {
+  Point p = Closed(conns);
+  p.churn = true;
+  p.requests_per_conn = per_conn;
+  p.name = absl::StrCat("conn", per_conn, "r-", conns, "c");
   return p;
 }
 
@@ -249,8 +265,9 @@ absl::StatusOr<Plan> MakePlan(const std::string& suite) {
     equal.points = {Closed(10),         Closed(100), Closed(1000), Closed(10000),
                     Closed(64, "64k"),  Closed(64, "0", "wrk"),    Open(5000),
                     Open(10000),        Open(20000),           Churn(16),
-                    Churn(16, /*fin_only=*/true)};
-    slow.points = {Closed(64), Closed(64, "0", "wrk"), Open(5000), Open(10000)};
+                    Churn(16, /*fin_only=*/true), Reconnecting(64, 10)};
+    slow.points = {Closed(64), Closed(64, "0", "wrk"), Open(5000), Open(10000),
+                   Reconnecting(64, 10)};
     stalls.points = {Closed(64), Open(5000), Open(10000)};
     fail.points = {Open(5000)};
     plan.scenarios = {equal, slow, stalls, fail};
@@ -329,7 +346,7 @@ double PerReq(double seconds, int64_t ok) { return ok > 0 ? seconds * 1e6 / ok :
 
 const std::vector<std::string> kRmCounters = {"rematches",      "decision_applied", "decision_late",
                                               "drop_no_pool",   "drop_table_full",  "tx_rst",
-                                              "pool_dead",      "pipelined",        "closed_retire",
+                                              "pool_dead",      "pipelined",        "closed_retire",  "closed_clean",
                                               "pool_connect_failures", "pool_acks_sent",
                                               "pool_acks_carried", "core_ring_wakeups",
                                               "core_ring_polls", "backend_stalls", "policy_redecided",
@@ -735,7 +752,10 @@ std::vector<std::string> Bench::LoadArgv(const Point& p, const std::string& targ
     a.push_back("--mode=open");
     a.push_back(absl::StrFormat("--rate=%.1f", rate));
   }
-  if (p.churn) a.push_back("--new_conn_per_request");
+  if (p.churn && p.requests_per_conn > 0)
+    a.push_back(absl::StrCat("--requests_per_conn=", p.requests_per_conn));
+  else if (p.churn)
+    a.push_back("--new_conn_per_request");
   if (p.churn_fin_only) a.push_back("--close_header=false");
   if (!csv.empty()) a.push_back("--latency_csv=" + csv);
   return a;
@@ -1035,11 +1055,14 @@ std::string Report(const Plan& plan, const std::vector<Row>& rows, const std::st
       absl::StrAppend(&md, "### ", s.name, " / ", p.name, " (", p.tool, ", ",
                       p.open ? absl::StrFormat("open loop %.0f req/s", p.rate) : "closed loop",
                       ", ", p.conns, " connections, ",
-                      p.churn ? (p.churn_fin_only ? "a new connection per request, closed by "
-                                                    "the client without Connection: close, "
-                                                  : "a new connection per request with "
-                                                    "Connection: close, ")
-                              : "",
+                      p.requests_per_conn > 0
+                          ? absl::StrCat("a new connection every ", p.requests_per_conn,
+                                         " requests, closed by the client, ")
+                      : p.churn ? (p.churn_fin_only ? "a new connection per request, closed by "
+                                                      "the client without Connection: close, "
+                                                    : "a new connection per request with "
+                                                      "Connection: close, ")
+                                : "",
                       p.size,
                       " B responses)\n\n");
       absl::StrAppend(&md,
