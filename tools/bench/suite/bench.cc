@@ -268,7 +268,7 @@ absl::StatusOr<Plan> MakePlan(const std::string& suite) {
                     Churn(16, /*fin_only=*/true), Reconnecting(64, 10)};
     slow.points = {Closed(64), Closed(64, "0", "wrk"), Open(5000), Open(10000),
                    Reconnecting(64, 10)};
-    stalls.points = {Closed(64), Open(5000), Open(10000)};
+    stalls.points = {Closed(64), Open(5000), Open(10000), Reconnecting(64, 10)};
     fail.points = {Open(5000)};
     plan.scenarios = {equal, slow, stalls, fail};
   }
