@@ -1329,11 +1329,13 @@ std::string Core::MetricsText() {
          "ACKs sent to old pooled connections after a rematch (raw socket).",
          pool_acks_sent_);
   single("rematcher_health_panic", "gauge",
-         "1 while every backend fails its health checks and all stay in service "
-         "(--health_panic).",
+         "1 while every backend (or more than allowed by --health_panic_threshold) fails its "
+         "health checks and all stay in service (--health_panic).",
          panic_ ? 1 : 0);
   single("rematcher_health_panic_entries_total", "counter",
-         "Times every backend came to fail its health checks at once.", panic_entries_);
+         "Times a panic began: every backend, or more than allowed by "
+         "--health_panic_threshold, failing its health checks.",
+         panic_entries_);
   single("rematcher_pool_acks_carried_total", "counter",
          "Owed ACKs not sent: the connection was taken again, its next splice carries them.",
          pool_acks_carried_);
