@@ -9,6 +9,7 @@
 #include <sys/mount.h>
 #include <dirent.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -135,6 +136,8 @@ DEFINE_double(health_latency_eject_s, 10, "First latency ejection lasts this lon
 DEFINE_bool(sandbox_load, true, "In sandbox mode, run a closed-loop load from a client namespace.");
 DEFINE_uint32(sandbox_connections, 16, "Connections of the sandbox's load.");
 DEFINE_uint32(sandbox_backends, 3, "Backends in the sandbox (the last one is slow).");
+DEFINE_string(sandbox_prefix, "rmsb", "Name prefix of the sandbox's namespaces (1-6 lowercase "
+              "letters or digits); a stale sandbox with the same prefix is removed first.");
 
 namespace rematcher {
 namespace {
@@ -356,6 +359,12 @@ int Main(int argc, char** argv) {
       return Fail("--vip/--backends need --iface (without --iface, rematcher builds a sandbox)");
     SandboxOptions so;
     so.argv0 = argv[0];
+    if (FLAGS_sandbox_prefix.empty() || FLAGS_sandbox_prefix.size() > 6 ||
+        !std::all_of(FLAGS_sandbox_prefix.begin(), FLAGS_sandbox_prefix.end(),
+                     [](char ch) { return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9'); }))
+      return Fail(absl::StrCat("--sandbox_prefix='", FLAGS_sandbox_prefix,
+                               "': 1-6 lowercase letters or digits"));
+    so.prefix = FLAGS_sandbox_prefix;
     so.num_backends = FLAGS_sandbox_backends;
     if (so.num_backends < 1 || so.num_backends > 32) return Fail("--sandbox_backends must be in 1..32");
     auto sb = Sandbox::Create(so);
@@ -365,7 +374,9 @@ int Main(int argc, char** argv) {
     if (auto st = sandbox->EnterLb(); !st.ok()) return Fail(st.ToString());
     o.vip_port = htons(8080);
     if (o.control_socket == "/run/rematcher/rematcher.sock")
-      o.control_socket = "/run/rematcher/sandbox.sock";
+      o.control_socket = so.prefix == "rmsb"
+                             ? "/run/rematcher/sandbox.sock"
+                             : absl::StrCat("/run/rematcher/sandbox-", so.prefix, ".sock");
   } else {
     o.ifname = FLAGS_iface;
     std::string vip = FLAGS_vip;

@@ -47,6 +47,17 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Sandbox::Create(const SandboxOptions& o
   auto tb = testbed::Testbed::Create(to);
   if (!tb.ok()) return tb.status();
   sb->tb_ = std::move(*tb);
+  // Clients that open connection after connection (churn loads from these
+  // namespaces) would otherwise run out of ephemeral ports while the old
+  // ones sit in TIME_WAIT (60 s), and connect() then spends milliseconds
+  // searching for a free one: a client-side slowdown that looks like the
+  // LB's. As the benchmark's client namespace does.
+  for (int i = 0; i < opts.num_clients; i++) {
+    auto st = sb->tb_->Run(sb->tb_->client_ns(i),
+                           {"sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1",
+                            "net.ipv4.ip_local_port_range=1024 65535"});
+    if (!st.ok()) return st.status();
+  }
   auto backend_bin = FindRunfile(opts.argv0, "testing/backend/backend");
   if (!backend_bin.ok()) return backend_bin.status();
   for (int i = 0; i < opts.num_backends; i++) {
