@@ -758,12 +758,14 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
       __u32 idx = (__u32)__sync_fetch_and_add(cur, 1) % n;
       __u32 *b = bpf_map_lookup_elem(&backend_list, &idx);
       if (!b) continue;
-      /* Round robin, but not onto a backend fallen behind its alternative
-       * (the arrival check's test): a new client's first request comes
-       * before any policy decision, and short connections would otherwise
-       * keep feeding a slow backend its full share until its queue grew
-       * without bound. */
-      bid = arrival_target(*b, cfg->reroute_margin);
+      /* Round robin, but on the first turn not onto a backend fallen
+       * behind its alternative (the arrival check's test): a new client's
+       * first request comes before any policy decision, and with short
+       * connections every one whose turn fell on a stalled backend waited
+       * the stall out. Later turns (the alternative had no idle pooled
+       * connection) are plain round robin, so the request is served
+       * wherever one is idle rather than dropped. */
+      bid = i == 0 ? arrival_target(*b, cfg->reroute_margin) : *b;
     } else {
       bid = want;
     }

@@ -1146,6 +1146,25 @@ TEST_F(RerouteTest, FirstRequestSkipsABackendFallenBehind) {
   EXPECT_EQ(dp_->BackendLoad(1).unanswered, 2u) << "the request counts where it went";
 }
 
+// The alternative has no idle pooled connection: the next turns are plain
+// round robin, and the request is served by the backend behind rather than
+// dropped or refused.
+TEST_F(RerouteTest, FirstRequestServedWhenTheAlternativeHasNoneIdle) {
+  ASSERT_TRUE(dp_->SetBackendList({0, 1}).ok());
+  PoolSpec p0;
+  AddPool(p0);  // backend 1 has no pooled connection at all
+  SetUnanswered(0, 4);
+  SetUnanswered(1, 0);
+  ClientSpec c;
+  Handshake(c);
+  Epoch e = StartEpoch(c, p0);
+  ClientToBackend("first request, the alternative empty", c, p0, e,
+                  ClientSeg(c, Pattern(100, 1)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_ARRIVAL_REROUTED, 1}});
+  EXPECT_EQ(Client(c.id).backend_id, 0u);
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_BUSY));
+}
+
 // Not behind: the round robin's turn stands.
 TEST_F(RerouteTest, FirstRequestGoesRoundRobinWhenNoneIsBehind) {
   ASSERT_TRUE(dp_->SetBackendList({0, 1}).ok());
