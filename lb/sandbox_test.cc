@@ -11,14 +11,13 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "lb/control_client.h"
+#include "lb/testing/e2e_fixture.h"
 #include "testing/backend/test_util.h"
 #include "testing/testbed/process.h"
 #include "testing/testbed/testbed.h"
@@ -28,29 +27,11 @@ namespace {
 
 using backend::testutil::RunfilePath;
 using backend::testutil::TempDir;
+using e2e::JsonInt;
+using e2e::ParseStats;
 
 constexpr char kPrefix[] = "rmst";
 constexpr char kVip[] = "198.18.0.10:8080";
-
-std::map<std::string, int64_t> ParseStats(const std::string& text) {
-  std::map<std::string, int64_t> out;
-  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
-    std::vector<std::string> kv = absl::StrSplit(line, ' ');
-    int64_t v;
-    if (kv.size() == 2 && absl::SimpleAtoi(kv[1], &v)) out[kv[0]] = v;
-  }
-  return out;
-}
-
-int64_t JsonInt(const std::string& json, const std::string& key) {
-  const std::string k = "\"" + key + "\":";
-  size_t at = json.find(k);
-  if (at == std::string::npos) return -1;
-  int64_t v = -1;
-  size_t end = json.find_first_of(",}", at + k.size());
-  absl::SimpleAtoi(json.substr(at + k.size(), end - at - k.size()), &v);
-  return v;
-}
 
 absl::StatusOr<testbed::CommandResult> InClient(int i, std::vector<std::string> argv,
                                                 absl::Duration timeout) {
@@ -101,8 +82,8 @@ TEST(SandboxTest, MainCommandServesShortConnectionsAndCleansUp) {
   stats = SendControlCommand(sock, "stats", absl::Seconds(2));
   ASSERT_TRUE(stats.ok()) << stats.status();
   auto st = ParseStats(*stats);
-  EXPECT_GE(st["closed_clean"], 1000) << *stats;
-  EXPECT_EQ(st["closed_retire"], 0) << *stats;
+  EXPECT_GE(st["closed_clean"], 1000u) << *stats;
+  EXPECT_EQ(st["closed_retire"], 0u) << *stats;
 
   // --duration_s ends it: exit 0, statistics printed, nothing left behind.
   auto code = lb->Wait(absl::Seconds(40));
