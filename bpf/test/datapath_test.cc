@@ -1126,20 +1126,33 @@ TEST_F(RerouteTest, NotBehindByTheMarginAndByHalfTheDecisionStands) {
 
 // A new client's first request has no decision: it goes round robin, but
 // not onto a backend fallen behind its alternative.
-TEST_F(RerouteTest, FirstRequestSkipsABackendFallenBehind) {
-  ASSERT_TRUE(dp_->SetBackendList({0, 1}).ok());
-  PoolSpec p0;
-  AddPool(p0);
+class FirstRequestTest : public RerouteTest {
+ protected:
+  // Backends 0 and 1 in the round robin (its first turn is backend 0), with
+  // `u0` and `u1` requests unanswered; p0 idle on backend 0, and p1 idle on
+  // backend 1 unless `p1` is null. A new client's first request must go to
+  // pool `to` (p0 or p1) with the stat deltas `d`; returns the client.
+  ClientSpec Send(const std::string& what, uint32_t u0, uint32_t u1, PoolSpec* p1,
+                  const PoolSpec& to, const Deltas& d) {
+    EXPECT_TRUE(dp_->SetBackendList({0, 1}).ok());
+    AddPool(p0_);
+    if (p1) AddPool(*p1);
+    SetUnanswered(0, u0);
+    SetUnanswered(1, u1);
+    ClientSpec c;
+    Handshake(c);
+    Epoch e = StartEpoch(c, to);
+    ClientToBackend(what, c, to, e, ClientSeg(c, Pattern(100, 1)), d);
+    return c;
+  }
+  PoolSpec p0_;
+};
+
+TEST_F(FirstRequestTest, SkipsABackendFallenBehind) {
   PoolSpec p1 = SecondPool();
-  AddPool(p1);
-  SetUnanswered(0, 4);
-  SetUnanswered(1, 1);  // 4 >= 1 + 2 and 4 >= 2 x 1: behind
-  ClientSpec c;
-  Handshake(c);
-  Epoch e = StartEpoch(c, p1);
-  // The round robin's first turn is backend 0.
-  ClientToBackend("first request, backend 0 behind", c, p1, e, ClientSeg(c, Pattern(100, 1)),
-                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_ARRIVAL_REROUTED, 1}});
+  // 4 >= 1 + 2 and 4 >= 2 x 1: backend 0 is behind.
+  ClientSpec c = Send("first request, backend 0 behind", 4, 1, &p1, p1,
+                      {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_ARRIVAL_REROUTED, 1}});
   EXPECT_EQ(Client(c.id).backend_id, 1u);
   EXPECT_EQ(Pool(1).state, uint32_t(RM_P_BUSY));
   EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
@@ -1149,36 +1162,20 @@ TEST_F(RerouteTest, FirstRequestSkipsABackendFallenBehind) {
 // The alternative has no idle pooled connection: the next turns are plain
 // round robin, and the request is served by the backend behind rather than
 // dropped or refused.
-TEST_F(RerouteTest, FirstRequestServedWhenTheAlternativeHasNoneIdle) {
-  ASSERT_TRUE(dp_->SetBackendList({0, 1}).ok());
-  PoolSpec p0;
-  AddPool(p0);  // backend 1 has no pooled connection at all
-  SetUnanswered(0, 4);
-  SetUnanswered(1, 0);
-  ClientSpec c;
-  Handshake(c);
-  Epoch e = StartEpoch(c, p0);
-  ClientToBackend("first request, the alternative empty", c, p0, e,
-                  ClientSeg(c, Pattern(100, 1)),
-                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_ARRIVAL_REROUTED, 1}});
+TEST_F(FirstRequestTest, ServedWhenTheAlternativeHasNoneIdle) {
+  // Backend 1 has no pooled connection at all.
+  ClientSpec c = Send("first request, the alternative empty", 4, 0, nullptr, p0_,
+                      {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_ARRIVAL_REROUTED, 1}});
   EXPECT_EQ(Client(c.id).backend_id, 0u);
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_BUSY));
 }
 
 // Not behind: the round robin's turn stands.
-TEST_F(RerouteTest, FirstRequestGoesRoundRobinWhenNoneIsBehind) {
-  ASSERT_TRUE(dp_->SetBackendList({0, 1}).ok());
-  PoolSpec p0;
-  AddPool(p0);
+TEST_F(FirstRequestTest, GoesRoundRobinWhenNoneIsBehind) {
   PoolSpec p1 = SecondPool();
-  AddPool(p1);
-  SetUnanswered(0, 3);
-  SetUnanswered(1, 2);  // behind by 1: noise
-  ClientSpec c;
-  Handshake(c);
-  Epoch e = StartEpoch(c, p0);
-  ClientToBackend("first request, round robin", c, p0, e, ClientSeg(c, Pattern(100, 1)),
-                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  // Behind by 1: noise.
+  ClientSpec c = Send("first request, round robin", 3, 2, &p1, p0_,
+                      {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
   EXPECT_EQ(Client(c.id).backend_id, 0u);
   EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
 }
