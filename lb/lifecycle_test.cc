@@ -41,6 +41,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "lb/control_client.h"
+#include "lb/testing/e2e_fixture.h"
 #include "testing/backend/body.h"
 #include "testing/backend/test_util.h"
 #include "testing/testbed/testbed.h"
@@ -51,29 +52,13 @@ namespace {
 using backend::FillBody;
 using backend::testutil::RunfilePath;
 using backend::testutil::TempDir;
+using e2e::JsonInt;
+using e2e::ParseStats;
 using testbed::Process;
 using testbed::Testbed;
 
 constexpr char kSock[] = "/run/rematcher/lifecycle.sock";
 constexpr char kVip[] = "198.18.0.10";
-
-std::map<std::string, uint64_t> ParseStats(const std::string& text) {
-  std::map<std::string, uint64_t> out;
-  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
-    std::vector<std::string> kv = absl::StrSplit(line, ' ');
-    uint64_t v;
-    if (kv.size() == 2 && absl::SimpleAtoi(kv[1], &v)) out[kv[0]] = v;
-  }
-  return out;
-}
-
-int64_t JsonInt(const std::string& json, const std::string& key) {
-  std::smatch m;
-  if (!std::regex_search(json, m, std::regex("\"" + key + "\":(-?[0-9]+)"))) return -1;
-  int64_t v = -1;
-  absl::SimpleAtoi(m[1].str(), &v);
-  return v;
-}
 
 int64_t BackendCount(const std::string& json, const std::string& name) {
   std::smatch m;
