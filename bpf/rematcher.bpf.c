@@ -674,6 +674,7 @@ RM_GLOBAL __u32 arrival_target(__u32 to, __u32 margin) {
   if (tu < au + margin || tu < 2 * au) return to;
   if (!backend_open(bpf_map_lookup_elem(&backends, &alt))) return to;
   stat_inc(RM_ST_ARRIVAL_REROUTED);
+  __sync_fetch_and_add(&a->rerouted_in, 1);
   return alt;
 }
 

@@ -306,6 +306,9 @@ struct rm_backend_load {
                           here goes instead while this backend has
                           rm_config::reroute_margin more requests
                           unanswered (backend id + 1; 0: none) */
+  __u64 rerouted_in;   /* requests the arrival check sent here instead of
+                          the backend decided for them, which had fallen
+                          behind (rm_config::reroute_margin) */
 };
 
 enum rm_backend_flags {

@@ -1168,6 +1168,7 @@ std::vector<BackendStatus> Core::Backends() {
     s.requests = l.requests;
     s.responses = l.responses;
     s.rematched_in = l.rematched_in;
+    s.rerouted_in = l.rerouted_in;
     s.ewma_first_ns = l.ewma_first_ns;
     s.ewma_last_ns = l.ewma_last_ns;
     s.stalled = id < RM_MAX_BACKENDS && stalled_[id];
@@ -1179,9 +1180,10 @@ std::vector<BackendStatus> Core::Backends() {
 }
 
 std::string Core::BackendsText() {
-  std::string out = absl::StrFormat("%-3s %-21s %-6s %-8s %9s %5s %5s %12s %10s %10s %10s  %s\n",
-                                    "id", "address", "weight", "state", "pool", "wait", "out",
-                                    "requests", "rematch_in", "ewma_1st", "ewma_last", "check");
+  std::string out =
+      absl::StrFormat("%-3s %-21s %-6s %-8s %9s %5s %5s %12s %10s %10s %10s %10s  %s\n", "id",
+                      "address", "weight", "state", "pool", "wait", "out", "requests",
+                      "rematch_in", "reroute_in", "ewma_1st", "ewma_last", "check");
   for (const BackendStatus& s : Backends()) {
     const char* state = s.removed      ? "removed"
                         : s.draining   ? "draining"
@@ -1195,10 +1197,10 @@ std::string Core::BackendsText() {
     uint32_t streak = s.health.fail_streak ? s.health.fail_streak : s.health.ok_streak;
     if (streak > 1) absl::StrAppend(&check, " x", streak);
     absl::StrAppendFormat(&out,
-                          "%-3u %-21s %-6u %-8s %4u/%-4u %5u %5u %12u %10u %8.2fms %8.2fms  %s\n",
+                          "%-3u %-21s %-6u %-8s %4u/%-4u %5u %5u %12u %10u %10u %8.2fms %8.2fms  %s\n",
                           s.id, s.addr, s.weight, state, s.pool_idle, s.pool_live, s.unanswered,
-                          s.outstanding,
-                          s.requests, s.rematched_in, s.ewma_first_ns / 1e6,
+                          s.outstanding, s.requests, s.rematched_in, s.rerouted_in,
+                          s.ewma_first_ns / 1e6,
                           s.ewma_last_ns / 1e6, check);
   }
   return out;
@@ -1408,6 +1410,10 @@ std::string Core::MetricsText() {
   per_backend("rematcher_backend_rematched_in_total", "counter",
               "Clients moved onto the backend by a rematch.",
               [](const BackendStatus& s) -> uint64_t { return s.rematched_in; });
+  per_backend("rematcher_backend_arrival_rerouted_in_total", "counter",
+              "Requests the arrival check sent to the backend instead of the one decided for "
+              "them, which had fallen behind (--reroute_margin).",
+              [](const BackendStatus& s) -> uint64_t { return s.rerouted_in; });
   family("rematcher_backend_pool_connections", "gauge",
          "Pooled connections to the backend: idle (in its queue) and live (established).");
   for (const BackendStatus& s : bs)

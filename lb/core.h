@@ -135,7 +135,7 @@ struct BackendStatus {
   uint32_t pool_live, pool_idle;
   uint32_t outstanding;  // started, response not acknowledged in full
   uint32_t unanswered;   // started, response not begun
-  uint64_t requests, responses, rematched_in;
+  uint64_t requests, responses, rematched_in, rerouted_in;
   uint64_t ewma_first_ns, ewma_last_ns;
   bool stalled;     // RM_BACKEND_STALLED at the last load refresh
   uint32_t pending_decisions;  // decided for it, not started yet

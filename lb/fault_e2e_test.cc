@@ -608,7 +608,10 @@ TEST_F(FaultE2eTest, ArrivingRequestsGoAroundAStalledBackend) {
 // (unanswered + 1) x usual latency, not by the count alone, which made the
 // idle slow backend every busy one's alternative. Measured here
 // (2026-12-06, 3 runs each): 776-847 of 15,000 requests to the slow
-// backend with the count alone, 67-128 with the fix.
+// backend with the count alone, 67-128 with the fix. Counted by what the
+// check itself sent there (the backend's rerouted_in): with the count
+// alone 731-743, with the fix 1-10 on a quiet host and 107-194 with both
+// CPUs kept busy by other work (2026-12-06).
 TEST_F(FaultE2eTest, ArrivalReroutesLeaveAnIdleSlowBackendAlone) {
   for (int i = 0; i < kBackends; i++)
     ASSERT_TRUE(bed().StartBackend(i, {i == kBackends - 1 ? "--service_us=2000" : "--service_us=200"}).ok());
@@ -633,17 +636,25 @@ TEST_F(FaultE2eTest, ArrivalReroutesLeaveAnIdleSlowBackendAlone) {
   auto s = bed().Stats();
   ASSERT_TRUE(after.ok() && s.ok());
   ASSERT_EQ(after->size(), before->size());
-  uint64_t total = 0, slow = 0;
+  uint64_t total = 0, slow = 0, slow_rerouted = 0;
   for (size_t i = 0; i < after->size(); i++) {
     const uint64_t n = (*after)[i].requests - (*before)[i].requests;
     total += n;
-    if ((*after)[i].id == kBackends - 1) slow = n;
+    if ((*after)[i].id == kBackends - 1) {
+      slow = n;
+      slow_rerouted = (*after)[i].rerouted_in - (*before)[i].rerouted_in;
+    }
   }
   std::cout << "[slow] the slow backend served " << slow << " of " << total
-            << " requests; arrival_rerouted " << (*s)["arrival_rerouted"] - (*s0)["arrival_rerouted"]
-            << std::endl;
+            << " requests, " << slow_rerouted << " of them rerouted to it; arrival_rerouted "
+            << (*s)["arrival_rerouted"] - (*s0)["arrival_rerouted"] << std::endl;
   EXPECT_GE(total, 15000u);
-  EXPECT_LE(slow * 50, total) << "more than 2% to the backend 10x slower";
+  // What the policy sends there is its own affair: on a host whose CPUs
+  // are taken by other work, the fast backends' latency rises and
+  // peak_ewma itself sent 1,154-1,690 of 15,000 there with the check off
+  // (763-1,303 with it on, 107-194 of them rerouted). The check's own
+  // share is what must stay small.
+  EXPECT_LE(slow_rerouted * 50, total) << "more than 2% rerouted to the backend 10x slower";
 }
 
 // A stall flag moves a backend's pending decisions only to backends that

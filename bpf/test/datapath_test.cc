@@ -1075,6 +1075,8 @@ TEST_F(RerouteTest, DecisionToStayOnABackendFallenBehindGoesToItsAlternative) {
   EXPECT_EQ(rec.pool_id, 1u);
   EXPECT_EQ(dp_->BackendLoad(1).unanswered, 1u) << "the request counts where it went";
   EXPECT_EQ(dp_->BackendLoad(0).unanswered, 2u);
+  EXPECT_EQ(dp_->BackendLoad(1).rerouted_in, 1u) << "counted where it went";
+  EXPECT_EQ(dp_->BackendLoad(0).rerouted_in, 0u);
   EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
 }
 
@@ -1094,6 +1096,7 @@ TEST_F(RerouteTest, MoveToABackendFallenBehindTheCurrentOneStays) {
   EXPECT_EQ(rec.pool_id, 0u);
   EXPECT_EQ(rec.rematches, 0u);
   EXPECT_EQ(rec.req_no, 2u);
+  EXPECT_EQ(dp_->BackendLoad(0).rerouted_in, 1u) << "kept where it was: rerouted there";
   EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
 }
 
@@ -1157,6 +1160,7 @@ TEST_F(FirstRequestTest, SkipsABackendFallenBehind) {
   EXPECT_EQ(Pool(1).state, uint32_t(RM_P_BUSY));
   EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
   EXPECT_EQ(dp_->BackendLoad(1).unanswered, 2u) << "the request counts where it went";
+  EXPECT_EQ(dp_->BackendLoad(1).rerouted_in, 1u);
 }
 
 // The alternative has no idle pooled connection: the next turns are plain
@@ -1178,6 +1182,7 @@ TEST_F(FirstRequestTest, GoesRoundRobinWhenNoneIsBehind) {
                       {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
   EXPECT_EQ(Client(c.id).backend_id, 0u);
   EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
+  EXPECT_EQ(dp_->BackendLoad(0).rerouted_in + dp_->BackendLoad(1).rerouted_in, 0u);
 }
 
 TEST_F(RerouteTest, OffOrWithoutAnAlternativeNothingIsRerouted) {
@@ -1223,6 +1228,7 @@ TEST_F(RerouteTest, AnAlternativeOutOfServiceIsNotUsed) {
                   {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
                    {RM_ST_DECISION_APPLIED, 1}});
   EXPECT_EQ(Client(c.id).backend_id, 1u);
+  EXPECT_EQ(dp_->BackendLoad(0).rerouted_in + dp_->BackendLoad(1).rerouted_in, 0u);
 }
 
 TEST_F(DatapathTest, RematchOffDoesNotMove) {

@@ -62,10 +62,10 @@ std::map<std::string, uint64_t> ParseStats(const std::string& text) {
 }
 
 std::vector<BackendRow> ParseBackends(const std::string& text) {
-  // id address weight state idle/live wait out requests rematch_in ewma ewma
+  // id address weight state idle/live wait out requests rematch_in reroute_in ewma ewma
   std::vector<BackendRow> rows;
   std::regex re(
-      R"(^\s*([0-9]+)\s+(\S+)\s+[0-9]+\s+(\S+)\s+([0-9]+)/([0-9]+)\s+([0-9]+)\s+([0-9]+)\s+([0-9]+))");
+      R"(^\s*([0-9]+)\s+(\S+)\s+[0-9]+\s+(\S+)\s+([0-9]+)/([0-9]+)\s+([0-9]+)\s+([0-9]+)\s+([0-9]+)\s+([0-9]+)\s+([0-9]+))");
   // Printed from a u32: a counter that went below zero shows as 2^32 - k.
   auto count = [](const std::string& s) {
     uint64_t v = std::stoull(s);
@@ -84,6 +84,8 @@ std::vector<BackendRow> ParseBackends(const std::string& text) {
     r.unanswered = count(m[6].str());
     r.outstanding = count(m[7].str());
     r.requests = std::stoull(m[8].str());
+    r.rematched_in = std::stoull(m[9].str());
+    r.rerouted_in = std::stoull(m[10].str());
     rows.push_back(r);
   }
   return rows;

@@ -44,6 +44,8 @@ struct BackendRow {
   int64_t unanswered = 0;   // as printed (a u32 on the wire: see the parser)
   int64_t outstanding = 0;  // likewise
   uint64_t requests = 0;
+  uint64_t rematched_in = 0;  // clients moved onto it by a rematch
+  uint64_t rerouted_in = 0;   // requests the arrival check sent to it
 };
 std::vector<BackendRow> ParseBackends(const std::string& text);
 
