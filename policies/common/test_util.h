@@ -173,6 +173,20 @@ void ExpectStickiness(const Make& make) {
   const std::vector<rematcher::BackendInfo> two_more = {Backend(1, 1, 2), Backend(2, 1, 4),
                                                         Backend(3, 1, 2)};
   EXPECT_EQ(CountPicksFrom(*slack, two_more, 1, 300)[2], 0);
+  // stick_pct=25: the slack is a quarter of the current backend's count
+  // where that is more than `stick`: 40 in flight holds the client against
+  // 30, not against 29; at a count of 3 it is 0, and one more moves it.
+  auto share = make("stick_pct=25");
+  const std::vector<rematcher::BackendInfo> quarter = {Backend(1, 1, 30), Backend(2, 1, 40),
+                                                       Backend(3, 1, 30)};
+  EXPECT_EQ(CountPicksFrom(*share, quarter, 1, 300)[2], 300) << "within 25%";
+  const std::vector<rematcher::BackendInfo> past = {Backend(1, 1, 29), Backend(2, 1, 40),
+                                                    Backend(3, 1, 29)};
+  EXPECT_EQ(CountPicksFrom(*share, past, 1, 300)[2], 0) << "past 25%";
+  EXPECT_EQ(CountPicksFrom(*share, one_more, 1, 300)[2], 0) << "a quarter of 3 is 0";
+  for (const char* bad : {"stick_pct=101", "stick_pct=x", "stick_pct=-5", "stick=-1,stick_pct=10"})
+    EXPECT_NE(CreateError(bad).find("option 'stick"), std::string::npos)
+        << bad << ": " << CreateError(bad);
   // stick=-1: a tie is broken as if the client were new.
   auto off = make("stick=-1");
   auto spread = CountPicksFrom(*off, tie, 1, 300);

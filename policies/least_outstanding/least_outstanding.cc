@@ -10,6 +10,8 @@
 // Options: stick=N  stay on the current backend unless the least loaded has
 //                   more than N fewer requests in flight (default 0: ties
 //                   stay; -1: ties rotate for everyone). See Stickiness.
+//          stick_pct=P  or fewer by more than P% of the current backend's
+//                   count, if that is more (default 25; 0: off).
 #include <cstddef>
 #include <cstdint>
 #include <memory>

@@ -68,5 +68,16 @@ TEST(LeastOutstandingTest, StaysOnATie) {
     EXPECT_NE(CreateError(bad).find("option 'stick'"), std::string::npos) << bad << ": " << CreateError(bad);
 }
 
+// By default a client stays through a quarter of its backend's count
+// (stick_pct=25): 40 in flight against 30 elsewhere; stick_pct=0 moves it.
+TEST(LeastOutstandingTest, StaysThroughAQuarterByDefault) {
+  const std::vector<rematcher::BackendInfo> quarter = {Backend(1, 1, 30), Backend(2, 1, 40),
+                                                       Backend(3, 1, 30)};
+  auto p = LinkedPolicy();
+  EXPECT_EQ(CountPicksFrom(*p, quarter, 1, 300)[2], 300);
+  auto off = LinkedPolicy("stick_pct=0");
+  EXPECT_EQ(CountPicksFrom(*off, quarter, 1, 300)[2], 0);
+}
+
 }  // namespace
 }  // namespace rematcher_policies

@@ -9,6 +9,8 @@
 //          stick=N  stay on the current backend unless the winner has more
 //                   than N fewer requests in flight (default 0: ties stay;
 //                   -1: always take the winner). See Stickiness.
+//          stick_pct=P  or fewer by more than P% of the current backend's
+//                   count, if that is more (default 25; 0: off).
 #include <cstddef>
 #include <cstdint>
 #include <memory>

@@ -56,7 +56,7 @@ TEST(PowerOfTwoTest, ArgsErrors) {
             std::string::npos)
       << CreateError("seed=abc");
   EXPECT_NE(CreateError("seed=1,choices=3")
-                .find("unknown option 'choices' (accepted: seed, stick)"),
+                .find("unknown option 'choices' (accepted: seed, stick, stick_pct)"),
             std::string::npos)
       << CreateError("seed=1,choices=3");
 }
@@ -67,6 +67,17 @@ TEST(PowerOfTwoTest, StaysOnATie) {
   });
   for (const char* bad : {"stick=-2", "stick=x", "stick=", "stick=1.5", "stick=1000001"})
     EXPECT_NE(CreateError(bad).find("option 'stick'"), std::string::npos) << bad << ": " << CreateError(bad);
+}
+
+// By default a client stays through a quarter of its backend's count
+// (stick_pct=25): 40 in flight against 30 elsewhere; stick_pct=0 moves it.
+TEST(PowerOfTwoTest, StaysThroughAQuarterByDefault) {
+  const std::vector<rematcher::BackendInfo> quarter = {Backend(1, 1, 30), Backend(2, 1, 40),
+                                                       Backend(3, 1, 30)};
+  auto p = LinkedPolicy("seed=5");
+  EXPECT_EQ(CountPicksFrom(*p, quarter, 1, 300)[2], 300);
+  auto off = LinkedPolicy("stick_pct=0");
+  EXPECT_EQ(CountPicksFrom(*off, quarter, 1, 300)[2], 0);
 }
 
 }  // namespace

@@ -15,6 +15,8 @@
 //                   the current one's (default -1: always take the
 //                   winner, so shares follow the weights; 0: ties stay).
 //                   See Stickiness::ApplyWeighted.
+//          stick_pct=P  N is at least P% of the current backend's count
+//                   (default 0; given alone, it turns stick on at 0).
 #include <cstddef>
 #include <cstdint>
 #include <memory>

@@ -44,7 +44,7 @@ TEST(WeightedPowerOfTwoTest, SkipsIneligible) {
 TEST(WeightedPowerOfTwoTest, ArgsErrors) {
   EXPECT_NE(CreateError("seed=").find("is not an unsigned integer"),
             std::string::npos);
-  EXPECT_NE(CreateError("sed=1").find("unknown option 'sed' (accepted: seed, stick)"),
+  EXPECT_NE(CreateError("sed=1").find("unknown option 'sed' (accepted: seed, stick, stick_pct)"),
             std::string::npos);
 }
 
