@@ -155,7 +155,6 @@ class Stickiness {
   }
 
   int64_t slack() const { return slack_; }
-  int64_t pct() const { return pct_; }
 
  private:
   // Requests of imbalance a client on `cur` stays through (slack_ >= 0).
