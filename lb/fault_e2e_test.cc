@@ -69,6 +69,8 @@ using faults::FaultSpec;
 constexpr int kClients = 2;
 constexpr int kBackends = 3;
 constexpr int kPool = 16;
+// Pure ACK PAWS drops allowed beyond the data bound (CheckNstat).
+constexpr int64_t kPawsAckBatch = 32;
 constexpr uint64_t kRequests = FAULT_E2E_REQUESTS;
 
 std::string ReadFile(const std::string& path) {
@@ -194,7 +196,19 @@ class FaultE2eTest : public ::testing::Test {
       // through rematcher the same since 917434f (README, "Faults").
       int64_t paws_allowed =
           fault_rate > 0 ? std::max<int64_t>(10, static_cast<int64_t>(in * fault_rate / 50)) : 0;
-      EXPECT_LE(Get(d, "TcpExtPAWSEstab"), paws_allowed) << "of " << in << " segments received";
+      // Pure ACKs get a batch more: once in about 140 runs at 1%, one
+      // backend PAWS-dropped 25 pure ACKs, 22 of them 5 ticks old, a batch
+      // held in one CPU's queue after the datapath while the other CPU's
+      // passed (see E2eBed::kPawsOutliersAllowed). A lost pure ACK costs
+      // nothing a later one does not repair; the segments with data stay
+      // under the plain bound. Without the tracer every drop counts as data.
+      const int64_t paws_estab = Get(d, "TcpExtPAWSEstab");
+      const int64_t pure_acks = Get(d, E2eBed::kPawsPureAck);
+      EXPECT_LE(paws_estab - pure_acks, paws_allowed)
+          << "PAWS drops of segments with data (or a SYN), of " << in
+          << " segments received; logged drops:\n" << absl::StrJoin(bed().LoggedPawsDrops(), "\n");
+      EXPECT_LE(pure_acks, fault_rate > 0 ? paws_allowed + kPawsAckBatch : 0)
+          << "PAWS drops of pure ACKs, of " << in << " segments received";
       // What each PAWS drop was (testing/tcpdrops). A relay holds a frame
       // back at most reorder_max_hold, timed by kernel arrival stamps
       // (testing/faults/relay.h), and every segment crosses two faulty
@@ -202,9 +216,11 @@ class FaultE2eTest : public ::testing::Test {
       // plus what a busy sender adds between stamping a segment and the
       // relay seeing it: up to 10 ticks in the direct-path control and 15
       // through rematcher at 100,000 requests (an owed ACK the core sent
-      // late). 2 x 5 + 20 = 30; an older one fails: a TS translation made
-      // it (before the splice counted a pool's idle time, clients saw old
-      // copies 80-700 ticks old at 5%).
+      // late). 2 x 5 + 20 = 30. More than two older ones per host fail: a
+      // TS translation made them (before the splice counted a pool's idle
+      // time, clients saw old copies 80-700 ticks old at 5%); one or two
+      // are a frame stuck in a starved CPU's queue after the datapath
+      // (E2eBed::kPawsOutliersAllowed).
       const int hold_ticks =
           static_cast<int>(absl::ToDoubleMilliseconds(FaultSpec().reorder_max_hold) + 0.999);
       const int max_age = fault_rate > 0 ? 2 * hold_ticks + 20 : -1;

@@ -132,10 +132,25 @@ class E2eBed {
   }
   // For one host's Diff: prints "[paws] HOST: PAWSEstab N = old copies +
   // new data + pure ACKs, ages ..." and fails when a PAWS drop escaped the
-  // tracer, or, with max_age >= 0, when a drop was more than max_age TS
-  // ticks older than what the receiver had seen (more than a network
-  // holding frames back at most that long can cause); the error lists the
-  // logged drops. OK, with a line saying so, when the tracer is not running.
+  // tracer, or, with max_age >= 0, when more than kPawsOutliersAllowed
+  // drops were more than max_age TS ticks older than what the receiver had
+  // seen (more than a network holding frames back at most that long can
+  // cause); the error lists the logged drops. OK, with a line saying so,
+  // when the tracer is not running.
+  //
+  // Why any are allowed: in about 140 runs of the 5% fault test two single
+  // old copies reached a backend 40 and 164 ticks old (each the last
+  // segment of a request, ending at rcv_nxt), one with the CPUs kept busy,
+  // one without. The direct path (no LB), 90 runs: 10 at most, and one
+  // copy 25 ticks old in a run that shared the CPUs with another. The datapath
+  // cannot make a copy old after the fact (a late copy translated late gets
+  // a TSval no older than the last one sent, rm_tsval_offset), so these
+  // sat somewhere after the translation. The likeliest place (not proven):
+  // XDP_TX on the LB's two-queue veth puts a frame in the peer queue of the
+  // CPU it ran on, and a starved CPU's queue holds its frames while the
+  // other CPU's pass. The splice bug this check was written for (README,
+  // "Faults") left 3-8 per client per 5% run, 80-700 ticks old.
+  static constexpr int64_t kPawsOutliersAllowed = 2;
   absl::Status CheckPawsAttribution(const std::string& host, const testbed::NstatDelta& d,
                                     int max_age) const;
   struct Snap {
