@@ -650,8 +650,9 @@ static __always_inline int backend_open(const struct rm_backend *be) {
  * decision names (a move, or its current backend: stay): `to`, unless it
  * has at least `margin` (rm_config::reroute_margin) more requests
  * unanswered than the alternative the core keeps for it
- * (rm_backend_load::alt), and at least twice as many: then the
- * alternative, if it is active and not draining.
+ * (rm_backend_load::alt), and at least `ratio_pct` percent of the
+ * alternative's count (rm_config::reroute_ratio_pct, 200 by default:
+ * twice as many): then the alternative, if it is active and not draining.
  * The decision was made when the client's previous request started or was
  * answered, often milliseconds ago; a backend that stalled since (a pause
  * of tens of milliseconds) has its unanswered count climbing while the
@@ -659,8 +660,9 @@ static __always_inline int backend_open(const struct rm_backend *be) {
  * wait the pause out. Counts read unlocked: a hint. (An alternative that
  * left service since the core chose it, the client's own backend being
  * drained for instance, must not keep the client where it is.) */
-RM_GLOBAL __u32 arrival_target(__u32 to, __u32 margin) {
+RM_GLOBAL __u32 arrival_target(__u32 to, __u32 margin, __u32 ratio_pct) {
   if (!margin) return to;
+  if (!ratio_pct) ratio_pct = 200;
   struct rm_backend_load *t = bpf_map_lookup_elem(&backend_load, &to);
   if (!t) return to;
   __u32 alt = *(volatile __u32 *)&t->alt;
@@ -669,9 +671,9 @@ RM_GLOBAL __u32 arrival_target(__u32 to, __u32 margin) {
   struct rm_backend_load *a = bpf_map_lookup_elem(&backend_load, &alt);
   if (!a) return to;
   __u32 tu = *(volatile __u32 *)&t->unanswered, au = *(volatile __u32 *)&a->unanswered;
-  /* Behind by the margin and by half: under a closed loop's load every
+  /* Behind by the margin and by the ratio: under a closed loop's load every
    * backend has tens unanswered, a few either way being noise. */
-  if (tu < au + margin || tu < 2 * au) return to;
+  if (tu < au + margin || (__u64)tu * 100 < (__u64)au * ratio_pct) return to;
   if (!backend_open(bpf_map_lookup_elem(&backends, &alt))) return to;
   stat_inc(RM_ST_ARRIVAL_REROUTED);
   __sync_fetch_and_add(&a->rerouted_in, 1);
@@ -745,7 +747,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
      * decided fell behind the one it is on; or it goes to the decided
      * backend's alternative. */
     __u32 cur = *(volatile __u32 *)&c->backend_id;
-    want = arrival_target(want, cfg->reroute_margin);
+    want = arrival_target(want, cfg->reroute_margin, cfg->reroute_ratio_pct);
     if (want == cur) return -1;
   }
 
@@ -766,7 +768,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
        * the stall out. Later turns (the alternative had no idle pooled
        * connection) are plain round robin, so the request is served
        * wherever one is idle rather than dropped. */
-      bid = i == 0 ? arrival_target(*b, cfg->reroute_margin) : *b;
+      bid = i == 0 ? arrival_target(*b, cfg->reroute_margin, cfg->reroute_ratio_pct) : *b;
     } else {
       bid = want;
     }

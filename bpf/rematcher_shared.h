@@ -94,6 +94,9 @@ struct rm_config {
                            when the backend it would go to has at least
                            this many more requests unanswered (it may have
                            stalled since the decision). 0: never. */
+  __u32 reroute_ratio_pct; /* ...and at least this percentage of the
+                              alternative's count (200: twice as many;
+                              0 reads as 200) */
 };
 
 /* -------------------------------------------------------------- records */

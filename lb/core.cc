@@ -119,6 +119,7 @@ absl::Status Core::Init() {
   cfg.client_window_cap = opts_.client_window_cap;
   cfg.pool_max_uses = opts_.pool_max_uses;
   cfg.reroute_margin = opts_.rematch ? opts_.reroute_margin : 0;
+  cfg.reroute_ratio_pct = opts_.reroute_ratio_pct;
   if (auto st = dp_->SetConfig(cfg); !st.ok()) return st;
 
   PoolOptions popts;

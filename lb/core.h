@@ -57,6 +57,9 @@ struct CoreOptions {
   // it would go to has at least this many more requests unanswered
   // (rm_config::reroute_margin). 0: never.
   uint32_t reroute_margin = 2;
+  // ...and at least this percentage of the alternative's count
+  // (rm_config::reroute_ratio_pct; 200: twice as many). At least 100.
+  uint32_t reroute_ratio_pct = 200;
   absl::Duration pool_idle_timeout = absl::Seconds(60);
   bool rematch = true;
   bool allow_generic_xdp = false;

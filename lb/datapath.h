@@ -34,7 +34,7 @@ namespace rematcher {
 
 static_assert(sizeof(rm_flow_key) == 12, "rm_flow_key layout");
 static_assert(sizeof(rm_pool_key) == 12, "rm_pool_key layout");
-static_assert(sizeof(rm_config) == 36, "rm_config layout");
+static_assert(sizeof(rm_config) == 40, "rm_config layout");
 static_assert(sizeof(rm_backend) == 8, "rm_backend layout");
 static_assert(sizeof(rm_backend_load) == 72, "rm_backend_load layout");
 static_assert(sizeof(rm_event) == 48, "rm_event layout");

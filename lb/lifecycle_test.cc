@@ -483,6 +483,9 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
   // and a longest interval below the shortest.
   expect_refused({"--poll_us=500", "--poll_max_us=300"},
                  "--poll_max_us must be in --poll_us..100000");
+  // An arrival check's ratio below 1:1 would reroute onto busier backends.
+  expect_refused({"--reroute_ratio_pct=99"}, "--reroute_ratio_pct must be in 100..10000");
+  expect_refused({"--reroute_ratio_pct=20000"}, "--reroute_ratio_pct must be in 100..10000");
   expect_refused({"--health_panic_threshold=101"}, "--health_panic_threshold=101: a percentage");
 }
 

@@ -48,8 +48,13 @@ DEFINE_uint32(client_window_cap, 128 * 1024,
 DEFINE_uint32(reroute_margin, 2,
               "A request arriving at a boundary goes to the least loaded other backend "
               "instead when the backend decided for it (or its current one) has at least "
-              "this many more requests unanswered at that instant, and twice as many (it may "
-              "have stalled since the decision was made). 0: never.");
+              "this many more requests unanswered at that instant, and --reroute_ratio_pct "
+              "percent of the other's count (it may have stalled since the decision was made). "
+              "0: never.");
+DEFINE_uint32(reroute_ratio_pct, 200,
+              "The arrival check's second test (--reroute_margin): the backend a request "
+              "would go to must have at least this percentage of the other's unanswered "
+              "requests (200: twice as many). 100 to 10000.");
 DEFINE_uint32(pool_max_uses, 0,
               "Retire a pooled connection after it carried this many clients or requests "
               "(splices), below the backend's own limit (nginx keepalive_requests, default "
@@ -239,6 +244,8 @@ int Main(int argc, char** argv) {
       FLAGS_client_idle_timeout_s <= 0)
     return Fail("durations must not be negative");
   if (FLAGS_poll_us > 100000) return Fail("--poll_us must be at most 100000 (100 ms)");
+  if (FLAGS_reroute_ratio_pct < 100 || FLAGS_reroute_ratio_pct > 10000)
+    return Fail("--reroute_ratio_pct must be in 100..10000 (200: twice as many)");
   if (FLAGS_poll_max_us > 100000 || FLAGS_poll_max_us < FLAGS_poll_us)
     return Fail("--poll_max_us must be in --poll_us..100000 (100 ms)");
   o.conns_per_backend = FLAGS_conns_per_backend;
@@ -251,6 +258,7 @@ int Main(int argc, char** argv) {
   o.client_window_cap = FLAGS_client_window_cap;
   o.pool_max_uses = FLAGS_pool_max_uses;
   o.reroute_margin = FLAGS_reroute_margin;
+  o.reroute_ratio_pct = FLAGS_reroute_ratio_pct;
   o.pool_idle_timeout = absl::Milliseconds(FLAGS_pool_idle_timeout_ms);
   o.allow_generic_xdp = FLAGS_allow_generic_xdp;
   o.policy = FLAGS_policy;
