@@ -138,7 +138,7 @@ class E2eBed {
   // cause); the error lists the logged drops. OK, with a line saying so,
   // when the tracer is not running.
   //
-  // Why any are allowed: in about 140 runs of the 5% fault test two single
+  // Why any are allowed: in about 90 runs of the 5% fault test two single
   // old copies reached a backend 40 and 164 ticks old (each the last
   // segment of a request, ending at rcv_nxt), one with the CPUs kept busy,
   // one without. The direct path (no LB), 90 runs: 10 at most, and one
