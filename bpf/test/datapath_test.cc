@@ -1127,42 +1127,34 @@ TEST_F(RerouteTest, NotBehindByTheMarginAndByHalfTheDecisionStands) {
   EXPECT_EQ(Client(c.id).backend_id, 1u);
 }
 
-// The ratio is rm_config::reroute_ratio_pct: at 300, 5 against 2 (by the
-// margin, 250%) stands and 6 against 2 (300%) goes to the alternative.
-TEST_F(RerouteTest, BelowTheConfiguredRatioTheDecisionStands) {
-  EnableReroute(/*margin=*/2, /*ratio_pct=*/300);
-  PoolSpec p0, p1;
-  ClientSpec c;
-  BackendPos b;
-  Epoch e;
-  Ready(p0, p1, c, b, e);
-  SetUnanswered(0, 5);
-  SetUnanswered(1, 2);
-  dp_->SetDecision(c.id, 2, 0);
-  ClientToBackend("request 2 stays on backend 0 at 250%", c, p0, e, ClientSeg(c, Pattern(50, 4)),
-                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}});
-  EXPECT_EQ(Client(c.id).backend_id, 0u);
-  EXPECT_EQ(dp_->BackendLoad(1).rerouted_in, 0u);
-}
+// The ratio is rm_config::reroute_ratio_pct: at 300 (margin 2), with 2
+// requests unanswered at backend 1, a decision to stay on backend 0 stands
+// at 5 there (by the margin, 250%) and goes to backend 1 at 6 (300%).
+class RerouteRatioTest : public RerouteTest {
+ protected:
+  void StayDecisionWith(uint32_t u0, bool moves) {
+    EnableReroute(/*margin=*/2, /*ratio_pct=*/300);
+    PoolSpec p0, p1;
+    ClientSpec c;
+    BackendPos b;
+    Epoch e;
+    Ready(p0, p1, c, b, e);
+    SetUnanswered(0, u0);
+    SetUnanswered(1, 2);
+    dp_->SetDecision(c.id, 2, 0);
+    Deltas d = {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}};
+    if (moves) d[RM_ST_SPLICES] = d[RM_ST_REMATCHES] = d[RM_ST_ARRIVAL_REROUTED] = 1;
+    Epoch to = moves ? StartEpoch(c, p1) : e;
+    ClientToBackend(moves ? "rerouted at 300%" : "stays at 250%", c, moves ? p1 : p0, to,
+                    ClientSeg(c, Pattern(50, 4)), d);
+    EXPECT_EQ(Client(c.id).backend_id, moves ? 1u : 0u);
+    EXPECT_EQ(dp_->BackendLoad(1).rerouted_in, moves ? 1u : 0u);
+  }
+};
 
-TEST_F(RerouteTest, AtTheConfiguredRatioTheRequestGoesToTheAlternative) {
-  EnableReroute(/*margin=*/2, /*ratio_pct=*/300);
-  PoolSpec p0, p1;
-  ClientSpec c;
-  BackendPos b;
-  Epoch e;
-  Ready(p0, p1, c, b, e);
-  SetUnanswered(0, 6);
-  SetUnanswered(1, 2);
-  dp_->SetDecision(c.id, 2, 0);
-  Epoch e1 = StartEpoch(c, p1);
-  ClientToBackend("request 2 rerouted to backend 1 at 300%", c, p1, e1,
-                  ClientSeg(c, Pattern(50, 4)),
-                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_ARRIVAL_REROUTED, 1}});
-  EXPECT_EQ(Client(c.id).backend_id, 1u);
-  EXPECT_EQ(dp_->BackendLoad(1).rerouted_in, 1u);
-}
+TEST_F(RerouteRatioTest, BelowTheRatioTheDecisionStands) { StayDecisionWith(5, false); }
+
+TEST_F(RerouteRatioTest, AtTheRatioTheRequestGoesToTheAlternative) { StayDecisionWith(6, true); }
 
 // A new client's first request has no decision: it goes round robin, but
 // not onto a backend fallen behind its alternative.
