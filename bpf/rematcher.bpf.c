@@ -662,7 +662,6 @@ static __always_inline int backend_open(const struct rm_backend *be) {
  * drained for instance, must not keep the client where it is.) */
 RM_GLOBAL __u32 arrival_target(__u32 to, __u32 margin, __u32 ratio_pct) {
   if (!margin) return to;
-  if (!ratio_pct) ratio_pct = 200;
   struct rm_backend_load *t = bpf_map_lookup_elem(&backend_load, &to);
   if (!t) return to;
   __u32 alt = *(volatile __u32 *)&t->alt;

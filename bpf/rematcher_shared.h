@@ -96,7 +96,7 @@ struct rm_config {
                            stalled since the decision). 0: never. */
   __u32 reroute_ratio_pct; /* ...and at least this percentage of the
                               alternative's count (200: twice as many;
-                              0 reads as 200) */
+                              0: the margin alone) */
 };
 
 /* -------------------------------------------------------------- records */

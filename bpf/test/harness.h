@@ -317,9 +317,10 @@ class DatapathFixture : public ::testing::Test {
     ASSERT_TRUE(dp_->SetBackendList({0}).ok());
   }
 
-  // Turns the arrival check on (rm_config::reroute_margin, and its ratio:
-  // 0 reads as 200%) with backends 0 and 1 each other's alternative.
-  void EnableReroute(uint32_t margin = 2, uint32_t ratio_pct = 0) {
+  // Turns the arrival check on (rm_config::reroute_margin and
+  // reroute_ratio_pct, the binary's defaults unless given) with backends 0
+  // and 1 each other's alternative.
+  void EnableReroute(uint32_t margin = 2, uint32_t ratio_pct = 200) {
     auto cfg = dp_->GetConfig();
     ASSERT_TRUE(cfg.ok()) << cfg.status();
     cfg->reroute_margin = margin;
