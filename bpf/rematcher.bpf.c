@@ -674,9 +674,17 @@ RM_GLOBAL __u32 arrival_target(__u32 to, __u32 margin, __u32 ratio_pct) {
    * backend has tens unanswered, a few either way being noise. */
   if (tu < au + margin || (__u64)tu * 100 < (__u64)au * ratio_pct) return to;
   if (!backend_open(bpf_map_lookup_elem(&backends, &alt))) return to;
-  stat_inc(RM_ST_ARRIVAL_REROUTED);
-  __sync_fetch_and_add(&a->rerouted_in, 1);
   return alt;
+}
+
+/* A request the arrival check sent to `b` went there: counted where it
+ * went (a choice whose backend had no idle pooled connection is not). */
+RM_GLOBAL int count_reroute(__u32 b) {
+  struct rm_backend_load *l = bpf_map_lookup_elem(&backend_load, &b);
+  if (!l) return 0;
+  stat_inc(RM_ST_ARRIVAL_REROUTED);
+  __sync_fetch_and_add(&l->rerouted_in, 1);
+  return 0;
 }
 
 /* The event that starts a request, with the owed ACK of a rematch that
@@ -740,14 +748,22 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
    * one stays on it instead (the rematch is skipped). Read unlocked: a
    * hint, the splice below checks under the lock. */
   int first_req = *(volatile __u32 *)&c->pool_id == RM_NO_ID;
+  /* The backend the arrival check chose instead of the one decided (or of
+   * the round robin's turn), counted once the request is there. */
+  __u32 rerouted = RM_NO_ID;
   if (!first_req && cfg->reroute_margin && want < RM_MAX_BACKENDS) {
     /* Checked on arrival (with rerouting on, a decision to stay comes
      * here too): the client stays put, as decided or because the backend
      * decided fell behind the one it is on; or it goes to the decided
      * backend's alternative. */
     __u32 cur = *(volatile __u32 *)&c->backend_id;
-    want = arrival_target(want, cfg->reroute_margin, cfg->reroute_ratio_pct);
-    if (want == cur) return -1;
+    __u32 to = arrival_target(want, cfg->reroute_margin, cfg->reroute_ratio_pct);
+    if (to != want) rerouted = to;
+    want = to;
+    if (want == cur) {
+      if (rerouted == cur) count_reroute(cur);
+      return -1;
+    }
   }
 
 #pragma clang loop unroll(disable)
@@ -767,7 +783,11 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
        * the stall out. Later turns (the alternative had no idle pooled
        * connection) are plain round robin, so the request is served
        * wherever one is idle rather than dropped. */
-      bid = i == 0 ? arrival_target(*b, cfg->reroute_margin, cfg->reroute_ratio_pct) : *b;
+      bid = *b;
+      if (i == 0) {
+        bid = arrival_target(*b, cfg->reroute_margin, cfg->reroute_ratio_pct);
+        if (bid != *b) rerouted = bid;
+      }
     } else {
       bid = want;
     }
@@ -782,6 +802,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     __u32 cand;
     if (bpf_map_pop_elem(q, &cand)) {
       emit(cfg, RM_EV_NEED_POOL, id, bid, RM_NO_ID, 0);
+      rerouted = RM_NO_ID;
       if (want != RM_ANY_BACKEND) {
         if (!first_req) break;
         want = RM_ANY_BACKEND;
@@ -904,6 +925,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     return -1;
   }
   stat_inc(RM_ST_SPLICES);
+  if (bid == rerouted) count_reroute(bid);
   if (old_pid != RM_NO_ID) {
     leg->owner = id;
     leg->epoch = epoch;

@@ -1100,6 +1100,25 @@ TEST_F(RerouteTest, MoveToABackendFallenBehindTheCurrentOneStays) {
   EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
 }
 
+// The alternative has no idle pooled connection: the client stays on the
+// one it has (the rematch skipped), and nothing is counted as rerouted.
+TEST_F(RerouteTest, AlternativeWithNoneIdleKeepsTheClientAndCountsNoReroute) {
+  PoolSpec p0;
+  ClientSpec c;
+  BackendPos b;
+  AddPool(p0);  // backend 1 has no pooled connection
+  Epoch e = Splice(c, p0, b);
+  Exchange(c, p0, e, b);
+  SetUnanswered(0, 4);
+  SetUnanswered(1, 0);
+  dp_->SetDecision(c.id, 2, 0);
+  ClientToBackend("request 2 stays on backend 0", c, p0, e, ClientSeg(c, Pattern(50, 4)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}, {RM_ST_REMATCH_NO_IDLE, 1}});
+  EXPECT_EQ(Client(c.id).backend_id, 0u);
+  EXPECT_EQ(Client(c.id).rematches, 0u);
+  EXPECT_EQ(dp_->BackendLoad(0).rerouted_in + dp_->BackendLoad(1).rerouted_in, 0u);
+}
+
 TEST_F(RerouteTest, NotBehindByTheMarginAndByHalfTheDecisionStands) {
   PoolSpec p0, p1;
   ClientSpec c;
@@ -1196,11 +1215,13 @@ TEST_F(FirstRequestTest, SkipsABackendFallenBehind) {
 // round robin, and the request is served by the backend behind rather than
 // dropped or refused.
 TEST_F(FirstRequestTest, ServedWhenTheAlternativeHasNoneIdle) {
-  // Backend 1 has no pooled connection at all.
+  // Backend 1 has no pooled connection at all. The check chose it, but the
+  // request did not go there: no reroute is counted.
   ClientSpec c = Send("first request, the alternative empty", 4, 0, nullptr, p0_,
-                      {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_ARRIVAL_REROUTED, 1}});
+                      {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
   EXPECT_EQ(Client(c.id).backend_id, 0u);
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_BUSY));
+  EXPECT_EQ(dp_->BackendLoad(0).rerouted_in + dp_->BackendLoad(1).rerouted_in, 0u);
 }
 
 // Not behind: the round robin's turn stands.
