@@ -54,6 +54,7 @@ constexpr uint64_t kFirstConnId = 16;
 constexpr uint64_t kSaltSize = 0x51a3;
 constexpr uint64_t kSaltSeed = 0x5eed;
 constexpr uint64_t kSaltUploadSize = 0x0b5a;
+constexpr uint64_t kSaltDelay = 0xde1a;
 constexpr uint64_t kSaltUploadSeed = 0x0b5e;
 
 int64_t MonoNowNs() {
@@ -451,7 +452,8 @@ class Worker {
     }
     if (opt_.mode == Mode::kClosed) {
       // Closed loop writes a batch of `pipeline` requests back to back,
-      // then waits for all of them.
+      // then waits for all of them (or, refilling, keeps `pipeline` out).
+      if (opt_.pipeline_refill) return c->inflight.size() < depth ? depth - c->inflight.size() : 0;
       return c->inflight.empty() ? depth : 0;
     }
     return c->inflight.size() < depth ? depth - c->inflight.size() : 0;
@@ -502,7 +504,9 @@ class Worker {
   void AppendRequestHead(Conn* c, const Request& r) {
     std::string& o = c->out;
     absl::StrAppend(&o, r.upload_size > 0 ? "POST" : "GET", " /r?size=", r.size);
-    if (opt_.delay_us > 0) absl::StrAppend(&o, "&delay_us=", opt_.delay_us);
+    if (opt_.delay_us > 0 &&
+        (opt_.delay_one_in <= 1 || BodyWord(opt_.seed ^ kSaltDelay, r.index) % opt_.delay_one_in == 0))
+      absl::StrAppend(&o, "&delay_us=", opt_.delay_us);
     absl::StrAppend(&o, "&seed=", r.seed, " HTTP/1.1\r\nHost: ", sh_->host_header,
                     "\r\n");
     if (r.upload_size > 0) {

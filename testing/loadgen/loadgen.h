@@ -34,7 +34,15 @@ struct Options {
   std::vector<uint64_t> upload_sizes;  // non-empty: POST with these sizes
   uint64_t seed = 1;
   uint64_t delay_us = 0;
+  // Only one request in this many (picked by its index, deterministically)
+  // carries delay_us; 1: every request.
+  uint64_t delay_one_in = 1;
   int pipeline = 1;
+  // Closed loop with pipeline > 1: keep `pipeline` requests in flight,
+  // writing the next as each response completes, instead of batches whose
+  // next one waits for every response (HTTP/1.1 pipelining as a client
+  // library does it: responses are still owed when a new request goes out).
+  bool pipeline_refill = false;
   bool new_conn_per_request = false;
   // With new_conn_per_request: send "Connection: close" (the server closes
   // first) or not (the client closes first after the response).

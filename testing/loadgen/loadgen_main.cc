@@ -25,7 +25,11 @@ DEFINE_string(sizes, "0", "response sizes, comma separated (k/m suffixes ok), pi
 DEFINE_string(upload_sizes, "", "if set, POST bodies of these sizes, verified via X-Upload-*");
 DEFINE_uint64(seed, 1, "seed for the deterministic per-request choices");
 DEFINE_uint64(delay_us, 0, "delay_us passed to the backend");
+DEFINE_uint64(delay_one_in, 1, "only one request in this many carries --delay_us (1: all)");
 DEFINE_int32(pipeline, 1, "requests written back to back per connection before reading");
+DEFINE_bool(pipeline_refill, false,
+            "closed loop: keep --pipeline requests in flight, writing the next as each "
+            "response completes (responses still owed), instead of whole batches");
 DEFINE_bool(new_conn_per_request, false, "connect, one request (Connection: close), close");
 DEFINE_uint64(requests_per_conn, 0,
               "keep-alive connections carry this many requests each, then the client closes "
@@ -74,6 +78,8 @@ int main(int argc, char** argv) {
   o.seed = FLAGS_seed;
   o.delay_us = FLAGS_delay_us;
   o.pipeline = FLAGS_pipeline;
+  o.pipeline_refill = FLAGS_pipeline_refill;
+  o.delay_one_in = FLAGS_delay_one_in;
   o.new_conn_per_request = FLAGS_new_conn_per_request;
   o.close_header = FLAGS_close_header;
   o.requests_per_conn = FLAGS_requests_per_conn;
