@@ -541,6 +541,11 @@ static __noinline int send_rst(struct xdp_md *ctx, struct rm_pkt *pk) {
  * window by this much: a fresh pooled connection advertises ~64 KB in its
  * SYN-ACK and Linux queues a segment that starts inside the window. */
 #define RM_WINDOW_SLACK 65535
+/* Bytes of a request's first segment read for its HTTP/1.x head (a power
+ * of two), and the walk's steps: one per 8 bytes, one per line, one per
+ * byte of Content-Length's value. */
+#define RM_HTTP_SCAN 1024
+#define RM_HTTP_STEPS (RM_HTTP_SCAN / 8 + 96)
 /* How long a client's first request may wait for an idle pooled connection
  * (its segments are dropped meanwhile and retransmitted) before it is
  * refused with RST: a pool that never fills must not hang clients. */
@@ -565,6 +570,20 @@ struct rm_pool_take {
 };
 
 
+/* The walk of http_request_len (its state lives in the scratch: the BPF
+ * stack of the call chain that reaches it is nearly full). */
+struct rm_httpwalk {
+  __u32 n;         /* bytes of the segment copied to rm_scratch::http */
+  __u32 off;       /* scan cursor */
+  __u32 lines;     /* line ends seen */
+  __u32 head_len;  /* bytes up to and including the blank line; 0: not yet */
+  __u32 clen;      /* Content-Length */
+  __u32 has_clen;
+  __u32 in_value;  /* reading Content-Length's value, a byte a step */
+  __u32 digits;
+  __u32 bad;       /* not a framing this reader is sure of */
+};
+
 /* Per-CPU scratch for structs too large for the 512-byte BPF stack across
  * the call chain. XDP does not nest on a CPU, so one slot per CPU is safe;
  * each user owns distinct fields. */
@@ -581,6 +600,12 @@ struct rm_scratch {
   /* This CPU's coarse clock as of jiffy clk_jiffies (see coarse_now). */
   __u64 clk_jiffies;
   __u64 clk_ns;
+  /* http_request_len: the first bytes of a segment that starts a request
+   * (RM_HTTP_SCAN), and room for the 8-byte loads that run past them. */
+  __u8 http[RM_HTTP_SCAN + 64];
+  __u32 flen; /* client_established: http_request_len of this segment */
+  struct rm_httpwalk hw;
+  __u32 rerouted; /* do_splice: where the arrival check sent the request */
 };
 
 /* The coarse clock (CLOCK_MONOTONIC_COARSE, what userspace compares
@@ -629,6 +654,200 @@ struct {
 static __always_inline struct rm_scratch *scratch_get(void) {
   __u32 z = 0;
   return bpf_map_lookup_elem(&scratch, &z);
+}
+
+/* ------------------------------------------------- HTTP/1.x request framing
+ *
+ * rematcher moves a client only at a request boundary, and must not while
+ * its backend still owes it a response (DESIGN.md: a pipelining client
+ * stays). At layer 4 a boundary is new client data once everything sent
+ * both ways is acknowledged, which is blind to two requests written in one
+ * segment: the backend answers the first, the client acknowledges it and
+ * writes a third, and the second's response is still to come on the pooled
+ * connection the client just left, to whichever client takes it next. So
+ * the segment that starts a request is read as far as its head: when it
+ * begins with an HTTP/1.x request line and holds the whole head, the
+ * request's length is the head's plus its Content-Length, and client bytes
+ * past that end before the exchange is over prove a second request (see
+ * RM_CF_PROVEN). Anything else (no request line, a head longer than
+ * RM_HTTP_SCAN or than the segment, Transfer-Encoding, a bad or repeated
+ * Content-Length, bare LF line ends) is "unknown": the layer-4 rules alone
+ * apply, as before. */
+
+
+static __always_inline __u64 rm_load64(const __u8 *b, __u32 at) {
+  __u64 v;
+  __builtin_memcpy(&v, b + (at & (RM_HTTP_SCAN - 1)), 8);
+  return v;
+}
+
+/* "HTTP/1.1", "HTTP/1.0", "content-", "length:", "transfer", "-encodin" as
+ * little-endian words. */
+#define RM_W_HTTP11 0x312e312f50545448ull
+#define RM_W_HTTP10 0x302e312f50545448ull
+#define RM_W_CONTENT 0x2d746e65746e6f63ull
+#define RM_W_LENGTH 0x003a6874676e656cull
+#define RM_W_TRANSFER 0x726566736e617274ull
+#define RM_W_ENCODIN 0x6e69646f636e652dull
+#define RM_W_LOWER 0x2020202020202020ull
+#define RM_W_ONES 0x0101010101010101ull
+#define RM_W_HIGHS 0x8080808080808080ull
+
+/* One step of the walk: a byte of Content-Length's value, or the next line
+ * end at or after w->off and what the line it ends or the one it starts
+ * says. Branches are few and there are no inner loops: the verifier walks
+ * the body once per distinct state. 1 stops the walk. */
+static long rm_http_step(__u32 i, void *arg) {
+  __u32 z = 0;
+  struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
+  if (!sc) return 1;
+  struct rm_httpwalk *w = &sc->hw;
+  const __u8 *b = sc->http;
+  __u32 off = w->off;
+  if (off >= w->n || off >= RM_HTTP_SCAN) goto unknown;
+  if (w->in_value) {
+    /* Optional blanks, then at most nine digits (a billion bytes or more
+     * is not taken on trust), then anything else. */
+    __u32 d = (__u32)b[off & (RM_HTTP_SCAN - 1)] - '0';
+    if (d < 10) {
+      if (w->digits >= 9) goto unknown;
+      w->clen = w->clen * 10 + d;
+      w->digits++;
+    } else if (w->digits) {
+      w->in_value = 0; /* the line end is found by the next step */
+      return 0;
+    } else if (d != (__u32)(' ' - '0') && d != (__u32)('\t' - '0')) {
+      goto unknown;
+    }
+    w->off = off + 1;
+    return 0;
+  }
+  __u64 v = rm_load64(b, off);
+  __u64 x = v ^ 0x0a0a0a0a0a0a0a0aull;
+  __u64 t = (x - RM_W_ONES) & ~x & RM_W_HIGHS;
+  if (!t) {
+    w->off = off + 8;
+    return 0;
+  }
+  /* The lowest flagged byte is a line feed (flags above it may be false):
+   * its index, without a branch per byte. */
+  __u64 low = (t & -t) >> 7; /* 1 << 8k */
+  __u32 p = off + 7 - (__u32)((low * 0x0706050403020100ull) >> 56);
+  if (p >= w->n || p < 1 || b[(p - 1) & (RM_HTTP_SCAN - 1)] != '\r') goto unknown;
+  w->off = p + 1;
+  if (w->lines++ == 0) {
+    /* The request line: METHOD SP target SP HTTP/1.x CRLF. */
+    __u64 ver = rm_load64(b, p - 9);
+    if (p < 14 || (ver != RM_W_HTTP11 && ver != RM_W_HTTP10) ||
+        b[(p - 10) & (RM_HTTP_SCAN - 1)] != ' ')
+      goto unknown;
+  } else if (b[(p - 2) & (RM_HTTP_SCAN - 1)] == '\n') {
+    w->head_len = p + 1; /* CRLF CRLF: the end of the head */
+    return 1;
+  }
+  /* The header line that starts after this line end. */
+  __u64 h = rm_load64(b, p + 1) | RM_W_LOWER;
+  __u64 h2 = rm_load64(b, p + 9) | RM_W_LOWER;
+  if (h == RM_W_TRANSFER && h2 == RM_W_ENCODIN) goto unknown;
+  if (h != RM_W_CONTENT || (h2 & 0x00ffffffffffffffull) != RM_W_LENGTH) return 0;
+  if (w->has_clen) goto unknown; /* repeated: request smuggling territory */
+  w->has_clen = 1;
+  w->in_value = 1;
+  w->off = p + 16;
+  return 0;
+unknown:
+  w->bad = 1;
+  return 1;
+}
+
+/* The length of the HTTP/1.x request a segment starts (payload at `off`,
+ * `len` bytes): head plus Content-Length; 0 when unknown (see above). Also
+ * left in rm_scratch::flen for framing_start. */
+RM_GLOBAL __u32 http_request_len(struct xdp_md *ctx, __u32 off, __u32 len) {
+  __u32 z = 0;
+  struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
+  if (!sc) return 0;
+  sc->flen = 0;
+  if (off > 255 || len < 18) return 0;
+  __u32 n = len < RM_HTTP_SCAN ? len : RM_HTTP_SCAN;
+  if (bpf_xdp_load_bytes(ctx, off, sc->http, n)) return 0;
+  if (sc->http[0] < 'A' || sc->http[0] > 'Z') return 0;
+  struct rm_httpwalk *w = &sc->hw;
+  __builtin_memset(w, 0, sizeof(*w));
+  w->n = n;
+  bpf_loop(RM_HTTP_STEPS, rm_http_step, NULL, 0);
+  if (w->bad || !w->head_len) return 0;
+  sc->flen = w->head_len + w->clen;
+  return sc->flen;
+}
+
+/* client_established, under the client's lock, for new data on a spliced
+ * client whose request in flight is framed (RM_CF_FRAMED): its bytes
+ * against the framing. During the request, bytes past its end are a second
+ * request (pinned for good), bytes within it its body (not a second write:
+ * RM_CF_SMALLWRITE is cleared). After a response began, the last request
+ * having had more bytes than framed proves a second one; fewer mean its
+ * body is still to come (after a 100 Continue, say) and this is no boundary
+ * to move at (pinned, as on the layer-4 hints). Either way the data
+ * cannot count as a clean boundary: RM_CF_HOLD (and 1 is returned). A global function, verified once: the
+ * same branches inline took client_established past the verifier's limit. */
+RM_GLOBAL int framing_check(__u32 id, __u32 seq, __u32 len) {
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  if (!c) return 0;
+  c->cflags &= ~RM_CF_HOLD;
+  if (!(c->cflags & RM_CF_FRAMED)) return 0;
+  if (c->phase == RM_PH_REQ) {
+    if (!rm_after(seq + len, c->req_end)) {
+      c->cflags &= ~RM_CF_SMALLWRITE;
+    } else if (!(c->cflags & RM_CF_PROVEN)) {
+      c->cflags = (c->cflags | RM_CF_PINNED | RM_CF_PROVEN) & ~RM_CF_CLEAN_MASK;
+      stat_inc(RM_ST_PIPELINED);
+      stat_inc(RM_ST_PIN_FRAMING);
+    }
+    return 0;
+  }
+  if (rm_after(c->c_nxt, c->req_end)) {
+    if (!(c->cflags & RM_CF_PROVEN)) {
+      c->cflags = (c->cflags | RM_CF_PINNED | RM_CF_PROVEN) & ~RM_CF_CLEAN_MASK;
+      stat_inc(RM_ST_PIPELINED);
+      stat_inc(RM_ST_PIN_FRAMING);
+    }
+    c->cflags |= RM_CF_HOLD;
+    return 1;
+  }
+  if (rm_before(c->c_nxt, c->req_end)) {
+    if (!(c->cflags & RM_CF_PINNED)) {
+      c->cflags = (c->cflags | RM_CF_PINNED) & ~RM_CF_CLEAN_MASK;
+      stat_inc(RM_ST_PIPELINED);
+    }
+    c->cflags |= RM_CF_HOLD;
+    return 1;
+  }
+  return 0;
+}
+
+/* client_established, under the client's lock, for a segment that starts
+ * a request: its framing (http_request_len, in rm_scratch::flen), known
+ * only when it starts right behind the last byte seen. A segment holding
+ * more than one request proves pipelining (RM_CF_PROVEN). */
+RM_GLOBAL int framing_start(__u32 id, __u32 seq, __u32 len) {
+  __u32 z = 0;
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
+  if (!c || !sc) return 0;
+  __u32 flen = sc->flen;
+  if (!flen || seq != c->c_nxt) {
+    c->cflags &= ~RM_CF_FRAMED;
+    return 0;
+  }
+  c->req_end = seq + flen;
+  c->cflags |= RM_CF_FRAMED;
+  if (flen < len && !(c->cflags & RM_CF_PROVEN)) {
+    c->cflags = (c->cflags | RM_CF_PINNED | RM_CF_PROVEN) & ~RM_CF_CLEAN_MASK;
+    stat_inc(RM_ST_PIPELINED);
+    stat_inc(RM_ST_PIN_FRAMING);
+  }
+  return 0;
 }
 
 /* pool_release on this CPU's scratch leg (which: 0 leg, 1 dleg). */
@@ -750,7 +969,8 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
   int first_req = *(volatile __u32 *)&c->pool_id == RM_NO_ID;
   /* The backend the arrival check chose instead of the one decided (or of
    * the round robin's turn), counted once the request is there. */
-  __u32 rerouted = RM_NO_ID;
+  sc->rerouted = RM_NO_ID; /* in the scratch: a local cost the chain's
+                              stack its last 16 bytes */
   if (!first_req && cfg->reroute_margin && want < RM_MAX_BACKENDS) {
     /* Checked on arrival (with rerouting on, a decision to stay comes
      * here too): the client stays put, as decided or because the backend
@@ -758,10 +978,10 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
      * backend's alternative. */
     __u32 cur = *(volatile __u32 *)&c->backend_id;
     __u32 to = arrival_target(want, cfg->reroute_margin, cfg->reroute_ratio_pct);
-    if (to != want) rerouted = to;
+    if (to != want) sc->rerouted = to;
     want = to;
     if (want == cur) {
-      if (rerouted == cur) count_reroute(cur);
+      if (sc->rerouted == cur) count_reroute(cur);
       return -1;
     }
   }
@@ -786,7 +1006,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
       bid = *b;
       if (i == 0) {
         bid = arrival_target(*b, cfg->reroute_margin, cfg->reroute_ratio_pct);
-        if (bid != *b) rerouted = bid;
+        if (bid != *b) sc->rerouted = bid;
       }
     } else {
       bid = want;
@@ -802,7 +1022,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     __u32 cand;
     if (bpf_map_pop_elem(q, &cand)) {
       emit(cfg, RM_EV_NEED_POOL, id, bid, RM_NO_ID, 0);
-      rerouted = RM_NO_ID;
+      sc->rerouted = RM_NO_ID;
       if (want != RM_ANY_BACKEND) {
         if (!first_req) break;
         want = RM_ANY_BACKEND;
@@ -925,7 +1145,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     return -1;
   }
   stat_inc(RM_ST_SPLICES);
-  if (bid == rerouted) count_reroute(bid);
+  if (bid == sc->rerouted) count_reroute(bid);
   if (old_pid != RM_NO_ID) {
     leg->owner = id;
     leg->epoch = epoch;
@@ -1137,6 +1357,14 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
    * phase is read unlocked as a hint; if another CPU changes it meanwhile,
    * a request's start is at worst a tick early. */
   now = len && *(volatile __u8 *)&c->phase != RM_PH_REQ ? now_ns() : coarse_now(sc);
+  /* The same hint: such a segment may start a request, whose HTTP framing
+   * is read here, outside the lock (see http_request_len). */
+  /* Kept in the scratch, not in a local live to phase B: the verifier
+   * would walk every path in between twice (framed or not). */
+  if (len && *(volatile __u8 *)&c->phase != RM_PH_REQ)
+    http_request_len(ctx, (__u32)((void *)pk->tcp - (void *)(long)ctx->data) + pk->tcp_hlen, len);
+  else
+    sc->flen = 0;
 
   /* Phase A: does this segment start a request, and where should it go?
    * In the common case (no splice to make) phase B follows under the same
@@ -1166,6 +1394,9 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     int resp_acked = c->phase == RM_PH_IDLE ||
                      (pk->ack_f && !rm_before(pk->ack, c->s_nxt));
     int req_acked = pool == RM_NO_ID || c->b_acked == c->c_nxt + c->d_req;
+    /* The framing's verdict first: it may pin, clear RM_CF_SMALLWRITE for
+     * a body written after its head, or set RM_CF_HOLD (no clean boundary). */
+    if (new_data && pool != RM_NO_ID) framing_check(id, pk->seq, len);
     /* Only a segment right behind the last one can show that a second
      * write followed a complete small one; after a hole (a lost or
      * reordered segment) nothing can be told. */
@@ -1183,7 +1414,8 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
         c->cflags = (c->cflags | RM_CF_PINNED) & ~RM_CF_CLEAN_MASK;
         st_a = RM_ST_PIPELINED;
         st_b = resp_acked ? RM_ST_PIN_REQ_UNACKED : RM_ST_PIN_RESP_UNACKED;
-      } else if ((c->cflags & RM_CF_PINNED) && pool != RM_NO_ID) {
+      } else if ((c->cflags & RM_CF_PINNED) && !(c->cflags & (RM_CF_PROVEN | RM_CF_HOLD)) &&
+                 pool != RM_NO_ID) {
         /* A pinned client at a clean boundary (see RM_CF_CLEAN_MASK). */
         __u16 n = ((c->cflags & RM_CF_CLEAN_MASK) >> RM_CF_CLEAN_SHIFT) + 1;
         if (pk->seq != c->c_nxt) n = 0;
@@ -1326,6 +1558,8 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
   }
 
   /* Forward. Trackers first. */
+  /* The framing of the request this segment starts (framing_start). */
+  if (boundary) framing_start(id, pk->seq, len);
   if (len && rm_after(pk->seq + len, c->c_nxt)) {
     /* A write that starts after a hole is not known to be whole. */
     int starts_write = (boundary || (c->cflags & RM_CF_LASTPSH)) && pk->seq == c->c_nxt;

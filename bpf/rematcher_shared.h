@@ -190,7 +190,9 @@ struct rm_client {
   __u32 s_win;       /* last window field sent to the client */
   __u32 req_backend; /* backend the request in flight was sent to */
   __u32 b_ts_at;     /* when b_ts_last arrived (as rm_pool.be_ts_at) */
-  __u32 _pad0;
+  __u32 req_end;     /* client space: where the request in flight ends by
+                        its HTTP/1.x framing (head + Content-Length), when
+                        RM_CF_FRAMED */
   __u64 req_start_ns;
   __u64 resp_first_ns;
   __u64 last_seen_ns; /* coarse clock; for idle and linger timers */
@@ -208,6 +210,20 @@ enum rm_client_flags {
    * such a write, before any response, is taken for pipelining. Multi-
    * segment writes (uploads) do not set it. */
   RM_CF_SMALLWRITE = 4,
+  /* The request in flight began, in order, with an HTTP/1.x request line
+   * and a complete head: rm_client::req_end is where it ends. */
+  RM_CF_FRAMED = 0x10,
+  /* Pinned on proof rather than on a hint: client bytes past a framed
+   * request's end before its exchange was over (two requests in one
+   * segment, or a second request before any response). Such a client
+   * keeps responses owed at boundaries that look clean (it writes each
+   * next request as a response completes), so the pin is never lifted:
+   * a move would hand the owed responses to whoever takes the pooled
+   * connection next. */
+  RM_CF_PROVEN = 0x20,
+  /* Set by framing_check for the segment at hand: its bytes against the
+   * framing rule out a clean boundary (see RM_CF_CLEAN_MASK). */
+  RM_CF_HOLD = 0x40,
   /* Bits 8-11: clean boundaries in a row since the client was pinned (it
    * had acknowledged the whole response and the backend the whole request,
    * and its new request starts right behind the last one). At
@@ -395,6 +411,9 @@ enum rm_stat {
                                alternative: reroute_margin more requests
                                were unanswered at the one decided (or at
                                the current one, with no move decided) */
+  RM_ST_PIN_FRAMING,         /* pinned for good: client bytes past a
+                               framed HTTP request's end before its
+                               exchange was over (RM_CF_PROVEN) */
   RM_ST__MAX,
 };
 

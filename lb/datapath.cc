@@ -141,6 +141,7 @@ const char* StatName(int stat) {
       "pool_reattached",
       "first_request_elsewhere",
       "arrival_rerouted",
+      "pinned_framing",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];

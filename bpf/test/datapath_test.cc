@@ -1317,6 +1317,172 @@ TEST_F(DatapathTest, PipelinedRequestStays) {
   EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
 }
 
+// HTTP/1.x framing (http_request_len, framing_start, framing_check): the
+// segment that starts a request is read as far as its head; client bytes
+// past head + Content-Length before the exchange is over prove a second
+// request, and the client is pinned for good (RM_CF_PROVEN).
+class FramingTest : public DatapathTest {
+ protected:
+  static Bytes Http(const std::string& s) { return Bytes(s.begin(), s.end()); }
+  static std::string Get(const std::string& path) {
+    return "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  }
+  // p0 on backend 0 and p1 idle on backend 1; a client's first request,
+  // `payload`, spliced onto p0 with the stat deltas `d`.
+  Epoch Start(ClientSpec& c, BackendPos& b, const std::string& payload, const Deltas& d) {
+    AddPool(p0_);
+    p1_ = SecondPool();
+    AddPool(p1_);
+    Handshake(c);
+    Epoch e = StartEpoch(c, p0_);
+    start_ = c.c_nxt;
+    ClientToBackend("first request", c, p0_, e, ClientSeg(c, Http(payload)), d);
+    b = BackendPos{p0_.be_nxt, uint32_t(p0_.lb_nxt + payload.size()), p0_.be_ts,
+                   e.TsvalC2B(c.c_ts)};
+    return e;
+  }
+  // The client's next request, `payload`, with a decision naming backend
+  // `to`; it must stay on p0 (decided so, or pinned) with the deltas `d`.
+  void NextStays(const std::string& what, ClientSpec& c, const Epoch& e, BackendPos& b,
+                 const std::string& payload, uint32_t to, const Deltas& d) {
+    dp_->SetDecision(c.id, Client(c.id).req_no + 1, to);
+    ClientToBackend(what, c, p0_, e, ClientSeg(c, Http(payload)), d);
+    b.ack += payload.size();
+    EXPECT_EQ(Client(c.id).pool_id, 0u) << what;
+  }
+  PoolSpec p0_, p1_;
+  uint32_t start_ = 0;  // client-space seq of the first request
+};
+
+TEST_F(FramingTest, OneRequestPerSegmentIsFramedAndMovesAsDecided) {
+  ClientSpec c;
+  BackendPos b;
+  const std::string req = Get("/a");
+  Epoch e = Start(c, b, req, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_NE(rec.cflags & RM_CF_FRAMED, 0);
+  EXPECT_EQ(rec.req_end - start_, req.size());
+  EXPECT_EQ(rec.cflags & RM_CF_PINNED, 0);
+  Exchange(c, p0_, e, b);
+  dp_->SetDecision(c.id, 2, 1);
+  Epoch e1 = StartEpoch(c, p1_);
+  ClientToBackend("request 2 moves", c, p1_, e1, ClientSeg(c, Http(Get("/b"))),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                   {RM_ST_DECISION_APPLIED, 1}});
+  EXPECT_EQ(Client(c.id).pool_id, 1u);
+}
+
+// Two requests in one segment: the backend answers the first, the client
+// acknowledges it and writes a third while the second's response is still
+// owed. Every boundary after that looks clean at layer 4; the client must
+// never move (its owed responses would go to the pooled connection's next
+// client).
+TEST_F(FramingTest, TwoRequestsInOneSegmentPinForGood) {
+  ClientSpec c;
+  BackendPos b;
+  const std::string first = Get("/a");
+  Epoch e = Start(c, b, first + Get("/b"),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_PIPELINED, 1},
+                   {RM_ST_PIN_FRAMING, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.cflags & (RM_CF_PINNED | RM_CF_PROVEN | RM_CF_FRAMED),
+            RM_CF_PINNED | RM_CF_PROVEN | RM_CF_FRAMED);
+  EXPECT_EQ(rec.req_end - start_, first.size()) << "the first request's end";
+  for (uint32_t k = 0; k < RM_UNPIN_AFTER + 2; k++) {
+    SCOPED_TRACE(absl::StrCat("boundary ", k));
+    Exchange(c, p0_, e, b);
+    NextStays("next request stays", c, e, b, Get("/c"), /*to=*/1, {{RM_ST_TX_C2B, 1}});
+    EXPECT_NE(Client(c.id).cflags & RM_CF_PINNED, 0);
+  }
+}
+
+// A request's body written after its head (two writes) is not a second
+// request (the layer-4 rule alone pins it: a second write right behind a
+// complete small one). Bytes past head + Content-Length before any response
+// are.
+TEST_F(FramingTest, BodyAfterTheHeadIsPartOfTheRequestBytesPastItAreNot) {
+  ClientSpec c;
+  BackendPos b;
+  const std::string head = "POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n";
+  Epoch e = Start(c, b, head, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  EXPECT_EQ(Client(c.id).req_end - start_, head.size() + 100);
+  ClientToBackend("the body, a write of its own", c, p0_, e, ClientSeg(c, Pattern(100, 4)),
+                  {{RM_ST_TX_C2B, 1}});
+  EXPECT_EQ(Client(c.id).cflags & RM_CF_PINNED, 0);
+  b.ack += 100;
+  Exchange(c, p0_, e, b);
+  // The next request: head and 10 body bytes, then 5 bytes more in a
+  // second write before any response.
+  const std::string post = "POST /v HTTP/1.1\r\ncontent-LENGTH:  10\r\n\r\n0123456789";
+  NextStays("request 2", c, e, b, post, /*to=*/0,
+            {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}});
+  ClientToBackend("5 bytes past the request", c, p0_, e, ClientSeg(c, Http("GET /")),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}, {RM_ST_PIN_FRAMING, 1}});
+  EXPECT_NE(Client(c.id).cflags & RM_CF_PROVEN, 0);
+}
+
+// "Expect: 100-continue": the backend's interim response comes before the
+// body. The body is no new request: the client stays where its head went.
+TEST_F(FramingTest, BodyAfterAnInterimResponseIsNoBoundary) {
+  ClientSpec c;
+  BackendPos b;
+  const std::string head =
+      "PUT /u HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\nExpect: 100-continue\r\n\r\n";
+  Epoch e = Start(c, b, head, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  BackendToClient("backend acks the head", c, p0_, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  BackendToClient("100 Continue", c, p0_, e,
+                  BackendSeg(b, Http("HTTP/1.1 100 Continue\r\n\r\n"), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+  ClientToBackend("client acks it", c, p0_, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+  b.ts_ecr = e.TsvalC2B(c.c_ts);
+  dp_->SetDecision(c.id, 2, 1);
+  ClientToBackend("the body stays", c, p0_, e, ClientSeg(c, Pattern(50, 5)),
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_EQ(rec.pool_id, 0u);
+  EXPECT_EQ(rec.cflags & (RM_CF_PINNED | RM_CF_PROVEN), RM_CF_PINNED) << "pinned, not for good";
+}
+
+// What the head reader frames and what it leaves to the layer-4 rules: one
+// client, one request after another (each staying on p0), each checked.
+TEST_F(FramingTest, WhatTheHeadReaderFrames) {
+  struct Case {
+    std::string what, payload;
+    bool framed;  // as one whole request
+  };
+  const std::vector<Case> cases = {
+      {"GET", Get("/x"), true},
+      {"HTTP/1.0", "GET / HTTP/1.0\r\n\r\n", true},
+      {"POST with its body", "POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd", true},
+      {"headers of any case, blanks", "PUT / HTTP/1.1\r\nHost: x\r\ncOnTeNt-LeNgTh:\t 2\r\n\r\nab",
+       true},
+      {"not HTTP", std::string(60, 'x'), false},
+      {"lower-case method", "get / HTTP/1.1\r\nHost: x\r\n\r\n", false},
+      {"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false},
+      {"bare line feeds", "GET / HTTP/1.1\nHost: x\n\n", false},
+      {"head not complete", "GET / HTTP/1.1\r\nHost: x\r\n", false},
+      {"chunked", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false},
+      {"two lengths", "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+       false},
+      {"a billion bytes", "POST / HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n", false},
+      {"no digits", "POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", false},
+  };
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Start(c, b, Get("/"), {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.what);
+    Exchange(c, p0_, e, b);
+    uint32_t at = c.c_nxt;
+    NextStays(k.what, c, e, b, k.payload, /*to=*/0,
+              {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}});
+    rm_client rec = Client(c.id);
+    EXPECT_EQ((rec.cflags & RM_CF_FRAMED) != 0, k.framed);
+    if (k.framed) EXPECT_EQ(rec.req_end - at, k.payload.size());
+    EXPECT_EQ(rec.cflags & RM_CF_PINNED, 0);
+  }
+}
+
 // A pin is lifted after RM_UNPIN_AFTER clean boundaries in a row (whole
 // response acked, whole request acked, the new request right behind the
 // last): a pin taken on a misread boundary under loss must not keep a
