@@ -537,6 +537,8 @@ static __noinline int send_rst(struct xdp_md *ctx, struct rm_pkt *pk) {
 /* ------------------------------------------------------------- splicing */
 
 #define RM_ANY_BACKEND 0xfffffffeu
+/* pk_ack: the segment's ack, with RM_SPLICE_NO_ACK when it carries none. */
+#define RM_SPLICE_NO_ACK (1ull << 32)
 /* A rematch may let the client overrun the new connection's advertised
  * window by this much: a fresh pooled connection advertises ~64 KB in its
  * SYN-ACK and Linux queues a segment that starts inside the window. */
@@ -791,10 +793,22 @@ RM_GLOBAL __u32 http_request_len(struct xdp_md *ctx, __u32 off, __u32 len) {
  * to move at (pinned, as on the layer-4 hints). Either way the data
  * cannot count as a clean boundary: RM_CF_HOLD (and 1 is returned). A global function, verified once: the
  * same branches inline took client_established past the verifier's limit. */
-RM_GLOBAL int framing_check(__u32 id, __u32 seq, __u32 len) {
+RM_GLOBAL int framing_check(__u32 id, __u32 seq, __u32 len, __u64 pk_ack) {
+  __u32 z = 0;
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
-  if (!c) return 0;
+  struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
+  if (!c || !sc) return 0;
   c->cflags &= ~RM_CF_HOLD;
+  /* A whole HTTP/1.x request, right behind the last byte, written before
+   * the client acknowledged the response so far: a client that waits for
+   * each response never does that, so this is pipelining, proven (the
+   * layer-4 rule pins it too, but for a while). */
+  if (c->phase == RM_PH_RESP && sc->flen && seq == c->c_nxt &&
+      !(pk_ack & RM_SPLICE_NO_ACK) && rm_before((__u32)pk_ack, c->s_nxt) &&
+      !(c->cflags & RM_CF_PROVEN)) {
+    c->cflags = (c->cflags | RM_CF_PROVEN) & ~RM_CF_CLEAN_MASK;
+    stat_inc(RM_ST_PIN_FRAMING);
+  }
   if (!(c->cflags & RM_CF_FRAMED)) return 0;
   if (c->phase == RM_PH_REQ) {
     if (!rm_after(seq + len, c->req_end)) {
@@ -946,8 +960,6 @@ RM_GLOBAL int flush_pool_ack(void) {
   return 0;
 }
 
-/* pk_ack: the segment's ack, with RM_SPLICE_NO_ACK when it carries none. */
-#define RM_SPLICE_NO_ACK (1ull << 32)
 RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
   __u32 z0 = 0;
   const struct rm_config *cfg = bpf_map_lookup_elem(&config, &z0);
@@ -1396,7 +1408,8 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     int req_acked = pool == RM_NO_ID || c->b_acked == c->c_nxt + c->d_req;
     /* The framing's verdict first: it may pin, clear RM_CF_SMALLWRITE for
      * a body written after its head, or set RM_CF_HOLD (no clean boundary). */
-    if (new_data && pool != RM_NO_ID) framing_check(id, pk->seq, len);
+    if (new_data && pool != RM_NO_ID)
+      framing_check(id, pk->seq, len, pk->ack_f ? pk->ack : RM_SPLICE_NO_ACK);
     /* Only a segment right behind the last one can show that a second
      * write followed a complete small one; after a hole (a lost or
      * reordered segment) nothing can be told. */

@@ -1396,6 +1396,35 @@ TEST_F(FramingTest, TwoRequestsInOneSegmentPinForGood) {
   }
 }
 
+// A whole request written before the response so far is acknowledged: the
+// layer-4 rule pins the client for 8 clean boundaries; the framing shows it
+// pipelines, and such a client's later boundaries look clean while a
+// response is owed (it writes each next request as one completes): pinned
+// for good.
+TEST_F(FramingTest, RequestBeforeTheResponseIsAcknowledgedPinsForGood) {
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Start(c, b, Get("/a"), {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  BackendToClient("backend acks request", c, p0_, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  uint32_t acked = c.s_nxt;
+  BackendToClient("response", c, p0_, e, BackendSeg(b, Pattern(500, 3), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+  dp_->SetDecision(c.id, 2, 1);
+  const std::string req2 = Get("/b");
+  Seg s = ClientSeg(c, Http(req2));
+  s.ack = acked;  // the response is not acked yet
+  ClientToBackend("request 2 before the response is acked", c, p0_, e, s,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}, {RM_ST_PIN_RESP_UNACKED, 1},
+                   {RM_ST_PIN_FRAMING, 1}});
+  b.ack += req2.size();
+  EXPECT_EQ(Client(c.id).cflags & (RM_CF_PINNED | RM_CF_PROVEN), RM_CF_PINNED | RM_CF_PROVEN);
+  for (uint32_t k = 0; k < RM_UNPIN_AFTER + 2; k++) {
+    SCOPED_TRACE(absl::StrCat("boundary ", k));
+    Exchange(c, p0_, e, b);
+    NextStays("next request stays", c, e, b, Get("/c"), /*to=*/1, {{RM_ST_TX_C2B, 1}});
+  }
+}
+
 // A request's body written after its head (two writes) is not a second
 // request (the layer-4 rule alone pins it: a second write right behind a
 // complete small one). Bytes past head + Content-Length before any response
