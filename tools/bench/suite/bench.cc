@@ -39,6 +39,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -64,6 +65,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "bpf/rematcher_shared.h"
@@ -84,7 +86,8 @@ DEFINE_string(contenders, "",
               "Comma-separated contender names, in this order (default: all but "
               "rematcher-peak_ewma, the example custom plugin). A rematcher "
               "contender takes extra flags after @, +-separated, as a variant: "
-              "rematcher-p2c@poll_us=0");
+              "rematcher-p2c@poll_us=0; binary=/abs/path runs another build of rematcher "
+              "(rematcher-p2c@binary=/tmp/old/bazel-bin/lb/rematcher)");
 DEFINE_string(scenarios, "", "Comma-separated subset of scenario names (default: all of the suite)");
 DEFINE_string(points, "", "Comma-separated subset of point names, e.g. closed-10c (default: all)");
 DEFINE_double(max_total_s, 0, "Hard bound on the whole run (default: quick 420, full 7200)");
@@ -119,6 +122,7 @@ struct Contender {
   std::string arg;  // rematcher policy (a name, or a plugin path in the runfiles) or HAProxy balance algorithm
   std::string extra = "";  // more rematcher flags
   bool by_default = true;  // run when --contenders is not given
+  std::string binary = "";  // another rematcher build (variant binary=/abs/path)
 };
 
 std::vector<Contender> AllContenders() {
@@ -294,8 +298,18 @@ absl::StatusOr<Plan> MakePlan(const std::string& suite) {
         if (c.kind != Kind::kRematcher)
           return absl::InvalidArgumentError(absl::StrCat("--contenders: only rematcher contenders take flags: '", want, "'"));
         c.name = std::string(want);
-        for (absl::string_view f : absl::StrSplit(nf.second, '+', absl::SkipEmpty()))
+        for (absl::string_view f : absl::StrSplit(nf.second, '+', absl::SkipEmpty())) {
+          // binary=/abs/path: another build of rematcher (A/B of two builds
+          // in one run), not a flag.
+          if (absl::ConsumePrefix(&f, "binary=")) {
+            if (f.empty() || f[0] != '/' || access(std::string(f).c_str(), X_OK) != 0)
+              return absl::InvalidArgumentError(
+                  absl::StrCat("--contenders: binary= needs an executable absolute path: '", want, "'"));
+            c.binary = std::string(f);
+            continue;
+          }
           absl::StrAppend(&c.extra, " --", f);
+        }
       }
       keep.push_back(c);
     }
@@ -620,7 +634,7 @@ absl::Status Bench::StartContender(const Contender& c, const Scenario& s) {
       const int max_per_backend =
           std::min<int>(RM_MAX_POOL_PER_BACKEND, std::max(256, per_backend * 5 / 4));
       std::vector<std::string> argv = {
-          rematcher_, "--iface=eth0", absl::StrCat("--vip=", kVip, ":", kPort),
+          c.binary.empty() ? rematcher_ : c.binary, "--iface=eth0", absl::StrCat("--vip=", kVip, ":", kPort),
           "--backends=" + Backends(),
           "--policy=" + (absl::StrContains(c.arg, '/') ? runfiles_ + "/" + c.arg : c.arg),
           "--policy_dir=" + policy_dir_,
