@@ -228,6 +228,31 @@ class E2eTest : public ::testing::Test {
     return r->out;
   }
 
+  // loadgen on `client` in the background, its JSON to a file; WaitLoad
+  // returns the JSON once it exits 0.
+  struct BgLoad {
+    absl::StatusOr<testbed::Process> proc;
+    std::string out;
+  };
+  BgLoad StartLoad(int client, std::vector<std::string> flags) {
+    BgLoad l;
+    l.out = absl::StrCat(TempDir(), "/load", client, ".json");
+    std::vector<std::string> argv = {RunfilePath("testing/loadgen/loadgen"),
+                                     "--target=198.18.0.10:8080", "--json", "--max_time_s=30"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    l.proc = tb_->Spawn(tb_->client_ns(client), argv, {l.out, ""});
+    EXPECT_TRUE(l.proc.ok()) << l.proc.status();
+    return l;
+  }
+  std::string WaitLoad(BgLoad& l) {
+    if (!l.proc.ok()) return "";
+    auto rc = l.proc->Wait(absl::Seconds(40));
+    EXPECT_TRUE(rc.ok()) << rc.status();
+    if (rc.ok()) EXPECT_EQ(*rc, 0);
+    std::ifstream f(l.out);
+    return std::string((std::istreambuf_iterator<char>(f)), {});
+  }
+
   struct Snap {
     std::vector<NstatCounters> hosts;
   };
@@ -705,27 +730,17 @@ TEST_F(E2eTest, PipeliningClientStaysCorrect) {
 TEST_F(E2eTest, PipeliningClientsNeverGetAnotherClientsResponse) {
   StartLb(Backends(8080), "rr");
   Snap before = TakeNstat();
-  std::string out = TempDir() + "/victim.json";
-  auto victim = tb_->Spawn(tb_->client_ns(1),
-                           {RunfilePath("testing/loadgen/loadgen"),
-                            "--target=198.18.0.10:8080", "--json", "--connections=8",
-                            "--duration_s=5", "--max_time_s=30", "--sizes=100,2000"},
-                           {out, ""});
-  ASSERT_TRUE(victim.ok());
+  BgLoad victim = StartLoad(1, {"--connections=8", "--duration_s=5", "--sizes=100,2000"});
   std::string j = Load(0, {"--connections=4", "--requests=1500", "--pipeline=2",
                            "--pipeline_refill", "--delay_us=3000", "--delay_one_in=3",
                            "--sizes=100,2000", "--timeout_ms=3000"});
-  auto rc = victim->Wait(absl::Seconds(40));
-  ASSERT_TRUE(rc.ok());
-  EXPECT_EQ(*rc, 0);
-  std::ifstream f(out);
-  std::string v((std::istreambuf_iterator<char>(f)), {});
+  std::string v = WaitLoad(victim);
   EXPECT_EQ(JsonInt(j, "ok"), 1500) << j;
-  EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
-  EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
   EXPECT_GT(JsonInt(v, "ok"), 1000) << v;
-  EXPECT_EQ(JsonInt(v, "errors"), 0) << v;
-  EXPECT_EQ(JsonInt(v, "verify_failures"), 0) << v;
+  for (const std::string& r : {j, v}) {
+    EXPECT_EQ(JsonInt(r, "errors"), 0) << r;
+    EXPECT_EQ(JsonInt(r, "verify_failures"), 0) << r;
+  }
   auto s = Stats();
   std::cout << "[framing] pinned_framing " << s["pinned_framing"] << ", pipelined "
             << s["pipelined"] << ", rematches " << s["rematches"] << std::endl;
@@ -737,21 +752,12 @@ TEST_F(E2eTest, PipeliningClientsNeverGetAnotherClientsResponse) {
 TEST_F(E2eTest, RemovingABackendUnderLoadLosesNoRequest) {
   const std::set<std::string> stale = BackendPeers(2);
   StartLb(Backends(8080), "rr");
-  std::string out = TempDir() + "/remove_load.json";
-  auto p = tb_->Spawn(tb_->client_ns(0),
-                      {RunfilePath("testing/loadgen/loadgen"), "--target=198.18.0.10:8080",
-                       "--json", "--connections=6", "--duration_s=6", "--max_time_s=30",
-                       "--sizes=100,5000"},
-                      {out, ""});
-  ASSERT_TRUE(p.ok());
+  BgLoad load = StartLoad(0, {"--connections=6", "--duration_s=6", "--sizes=100,5000"});
+  ASSERT_TRUE(load.proc.ok());
   absl::SleepFor(absl::Seconds(2));
   EXPECT_EQ(Ctl("remove 2"), "ok\n");
   auto before_counts = Stats();
-  auto rc = p->Wait(absl::Seconds(30));
-  ASSERT_TRUE(rc.ok());
-  EXPECT_EQ(*rc, 0);
-  std::ifstream f(out);
-  std::string j((std::istreambuf_iterator<char>(f)), {});
+  std::string j = WaitLoad(load);
   EXPECT_GT(JsonInt(j, "ok"), 1000) << j;
   EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
   EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
