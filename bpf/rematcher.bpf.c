@@ -817,9 +817,12 @@ RM_GLOBAL int framing_check(__u32 id, __u32 seq, __u32 len, __u64 pk_ack) {
   }
   if (!(c->cflags & RM_CF_FRAMED)) return 0;
   if (c->phase == RM_PH_REQ) {
+    /* Proof needs the bytes right behind those seen: a segment after a
+     * hole, or one forged far ahead, proves nothing (the next boundary
+     * compares c_nxt once the hole is filled). */
     if (!rm_after(seq + len, c->req_end)) {
       c->cflags &= ~RM_CF_SMALLWRITE;
-    } else if (!(c->cflags & RM_CF_PROVEN)) {
+    } else if (!(c->cflags & RM_CF_PROVEN) && !rm_after(seq, c->c_nxt)) {
       c->cflags = (c->cflags | RM_CF_PINNED | RM_CF_PROVEN) & ~RM_CF_CLEAN_MASK;
       stat_inc(RM_ST_PIPELINED);
       stat_inc(RM_ST_PIN_FRAMING);
