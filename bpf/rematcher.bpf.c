@@ -797,8 +797,9 @@ RM_GLOBAL __u32 http_request_len(struct xdp_md *ctx, __u32 off, __u32 len) {
  * having had more bytes than framed proves a second one; fewer mean its
  * body is still to come (after a 100 Continue, say) and this is no boundary
  * to move at (pinned, as on the layer-4 hints). Either way the data
- * cannot count as a clean boundary: RM_CF_HOLD (and 1 is returned). A global function, verified once: the
- * same branches inline took client_established past the verifier's limit. */
+ * cannot count as a clean boundary: RM_CF_HOLD (and 1 is returned). A
+ * global function, verified once: the same branches inline took
+ * client_established past the verifier's limit. */
 RM_GLOBAL int framing_check(__u32 id, __u32 seq, __u32 len, __u64 pk_ack) {
   __u32 z = 0;
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
@@ -1379,8 +1380,8 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
    * a request's start is at worst a tick early. */
   now = len && *(volatile __u8 *)&c->phase != RM_PH_REQ ? now_ns() : coarse_now(sc);
   /* The same hint: such a segment may start a request, whose HTTP framing
-   * is read here, outside the lock (see http_request_len). */
-  /* Kept in the scratch, not in a local live to phase B: the verifier
+   * is read here, outside the lock (see http_request_len). The result is
+   * kept in the scratch, not in a local live to phase B: the verifier
    * would walk every path in between twice (framed or not). */
   if (len && *(volatile __u8 *)&c->phase != RM_PH_REQ)
     http_request_len(ctx, (__u32)((void *)pk->tcp - (void *)(long)ctx->data) + pk->tcp_hlen, len);
