@@ -789,6 +789,13 @@ RM_GLOBAL __u32 http_request_len(struct xdp_md *ctx, __u32 off, __u32 len) {
   return sc->flen;
 }
 
+/* Pins a client for good on its framing (RM_CF_PROVEN), counted. */
+static __always_inline void pin_proven(struct rm_client *c) {
+  c->cflags = (c->cflags | RM_CF_PINNED | RM_CF_PROVEN) & ~RM_CF_CLEAN_MASK;
+  stat_inc(RM_ST_PIPELINED);
+  stat_inc(RM_ST_PIN_FRAMING);
+}
+
 /* client_established, under the client's lock, for new data on a spliced
  * client whose request in flight is framed (RM_CF_FRAMED): its bytes
  * against the framing. During the request, bytes past its end are a second
@@ -824,17 +831,13 @@ RM_GLOBAL int framing_check(__u32 id, __u32 seq, __u32 len, __u64 pk_ack) {
     if (!rm_after(seq + len, c->req_end)) {
       c->cflags &= ~RM_CF_SMALLWRITE;
     } else if (!(c->cflags & RM_CF_PROVEN) && !rm_after(seq, c->c_nxt)) {
-      c->cflags = (c->cflags | RM_CF_PINNED | RM_CF_PROVEN) & ~RM_CF_CLEAN_MASK;
-      stat_inc(RM_ST_PIPELINED);
-      stat_inc(RM_ST_PIN_FRAMING);
+      pin_proven(c);
     }
     return 0;
   }
   if (rm_after(c->c_nxt, c->req_end)) {
     if (!(c->cflags & RM_CF_PROVEN)) {
-      c->cflags = (c->cflags | RM_CF_PINNED | RM_CF_PROVEN) & ~RM_CF_CLEAN_MASK;
-      stat_inc(RM_ST_PIPELINED);
-      stat_inc(RM_ST_PIN_FRAMING);
+      pin_proven(c);
     }
     c->cflags |= RM_CF_HOLD;
     return 1;
@@ -867,9 +870,7 @@ RM_GLOBAL int framing_start(__u32 id, __u32 seq, __u32 len) {
   c->req_end = seq + flen;
   c->cflags |= RM_CF_FRAMED;
   if (flen < len && !(c->cflags & RM_CF_PROVEN)) {
-    c->cflags = (c->cflags | RM_CF_PINNED | RM_CF_PROVEN) & ~RM_CF_CLEAN_MASK;
-    stat_inc(RM_ST_PIPELINED);
-    stat_inc(RM_ST_PIN_FRAMING);
+    pin_proven(c);
   }
   return 0;
 }

@@ -216,12 +216,18 @@ class E2eTest : public ::testing::Test {
     return r.ok() ? *r : "";
   }
 
+  // loadgen's command line against the VIP, JSON out, bounded to max_time_s.
+  std::vector<std::string> LoadArgv(const std::vector<std::string>& flags, int max_time_s) {
+    std::vector<std::string> argv = {RunfilePath("testing/loadgen/loadgen"),
+                                     "--target=198.18.0.10:8080", "--json",
+                                     absl::StrCat("--max_time_s=", max_time_s)};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    return argv;
+  }
+
   // Runs loadgen from client i and returns its JSON.
   std::string Load(int client, std::vector<std::string> flags) {
-    std::vector<std::string> argv = {RunfilePath("testing/loadgen/loadgen"),
-                                     "--target=198.18.0.10:8080", "--json", "--max_time_s=100"};
-    argv.insert(argv.end(), flags.begin(), flags.end());
-    auto r = tb_->RunCommand(tb_->client_ns(client), argv, absl::Seconds(120));
+    auto r = tb_->RunCommand(tb_->client_ns(client), LoadArgv(flags, 100), absl::Seconds(120));
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return "";
     EXPECT_EQ(r->exit_code, 0) << r->out << r->err << Log();
@@ -237,10 +243,7 @@ class E2eTest : public ::testing::Test {
   BgLoad StartLoad(int client, std::vector<std::string> flags) {
     BgLoad l;
     l.out = absl::StrCat(TempDir(), "/load", client, ".json");
-    std::vector<std::string> argv = {RunfilePath("testing/loadgen/loadgen"),
-                                     "--target=198.18.0.10:8080", "--json", "--max_time_s=30"};
-    argv.insert(argv.end(), flags.begin(), flags.end());
-    l.proc = tb_->Spawn(tb_->client_ns(client), argv, {l.out, ""});
+    l.proc = tb_->Spawn(tb_->client_ns(client), LoadArgv(flags, 30), {l.out, ""});
     EXPECT_TRUE(l.proc.ok()) << l.proc.status();
     return l;
   }

@@ -96,13 +96,15 @@ class DatapathTest : public DatapathFixture {
   // Handshake, then the first request (300 bytes) spliced onto `p`. Returns
   // the epoch and sets `b` to the backend's position.
   Epoch Splice(ClientSpec& c, const PoolSpec& p, BackendPos& b, size_t req_len = 300) {
+    return Splice(c, p, b, Pattern(req_len, 1), {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  }
+  // The same with the first request's bytes and its stat deltas given.
+  Epoch Splice(ClientSpec& c, const PoolSpec& p, BackendPos& b, const Bytes& req,
+               const Deltas& d) {
     Handshake(c);
     Epoch e = StartEpoch(c, p);
-    Seg s = ClientSeg(c, Pattern(req_len, 1));
-    ClientToBackend("first request", c, p, e, s,
-                    {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-    b = BackendPos{p.be_nxt, uint32_t(p.lb_nxt + req_len), p.be_ts,
-                   e.TsvalC2B(c.c_ts)};
+    ClientToBackend("first request", c, p, e, ClientSeg(c, req), d);
+    b = BackendPos{p.be_nxt, uint32_t(p.lb_nxt + req.size()), p.be_ts, e.TsvalC2B(c.c_ts)};
     return e;
   }
 
@@ -1333,12 +1335,8 @@ class FramingTest : public DatapathTest {
     AddPool(p0_);
     p1_ = SecondPool();
     AddPool(p1_);
-    Handshake(c);
-    Epoch e = StartEpoch(c, p0_);
-    start_ = c.c_nxt;
-    ClientToBackend("first request", c, p0_, e, ClientSeg(c, Http(payload)), d);
-    b = BackendPos{p0_.be_nxt, uint32_t(p0_.lb_nxt + payload.size()), p0_.be_ts,
-                   e.TsvalC2B(c.c_ts)};
+    Epoch e = Splice(c, p0_, b, Http(payload), d);
+    start_ = c.c_nxt - payload.size();
     return e;
   }
   // The client's next request, `payload`, with a decision naming backend

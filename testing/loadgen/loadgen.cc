@@ -450,10 +450,10 @@ class Worker {
       depth = static_cast<size_t>(
           std::min<uint64_t>(depth, opt_.requests_per_conn - c->requests_assigned));
     }
-    if (opt_.mode == Mode::kClosed) {
+    if (opt_.mode == Mode::kClosed && !opt_.pipeline_refill) {
       // Closed loop writes a batch of `pipeline` requests back to back,
-      // then waits for all of them (or, refilling, keeps `pipeline` out).
-      if (opt_.pipeline_refill) return c->inflight.size() < depth ? depth - c->inflight.size() : 0;
+      // then waits for all of them. Refilling, it keeps `pipeline` out, as
+      // the open loop does.
       return c->inflight.empty() ? depth : 0;
     }
     return c->inflight.size() < depth ? depth - c->inflight.size() : 0;

@@ -39,7 +39,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
