@@ -572,7 +572,7 @@ struct rm_pool_take {
 };
 
 
-/* The walk of http_request_len (its state lives in the scratch: the BPF
+/* The walk of http_head_len (its state lives in the scratch: the BPF
  * stack of the call chain that reaches it is nearly full). */
 struct rm_httpwalk {
   __u32 n;         /* bytes of the segment copied to rm_scratch::http */
@@ -584,6 +584,8 @@ struct rm_httpwalk {
   __u32 in_value;  /* reading Content-Length's value, a byte a step */
   __u32 digits;
   __u32 bad;       /* not a framing this reader is sure of */
+  __u32 resp;      /* reading a response head (no request line to check) */
+  __u32 chunked;   /* a response's Transfer-Encoding */
 };
 
 /* Per-CPU scratch for structs too large for the 512-byte BPF stack across
@@ -602,10 +604,14 @@ struct rm_scratch {
   /* This CPU's coarse clock as of jiffy clk_jiffies (see coarse_now). */
   __u64 clk_jiffies;
   __u64 clk_ns;
-  /* http_request_len: the first bytes of a segment that starts a request
-   * (RM_HTTP_SCAN), and room for the 8-byte loads that run past them. */
+  /* http_head_len: the first bytes of a segment that starts a request or
+   * a response (RM_HTTP_SCAN), and room for the 8-byte loads that run past them. */
   __u8 http[RM_HTTP_SCAN + 64];
-  __u32 flen; /* client_established: http_request_len of this segment */
+  __u32 flen; /* client_established: http_head_len of this segment;
+                 backend_path: resp_read's */
+  __u32 fhead;    /* http_head_len: the request is a HEAD */
+  __u32 fchunked; /* http_head_len: the response is chunked (flen: head) */
+  __u32 rtail;    /* resp_read: RM_TAIL_* of the segment's last bytes */
   struct rm_httpwalk hw;
   __u32 rerouted; /* do_splice: where the arrival check sent the request */
 };
@@ -744,10 +750,11 @@ static long rm_http_step(__u32 i, void *arg) {
   if (p >= w->n || p < 1 || b[(p - 1) & (RM_HTTP_SCAN - 1)] != '\r') goto unknown;
   w->off = p + 1;
   if (w->lines++ == 0) {
-    /* The request line: METHOD SP target SP HTTP/1.x CRLF. */
+    /* The request line: METHOD SP target SP HTTP/1.x CRLF. (A status
+     * line was checked by http_head_len.) */
     __u64 ver = rm_load64(b, p - 9);
-    if (p < 14 || (ver != RM_W_HTTP11 && ver != RM_W_HTTP10) ||
-        b[(p - 10) & (RM_HTTP_SCAN - 1)] != ' ')
+    if (!w->resp && (p < 14 || (ver != RM_W_HTTP11 && ver != RM_W_HTTP10) ||
+                     b[(p - 10) & (RM_HTTP_SCAN - 1)] != ' '))
       goto unknown;
   } else if (b[(p - 2) & (RM_HTTP_SCAN - 1)] == '\n') {
     w->head_len = p + 1; /* CRLF CRLF: the end of the head */
@@ -756,7 +763,13 @@ static long rm_http_step(__u32 i, void *arg) {
   /* The header line that starts after this line end. */
   __u64 h = rm_load64(b, p + 1) | RM_W_LOWER;
   __u64 h2 = rm_load64(b, p + 9) | RM_W_LOWER;
-  if (h == RM_W_TRANSFER && h2 == RM_W_ENCODIN) goto unknown;
+  if (h == RM_W_TRANSFER && h2 == RM_W_ENCODIN) {
+    /* A request's chunked body is not followed; a response's is, by its
+     * last chunk (resp_read). */
+    if (!w->resp) goto unknown;
+    w->chunked = 1;
+    return 0;
+  }
   if (h != RM_W_CONTENT || (h2 & 0x00ffffffffffffffull) != RM_W_LENGTH) return 0;
   if (w->has_clen) goto unknown; /* repeated: request smuggling territory */
   w->has_clen = 1;
@@ -768,25 +781,132 @@ unknown:
   return 1;
 }
 
-/* The length of the HTTP/1.x request a segment starts (payload at `off`,
- * `len` bytes): head plus Content-Length; 0 when unknown (see above). Also
- * left in rm_scratch::flen for framing_start. */
-RM_GLOBAL __u32 http_request_len(struct xdp_md *ctx, __u32 off, __u32 len) {
+/* "HEAD " as a little-endian word's low five bytes. */
+#define RM_W_HEAD_SP 0x2044414548ull
+
+/* The length of the HTTP/1.x message whose head a segment starts (payload
+ * at `off`, `len` bytes); 0 when unknown (see above). Also left in
+ * rm_scratch::flen. mode bit 0: a response, bit 1: to a HEAD request.
+ * A request is its head plus Content-Length (rm_scratch::fhead says
+ * whether it is a HEAD). A response to HEAD, a 204 or a 304 is its head
+ * alone; a chunked one also (rm_scratch::fchunked: its end is found by
+ * resp_read); else head plus Content-Length. A 1xx interim response, a
+ * response with neither length nor chunks (it ends at the backend's FIN)
+ * or with both, is unknown. */
+RM_GLOBAL __u32 http_head_len(struct xdp_md *ctx, __u32 off, __u32 len, __u32 mode) {
   __u32 z = 0;
   struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
   if (!sc) return 0;
   sc->flen = 0;
+  sc->fhead = 0;
+  sc->fchunked = 0;
   if (off > 255 || len < 18) return 0;
   __u32 n = len < RM_HTTP_SCAN ? len : RM_HTTP_SCAN;
   if (bpf_xdp_load_bytes(ctx, off, sc->http, n)) return 0;
-  if (sc->http[0] < 'A' || sc->http[0] > 'Z') return 0;
+  const __u8 *b = sc->http;
+  if (b[0] < 'A' || b[0] > 'Z') return 0;
+  __u32 resp = mode & 1, nobody = 0;
+  __u64 first = rm_load64(b, 0);
+  if (resp) {
+    /* The status line: HTTP/1.x SP 3DIGIT (SP reason) CRLF. */
+    __u32 d0 = (__u32)b[9] - '0', d1 = (__u32)b[10] - '0', d2 = (__u32)b[11] - '0';
+    if ((first != RM_W_HTTP11 && first != RM_W_HTTP10) || b[8] != ' ' || d0 > 9 ||
+        d1 > 9 || d2 > 9 || (b[12] != ' ' && b[12] != '\r') || d0 < 2)
+      return 0;
+    nobody = (mode & 2) || (d1 == 0 && d2 == 4 && (d0 == 2 || d0 == 3));
+  }
   struct rm_httpwalk *w = &sc->hw;
   __builtin_memset(w, 0, sizeof(*w));
   w->n = n;
+  w->resp = resp;
   bpf_loop(RM_HTTP_STEPS, rm_http_step, NULL, 0);
   if (w->bad || !w->head_len) return 0;
-  sc->flen = w->head_len + w->clen;
+  if (!resp) {
+    sc->fhead = (first & 0xffffffffffull) == RM_W_HEAD_SP;
+    sc->flen = w->head_len + w->clen;
+  } else if (nobody) {
+    sc->flen = w->head_len;
+  } else if (w->chunked) {
+    if (w->has_clen) return 0;
+    sc->fchunked = 1;
+    sc->flen = w->head_len;
+  } else if (w->has_clen) {
+    sc->flen = w->head_len + w->clen;
+  }
   return sc->flen;
+}
+
+/* What a response segment's last bytes are (rm_scratch::rtail). */
+#define RM_TAIL_LAST 1  /* CRLF "0" CRLF CRLF: a chunked body's end */
+#define RM_TAIL_LAST5 2 /* the segment is "0" CRLF CRLF alone */
+#define RM_TAIL_CRLF 4  /* ends with CRLF */
+/* Those as little-endian words. */
+#define RM_W_LAST7 0x000a0d0a0d300a0dull
+#define RM_W_LAST5 0x0000000a0d0a0d30ull
+
+/* backend_path, before taking the client's lock, for a segment carrying
+ * `len` bytes at `off`: the head of the response to a framed request
+ * (want bit 0; bit 1: it answers a HEAD), the last bytes of a chunked one
+ * (bit 2). Results in the scratch (flen, fchunked, rtail), for
+ * resp_track. */
+RM_GLOBAL int resp_read(struct xdp_md *ctx, __u32 off, __u32 len, __u32 want) {
+  __u32 z = 0;
+  struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
+  if (!sc) return 0;
+  sc->flen = 0;
+  sc->fchunked = 0;
+  sc->rtail = 0;
+  if (want & 1) http_head_len(ctx, off, len, 1 | (want & 2));
+  if (!(want & 4) && !sc->fchunked) return 0;
+  if (off > 255 || len < 2 || len > 0xffff) return 0;
+  __u64 v = 0;
+  __u32 t = 0;
+  if (len >= 7) {
+    if (bpf_xdp_load_bytes(ctx, off + len - 7, &v, 7)) return 0;
+    if (v == RM_W_LAST7) t |= RM_TAIL_LAST;
+    if (((v >> 40) & 0xffff) == 0x0a0d) t |= RM_TAIL_CRLF;
+  } else if (len == 5) {
+    if (bpf_xdp_load_bytes(ctx, off, &v, 5)) return 0;
+    if (v == RM_W_LAST5) t |= RM_TAIL_LAST5;
+    if (((v >> 24) & 0xffff) == 0x0a0d) t |= RM_TAIL_CRLF;
+  } else {
+    if (bpf_xdp_load_bytes(ctx, off + len - 2, &v, 2)) return 0;
+    if (v == 0x0a0d) t |= RM_TAIL_CRLF;
+  }
+  sc->rtail = t;
+  return 0;
+}
+
+/* backend_path, under the client's lock, for response bytes from `start`
+ * (client space), `len` of them, read by resp_read: the framing of the
+ * response to the framed request in flight, taken from its first bytes
+ * when they come in order, and a chunked one's end. Before s_nxt moves. */
+RM_GLOBAL int resp_track(__u32 id, __u32 start, __u32 len) {
+  __u32 z = 0;
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
+  if (!c || !sc) return 0;
+  if (!rm_after(start + len, c->s_nxt)) return 0; /* nothing new */
+  __u16 f = c->cflags;
+  if (c->phase == RM_PH_REQ) {
+    /* The response's first bytes. */
+    f &= ~(RM_CF_RFRAMED | RM_CF_RCHUNKED | RM_CF_RTAIL | RM_CF_RCRLF);
+    if ((f & RM_CF_FRAMED) && start == c->s_nxt && sc->flen) {
+      c->resp_end = start + sc->flen;
+      f |= sc->fchunked ? RM_CF_RCHUNKED : RM_CF_RFRAMED;
+    }
+  }
+  if (f & RM_CF_RCHUNKED) {
+    /* Judged on the newest bytes: the client acknowledges all of them
+     * before a boundary, so a hole before them is filled by then. */
+    __u32 t = sc->rtail;
+    int last = (t & RM_TAIL_LAST) ||
+               ((t & RM_TAIL_LAST5) && (f & RM_CF_RCRLF) && start == c->s_nxt);
+    f = (f & ~(RM_CF_RTAIL | RM_CF_RCRLF)) | (last ? RM_CF_RTAIL : 0) |
+        ((t & RM_TAIL_CRLF) ? RM_CF_RCRLF : 0);
+  }
+  c->cflags = f;
+  return 0;
 }
 
 /* Pins a client for good on its framing (RM_CF_PROVEN), counted. */
@@ -813,6 +933,20 @@ RM_GLOBAL int framing_check(__u32 id, __u32 seq, __u32 len, __u64 pk_ack) {
   struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
   if (!c || !sc) return 0;
   c->cflags &= ~RM_CF_HOLD;
+  /* A request begins while the backend still owes some of a framed
+   * response (it paused mid-body, or the client's window held it): the
+   * client, having acknowledged all it got, writes ahead. Moving it would
+   * hand the rest of that response to whoever takes the pooled connection
+   * next, so it stays, for good (its later boundaries would look clean:
+   * the rest of this response would be taken for the next one's head). */
+  if (c->phase != RM_PH_REQ && !(c->cflags & RM_CF_PROVEN) &&
+      (((c->cflags & RM_CF_RFRAMED) && c->s_nxt != c->resp_end) ||
+       (c->cflags & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED)) {
+    c->cflags = (c->cflags | RM_CF_PINNED | RM_CF_PROVEN | RM_CF_HOLD) & ~RM_CF_CLEAN_MASK;
+    stat_inc(RM_ST_PIPELINED);
+    stat_inc(RM_ST_PIN_RESP_OWED);
+    return 1;
+  }
   /* A whole HTTP/1.x request, right behind the last byte, written before
    * the client acknowledged the response so far: a client that waits for
    * each response never does that, so this is pipelining, proven (the
@@ -854,7 +988,7 @@ RM_GLOBAL int framing_check(__u32 id, __u32 seq, __u32 len, __u64 pk_ack) {
 }
 
 /* client_established, under the client's lock, for a segment that starts
- * a request: its framing (http_request_len, in rm_scratch::flen), known
+ * a request: its framing (http_head_len, in rm_scratch::flen), known
  * only when it starts right behind the last byte seen. A segment holding
  * more than one request proves pipelining (RM_CF_PROVEN). */
 RM_GLOBAL int framing_start(__u32 id, __u32 seq, __u32 len) {
@@ -864,11 +998,11 @@ RM_GLOBAL int framing_start(__u32 id, __u32 seq, __u32 len) {
   if (!c || !sc) return 0;
   __u32 flen = sc->flen;
   if (!flen || seq != c->c_nxt) {
-    c->cflags &= ~RM_CF_FRAMED;
+    c->cflags &= ~(RM_CF_FRAMED | RM_CF_REQHEAD);
     return 0;
   }
   c->req_end = seq + flen;
-  c->cflags |= RM_CF_FRAMED;
+  c->cflags = (c->cflags & ~RM_CF_REQHEAD) | RM_CF_FRAMED | (sc->fhead ? RM_CF_REQHEAD : 0);
   if (flen < len && !(c->cflags & RM_CF_PROVEN)) {
     pin_proven(c);
   }
@@ -1381,11 +1515,11 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
    * a request's start is at worst a tick early. */
   now = len && *(volatile __u8 *)&c->phase != RM_PH_REQ ? now_ns() : coarse_now(sc);
   /* The same hint: such a segment may start a request, whose HTTP framing
-   * is read here, outside the lock (see http_request_len). The result is
+   * is read here, outside the lock (see http_head_len). The result is
    * kept in the scratch, not in a local live to phase B: the verifier
    * would walk every path in between twice (framed or not). */
   if (len && *(volatile __u8 *)&c->phase != RM_PH_REQ)
-    http_request_len(ctx, (__u32)((void *)pk->tcp - (void *)(long)ctx->data) + pk->tcp_hlen, len);
+    http_head_len(ctx, (__u32)((void *)pk->tcp - (void *)(long)ctx->data) + pk->tcp_hlen, len, 0);
   else
     sc->flen = 0;
 
@@ -2054,6 +2188,21 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
   /* Only a response's first byte needs the time: read the phase unlocked
    * as a hint, and take the clock after unlocking if the hint was wrong. */
   if (len && *(volatile __u8 *)&c->phase == RM_PH_REQ) now = now_ns();
+  /* The response's framing, read outside the lock on the same kind of
+   * hint (resp_track uses the result only when the hint held). */
+  if (len) {
+    __u8 ph = *(volatile __u8 *)&c->phase;
+    __u16 cf = *(volatile __u16 *)&c->cflags;
+    __u32 want = (ph == RM_PH_REQ && (cf & RM_CF_FRAMED) ? 1 : 0) |
+                 ((cf & RM_CF_REQHEAD) ? 2 : 0) | ((cf & RM_CF_RCHUNKED) ? 4 : 0);
+    if (want & 5) {
+      resp_read(ctx, (__u32)((void *)pk->tcp - (void *)(long)ctx->data) + pk->tcp_hlen, len, want);
+    } else {
+      sc->flen = 0;
+      sc->fchunked = 0;
+      sc->rtail = 0;
+    }
+  }
 
   if (pk->fin && !pk->rst && len == 0) {
     int r = retry_on_close(pid, owner, oepoch);
@@ -2104,6 +2253,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
    * duplicated or retransmitted old segment arriving during the next
    * request must not end that request. */
   int new_resp = len && rm_after(seq_out_end - pk->fin, c->s_nxt);
+  if (new_resp) resp_track(owner, pk->seq + c->d_resp, len);
   /* Only bytes (or a FIN) move it. A bare ACK carries the backend's
    * snd_nxt, which is past s_nxt when response bytes were lost before XDP
    * (a full ring): counting them as sent made their retransmission "old",

@@ -128,7 +128,7 @@ enum rm_leg_flags {
  * 4-tuple maps to the id through `client_ids`. All fields under `lock`.
  * "client space" = sequence numbers of the client<->LB leg; "pool space" =
  * those of the LB<->backend pooled connection.
- * Layout: 4-byte lock, then 4-byte fields, then 8-byte fields; 216 bytes. */
+ * Layout: 4-byte lock, then 4-byte fields, then 8-byte fields; 224 bytes. */
 struct rm_client {
   RM_SPIN_LOCK lock;
   __u32 state;       /* enum rm_client_state */
@@ -193,6 +193,8 @@ struct rm_client {
   __u32 req_end;     /* client space: where the request in flight ends by
                         its HTTP/1.x framing (head + Content-Length), when
                         RM_CF_FRAMED */
+  __u32 resp_end;    /* client space: where the response in flight ends by
+                        its HTTP/1.x framing, when RM_CF_RFRAMED */
   __u64 req_start_ns;
   __u64 resp_first_ns;
   __u64 last_seen_ns; /* coarse clock; for idle and linger timers */
@@ -224,6 +226,22 @@ enum rm_client_flags {
   /* Set by framing_check for the segment at hand: its bytes against the
    * framing rule out a clean boundary (see RM_CF_CLEAN_MASK). */
   RM_CF_HOLD = 0x40,
+  /* The response to the framed request in flight began, in order, with an
+   * HTTP/1.x status line and a complete head: it ends at
+   * rm_client::resp_end (head + Content-Length, or the head alone for HEAD,
+   * 204 and 304). New client data before the backend has sent exactly
+   * that much is a request written while a response is owed (the backend
+   * paused mid-body, or the client's window held it): RM_CF_PROVEN. */
+  RM_CF_RFRAMED = 0x80,
+  /* ...or with a chunked head: it ends where the backend's newest bytes
+   * end with the last chunk (CRLF "0" CRLF CRLF), RM_CF_RTAIL. */
+  RM_CF_RCHUNKED = 0x1000,
+  RM_CF_RTAIL = 0x2000,
+  /* The backend's newest bytes end with CRLF: a last chunk in a segment of
+   * its own ("0" CRLF CRLF) then ends the response. */
+  RM_CF_RCRLF = 0x4000,
+  /* The framed request in flight is a HEAD: its response has no body. */
+  RM_CF_REQHEAD = 0x8000,
   /* Bits 8-11: clean boundaries in a row since the client was pinned (it
    * had acknowledged the whole response and the backend the whole request,
    * and its new request starts right behind the last one). At
@@ -414,6 +432,9 @@ enum rm_stat {
   RM_ST_PIN_FRAMING,         /* pinned for good: client bytes past a
                                framed HTTP request's end before its
                                exchange was over (RM_CF_PROVEN) */
+  RM_ST_PIN_RESP_OWED,       /* pinned for good: a request began before the
+                               backend had sent all of a framed response
+                               (RM_CF_RFRAMED, RM_CF_RCHUNKED) */
   RM_ST__MAX,
 };
 

@@ -142,6 +142,7 @@ const char* StatName(int stat) {
       "first_request_elsewhere",
       "arrival_rerouted",
       "pinned_framing",
+      "pinned_response_owed",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];

@@ -752,6 +752,36 @@ TEST_F(E2eTest, PipeliningClientsNeverGetAnotherClientsResponse) {
   ExpectClean(before);
 }
 
+// A client that writes its next request mid-response: the backend pauses
+// each 60 kB response after 20 kB (a response generated as it goes), and
+// the client, having read and acknowledged those 20 kB, writes ahead. At
+// layer 4 that is a clean boundary (everything sent both ways is
+// acknowledged), and rr would move the client: the response's other 40 kB
+// would then go to the pooled connection's next client. Before the
+// datapath read response heads, that client hung or got bytes not its own
+// ("verify failure"), and so did the clients beside it.
+TEST_F(E2eTest, WritingAheadMidResponseNeverMovesTheRestElsewhere) {
+  StartLb(Backends(8080), "rr");
+  Snap before = TakeNstat();
+  BgLoad victim = StartLoad(1, {"--connections=8", "--duration_s=5", "--sizes=100,2000"});
+  std::string j = Load(0, {"--connections=4", "--requests=400", "--pipeline=2",
+                           "--pipeline_refill", "--write_early_at=20000", "--pause_at=20000",
+                           "--pause_us=5000", "--sizes=60000", "--timeout_ms=3000"});
+  std::string v = WaitLoad(victim);
+  EXPECT_EQ(JsonInt(j, "ok"), 400) << j;
+  EXPECT_GT(JsonInt(v, "ok"), 1000) << v;
+  for (const std::string& r : {j, v}) {
+    EXPECT_EQ(JsonInt(r, "errors"), 0) << r;
+    EXPECT_EQ(JsonInt(r, "verify_failures"), 0) << r;
+  }
+  auto s = Stats();
+  std::cout << "[framing] pinned_response_owed " << s["pinned_response_owed"] << ", pipelined "
+            << s["pipelined"] << ", rematches " << s["rematches"] << std::endl;
+  EXPECT_GE(s["pinned_response_owed"], 1u) << "a connection writing ahead pinned";
+  EXPECT_GT(s["rematches"], 1000u) << "the other clients still move";
+  ExpectClean(before);
+}
+
 TEST_F(E2eTest, RemovingABackendUnderLoadLosesNoRequest) {
   const std::set<std::string> stale = BackendPeers(2);
   StartLb(Backends(8080), "rr");

@@ -259,7 +259,7 @@ class FaultE2eTest : public ::testing::Test {
   void PrintStats(const std::map<std::string, uint64_t>& s) {
     std::cout << "[lb]";
     for (const char* k : {"splices", "rematches", "decision_applied", "decision_late",
-                          "pipelined", "pinned_response_unacked", "pinned_request_unacked", "pinned_framing", "closed_clean", "closed_retire", "pool_dead", "tx_rst",
+                          "pipelined", "pinned_response_unacked", "pinned_request_unacked", "pinned_framing", "pinned_response_owed", "closed_clean", "closed_retire", "pool_dead", "tx_rst",
                           "drop_no_pool", "drop_bad_state", "drop_stale", "drop_malformed",
                           "stale_acked", "pool_retired", "pool_established",
                           "pool_connect_failures", "retry_on_backend_close"}) {

@@ -1319,7 +1319,7 @@ TEST_F(DatapathTest, PipelinedRequestStays) {
   EXPECT_EQ(IdleQueue(1), std::vector<uint32_t>{1});
 }
 
-// HTTP/1.x framing (http_request_len, framing_start, framing_check): the
+// HTTP/1.x framing (http_head_len, framing_start, framing_check): the
 // segment that starts a request is read as far as its head; client bytes
 // past head + Content-Length before the exchange is over prove a second
 // request, and the client is pinned for good (RM_CF_PROVEN).
@@ -1507,6 +1507,123 @@ TEST_F(FramingTest, WhatTheHeadReaderFrames) {
     EXPECT_EQ((rec.cflags & RM_CF_FRAMED) != 0, k.framed);
     if (k.framed) EXPECT_EQ(rec.req_end - at, k.payload.size());
     EXPECT_EQ(rec.cflags & RM_CF_PINNED, 0);
+  }
+}
+
+// Response framing (resp_read, resp_track; checked by framing_check): the
+// response to a framed request is read as far as its head, and a request
+// that begins before the backend sent all of it (the backend paused
+// mid-body, or the client's window held it, and the client, having
+// acknowledged all it got, wrote ahead) pins the client for good. At layer
+// 4 that boundary looks clean: moving would hand the response's rest to the
+// pooled connection's next client.
+struct RespCase {
+  std::string what;
+  std::string request;
+  std::vector<std::string> segs;  // the response, segment by segment
+  bool owed;                      // the next request finds a response owed
+};
+
+class ResponseFramingTest : public FramingTest,
+                            public ::testing::WithParamInterface<RespCase> {
+ protected:
+  // The backend's ack of the request, the response's segments, and the
+  // client's ack of all of them.
+  void Respond(ClientSpec& c, const Epoch& e, BackendPos& b,
+               const std::vector<std::string>& segs) {
+    BackendToClient("backend acks request", c, p0_, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+    for (const std::string& s : segs) {
+      BackendToClient("response segment", c, p0_, e, BackendSeg(b, Http(s), ACK | PSH),
+                      {{RM_ST_TX_B2C, 1}});
+    }
+    ClientToBackend("client acks all it got", c, p0_, e, ClientSeg(c, {}, ACK),
+                    {{RM_ST_TX_C2B, 1}});
+    b.ts_ecr = e.TsvalC2B(c.c_ts);
+  }
+};
+
+TEST_P(ResponseFramingTest, NextRequestMovesOnlyWhenTheResponseIsWhole) {
+  const RespCase& k = GetParam();
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Start(c, b, k.request, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  Respond(c, e, b, k.segs);
+  dp_->SetDecision(c.id, 2, 1);
+  if (k.owed) {
+    ClientToBackend("request 2 stays", c, p0_, e, ClientSeg(c, Http(Get("/b"))),
+                    {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}, {RM_ST_PIN_RESP_OWED, 1}});
+    rm_client rec = Client(c.id);
+    EXPECT_EQ(rec.pool_id, 0u);
+    EXPECT_EQ(rec.cflags & (RM_CF_PINNED | RM_CF_PROVEN), RM_CF_PINNED | RM_CF_PROVEN);
+  } else {
+    Epoch e1 = StartEpoch(c, p1_);
+    ClientToBackend("request 2 moves", c, p1_, e1, ClientSeg(c, Http(Get("/b"))),
+                    {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                     {RM_ST_DECISION_APPLIED, 1}});
+    EXPECT_EQ(Client(c.id).pool_id, 1u);
+  }
+}
+
+const std::string kGet = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+const std::string kOk10 = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+const std::string kChunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+INSTANTIATE_TEST_SUITE_P(
+    Heads, ResponseFramingTest,
+    ::testing::Values(
+        RespCase{"LengthWhole", kGet, {kOk10 + "0123456789"}, false},
+        RespCase{"LengthWholeInTwoSegments", kGet, {kOk10, "0123456789"}, false},
+        RespCase{"LengthHalfSent", kGet, {kOk10 + "01234"}, true},
+        RespCase{"HeadOnlySent", kGet, {kOk10}, true},
+        RespCase{"MoreThanFramed", kGet, {kOk10 + "0123456789AB"}, true},
+        RespCase{"NoReason", kGet, {"HTTP/1.1 200\r\nContent-Length: 3\r\n\r\nabc"}, false},
+        RespCase{"Http10OneByteOwed", kGet, {"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nab"}, true},
+        RespCase{"HeadRequestHasNoBody", "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n",
+                 {"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"}, false},
+        RespCase{"NoContent", kGet, {"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n"}, false},
+        RespCase{"NotModifiedWithALength", kGet,
+                 {"HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n"}, false},
+        RespCase{"ChunkedWhole", kGet, {kChunked + "5\r\nhello\r\n0\r\n\r\n"}, false},
+        RespCase{"ChunkedEmpty", kGet, {kChunked + "0\r\n\r\n"}, false},
+        RespCase{"ChunkedLastChunkAlone", kGet, {kChunked, "5\r\nhello\r\n", "0\r\n\r\n"}, false},
+        RespCase{"ChunkedLastChunkInTheNext", kGet, {kChunked + "5\r\nhel", "lo\r\n0\r\n\r\n"},
+                 false},
+        RespCase{"ChunkedNotEnded", kGet, {kChunked + "5\r\nhello\r\n"}, true},
+        RespCase{"ChunkedNotEndedAfterAZeroInData", kGet,
+                 {kChunked + "5\r\nhello\r\n", "1\r\n0\r\n"}, true},
+        // Unknown framing: the layer-4 rules alone, as before.
+        RespCase{"CloseDelimited", kGet, {"HTTP/1.1 200 OK\r\nServer: x\r\n\r\nab"}, false},
+        RespCase{"InterimResponse", kGet, {"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n"}, false},
+        RespCase{"LengthAndChunked", kGet,
+                 {"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"},
+                 false},
+        RespCase{"HeadNotComplete", kGet, {"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n", "\r\n"},
+                 false},
+        RespCase{"NotHttp", kGet, {std::string(40, 'x')}, false},
+        RespCase{"RequestNotFramed", std::string(60, 'q'), {kOk10 + "01234"}, false}),
+    [](const ::testing::TestParamInfo<RespCase>& i) { return i.param.what; });
+
+// The rest of an owed response reaches the client that asked for it, and the
+// client never moves again: its later boundaries would look clean with a
+// response owed (the rest of this one taken for the next one's head).
+TEST_F(ResponseFramingTest, ARequestWrittenWhileAResponseIsOwedPinsForGood) {
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n";
+  Respond(c, e, b, {head + std::string(1000, 'a')});
+  rm_client rec = Client(c.id);
+  EXPECT_NE(rec.cflags & RM_CF_RFRAMED, 0);
+  EXPECT_EQ(rec.resp_end - rec.e_s_nxt, head.size() + 3000);
+  NextStays("request 2 while 2000 bytes are owed", c, e, b, Get("/b"), /*to=*/1,
+            {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}, {RM_ST_PIN_RESP_OWED, 1}});
+  BackendToClient("the rest, to this client", c, p0_, e,
+                  BackendSeg(b, Bytes(2000, 'b'), ACK | PSH), {{RM_ST_TX_B2C, 1}});
+  for (uint32_t k = 0; k < RM_UNPIN_AFTER + 2; k++) {
+    SCOPED_TRACE(absl::StrCat("boundary ", k));
+    Exchange(c, p0_, e, b);
+    NextStays("next request stays", c, e, b, Get("/c"), /*to=*/1, {{RM_ST_TX_C2B, 1}});
+    EXPECT_NE(Client(c.id).cflags & RM_CF_PINNED, 0);
   }
 }
 

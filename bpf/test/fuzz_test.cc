@@ -72,18 +72,44 @@ class FuzzTest : public DatapathFixture {
   // Random but length-consistent options, at most `room` bytes; sometimes
   // with a deliberately broken length.
   // A payload shaped like HTTP/1.x requests, for the datapath's head reader
-  // (http_request_len): a GET or a POST with a body, sometimes a second
+  // (http_head_len): a GET or a POST with a body, sometimes a second
   // request behind it, then bytes flipped or the end cut off.
   Bytes HttpSoup() {
-    std::string r = P(0.5) ? "GET /f HTTP/1.1\r\nHost: x\r\n\r\n"
-                           : absl::StrCat("POST /f HTTP/1.1\r\nContent-Length: ", U(40),
-                                          "\r\n\r\n", std::string(U(40), 'b'));
-    if (P(0.3)) r += "GET /g HTTP/1.0\r\n\r\n";
+    std::string r;
+    if (P(0.5)) {
+      r = P(0.5) ? "GET /f HTTP/1.1\r\nHost: x\r\n\r\n"
+                 : absl::StrCat("POST /f HTTP/1.1\r\nContent-Length: ", U(40), "\r\n\r\n",
+                                std::string(U(40), 'b'));
+      if (P(0.3)) r += "GET /g HTTP/1.0\r\n\r\n";
+    } else {
+      r = HttpResponse(P(0.5));
+    }
     Bytes b(r.begin(), r.end());
     if (P(0.5))
       for (uint32_t k = U(4); k > 0; k--) b[U(b.size())] = uint8_t(R32());
     if (P(0.3)) b.resize(U(b.size()));
     return b;
+  }
+  // An HTTP/1.x response (for the response head reader, resp_read): a
+  // Content-Length or a chunked one, one in ten `short` of its framing
+  // when asked (a backend that paused mid-body).
+  std::string HttpResponse(bool maybe_short) {
+    std::string body(1 + U(99), 'r');
+    const bool cut = maybe_short && P(0.1);
+    if (P(0.5)) {
+      return absl::StrCat("HTTP/1.1 200 OK\r\nContent-Length: ", body.size() + (cut ? 1 + U(50) : 0),
+                          "\r\n\r\n", body);
+    }
+    return absl::StrCat("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        absl::Hex(body.size()), "\r\n", body, "\r\n", cut ? "" : "0\r\n\r\n");
+  }
+  // A driven response: one in three an HTTP response, now and then short
+  // of its framing (the client's next request then finds it owed and is
+  // pinned for good); the others opaque.
+  Bytes DrivenResponse() {
+    if (!P(0.33)) return Pattern(100, 5);
+    const std::string r = HttpResponse(true);
+    return Bytes(r.begin(), r.end());
   }
   // A driven client's request: one in five an HTTP GET, which the head
   // reader frames (hostile bytes right behind one then pin the client for
@@ -300,7 +326,7 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
                                        .Nop()
                                        .Nop()
                                        .Timestamps(c.b_ts_last + 1, c.lb_ts_last)
-                                       .Payload(Pattern(100, 5))
+                                       .Payload(DrivenResponse())
                                        .Build());
     run_checked("driven ack", client_seg(ACK, {}));
     dp_->SetDecision(f.c.id, Client(f.c.id).req_no + 1, U(2));

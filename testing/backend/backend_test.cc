@@ -1,5 +1,6 @@
 // End to end tests of the backend binary over real loopback sockets.
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -200,6 +201,38 @@ TEST_F(BackendTest, DelayIsHonouredAndDoesNotBlockOtherConnections) {
   ASSERT_TRUE(rs.ok()) << rs.status();
   ExpectBody(*rs, 1, 10);
   EXPECT_GE(slow_ms, 1500 + 20 - 1);
+}
+
+// pause_at/pause_us: the body's first pause_at bytes, then nothing for
+// pause_us, then the rest (a response generated as it goes).
+TEST_F(BackendTest, MidBodyPauseSendsTheFirstBytesThenTheRest) {
+  StartBackend();
+  Fd c(Connect());
+  ASSERT_TRUE(SendAll(c.get(), "GET /r?size=100000&seed=4&pause_at=30000&pause_us=400000 "
+                               "HTTP/1.1\r\nHost: t\r\n\r\n")
+                  .ok());
+  const auto t0 = Clock::now();
+  std::string got;
+  char buf[65536];
+  size_t head_end = std::string::npos;
+  // Everything before the pause: the head and 30000 body bytes, no more
+  // within 200 ms.
+  for (;;) {
+    pollfd p{c.get(), POLLIN, 0};
+    if (poll(&p, 1, 200) <= 0) break;
+    ssize_t n = recv(c.get(), buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0);
+    got.append(buf, static_cast<size_t>(n));
+    head_end = got.find("\r\n\r\n");
+  }
+  ASSERT_NE(head_end, std::string::npos);
+  EXPECT_EQ(got.size() - (head_end + 4), 30000u);
+  auto r = ReadResponse(c.get(), &got);
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ExpectBody(*r, 4, 100000);
+  EXPECT_GE(ms, 399);
 }
 
 TEST_F(BackendTest, StallsPauseAnswers) {

@@ -63,6 +63,11 @@ struct PendingResponse {
   uint64_t seed = 0;
   uint64_t body_bytes = 0;
   int64_t corrupt_at = -1;  // body offset whose byte is flipped, or -1
+  // Streams the body's first pause_at bytes, then pauses pause_us (a
+  // response generated as it goes); pause_at >= body_bytes: no pause.
+  uint64_t pause_at = UINT64_MAX;
+  int64_t pause_us = 0;
+  bool paused = false;
   bool close_after = false;
   // Progress while being copied into the output buffer.
   bool head_done = false;
@@ -523,15 +528,22 @@ class Worker {
       absl::StatusOr<uint64_t> size = QueryUint(c->req_query, "size", 0);
       absl::StatusOr<uint64_t> delay = QueryUint(c->req_query, "delay_us", 0);
       absl::StatusOr<uint64_t> seed = QueryUint(c->req_query, "seed", 0);
+      absl::StatusOr<uint64_t> pause_at = QueryUint(c->req_query, "pause_at", UINT64_MAX);
+      absl::StatusOr<uint64_t> pause_us = QueryUint(c->req_query, "pause_us", 0);
       absl::Status bad = !size.ok() ? size.status()
                          : !delay.ok() ? delay.status()
                          : !seed.ok()  ? seed.status()
+                         : !pause_at.ok() ? pause_at.status()
+                         : !pause_us.ok() ? pause_us.status()
                                        : absl::OkStatus();
       if (bad.ok() && *size > kMaxBodyBytes) {
         bad = absl::InvalidArgumentError("size too large");
       }
       if (bad.ok() && *delay > kMaxDelayUs) {
         bad = absl::InvalidArgumentError("delay_us too large");
+      }
+      if (bad.ok() && *pause_us > kMaxDelayUs) {
+        bad = absl::InvalidArgumentError("pause_us too large");
       }
       if (!bad.ok()) {
         RejectMalformed(c, bad.message());
@@ -541,6 +553,8 @@ class Worker {
       r.generated = true;
       r.seed = *seed;
       r.body_bytes = *size;
+      r.pause_at = *pause_at;
+      r.pause_us = static_cast<int64_t>(*pause_us);
       const uint64_t nth = response_counter_->fetch_add(1) + 1;
       if (options_.corrupt_every > 0 &&
           nth % static_cast<uint64_t>(options_.corrupt_every) == 0 &&
@@ -594,7 +608,9 @@ class Worker {
       }
       if (r.generated) {
         const uint64_t room = kOutChunkBytes - std::min(kOutChunkBytes, c->out.size());
-        const uint64_t n = std::min(room, r.body_bytes - r.body_done);
+        const uint64_t limit =
+            !r.paused && r.pause_at < r.body_bytes ? r.pause_at : r.body_bytes;
+        const uint64_t n = std::min(room, limit - r.body_done);
         if (n > 0) {
           const size_t old = c->out.size();
           c->out.resize(old + n);
@@ -607,6 +623,13 @@ class Worker {
           }
           r.body_done += n;
           stats_.body_bytes_sent += n;
+        }
+        if (r.body_done == limit && limit < r.body_bytes) {
+          // Mid-body pause: the rest after pause_us.
+          r.paused = true;
+          r.ready_ns = now + r.pause_us * 1000;
+          timers_.push({r.ready_ns, c->id, TimerKind::kResponseReady});
+          break;
         }
         if (r.body_done < r.body_bytes) break;
       } else {

@@ -456,6 +456,14 @@ class Worker {
       // the open loop does.
       return c->inflight.empty() ? depth : 0;
     }
+    if (opt_.write_early_at > 0) {
+      // One at a time: the first alone, each next one mid-response.
+      if (c->inflight.empty()) return 1;
+      return c->inflight.size() < depth && c->inflight.size() == 1 && c->in_body &&
+                     c->resp.got >= opt_.write_early_at
+                 ? 1
+                 : 0;
+    }
     return c->inflight.size() < depth ? depth - c->inflight.size() : 0;
   }
 
@@ -507,6 +515,8 @@ class Worker {
     if (opt_.delay_us > 0 &&
         (opt_.delay_one_in <= 1 || BodyWord(opt_.seed ^ kSaltDelay, r.index) % opt_.delay_one_in == 0))
       absl::StrAppend(&o, "&delay_us=", opt_.delay_us);
+    if (opt_.pause_us > 0)
+      absl::StrAppend(&o, "&pause_at=", opt_.pause_at, "&pause_us=", opt_.pause_us);
     absl::StrAppend(&o, "&seed=", r.seed, " HTTP/1.1\r\nHost: ", sh_->host_header,
                     "\r\n");
     if (r.upload_size > 0) {
@@ -658,7 +668,12 @@ class Worker {
       const size_t avail = c->in.size() - c->in_pos;
       const uint64_t want = c->resp.content_length - c->resp.got;
       const size_t take = static_cast<size_t>(std::min<uint64_t>(avail, want));
+      const uint64_t got_before = c->resp.got;
       if (take > 0) ConsumeBody(c, c->in.data() + c->in_pos, take);
+      if (opt_.write_early_at > 0 && got_before < opt_.write_early_at &&
+          c->resp.got >= opt_.write_early_at) {
+        MarkReady(c);  // room for the request written ahead (Capacity)
+      }
       c->in_pos += take;
       if (c->resp.got < c->resp.content_length) break;
       c->in_body = false;
@@ -988,6 +1003,9 @@ absl::Status ValidateOptions(const Options& o) {
   if (o.connections < 1) return absl::InvalidArgumentError("connections must be >= 1");
   if (o.threads < 1) return absl::InvalidArgumentError("threads must be >= 1");
   if (o.pipeline < 1) return absl::InvalidArgumentError("pipeline must be >= 1");
+  if (o.write_early_at > 0 && o.pipeline < 2)
+    return absl::InvalidArgumentError("write_early_at needs pipeline >= 2");
+  if (o.pause_us > 1'000'000) return absl::InvalidArgumentError("pause_us above 1 s");
   if (o.sizes.empty()) return absl::InvalidArgumentError("sizes must not be empty");
   for (uint64_t s : o.sizes) {
     if (s > (uint64_t{1} << 30)) return absl::InvalidArgumentError("size above 1 GiB");

@@ -43,6 +43,15 @@ struct Options {
   // next one waits for every response (HTTP/1.1 pipelining as a client
   // library does it: responses are still owed when a new request goes out).
   bool pipeline_refill = false;
+  // Ask the backend to pause each response pause_us after its first
+  // pause_at body bytes (streaming); 0: no pause.
+  uint64_t pause_at = 0;
+  uint64_t pause_us = 0;
+  // With pipeline > 1: a request goes out while another is in flight only
+  // once write_early_at bytes of the oldest one's body have arrived (a
+  // client that writes ahead mid-response, with all it got acknowledged
+  // when the backend pauses); 0: no such wait.
+  uint64_t write_early_at = 0;
   bool new_conn_per_request = false;
   // With new_conn_per_request: send "Connection: close" (the server closes
   // first) or not (the client closes first after the response).

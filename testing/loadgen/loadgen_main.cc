@@ -30,6 +30,11 @@ DEFINE_int32(pipeline, 1, "requests written back to back per connection before r
 DEFINE_bool(pipeline_refill, false,
             "closed loop: keep --pipeline requests in flight, writing the next as each "
             "response completes (responses still owed), instead of whole batches");
+DEFINE_uint64(pause_at, 0, "with --pause_us: the backend pauses each response after this many body bytes");
+DEFINE_uint64(pause_us, 0, "the backend's mid-body pause, microseconds (0: none)");
+DEFINE_uint64(write_early_at, 0,
+              "with --pipeline > 1: the next request goes out once this many bytes of the "
+              "oldest response's body arrived, not sooner (0: no such wait)");
 DEFINE_bool(new_conn_per_request, false, "connect, one request (Connection: close), close");
 DEFINE_uint64(requests_per_conn, 0,
               "keep-alive connections carry this many requests each, then the client closes "
@@ -79,6 +84,9 @@ int main(int argc, char** argv) {
   o.delay_us = FLAGS_delay_us;
   o.pipeline = FLAGS_pipeline;
   o.pipeline_refill = FLAGS_pipeline_refill;
+  o.pause_at = FLAGS_pause_at;
+  o.pause_us = FLAGS_pause_us;
+  o.write_early_at = FLAGS_write_early_at;
   o.delay_one_in = FLAGS_delay_one_in;
   o.new_conn_per_request = FLAGS_new_conn_per_request;
   o.close_header = FLAGS_close_header;

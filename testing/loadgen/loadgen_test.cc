@@ -4,8 +4,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <poll.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <set>
@@ -266,6 +268,71 @@ TEST(LoadgenSwitchTest, CountsBackendSwitchesPerConnection) {
   EXPECT_EQ(JsonNumber(r.json, "backend_switches"), 9);
   EXPECT_EQ(JsonNumber(r.json, "a"), 5);
   EXPECT_EQ(JsonNumber(r.json, "b"), 5);
+}
+
+// --write_early_at: the next request goes out mid-response, once that many
+// body bytes of the one in flight arrived. An in-test server sends each
+// response's first half, then waits (up to 1 s) for the next request's head
+// before the rest: every request but the last must come in that wait, and
+// none before.
+TEST(LoadgenWriteEarlyTest, NextRequestGoesOutMidResponse) {
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sa);
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(listen(lfd, 4), 0);
+  ASSERT_EQ(getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  std::atomic<int> early{0}, too_soon{0};
+  std::thread server([lfd, &early, &too_soon] {
+    int fd = accept(lfd, nullptr, nullptr);
+    if (fd < 0) return;
+    std::string in;
+    char buf[4096];
+    // Reads into `in` until it holds a whole head; false on EOF, error or
+    // (with a deadline) time out.
+    auto read_head = [&](int timeout_ms) {
+      while (in.find("\r\n\r\n") == std::string::npos) {
+        pollfd p{fd, POLLIN, 0};
+        if (poll(&p, 1, timeout_ms) <= 0) return false;
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) return false;
+        in.append(buf, static_cast<size_t>(n));
+      }
+      return true;
+    };
+    while (read_head(5000)) {
+      size_t end = in.find("\r\n\r\n");
+      auto head = backend::ParseRequestHead(absl::string_view(in).substr(0, end));
+      uint64_t size = head.ok() ? *backend::QueryUint(head->query, "size", 0) : 0;
+      uint64_t seed = head.ok() ? *backend::QueryUint(head->query, "seed", 0) : 0;
+      in.erase(0, end + 4);
+      std::string body(size, '\0');
+      backend::FillBody(seed, 0, body.data(), size);
+      std::string resp = absl::StrCat(
+          "HTTP/1.1 200 OK\r\nContent-Length: ", size, "\r\nX-Backend: a\r\nX-Seed: ", seed,
+          "\r\nX-Body-Fnv: ", backend::FnvHex(backend::Fnv1a64Of(body.data(), size)),
+          "\r\n\r\n", body);
+      const size_t half = resp.size() - size / 2;
+      if (in.find("\r\n\r\n") != std::string::npos) too_soon++;
+      send(fd, resp.data(), half, MSG_NOSIGNAL);
+      if (read_head(1000)) early++;
+      send(fd, resp.data() + half, resp.size() - half, MSG_NOSIGNAL);
+    }
+    close(fd);
+  });
+  LoadgenRun r = RunLoadgen(absl::StrCat("127.0.0.1:", ntohs(sa.sin_port)),
+                            {"--requests=5", "--connections=1", "--sizes=20000", "--pipeline=2",
+                             "--pipeline_refill", "--write_early_at=10000"});
+  server.join();
+  close(lfd);
+  ASSERT_EQ(r.exit_code, 0) << r.log << r.json;
+  EXPECT_EQ(JsonNumber(r.json, "ok"), 5);
+  EXPECT_EQ(JsonNumber(r.json, "verify_failures"), 0);
+  EXPECT_EQ(early.load(), 4) << "each next request written mid-response";
+  EXPECT_EQ(too_soon.load(), 0) << "none before its predecessor's response began";
 }
 
 TEST(ParseSizeListTest, Suffixes) {
