@@ -700,6 +700,10 @@ static __always_inline __u64 rm_load64(const __u8 *b, __u32 at) {
 #define RM_W_LOWER 0x2020202020202020ull
 #define RM_W_ONES 0x0101010101010101ull
 #define RM_W_HIGHS 0x8080808080808080ull
+#define RM_W_LFS 0x0a0a0a0a0a0a0a0aull
+#define RM_W_ZEROS 0x3030303030303030ull /* '0' */
+#define RM_W_PAST9 0x4646464646464646ull /* + this sets a byte's top bit
+                                            from ':' (one past '9') up */
 
 /* One step of the walk: a byte of Content-Length's value, or the next line
  * end at or after w->off and what the line it ends or the one it starts
@@ -717,6 +721,29 @@ static long rm_http_step(__u32 i, void *arg) {
     /* Optional blanks, then at most nine digits (a billion bytes or more
      * is not taken on trust), then anything else. */
     __u32 d = (__u32)b[off & (RM_HTTP_SCAN - 1)] - '0';
+    if (d < 10 && !w->digits) {
+      /* Up to 7 digits in one step (a byte a step costs a loop iteration
+       * each): the first non-digit of the word, then the number. */
+      __u64 v = rm_load64(b, off);
+      __u64 nd = (~((v | RM_W_HIGHS) - RM_W_ZEROS) | (v + RM_W_PAST9) | v) & RM_W_HIGHS;
+      if (nd) {
+        __u64 low = (nd & -nd) >> 7;
+        __u32 k = (7 - (__u32)((low * 0x0706050403020100ull) >> 56)) & 7;
+        if (k) {
+          /* The k digits at the word's top, '0's below, then the usual
+           * pairwise combination. */
+          __u64 x = ((v << (8 * (8 - k))) | (RM_W_ZEROS >> (8 * k))) - RM_W_ZEROS;
+          x = (x * 10 + (x >> 8)) & 0x00ff00ff00ff00ffull;
+          x = (x * 100 + (x >> 16)) & 0x0000ffff0000ffffull;
+          x = (x * 10000 + (x >> 32)) & 0xffffffffull;
+          w->clen = (__u32)x;
+          w->digits = k;
+          w->in_value = 0; /* the line end is found by the next step */
+          w->off = off + k;
+          return 0;
+        }
+      }
+    }
     if (d < 10) {
       if (w->digits >= 9) goto unknown;
       w->clen = w->clen * 10 + d;
@@ -730,23 +757,30 @@ static long rm_http_step(__u32 i, void *arg) {
     w->off = off + 1;
     return 0;
   }
-  /* Four words a step while no line feed is in them (header lines are
-   * tens of bytes): the steps, not the bytes, are what costs. */
-  __u64 v = rm_load64(b, off);
-  __u64 x = v ^ 0x0a0a0a0a0a0a0a0aull;
-  __u64 t = (x - RM_W_ONES) & ~x & RM_W_HIGHS;
+  /* The first line feed in the next four words (header lines are tens of
+   * bytes: the steps, not the bytes, are what costs), branch-free: each
+   * word's flags (exact as to whether it holds one; within the word only
+   * the lowest flag is sure to be a line feed), the first flagged word's,
+   * then the lowest flagged byte's index. */
+  __u64 x0 = rm_load64(b, off) ^ RM_W_LFS;
+  __u64 x1 = rm_load64(b, off + 8) ^ RM_W_LFS;
+  __u64 x2 = rm_load64(b, off + 16) ^ RM_W_LFS;
+  __u64 x3 = rm_load64(b, off + 24) ^ RM_W_LFS;
+  __u64 f0 = (x0 - RM_W_ONES) & ~x0 & RM_W_HIGHS;
+  __u64 f1 = (x1 - RM_W_ONES) & ~x1 & RM_W_HIGHS;
+  __u64 f2 = (x2 - RM_W_ONES) & ~x2 & RM_W_HIGHS;
+  __u64 f3 = (x3 - RM_W_ONES) & ~x3 & RM_W_HIGHS;
+  /* a<i>: 1 when the words before word i hold none. */
+  __u64 a1 = 1 - ((f0 | -f0) >> 63);
+  __u64 a2 = a1 * (1 - ((f1 | -f1) >> 63));
+  __u64 a3 = a2 * (1 - ((f2 | -f2) >> 63));
+  __u64 t = f0 | (f1 * a1) | (f2 * a2) | (f3 * a3);
   if (!t) {
-    __u64 x1 = rm_load64(b, off + 8) ^ 0x0a0a0a0a0a0a0a0aull;
-    __u64 x2 = rm_load64(b, off + 16) ^ 0x0a0a0a0a0a0a0a0aull;
-    __u64 x3 = rm_load64(b, off + 24) ^ 0x0a0a0a0a0a0a0a0aull;
-    __u64 any = ((x1 - RM_W_ONES) & ~x1) | ((x2 - RM_W_ONES) & ~x2) | ((x3 - RM_W_ONES) & ~x3);
-    w->off = off + ((any & RM_W_HIGHS) ? 8 : 32);
+    w->off = off + 32;
     return 0;
   }
-  /* The lowest flagged byte is a line feed (flags above it may be false):
-   * its index, without a branch per byte. */
   __u64 low = (t & -t) >> 7; /* 1 << 8k */
-  __u32 p = off + 7 - (__u32)((low * 0x0706050403020100ull) >> 56);
+  __u32 p = off + 8 * (__u32)(a1 + a2 + a3) + 7 - (__u32)((low * 0x0706050403020100ull) >> 56);
   if (p >= w->n || p < 1 || b[(p - 1) & (RM_HTTP_SCAN - 1)] != '\r') goto unknown;
   w->off = p + 1;
   if (w->lines++ == 0) {
@@ -2253,7 +2287,8 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
    * duplicated or retransmitted old segment arriving during the next
    * request must not end that request. */
   int new_resp = len && rm_after(seq_out_end - pk->fin, c->s_nxt);
-  if (new_resp) resp_track(owner, pk->seq + c->d_resp, len);
+  if (new_resp && (c->phase == RM_PH_REQ || (c->cflags & RM_CF_RCHUNKED)))
+    resp_track(owner, pk->seq + c->d_resp, len);
   /* Only bytes (or a FIN) move it. A bare ACK carries the backend's
    * snd_nxt, which is past s_nxt when response bytes were lost before XDP
    * (a full ring): counting them as sent made their retransmission "old",

@@ -1523,6 +1523,7 @@ struct RespCase {
   std::vector<std::string> segs;  // the response, segment by segment
   bool owed;                      // the next request finds a response owed
 };
+void PrintTo(const RespCase& k, std::ostream* os) { *os << k.what; }
 
 class ResponseFramingTest : public FramingTest,
                             public ::testing::WithParamInterface<RespCase> {
@@ -1602,6 +1603,43 @@ INSTANTIATE_TEST_SUITE_P(
         RespCase{"NotHttp", kGet, {std::string(40, 'x')}, false},
         RespCase{"RequestNotFramed", std::string(60, 'q'), {kOk10 + "01234"}, false}),
     [](const ::testing::TestParamInfo<RespCase>& i) { return i.param.what; });
+
+// Content-Length of every width the head reader takes (up to 7 digits in
+// one step of its walk, more a byte a step, at most 9): the response's end
+// as framed. The client writes ahead at once (so it is pinned for good at
+// the first); each next response's head is read all the same.
+TEST_F(ResponseFramingTest, ContentLengthsOfEveryWidth) {
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  const std::vector<std::string> lengths = {"7",      "0",       "42",       "999",
+                                            "65535",  "123456",  "1234567",  "12345678",
+                                            "123456789", "1000000000", "0012", "1234567x"};
+  for (size_t i = 0; i < lengths.size(); i++) {
+    const std::string& n = lengths[i];
+    SCOPED_TRACE(n);
+    const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: " + n + "\r\nX: y\r\n\r\n";
+    const uint32_t at = c.s_nxt;
+    BackendToClient("head", c, p0_, e, BackendSeg(b, Http(head), ACK | PSH), {{RM_ST_TX_B2C, 1}});
+    rm_client rec = Client(c.id);
+    if (n.size() > 9) {
+      EXPECT_EQ(rec.cflags & RM_CF_RFRAMED, 0) << "ten digits: not taken";
+    } else {
+      uint32_t want = 0;
+      for (char d : n) {
+        if (d < '0' || d > '9') break;
+        want = want * 10 + uint32_t(d - '0');
+      }
+      EXPECT_NE(rec.cflags & RM_CF_RFRAMED, 0);
+      EXPECT_EQ(rec.resp_end - at, head.size() + want);
+    }
+    ClientToBackend("client acks", c, p0_, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+    b.ts_ecr = e.TsvalC2B(c.c_ts);
+    Deltas d = {{RM_ST_TX_C2B, 1}};
+    if (i == 0) d = {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}, {RM_ST_PIN_RESP_OWED, 1}};
+    NextStays("next request", c, e, b, Get("/n"), /*to=*/1, d);
+  }
+}
 
 // The rest of an owed response reaches the client that asked for it, and the
 // client never moves again: its later boundaries would look clean with a

@@ -13,9 +13,20 @@
 // tx_client_to_backend must grow by exactly `repeat` per run, and nothing
 // else but rx may move.
 //
+// Then the cost of whole exchanges, and of reading HTTP heads in them: two
+// clients on pooled connections of their own each run request, backend
+// ACK, response, client ACK (4 packets, each through BPF_PROG_TEST_RUN
+// once, each next one built from the client's record as the datapath left
+// it). One client's request and response are HTTP/1.x (the datapath reads
+// both heads: request and response framing), the other's are bytes of the
+// same lengths that are not HTTP (the head reader gives up at the first
+// byte). Interleaved exchange by exchange; the kernel's per-run durations
+// summed per exchange, medians over rounds. Every packet must be
+// forwarded, and the HTTP client's requests framed, or the bench fails.
+//
 // Needs root (BPF). Usage:
 //   bazel run //tools/bench:datapath_bench -- [--rounds=15] [--repeat=100000]
-//       [--payload=1000]
+//       [--payload=1000] [--exchanges=2000]
 #include <arpa/inet.h>
 #include <linux/bpf.h>
 #include <unistd.h>
@@ -103,6 +114,138 @@ Bytes Data(const Flow& f, size_t payload, uint32_t tsval) {
       .Nop().Nop().Timestamps(tsval, f.s_ts).Payload(body).Build();
 }
 
+double Median(std::vector<double> v);
+
+// ---- whole exchanges
+
+const uint32_t kBackendIp = ParseIpv4("198.18.2.1");
+const uint32_t kLbIp = ParseIpv4("198.18.0.2");
+const MacAddr kBackendMac = ParseMac("02:00:00:00:02:01");
+
+// Runs one packet; dies unless the verdict is XDP_TX. Returns the kernel's
+// duration of the run.
+double RunTx(int fd, const Bytes& pkt, const char* what) {
+  auto r = Must(RunXdp(fd, pkt), what);
+  if (r.retval != XDP_TX) Die(std::string(what) + ": not forwarded");
+  return double(r.duration_ns);
+}
+
+// One exchange of client `f` on its pooled connection (key `pk`): request,
+// backend ACK, response, client ACK, each built from the record. Returns the
+// summed durations.
+double Exchange(Datapath& dp, const Flow& f, const rm_pool_key& pk, const std::string& req,
+                const std::string& resp) {
+  int fd = dp.prog_fd();
+  auto client_seg = [&](const std::string& payload) {
+    rm_client c = Must(dp.GetClient(f.id), "client");
+    return From(f).Flags(packet::ACK | (payload.empty() ? 0 : packet::PSH)).Seq(c.c_nxt)
+        .Ack(c.s_nxt).Window(502).Nop().Nop().Timestamps(c.c_ts_last + 1, c.s_ts_last)
+        .Payload(payload).Build();
+  };
+  auto backend_seg = [&](const std::string& payload) {
+    rm_client c = Must(dp.GetClient(f.id), "client");
+    PacketBuilder b;
+    b.Eth(kBackendMac, kLbMac).Ipv4(kBackendIp, kLbIp).Tcp(ntohs(pk.backend_port), ntohs(pk.lb_port));
+    return b.Flags(packet::ACK | (payload.empty() ? 0 : packet::PSH)).Seq(c.s_nxt - c.d_resp)
+        .Ack(c.c_nxt + c.d_req).Window(502).Nop().Nop()
+        .Timestamps(c.b_ts_last + 1, c.lb_ts_last).Payload(payload).Build();
+  };
+  double ns = RunTx(fd, client_seg(req), "request");
+  ns += RunTx(fd, backend_seg(""), "backend ACK");
+  ns += RunTx(fd, backend_seg(resp), "response");
+  ns += RunTx(fd, client_seg(""), "client ACK");
+  return ns;
+}
+
+struct ExchangeFigures {
+  double http_ns, opaque_ns, diff_ns;  // medians over rounds, per exchange
+};
+
+ExchangeFigures RunExchanges(int rounds, int per_round) {
+  auto dp = Must(Datapath::Load({4, 16}), "loading the datapath");
+  rm_config cfg{};
+  cfg.vip = htonl(kVip);
+  cfg.vip_port = htons(kVipPort);
+  cfg.mss = 1400;
+  cfg.client_wscale = 7;
+  cfg.sack_ok = 1;
+  cfg.ts_ok = 1;
+  cfg.rematch = 1;
+  cfg.max_clients = 4;
+  Must(dp->SetConfig(cfg), "config");
+  Must(dp->SetBackend(0, rm_backend{htonl(kBackendIp), htons(8080), RM_BE_ACTIVE}), "backend");
+  Must(dp->SetBackendList({0}), "backend list");
+  Flow http{ParseIpv4("198.18.1.1"), 41000, ParseMac("02:00:00:00:01:01"), 0x30000000, 1000};
+  Flow opaque{ParseIpv4("198.18.1.2"), 41001, ParseMac("02:00:00:00:01:02"), 0x40000000, 5000};
+  std::vector<rm_pool_key> keys;
+  for (uint32_t pid = 0; pid < 2; pid++) {
+    rm_pool p{};
+    p.state = RM_P_IDLE;
+    p.backend_id = 0;
+    p.owner = RM_NO_ID;
+    p.key = rm_pool_key{htonl(kBackendIp), htonl(kLbIp), htons(8080), htons(uint16_t(50000 + pid))};
+    p.lb_nxt = 0x50000000 + pid;
+    p.be_nxt = 0x60000000 + pid;
+    p.lb_ts_last = 7000;
+    p.be_ts_last = 9000;
+    p.lb_wscale = 7;
+    p.be_wscale = 7;
+    p.flags = RM_LEG_TS | RM_LEG_SACK | RM_LEG_WS;
+    memcpy(p.be_mac, kBackendMac.data(), 6);
+    Must(dp->PutPool(pid, p), "pool");
+    Must(dp->PushIdle(0, pid), "idle queue");
+    keys.push_back(p.key);
+  }
+  Handshake(*dp, http);
+  Handshake(*dp, opaque);
+  // What the test backend and loadgen send: a GET, and a head with a
+  // Content-Length and a 300-byte body.
+  const std::string req = "GET /r?size=300&seed=123456 HTTP/1.1\r\nHost: 198.18.0.10:8080\r\n\r\n";
+  const std::string resp =
+      "HTTP/1.1 200 OK\r\nContent-Length: 300\r\nX-Backend: b0\r\nX-Seed: 123456\r\n"
+      "X-Body-Fnv: 0123456789abcdef\r\nConnection: keep-alive\r\n\r\n" + std::string(300, 'b');
+  const std::string oreq(req.size(), 'q'), oresp(resp.size(), 'r');
+  // First requests: each client takes the next idle pooled connection.
+  for (Flow* f : {&http, &opaque}) {
+    rm_client c = Must(dp->GetClient(f->id), "client");
+    Bytes first = From(*f).Flags(packet::ACK | packet::PSH).Seq(c.c_nxt).Ack(c.s_nxt).Window(502)
+                      .Nop().Nop().Timestamps(c.c_ts_last + 1, c.s_ts_last)
+                      .Payload(f == &http ? req : oreq).Build();
+    RunTx(dp->prog_fd(), first, "first request");
+  }
+  const rm_pool_key& hk = keys[Must(dp->GetClient(http.id), "client").pool_id];
+  const rm_pool_key& ok = keys[Must(dp->GetClient(opaque.id), "client").pool_id];
+  {
+    // Finish the first exchanges (response, ACK) so each round starts at
+    // a boundary.
+    Exchange(*dp, http, hk, req, resp);
+    Exchange(*dp, opaque, ok, oreq, oresp);
+  }
+  StatsArray before = Must(dp->Stats(), "stats");
+  std::vector<double> h_ns, o_ns, d_ns;
+  for (int round = 0; round < rounds; round++) {
+    double h = 0, o = 0;
+    for (int i = 0; i < per_round; i++) {
+      h += Exchange(*dp, http, hk, req, resp);
+      o += Exchange(*dp, opaque, ok, oreq, oresp);
+    }
+    h_ns.push_back(h / per_round);
+    o_ns.push_back(o / per_round);
+    d_ns.push_back((h - o) / per_round);
+  }
+  StatsArray after = Must(dp->Stats(), "stats");
+  for (int i : {int(RM_ST_PIPELINED), int(RM_ST_PIN_FRAMING), int(RM_ST_PIN_RESP_OWED),
+                int(RM_ST_DROP_STALE), int(RM_ST_SPLICES)}) {
+    if (after[i] != before[i]) Die(std::string("exchanges: ") + StatName(i) + " moved");
+  }
+  rm_client hc = Must(dp->GetClient(http.id), "client");
+  if (!(hc.cflags & RM_CF_FRAMED) || !(hc.cflags & RM_CF_RFRAMED))
+    Die("the HTTP client's exchanges were not framed");
+  if (Must(dp->GetClient(opaque.id), "client").cflags & RM_CF_FRAMED)
+    Die("the opaque client's exchanges were framed");
+  return {Median(h_ns), Median(o_ns), Median(d_ns)};
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   size_t n = v.size();
@@ -117,14 +260,17 @@ int Main(int argc, char** argv) {
   int rounds = 15;
   uint32_t repeat = 100000;
   size_t payload = 1000;
+  int exchanges = 2000;
   for (int i = 1; i < argc; i++) {
     std::string a = argv[i];
     if (a.rfind("--rounds=", 0) == 0) rounds = atoi(a.c_str() + 9);
     else if (a.rfind("--repeat=", 0) == 0) repeat = uint32_t(strtoul(a.c_str() + 9, nullptr, 10));
     else if (a.rfind("--payload=", 0) == 0) payload = strtoul(a.c_str() + 10, nullptr, 10);
-    else Die("unknown argument " + a + " (--rounds= --repeat= --payload=)");
+    else if (a.rfind("--exchanges=", 0) == 0) exchanges = atoi(a.c_str() + 12);
+    else Die("unknown argument " + a + " (--rounds= --repeat= --payload= --exchanges=)");
   }
-  if (rounds < 1 || repeat < 1 || payload < 1 || payload > 1400) Die("bad arguments");
+  if (rounds < 1 || repeat < 1 || payload < 1 || payload > 1400 || exchanges < 0)
+    Die("bad arguments");
   absl::Status bpf = bpf_fixture::BpfAvailable();
   if (!bpf.ok()) {
     printf("SKIPPED: BPF unavailable: %s\n", std::string(bpf.message()).c_str());
@@ -234,6 +380,18 @@ int Main(int argc, char** argv) {
          *std::max_element(ratios.begin(), ratios.end()));
   printf("ratio (median of per-round ratios): %.2fx  (median/median: %.2fx)  target <= 5x: %s\n",
          ratio, fm > 0 ? dm / fm : 0, ratio <= 5.0 ? "met" : "MISSED");
+  if (exchanges > 0) {
+    ExchangeFigures x = RunExchanges(rounds, exchanges);
+    printf("exchanges: %d rounds x %d per client, interleaved (request, backend ACK, "
+           "response, client ACK; per-run kernel durations summed)\n",
+           rounds, exchanges);
+    printf("%-34s %10.1f ns (%.1f ns/pkt)\n", "HTTP/1.x exchange (both heads read)",
+           x.http_ns, x.http_ns / 4);
+    printf("%-34s %10.1f ns (%.1f ns/pkt)\n", "same lengths, not HTTP", x.opaque_ns,
+           x.opaque_ns / 4);
+    printf("%-34s %10.1f ns per exchange (median of per-round differences)\n",
+           "reading the heads costs", x.diff_ns);
+  }
   return 0;
 }
 
