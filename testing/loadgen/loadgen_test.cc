@@ -220,18 +220,29 @@ TEST_F(LoadgenTest, LatencyCsvHasOneRowPerRequest) {
   EXPECT_EQ(conns.count("0"), 0u) << "a request sent on no connection";
 }
 
+// A listening socket on an ephemeral loopback port (its address in `sa`),
+// or -1.
+int ListenLoopback(sockaddr_in* sa) {
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  if (lfd < 0) return -1;
+  *sa = sockaddr_in{};
+  sa->sin_family = AF_INET;
+  sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(*sa);
+  if (bind(lfd, reinterpret_cast<sockaddr*>(sa), sizeof(*sa)) != 0 || listen(lfd, 4) != 0 ||
+      getsockname(lfd, reinterpret_cast<sockaddr*>(sa), &len) != 0) {
+    close(lfd);
+    return -1;
+  }
+  return lfd;
+}
+
 // A one-connection server that alternates X-Backend between "a" and "b", as
 // a per-request rematching load balancer would.
 TEST(LoadgenSwitchTest, CountsBackendSwitchesPerConnection) {
-  int lfd = socket(AF_INET, SOCK_STREAM, 0);
-  ASSERT_GE(lfd, 0);
   sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(sa);
-  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  ASSERT_EQ(listen(lfd, 4), 0);
-  ASSERT_EQ(getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  const int lfd = ListenLoopback(&sa);
+  ASSERT_GE(lfd, 0);
   std::thread server([lfd] {
     int fd = accept(lfd, nullptr, nullptr);
     if (fd < 0) return;
@@ -276,15 +287,9 @@ TEST(LoadgenSwitchTest, CountsBackendSwitchesPerConnection) {
 // before the rest: every request but the last must come in that wait, and
 // none before.
 TEST(LoadgenWriteEarlyTest, NextRequestGoesOutMidResponse) {
-  int lfd = socket(AF_INET, SOCK_STREAM, 0);
-  ASSERT_GE(lfd, 0);
   sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(sa);
-  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  ASSERT_EQ(listen(lfd, 4), 0);
-  ASSERT_EQ(getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  const int lfd = ListenLoopback(&sa);
+  ASSERT_GE(lfd, 0);
   std::atomic<int> early{0}, too_soon{0};
   std::thread server([lfd, &early, &too_soon] {
     int fd = accept(lfd, nullptr, nullptr);

@@ -116,6 +116,44 @@ Bytes Data(const Flow& f, size_t payload, uint32_t tsval) {
 
 double Median(std::vector<double> v);
 
+// A datapath for 4 clients: the VIP, TS, SACK and window scaling on.
+std::unique_ptr<Datapath> LoadDatapath() {
+  auto dp = Must(Datapath::Load({4, 16}), "loading the datapath");
+  rm_config cfg{};
+  cfg.vip = htonl(kVip);
+  cfg.vip_port = htons(kVipPort);
+  cfg.mss = 1400;
+  cfg.client_wscale = 7;
+  cfg.sack_ok = 1;
+  cfg.ts_ok = 1;
+  cfg.rematch = 1;
+  cfg.max_clients = 4;
+  Must(dp->SetConfig(cfg), "config");
+  return dp;
+}
+
+// An idle pooled connection `pid` of `backend` with tuple `key`, at the
+// given positions, queued.
+void AddIdlePool(Datapath& dp, uint32_t pid, uint32_t backend, const rm_pool_key& key,
+                 uint32_t lb_nxt, uint32_t be_nxt, uint32_t lb_ts, uint32_t be_ts,
+                 const MacAddr& be_mac) {
+  rm_pool p{};
+  p.state = RM_P_IDLE;
+  p.backend_id = backend;
+  p.owner = RM_NO_ID;
+  p.key = key;
+  p.lb_nxt = lb_nxt;
+  p.be_nxt = be_nxt;
+  p.lb_ts_last = lb_ts;
+  p.be_ts_last = be_ts;
+  p.lb_wscale = 7;
+  p.be_wscale = 7;
+  p.flags = RM_LEG_TS | RM_LEG_SACK | RM_LEG_WS;
+  memcpy(p.be_mac, be_mac.data(), 6);
+  Must(dp.PutPool(pid, p), "pool");
+  Must(dp.PushIdle(backend, pid), "idle queue");
+}
+
 // ---- whole exchanges
 
 const uint32_t kBackendIp = ParseIpv4("198.18.2.1");
@@ -162,39 +200,17 @@ struct ExchangeFigures {
 };
 
 ExchangeFigures RunExchanges(int rounds, int per_round) {
-  auto dp = Must(Datapath::Load({4, 16}), "loading the datapath");
-  rm_config cfg{};
-  cfg.vip = htonl(kVip);
-  cfg.vip_port = htons(kVipPort);
-  cfg.mss = 1400;
-  cfg.client_wscale = 7;
-  cfg.sack_ok = 1;
-  cfg.ts_ok = 1;
-  cfg.rematch = 1;
-  cfg.max_clients = 4;
-  Must(dp->SetConfig(cfg), "config");
+  auto dp = LoadDatapath();
   Must(dp->SetBackend(0, rm_backend{htonl(kBackendIp), htons(8080), RM_BE_ACTIVE}), "backend");
   Must(dp->SetBackendList({0}), "backend list");
   Flow http{ParseIpv4("198.18.1.1"), 41000, ParseMac("02:00:00:00:01:01"), 0x30000000, 1000};
   Flow opaque{ParseIpv4("198.18.1.2"), 41001, ParseMac("02:00:00:00:01:02"), 0x40000000, 5000};
   std::vector<rm_pool_key> keys;
   for (uint32_t pid = 0; pid < 2; pid++) {
-    rm_pool p{};
-    p.state = RM_P_IDLE;
-    p.backend_id = 0;
-    p.owner = RM_NO_ID;
-    p.key = rm_pool_key{htonl(kBackendIp), htonl(kLbIp), htons(8080), htons(uint16_t(50000 + pid))};
-    p.lb_nxt = 0x50000000 + pid;
-    p.be_nxt = 0x60000000 + pid;
-    p.lb_ts_last = 7000;
-    p.be_ts_last = 9000;
-    p.lb_wscale = 7;
-    p.be_wscale = 7;
-    p.flags = RM_LEG_TS | RM_LEG_SACK | RM_LEG_WS;
-    memcpy(p.be_mac, kBackendMac.data(), 6);
-    Must(dp->PutPool(pid, p), "pool");
-    Must(dp->PushIdle(0, pid), "idle queue");
-    keys.push_back(p.key);
+    keys.push_back(
+        rm_pool_key{htonl(kBackendIp), htonl(kLbIp), htons(8080), htons(uint16_t(50000 + pid))});
+    AddIdlePool(*dp, pid, 0, keys.back(), 0x50000000 + pid, 0x60000000 + pid, 7000, 9000,
+                kBackendMac);
   }
   Handshake(*dp, http);
   Handshake(*dp, opaque);
@@ -281,17 +297,7 @@ int Main(int argc, char** argv) {
   if (!floor_skel) Die("loading //bpf:trivial");
   int floor_fd = bpf_program__fd(floor_skel->progs.xdp_tx_swap);
 
-  auto dp = Must(Datapath::Load({4, 16}), "loading the datapath");
-  rm_config cfg{};
-  cfg.vip = htonl(kVip);
-  cfg.vip_port = htons(kVipPort);
-  cfg.mss = 1400;
-  cfg.client_wscale = 7;
-  cfg.sack_ok = 1;
-  cfg.ts_ok = 1;
-  cfg.rematch = 1;
-  cfg.max_clients = 4;
-  Must(dp->SetConfig(cfg), "config");
+  auto dp = LoadDatapath();
 
   Flow a{ParseIpv4("198.18.1.1"), 40000, ParseMac("02:00:00:00:01:01"), 0x10000000, 1000};
   Flow b{ParseIpv4("198.18.1.2"), 40001, ParseMac("02:00:00:00:01:02"), 0x20000000, 5000};
@@ -303,21 +309,10 @@ int Main(int argc, char** argv) {
   auto mirror_pool = [&](uint32_t pid, uint32_t backend, const Flow& other) {
     Must(dp->SetBackend(backend, rm_backend{htonl(kVip), htons(kVipPort), RM_BE_ACTIVE}),
          "backend");
-    rm_pool p{};
-    p.state = RM_P_IDLE;
-    p.backend_id = backend;
-    p.owner = RM_NO_ID;
-    p.key = rm_pool_key{htonl(kVip), htonl(other.ip), htons(kVipPort), htons(other.port)};
-    p.lb_nxt = other.isn + 1;  // keeps the ping-pong's seq near each flow's own
-    p.be_nxt = other.s_isn + 1;
-    p.lb_ts_last = other.tsval;
-    p.be_ts_last = other.s_ts;
-    p.lb_wscale = 7;
-    p.be_wscale = 7;
-    p.flags = RM_LEG_TS | RM_LEG_SACK | RM_LEG_WS;
-    memcpy(p.be_mac, kLbMac.data(), 6);
-    Must(dp->PutPool(pid, p), "pool");
-    Must(dp->PushIdle(backend, pid), "idle queue");
+    // Positions near the other flow's own keep the ping-pong's seq there.
+    AddIdlePool(*dp, pid, backend,
+                rm_pool_key{htonl(kVip), htonl(other.ip), htons(kVipPort), htons(other.port)},
+                other.isn + 1, other.s_isn + 1, other.tsval, other.s_ts, kLbMac);
   };
   mirror_pool(0, 0, b);
   mirror_pool(1, 1, a);
