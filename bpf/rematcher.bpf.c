@@ -664,6 +664,12 @@ static __always_inline struct rm_scratch *scratch_get(void) {
   return bpf_map_lookup_elem(&scratch, &z);
 }
 
+/* Where a segment's payload starts, from the packet's start (for
+ * bpf_xdp_load_bytes). */
+static __always_inline __u32 payload_off(const struct xdp_md *ctx, const struct rm_pkt *pk) {
+  return (__u32)((void *)pk->tcp - (void *)(long)ctx->data) + pk->tcp_hlen;
+}
+
 /* ------------------------------------------------- HTTP/1.x request framing
  *
  * rematcher moves a client only at a request boundary, and must not while
@@ -943,11 +949,12 @@ RM_GLOBAL int resp_track(__u32 id, __u32 start, __u32 len) {
   return 0;
 }
 
-/* Pins a client for good on its framing (RM_CF_PROVEN), counted. */
-static __always_inline void pin_proven(struct rm_client *c) {
+/* Pins a client for good on its framing (RM_CF_PROVEN), counted under
+ * `why` (RM_ST_PIN_FRAMING, RM_ST_PIN_RESP_OWED) and as pipelined. */
+static __always_inline void pin_proven(struct rm_client *c, __u32 why) {
   c->cflags = (c->cflags | RM_CF_PINNED | RM_CF_PROVEN) & ~RM_CF_CLEAN_MASK;
   stat_inc(RM_ST_PIPELINED);
-  stat_inc(RM_ST_PIN_FRAMING);
+  stat_inc(why);
 }
 
 /* client_established, under the client's lock, for new data on a spliced
@@ -976,9 +983,8 @@ RM_GLOBAL int framing_check(__u32 id, __u32 seq, __u32 len, __u64 pk_ack) {
   if (c->phase != RM_PH_REQ && !(c->cflags & RM_CF_PROVEN) &&
       (((c->cflags & RM_CF_RFRAMED) && c->s_nxt != c->resp_end) ||
        (c->cflags & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED)) {
-    c->cflags = (c->cflags | RM_CF_PINNED | RM_CF_PROVEN | RM_CF_HOLD) & ~RM_CF_CLEAN_MASK;
-    stat_inc(RM_ST_PIPELINED);
-    stat_inc(RM_ST_PIN_RESP_OWED);
+    pin_proven(c, RM_ST_PIN_RESP_OWED);
+    c->cflags |= RM_CF_HOLD;
     return 1;
   }
   /* A whole HTTP/1.x request, right behind the last byte, written before
@@ -999,13 +1005,13 @@ RM_GLOBAL int framing_check(__u32 id, __u32 seq, __u32 len, __u64 pk_ack) {
     if (!rm_after(seq + len, c->req_end)) {
       c->cflags &= ~RM_CF_SMALLWRITE;
     } else if (!(c->cflags & RM_CF_PROVEN) && !rm_after(seq, c->c_nxt)) {
-      pin_proven(c);
+      pin_proven(c, RM_ST_PIN_FRAMING);
     }
     return 0;
   }
   if (rm_after(c->c_nxt, c->req_end)) {
     if (!(c->cflags & RM_CF_PROVEN)) {
-      pin_proven(c);
+      pin_proven(c, RM_ST_PIN_FRAMING);
     }
     c->cflags |= RM_CF_HOLD;
     return 1;
@@ -1038,7 +1044,7 @@ RM_GLOBAL int framing_start(__u32 id, __u32 seq, __u32 len) {
   c->req_end = seq + flen;
   c->cflags = (c->cflags & ~RM_CF_REQHEAD) | RM_CF_FRAMED | (sc->fhead ? RM_CF_REQHEAD : 0);
   if (flen < len && !(c->cflags & RM_CF_PROVEN)) {
-    pin_proven(c);
+    pin_proven(c, RM_ST_PIN_FRAMING);
   }
   return 0;
 }
@@ -1553,7 +1559,7 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
    * kept in the scratch, not in a local live to phase B: the verifier
    * would walk every path in between twice (framed or not). */
   if (len && *(volatile __u8 *)&c->phase != RM_PH_REQ)
-    http_head_len(ctx, (__u32)((void *)pk->tcp - (void *)(long)ctx->data) + pk->tcp_hlen, len, 0);
+    http_head_len(ctx, payload_off(ctx, pk), len, 0);
   else
     sc->flen = 0;
 
@@ -2230,7 +2236,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     __u32 want = (ph == RM_PH_REQ && (cf & RM_CF_FRAMED) ? 1 : 0) |
                  ((cf & RM_CF_REQHEAD) ? 2 : 0) | ((cf & RM_CF_RCHUNKED) ? 4 : 0);
     if (want & 5) {
-      resp_read(ctx, (__u32)((void *)pk->tcp - (void *)(long)ctx->data) + pk->tcp_hlen, len, want);
+      resp_read(ctx, payload_off(ctx, pk), len, want);
     } else {
       sc->flen = 0;
       sc->fchunked = 0;

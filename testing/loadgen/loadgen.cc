@@ -459,10 +459,8 @@ class Worker {
     if (opt_.write_early_at > 0) {
       // One at a time: the first alone, each next one mid-response.
       if (c->inflight.empty()) return 1;
-      return c->inflight.size() < depth && c->inflight.size() == 1 && c->in_body &&
-                     c->resp.got >= opt_.write_early_at
-                 ? 1
-                 : 0;
+      return c->inflight.size() == 1 && c->in_body && c->resp.got >= opt_.write_early_at ? 1
+                                                                                         : 0;
     }
     return c->inflight.size() < depth ? depth - c->inflight.size() : 0;
   }

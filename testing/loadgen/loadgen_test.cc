@@ -237,6 +237,24 @@ int ListenLoopback(sockaddr_in* sa) {
   return lfd;
 }
 
+// The in-test servers' answer to the request head ending at `end` in `in`
+// (which it consumes): the test backend's response for its size and seed,
+// from backend `name`; the body's size in `size_out`.
+std::string TakeRequestAnswer(std::string* in, size_t end, const char* name,
+                              uint64_t* size_out = nullptr) {
+  auto head = backend::ParseRequestHead(absl::string_view(*in).substr(0, end));
+  uint64_t size = head.ok() ? *backend::QueryUint(head->query, "size", 0) : 0;
+  uint64_t seed = head.ok() ? *backend::QueryUint(head->query, "seed", 0) : 0;
+  in->erase(0, end + 4);
+  if (size_out) *size_out = size;
+  std::string body(size, '\0');
+  backend::FillBody(seed, 0, body.data(), size);
+  return absl::StrCat("HTTP/1.1 200 OK\r\nContent-Length: ", size, "\r\nX-Backend: ", name,
+                      "\r\nX-Seed: ", seed, "\r\nX-Body-Fnv: ",
+                      backend::FnvHex(backend::Fnv1a64Of(body.data(), size)), "\r\n\r\n",
+                      body);
+}
+
 // A one-connection server that alternates X-Backend between "a" and "b", as
 // a per-request rematching load balancer would.
 TEST(LoadgenSwitchTest, CountsBackendSwitchesPerConnection) {
@@ -258,16 +276,7 @@ TEST(LoadgenSwitchTest, CountsBackendSwitchesPerConnection) {
         }
         in.append(buf, static_cast<size_t>(n));
       }
-      auto head = backend::ParseRequestHead(absl::string_view(in).substr(0, end));
-      uint64_t size = head.ok() ? *backend::QueryUint(head->query, "size", 0) : 0;
-      uint64_t seed = head.ok() ? *backend::QueryUint(head->query, "seed", 0) : 0;
-      in.erase(0, end + 4);
-      std::string body(size, '\0');
-      backend::FillBody(seed, 0, body.data(), size);
-      std::string resp = absl::StrCat(
-          "HTTP/1.1 200 OK\r\nContent-Length: ", size, "\r\nX-Backend: ",
-          i % 2 ? "b" : "a", "\r\nX-Seed: ", seed, "\r\nX-Body-Fnv: ",
-          backend::FnvHex(backend::Fnv1a64Of(body.data(), size)), "\r\n\r\n", body);
+      std::string resp = TakeRequestAnswer(&in, end, i % 2 ? "b" : "a");
       send(fd, resp.data(), resp.size(), MSG_NOSIGNAL);
     }
   });
@@ -309,17 +318,8 @@ TEST(LoadgenWriteEarlyTest, NextRequestGoesOutMidResponse) {
       return true;
     };
     while (read_head(5000)) {
-      size_t end = in.find("\r\n\r\n");
-      auto head = backend::ParseRequestHead(absl::string_view(in).substr(0, end));
-      uint64_t size = head.ok() ? *backend::QueryUint(head->query, "size", 0) : 0;
-      uint64_t seed = head.ok() ? *backend::QueryUint(head->query, "seed", 0) : 0;
-      in.erase(0, end + 4);
-      std::string body(size, '\0');
-      backend::FillBody(seed, 0, body.data(), size);
-      std::string resp = absl::StrCat(
-          "HTTP/1.1 200 OK\r\nContent-Length: ", size, "\r\nX-Backend: a\r\nX-Seed: ", seed,
-          "\r\nX-Body-Fnv: ", backend::FnvHex(backend::Fnv1a64Of(body.data(), size)),
-          "\r\n\r\n", body);
+      uint64_t size = 0;
+      std::string resp = TakeRequestAnswer(&in, in.find("\r\n\r\n"), "a", &size);
       const size_t half = resp.size() - size / 2;
       if (in.find("\r\n\r\n") != std::string::npos) too_soon++;
       send(fd, resp.data(), half, MSG_NOSIGNAL);
