@@ -4,6 +4,10 @@
 //   GET  /r?size=N&delay_us=D&seed=S   -> 200, N body bytes (see body.h)
 //   POST /r?size=N&...  + body         -> same, plus X-Upload-Len and
 //                                         X-Upload-Fnv of the received body
+//   ...&pause_at=P&pause_us=U          -> the body's first P bytes, nothing
+//                                         for U microseconds, then the rest
+//   ...&reset_at=P[&pause_us=U]        -> the first P bytes, U (50 ms), then
+//                                         the connection ends with an RST
 // Response headers: Content-Length, X-Backend, X-Seed, X-Body-Fnv,
 // Connection. Unknown paths: 404. Malformed requests: 400 and close.
 //
@@ -108,6 +112,7 @@ int main(int argc, char** argv) {
   LOG(INFO) << "backend: served " << stats.requests << " requests on "
             << stats.connections_accepted << " connections, "
             << stats.bad_requests << " bad, " << stats.body_bytes_sent
-            << " body bytes, " << stats.corrupted_responses << " corrupted";
+            << " body bytes, " << stats.corrupted_responses << " corrupted, " << stats.resets
+            << " reset";
   return 0;
 }

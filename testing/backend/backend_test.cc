@@ -235,6 +235,41 @@ TEST_F(BackendTest, MidBodyPauseSendsTheFirstBytesThenTheRest) {
   EXPECT_GE(ms, 399);
 }
 
+// reset_at: the body's first reset_at bytes, then (pause_us later) an RST,
+// not a FIN: the client's next read fails with ECONNRESET.
+TEST_F(BackendTest, ResetAtSendsTheFirstBytesThenResets) {
+  StartBackend();
+  Fd c(Connect());
+  ASSERT_TRUE(SendAll(c.get(), "GET /r?size=100000&seed=4&reset_at=30000&pause_us=100000 "
+                               "HTTP/1.1\r\nHost: t\r\n\r\n")
+                  .ok());
+  std::string got;
+  char buf[65536];
+  int err = 0;
+  for (;;) {
+    pollfd p{c.get(), POLLIN, 0};
+    ASSERT_GT(poll(&p, 1, 5000), 0) << "neither data nor a reset within 5 s";
+    ssize_t n = recv(c.get(), buf, sizeof(buf), 0);
+    if (n > 0) {
+      got.append(buf, static_cast<size_t>(n));
+      continue;
+    }
+    err = n < 0 ? errno : 0;
+    break;
+  }
+  EXPECT_EQ(err, ECONNRESET) << "ended by " << (err ? strerror(err) : "a FIN");
+  const size_t head_end = got.find("\r\n\r\n");
+  ASSERT_NE(head_end, std::string::npos);
+  EXPECT_EQ(got.size() - (head_end + 4), 30000u);
+  Fd d(Connect());
+  ASSERT_TRUE(SendAll(d.get(), "GET /r?size=10&reset_at=5&pause_at=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+                  .ok());
+  std::string dbuf;
+  auto r = ReadResponse(d.get(), &dbuf);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 400) << "reset_at and pause_at together";
+}
+
 TEST_F(BackendTest, StallsPauseAnswers) {
   StartBackend({"--stall_every_ms=300", "--stall_ms=150"});
   Fd fd(Connect());

@@ -68,6 +68,9 @@ struct PendingResponse {
   uint64_t pause_at = UINT64_MAX;
   int64_t pause_us = 0;
   bool paused = false;
+  // reset_at: the pause ends the connection with an RST instead (SO_LINGER
+  // 0): a backend that dies or aborts mid-response.
+  bool reset_after_pause = false;
   bool close_after = false;
   // Progress while being copied into the output buffer.
   bool head_done = false;
@@ -304,6 +307,16 @@ class Worker {
     conns_.erase(c->id);
   }
 
+  // Ends the connection with an RST rather than a FIN.
+  void ResetConn(Conn* c) {
+    linger l{1, 0};
+    if (setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) != 0) {
+      PLOG(ERROR) << "SO_LINGER conn " << c->id;
+    }
+    ++stats_.resets;
+    CloseConn(c);
+  }
+
   void HandleConnEvent(uint64_t id, uint32_t events) {
     Conn* c = Find(id);
     if (c == nullptr) return;
@@ -530,12 +543,17 @@ class Worker {
       absl::StatusOr<uint64_t> seed = QueryUint(c->req_query, "seed", 0);
       absl::StatusOr<uint64_t> pause_at = QueryUint(c->req_query, "pause_at", UINT64_MAX);
       absl::StatusOr<uint64_t> pause_us = QueryUint(c->req_query, "pause_us", 0);
+      absl::StatusOr<uint64_t> reset_at = QueryUint(c->req_query, "reset_at", UINT64_MAX);
       absl::Status bad = !size.ok() ? size.status()
                          : !delay.ok() ? delay.status()
                          : !seed.ok()  ? seed.status()
                          : !pause_at.ok() ? pause_at.status()
                          : !pause_us.ok() ? pause_us.status()
+                         : !reset_at.ok() ? reset_at.status()
                                        : absl::OkStatus();
+      if (bad.ok() && *reset_at != UINT64_MAX && *pause_at != UINT64_MAX) {
+        bad = absl::InvalidArgumentError("reset_at and pause_at together");
+      }
       if (bad.ok() && *size > kMaxBodyBytes) {
         bad = absl::InvalidArgumentError("size too large");
       }
@@ -555,6 +573,13 @@ class Worker {
       r.body_bytes = *size;
       r.pause_at = *pause_at;
       r.pause_us = static_cast<int64_t>(*pause_us);
+      if (*reset_at < r.body_bytes) {
+        // The first reset_at bytes, time to deliver them (pause_us, 50 ms
+        // if not given), then the RST.
+        r.pause_at = *reset_at;
+        if (r.pause_us == 0) r.pause_us = 50'000;
+        r.reset_after_pause = true;
+      }
       const uint64_t nth = response_counter_->fetch_add(1) + 1;
       if (options_.corrupt_every > 0 &&
           nth % static_cast<uint64_t>(options_.corrupt_every) == 0 &&
@@ -673,6 +698,11 @@ class Worker {
       if (c == nullptr) continue;
       switch (t.kind) {
         case TimerKind::kResponseReady:
+          if (!c->responses.empty() && c->responses.front().reset_after_pause &&
+              c->responses.front().paused && c->responses.front().ready_ns <= now) {
+            ResetConn(c);
+            break;
+          }
           Progress(c);
           break;
         case TimerKind::kIdleCheck:
@@ -800,6 +830,7 @@ ServerStats Server::Wait() {
     total.bad_requests += s.bad_requests;
     total.body_bytes_sent += s.body_bytes_sent;
     total.corrupted_responses += s.corrupted_responses;
+    total.resets += s.resets;
   }
   return total;
 }

@@ -4,6 +4,8 @@
 // SO_REUSEPORT listener), and every accepted connection until it is closed.
 // Contract (see README-style notes in backend_main.cc for the request API):
 //   GET|POST /r?size=N&delay_us=D&seed=S -> 200, body = FillBody(S, 0..N)
+//     &pause_at=P&pause_us=U: the body's first P bytes, a pause of U, the rest
+//     &reset_at=P[&pause_us=U]: the first P bytes, U (50 ms), then an RST
 //   other paths -> 404; malformed heads -> 400 and close.
 // Delays, stalls and body generation never block other connections except the
 // deliberate stall (--stall_*), which freezes a whole event loop like a GC
@@ -51,6 +53,7 @@ struct ServerStats {
   uint64_t bad_requests = 0;
   uint64_t body_bytes_sent = 0;
   uint64_t corrupted_responses = 0;
+  uint64_t resets = 0;  // connections ended with an RST (reset_at)
 };
 
 class Worker;

@@ -4,6 +4,8 @@
 // Two tc programs (tcx or clsact), one per direction, attached to the
 // switch-side veth peer of one host (see faults_shared.h for the direction
 // names). Each frame draws, in this order:
+//   a TCP RST, while the drop_resets budget lasts -> TC_ACT_SHOT (a reset
+//                lost: nothing retransmits one);
 //   loss      -> TC_ACT_SHOT;
 //   duplicate -> bpf_clone_redirect() to the same hook (the copy carries
 //                FLT_DUP_MARK and is passed untouched when it comes back);
@@ -106,6 +108,20 @@ static __always_inline __u32 payload_span(struct __sk_buff *skb, __u32 *off) {
   return len;
 }
 
+// An unfragmented IPv4 TCP frame with RST set.
+static __always_inline int is_tcp_rst(struct __sk_buff *skb) {
+  struct ethhdr eth;
+  struct iphdr ip;
+  struct tcphdr tcp;
+  if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0) return 0;
+  if (eth.h_proto != bpf_htons(ETH_P_IP)) return 0;
+  if (bpf_skb_load_bytes(skb, sizeof(eth), &ip, sizeof(ip)) < 0) return 0;
+  if (ip.version != 4 || ip.ihl < 5 || ip.protocol != IPPROTO_TCP) return 0;
+  if (ip.frag_off & bpf_htons(0x1fff)) return 0;
+  if (bpf_skb_load_bytes(skb, sizeof(eth) + ip.ihl * 4, &tcp, sizeof(tcp)) < 0) return 0;
+  return tcp.rst;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u32 dir, __u64 redirect_flags) {
   if (skb->mark == FLT_DUP_MARK) {  // our own copy coming back: pass it
     skb->mark = 0;
@@ -116,6 +132,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir, __u64 redire
   if (!cfg) return TC_ACT_UNSPEC;
   count(dir, FLT_CTR_SEEN);
 
+  if ((__s32)*(volatile __u32 *)&cfg->drop_resets > 0 && is_tcp_rst(skb) &&
+      (__s32)__sync_fetch_and_sub(&cfg->drop_resets, 1) > 0) {
+    count(dir, FLT_CTR_RST_DROPPED);
+    return TC_ACT_SHOT;
+  }
   if (hit(cfg, dir, cfg->loss_ppm)) {
     count(dir, FLT_CTR_DROPPED);
     return TC_ACT_SHOT;

@@ -79,6 +79,8 @@ absl::Status ValidateFaultSpec(const FaultSpec& s) {
     if (!(p >= 0 && p <= 1))
       return absl::InvalidArgumentError(absl::StrCat(name, " must be in [0, 1], got ", p));
   }
+  if (s.drop_resets > 0x7fffffffu)
+    return absl::InvalidArgumentError("drop_resets must be below 2^31");
   if (s.reorder_gap_frames < 0) return absl::InvalidArgumentError("reorder_gap_frames < 0");
   if (s.reorder_max_hold <= absl::ZeroDuration() || s.reorder_max_hold > absl::Seconds(1))
     return absl::InvalidArgumentError("reorder_max_hold must be in (0, 1s]");
@@ -86,9 +88,11 @@ absl::Status ValidateFaultSpec(const FaultSpec& s) {
 }
 
 std::string FaultSpecString(const FaultSpec& s) {
-  return absl::StrFormat("loss=%g%% dup=%g%% reorder=%g%% corrupt=%g%% dir=%s seed=%d", s.loss * 100,
-                         s.duplicate * 100, s.reorder * 100, s.corrupt * 100, DirName(s.dir),
-                         s.seed);
+  std::string out =
+      absl::StrFormat("loss=%g%% dup=%g%% reorder=%g%% corrupt=%g%% dir=%s seed=%d", s.loss * 100,
+                      s.duplicate * 100, s.reorder * 100, s.corrupt * 100, DirName(s.dir), s.seed);
+  if (s.drop_resets) absl::StrAppend(&out, " drop_resets=", s.drop_resets);
+  return out;
 }
 
 std::string FaultCounters::ToString() const {
@@ -97,10 +101,11 @@ std::string FaultCounters::ToString() const {
                          {"to_host", &to_host}}) {
     absl::StrAppendFormat(&out,
                           "%-9s seen=%d dropped=%d duplicated=%d dup_failed=%d corrupted=%d/%d "
-                          "relayed=%d held=%d reordered=%d held_alone=%d relay_lost=%d\n",
+                          "resets_dropped=%d relayed=%d held=%d reordered=%d held_alone=%d "
+                          "relay_lost=%d\n",
                           name, c->seen, c->dropped, c->duplicated, c->duplicate_failed,
-                          c->corrupted, c->corrupt_eligible, c->relayed, c->held, c->reordered,
-                          c->held_alone, c->relay_lost);
+                          c->corrupted, c->corrupt_eligible, c->resets_dropped, c->relayed,
+                          c->held, c->reordered, c->held_alone, c->relay_lost);
   }
   return out;
 }
@@ -158,6 +163,7 @@ absl::Status FaultInjector::WriteConfig() {
       c.loss_ppm = Ppm(spec_.loss);
       c.dup_ppm = Ppm(spec_.duplicate);
       c.corrupt_ppm = Ppm(spec_.corrupt);
+      c.drop_resets = spec_.drop_resets;
     }
     c.seed = spec_.seed == 0 ? 0 : spec_.seed * 2 + d;  // the two directions differ
     uint32_t key = d;
@@ -370,6 +376,7 @@ absl::StatusOr<FaultCounters> FaultInjector::Counters() const {
     o.duplicate_failed = sum[d][FLT_CTR_DUP_FAILED];
     o.corrupt_eligible = sum[d][FLT_CTR_CORRUPT_ELIGIBLE];
     o.corrupted = sum[d][FLT_CTR_CORRUPTED];
+    o.resets_dropped = sum[d][FLT_CTR_RST_DROPPED];
     const RelayDirectionCounters& r = rc.dir[d];
     o.relayed = r.received;
     o.held = r.held;

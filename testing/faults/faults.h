@@ -51,6 +51,10 @@ struct FaultSpec {
   double duplicate = 0;
   double reorder = 0;
   double corrupt = 0;  // of IPv4 TCP/UDP frames that carry payload
+  // The first this many TCP RSTs in each chosen direction are dropped (a
+  // reset lost on the way: TCP never retransmits one). Update() sets a new
+  // budget.
+  uint32_t drop_resets = 0;
   Direction dir = Direction::kBoth;
   // 0: unseeded (kernel prandom, std::random_device). Otherwise the BPF draws
   // use a per-CPU xorshift seeded from it and the relay a seeded mt19937_64;
@@ -75,6 +79,7 @@ struct DirectionCounters {
   uint64_t duplicate_failed = 0;  // bpf_clone_redirect errors
   uint64_t corrupt_eligible = 0;  // IPv4 TCP/UDP frames with payload that were not dropped
   uint64_t corrupted = 0;
+  uint64_t resets_dropped = 0;    // by the drop_resets budget
   // relay (zero unless reorder was requested at Attach)
   uint64_t relayed = 0;      // frames the relay read
   uint64_t held = 0;         // frames held back

@@ -25,6 +25,7 @@ DEFINE_double(loss, 0, "drop probability per frame");
 DEFINE_double(duplicate, 0, "duplication probability per frame");
 DEFINE_double(reorder, 0, "probability a frame is held back (splices a relay in)");
 DEFINE_double(corrupt, 0, "probability an IPv4 TCP/UDP frame with payload gets one byte flipped");
+DEFINE_uint32(drop_resets, 0, "drop the first N TCP RSTs in each chosen direction");
 DEFINE_string(dir, "both", "from_host, to_host or both");
 DEFINE_uint64(seed, 0, "0: unseeded");
 DEFINE_int32(reorder_gap, 1, "release a held frame after this many frames passed it (0: timeout only)");
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
   spec.duplicate = FLAGS_duplicate;
   spec.reorder = FLAGS_reorder;
   spec.corrupt = FLAGS_corrupt;
+  spec.drop_resets = FLAGS_drop_resets;
   spec.seed = FLAGS_seed;
   spec.reorder_gap_frames = FLAGS_reorder_gap;
   if (FLAGS_dir == "from_host") {

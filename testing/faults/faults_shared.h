@@ -28,6 +28,7 @@ enum flt_ctr {
   FLT_CTR_DUP_FAILED,       /* bpf_clone_redirect failed: no copy sent */
   FLT_CTR_CORRUPT_ELIGIBLE, /* IPv4 TCP/UDP frames with payload, not dropped */
   FLT_CTR_CORRUPTED,        /* one payload byte flipped, checksum left stale */
+  FLT_CTR_RST_DROPPED,      /* a TCP RST dropped by the drop_resets budget */
   FLT_CTR_MAX,
 };
 
@@ -37,7 +38,8 @@ struct flt_config {
   __u32 loss_ppm;      /*  0 */
   __u32 dup_ppm;       /*  4 */
   __u32 corrupt_ppm;   /*  8 */
-  __u32 pad;           /* 12 */
+  __u32 drop_resets;   /* 12: TCP RSTs still to drop (a budget the program
+                          counts down; signed below zero when overdrawn) */
   __u64 seed;          /* 16: 0 = kernel prandom, else per-CPU xorshift */
 };
 

@@ -313,6 +313,11 @@ TEST(FaultSpecTest, Validates) {
   s = {};
   s.loss = 0.05;
   EXPECT_EQ(FaultSpecString(s), "loss=5% dup=0% reorder=0% corrupt=0% dir=both seed=0");
+  s.drop_resets = 2;
+  EXPECT_EQ(FaultSpecString(s),
+            "loss=5% dup=0% reorder=0% corrupt=0% dir=both seed=0 drop_resets=2");
+  s.drop_resets = 0x80000000u;
+  EXPECT_FALSE(ValidateFaultSpec(s).ok());
 }
 
 // What the kernels report for the same transfer with no faults: the yardstick
@@ -457,6 +462,49 @@ TEST_F(FaultsTest, CorruptionIsCaughtByChecksums) {
     EXPECT_NEAR(Ratio(d->corrupted, d->corrupt_eligible), 0.01, 0.006)
         << d->corrupted << "/" << d->corrupt_eligible;
   }
+}
+
+// drop_resets: the first N RSTs towards the host are lost, later ones pass.
+// A connect to a closed port is refused by an RST; with the first one
+// dropped, the client hears nothing until its SYN is retransmitted (1 s).
+TEST_F(FaultsTest, FirstResetsAreDropped) {
+  FaultSpec spec;
+  spec.drop_resets = 1;
+  spec.dir = Direction::kToHost;
+  auto f = MustAttach(spec);
+  ASSERT_NE(f, nullptr);
+  auto refused_after = [&](uint16_t port) -> absl::Duration {
+    absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->client_ns(0), AF_INET, SOCK_STREAM);
+    EXPECT_TRUE(fd.ok()) << fd.status();
+    if (!fd.ok()) return absl::InfiniteDuration();
+    SetTimeouts(*fd, 10);
+    sockaddr_in a = Addr(tb_->backend_ip(0), port);
+    absl::Time t0 = absl::Now();
+    int rc = connect(*fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    int err = errno;
+    absl::Duration took = absl::Now() - t0;
+    close(*fd);
+    EXPECT_EQ(rc, -1);
+    EXPECT_EQ(err, ECONNREFUSED) << strerror(err);
+    return took;
+  };
+  absl::Duration first = refused_after(9200);
+  absl::Duration second = refused_after(9201);
+  std::cout << "[resets] first refused after " << first << ", second after " << second << "\n";
+  EXPECT_GE(first, absl::Milliseconds(900)) << "the first RST was not dropped";
+  EXPECT_LT(second, absl::Milliseconds(500)) << "an RST past the budget was dropped";
+  absl::StatusOr<FaultCounters> c = f->Counters();
+  ASSERT_TRUE(c.ok());
+  std::cout << c->ToString();
+  EXPECT_EQ(c->to_host.resets_dropped, 1u);
+  EXPECT_EQ(c->from_host.resets_dropped, 0u);
+  EXPECT_EQ(c->to_host.dropped, 0u) << "no loss asked for";
+  // Update() sets a new budget.
+  ASSERT_TRUE(f->Update(spec).ok());
+  EXPECT_GE(refused_after(9202), absl::Milliseconds(900));
+  c = f->Counters();
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->to_host.resets_dropped, 2u);
 }
 
 TEST_F(FaultsTest, DirectionsAndUpdate) {
