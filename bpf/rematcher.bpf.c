@@ -469,6 +469,7 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
        * stays recorded: it gets the connection back if the backend still
        * owes it bytes (pool_reattach). */
       p->state = RM_P_VERIFY;
+      p->flags &= ~RM_POOL_ANSWERED;
       p->owner = owner;
       p->last_used_ns = bpf_ktime_get_ns();
       verify = 1;
@@ -949,6 +950,35 @@ RM_GLOBAL int resp_track(__u32 id, __u32 start, __u32 len) {
   return 0;
 }
 
+/* The framed response in flight is not whole yet: short of its
+ * Content-Length (RM_CF_RFRAMED), or chunked and its last chunk not seen.
+ * The backend still owes the client bytes, sent or not (it may be held by
+ * the client's window, or waiting out a lost ACK): a boundary, a hand-back
+ * or a clean close here would strand them. Phase RESP or IDLE only (the
+ * flags are the last response's). */
+static __always_inline int resp_owed(const struct rm_client *c) {
+  return ((c->cflags & RM_CF_RFRAMED) && c->s_nxt != c->resp_end) ||
+         (c->cflags & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED;
+}
+
+/* Under client `id`'s lock, for a client that looks quiescent (all sent
+ * both ways acknowledged): 1 if the backend may still owe it bytes all the
+ * same, so it is neither idle (its pooled connection is not handed back)
+ * nor closing between requests (a FIN is a half-close, an RST an abort,
+ * both for the backend). Either its framed response is not whole
+ * (resp_owed), or the window it last offered, as forwarded to the backend
+ * (lb_win), holds less than a segment: a backend with more to send is held
+ * back by it whatever the framing says (the client is not reading). */
+RM_GLOBAL int backend_may_owe(__u32 id) {
+  __u32 z = 0;
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  if (!c || !cfg) return 1;
+  if (resp_owed(c)) return 1;
+  __u32 mss = cfg->mss ? cfg->mss : 1460;
+  return ((__u32)c->lb_win << (c->lb_wscale & 15)) < mss;
+}
+
 /* Pins a client for good on its framing (RM_CF_PROVEN), counted under
  * `why` (RM_ST_PIN_FRAMING, RM_ST_PIN_RESP_OWED) and as pipelined. */
 static __always_inline void pin_proven(struct rm_client *c, __u32 why) {
@@ -980,9 +1010,7 @@ RM_GLOBAL int framing_check(__u32 id, __u32 seq, __u32 len, __u64 pk_ack) {
    * hand the rest of that response to whoever takes the pooled connection
    * next, so it stays, for good (its later boundaries would look clean:
    * the rest of this response would be taken for the next one's head). */
-  if (c->phase != RM_PH_REQ && !(c->cflags & RM_CF_PROVEN) &&
-      (((c->cflags & RM_CF_RFRAMED) && c->s_nxt != c->resp_end) ||
-       (c->cflags & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED)) {
+  if (c->phase != RM_PH_REQ && !(c->cflags & RM_CF_PROVEN) && resp_owed(c)) {
     pin_proven(c, RM_ST_PIN_RESP_OWED);
     c->cflags |= RM_CF_HOLD;
     return 1;
@@ -1649,6 +1677,14 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     if (first) stat_inc(RM_ST_HANDSHAKES);
     first = 0;
     if (bad) {
+      /* Reset by its backend, yet the client still talks: the RST passed
+       * on was lost, or its seq was past what the client had (data lost
+       * ahead of it) and this is the challenge ACK saying where it is.
+       * Tell it again, as its own stack would: RST at the seq it acks.
+       * (Read unlocked: the flag is set once, with the state, for good.) */
+      if (state == RM_C_CLOSED && !pk->rst &&
+          (*(volatile __u8 *)&c->fin_flags & RM_FIN_B_RST))
+        return send_rst(ctx, pk);
       stat_inc(RM_ST_DROP_BAD_STATE);
       return XDP_DROP;
     }
@@ -1724,12 +1760,15 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     goto unlock;
   }
 
-  /* Spliced. Client RST or FIN may end the exchange here. */
+  /* Spliced. Client RST or FIN may end the exchange here. Not while a
+   * framed response is owed, or the client's window holds the backend
+   * back: a FIN then is a half-close (the backend gets it and finishes), an
+   * RST an abort (the backend gets it too). */
   int quiescent = c->phase != RM_PH_REQ && pk->ack_f &&
                   !rm_before(pk->ack, c->s_nxt) &&
                   c->b_acked == c->c_nxt + c->d_req &&
                   pk->seq == c->c_nxt && len == 0 && !(c->fin_flags & RM_FIN_B);
-  if (state == RM_C_ESTABLISHED && (pk->rst || pk->fin) && quiescent) {
+  if (state == RM_C_ESTABLISHED && (pk->rst || pk->fin) && quiescent && !backend_may_owe(id)) {
     /* Clean close between requests: keep the pooled connection, once the
      * backend shows it owes nothing more (pool_verify_segment). */
     leg_from_client(leg, c);
@@ -2016,6 +2055,7 @@ static __noinline int pool_reattach(__u32 pid, __u32 bid, __u32 owner, __u32 oep
   rm_lock(&p->lock);
   if (p->state == RM_P_VERIFY && p->owner == owner && p->owner_epoch == oepoch) {
     p->state = RM_P_BUSY;
+    p->flags &= ~RM_POOL_ANSWERED;
     p->owner_epoch = cep;
     ok = 1;
   }
@@ -2039,8 +2079,10 @@ static __noinline int pool_reattach(__u32 pid, __u32 bid, __u32 owner, __u32 oep
  * the start of its response (another client's bytes). The core probes it
  * (the last byte the backend received, sent again, which a TCP stack
  * answers at once with an ACK carrying its snd_nxt) RM_VERIFY_SETTLE_NS
- * after the release. An answer
- * from the backend with nothing sent past be_nxt makes it idle. Data or a
+ * after the release. Two answers from the backend with nothing sent past
+ * be_nxt, the second RM_VERIFY_SETTLE_NS after the first (so to a later
+ * probe), make it idle: the probe acks everything and opens the window, so
+ * a backend that was only held back sends the rest after the first. Data or a
  * sequence past be_nxt give it back to its last client if it went idle
  * waiting for them (pool_reattach; the segment itself is dropped: it is
  * nearly always the answer to the probe, which carries nothing, and owed
@@ -2082,9 +2124,21 @@ static __noinline int pool_verify_segment(struct xdp_md *ctx, struct rm_pkt *pk,
     r.flags = RM_TH_ACK;
   } else if (end == p->be_nxt && pk->ack_f && !rm_before(pk->ack, p->lb_nxt) &&
              now >= p->last_used_ns + RM_VERIFY_SETTLE_NS) {
-    p->state = RM_P_IDLE;
-    p->last_used_ns = bpf_ktime_get_coarse_ns();
-    ok = 1;
+    if (p->flags & RM_POOL_ANSWERED) {
+      p->flags &= ~RM_POOL_ANSWERED;
+      p->state = RM_P_IDLE;
+      p->last_used_ns = bpf_ktime_get_coarse_ns();
+      ok = 1;
+    } else {
+      /* The first answer. The probe it answers acked everything and opened
+       * the window, so a backend that was held back (a client not reading,
+       * an ACK lost while it waits on its retransmission timer) sends what
+       * it still owes right behind this answer. Only an answer to a later
+       * probe, after it has acted on this one, shows that it sent nothing
+       * more; the settle time runs again from here. */
+      p->flags |= RM_POOL_ANSWERED;
+      p->last_used_ns = now;
+    }
   }
   rm_unlock(&p->lock);
   if (owes) {
@@ -2325,6 +2379,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     c->fin_flags |= RM_FIN_C_ACKED;
   if (pk->rst) {
     c->state = RM_C_CLOSED;
+    c->fin_flags |= RM_FIN_B_RST;
     retire = 1;
   } else if ((c->fin_flags & (RM_FIN_B_ACKED | RM_FIN_C_ACKED)) ==
                  (RM_FIN_B_ACKED | RM_FIN_C_ACKED) &&
@@ -2513,9 +2568,12 @@ int xdp_ctl(struct xdp_md *ctx) {
   int act = 0, clean = 0;
 
   rm_lock(&c->lock);
+  /* A client whose framed response is not whole, or whose window is
+   * closed, is not idle, however quiet: it is not reading, or the backend
+   * is waiting out a lost ACK. */
   int quiescent = c->pool_id == RM_NO_ID ||
                   (c->phase != RM_PH_REQ && c->c_acked == c->s_nxt &&
-                   c->b_acked == c->c_nxt + c->d_req && !c->fin_flags);
+                   c->b_acked == c->c_nxt + c->d_req && !c->fin_flags && !backend_may_owe(id));
   /* The caller picks `older` per state: a short linger for CLOSED and
    * LAST_ACK, the idle timeout for the rest. */
   if (op == RM_CTL_FREE_CLIENT && c->state != RM_C_FREE && c->last_seen_ns < older) {

@@ -38,7 +38,8 @@
 #define RM_UNVERIFIED_ID 0xfffffffeu
 /* How long after a release into RM_P_VERIFY a backend segment may prove
  * the connection clean: an earlier one may have been sent before a lost
- * response tail. The core probes no sooner. */
+ * response tail. The core probes no sooner. The same again between the
+ * first answer and the second (RM_POOL_ANSWERED). */
 #define RM_VERIFY_SETTLE_NS (10ULL * 1000 * 1000)
 
 /* Idle-queue entries: pool id in the low 20 bits, generation above. */
@@ -122,6 +123,9 @@ enum rm_leg_flags {
   RM_LEG_TS = 1,   /* timestamps negotiated on this leg */
   RM_LEG_SACK = 2, /* SACK negotiated */
   RM_LEG_WS = 4,   /* window scaling negotiated */
+  /* rm_pool.flags only, never a leg's: RM_P_VERIFY had its first answer
+   * (pool_verify_segment); cleared when it goes idle. */
+  RM_POOL_ANSWERED = 0x80,
 };
 
 /* One client connection. Indexed by client id in the `clients` array; the
@@ -259,6 +263,10 @@ enum rm_fin_flags {
   RM_FIN_B = 2,       /* backend sent FIN */
   RM_FIN_C_ACKED = 4, /* backend acked the client's FIN */
   RM_FIN_B_ACKED = 8, /* client acked the backend's FIN */
+  RM_FIN_B_RST = 16,  /* the backend reset the connection mid-exchange: the
+                         reset passed on may be lost, so the client is told
+                         again (a segment from it is answered with RST, and
+                         the core resends one: lb/client_reset.h) */
 };
 
 enum rm_pool_state {
@@ -269,8 +277,8 @@ enum rm_pool_state {
   RM_P_DEAD = 4,       /* unusable: userspace closes and replaces it */
   RM_P_VERIFY = 5,     /* handed back by a client that closed or went idle:
                           out of the idle queue until the backend shows it
-                          has sent nothing beyond be_nxt (its answer to a
-                          probe, see pool_verify_segment) */
+                          has sent nothing beyond be_nxt (its answers to two
+                          probes, see pool_verify_segment) */
 };
 
 /* One pooled backend connection, indexed by pool id. Its leg state (lb_nxt,

@@ -156,6 +156,10 @@ absl::Status Core::Init() {
   LOG(INFO) << "XDP attached to " << opts_.ifname << " ("
             << (dp_->attached_generic() ? "generic" : "native") << "), VIP "
             << AddrString(opts_.vip, opts_.vip_port);
+  if (auto st = client_resets_.Open(opts_.ifindex); !st.ok())
+    LOG(WARNING) << "clients reset by their backend are told once only (the datapath passes "
+                    "the backend's RST on), not again: "
+                 << st;
 
   if (dp_->adopted()) {
     auto adopted = AddBackendsAdopting();
@@ -448,6 +452,8 @@ void Core::OnEvent(const rm_event& ev) {
         auto c = dp_->GetClient(ev.client_id);
         if (c.ok() && c->state != RM_C_ESTABLISHED) {
           ForgetPending(ev.client_id);
+          if (c->state == RM_C_CLOSED && (c->fin_flags & RM_FIN_B_RST))
+            client_resets_.Add(ev.client_id, *c, absl::Now());
           // A close that cost a pooled connection: what made it unclean
           // (the same fields as `clients N closing`), while the record
           // still lingers. Rare between requests; a reset mid-exchange is
@@ -1096,6 +1102,7 @@ void Core::Tick() {
   ExpirePending();
   absl::Time now = absl::Now();
   pools_->Tick(now);
+  client_resets_.Run(now, [&](uint32_t id) { return dp_->GetClient(id); });
   // Pooled connections being opened are watched for writability (as they
   // are opened; this catches any whose registration failed).
   for (int fd : pools_->ConnectingFds()) WatchConnecting(fd);
@@ -1257,6 +1264,7 @@ std::string Core::StatsText() {
   absl::StrAppend(&out, "adopted_clients ", adopted_clients_, "\n");
   absl::StrAppend(&out, "pool_acks_sent ", pool_acks_sent_, "\n");
   absl::StrAppend(&out, "pool_acks_carried ", pool_acks_carried_, "\n");
+  absl::StrAppend(&out, "client_resets_sent ", client_resets_.sent(), "\n");
   absl::StrAppend(&out, "health_panic ", panic_ ? 1 : 0, "\nhealth_panic_entries ",
                   panic_entries_, "\n");
   uint64_t stalls = 0;
@@ -1342,6 +1350,10 @@ std::string Core::MetricsText() {
   single("rematcher_pool_acks_carried_total", "counter",
          "Owed ACKs not sent: the connection was taken again, its next splice carries them.",
          pool_acks_carried_);
+  single("rematcher_client_resets_sent_total", "counter",
+         "RSTs the core sent to clients whose backend reset them mid-exchange (the datapath "
+         "passes the backend's own on once; these cover its loss).",
+         client_resets_.sent());
   single("rematcher_core_ring_wakeups_total", "counter",
          "Times the datapath woke the core for its events.", ring_wakeups_);
   single("rematcher_core_ring_polls_total", "counter",

@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "lb/client_reset.h"
 #include "lb/datapath.h"
 #include "lb/health.h"
 #include "lb/metrics_http.h"
@@ -237,6 +238,8 @@ class Core {
   std::unique_ptr<PoolManager> pools_;
   std::unique_ptr<Policy> policy_;
   std::unique_ptr<HealthChecker> health_;
+  // Clients whose backend reset them are told again (lb/client_reset.h).
+  ClientResets client_resets_;
   ring_buffer* rb_ = nullptr;
   int epfd_ = -1, timerfd_ = -1, sigfd_ = -1, ctlfd_ = -1;
   absl::flat_hash_map<int, bool> watched_;  // connecting fds in epoll

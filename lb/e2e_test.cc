@@ -3,6 +3,9 @@
 // test backend and nginx) and real clients (loadgen, curl, wrk). Every body
 // is verified byte for byte; nstat on both ends must show no damage.
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,6 +25,7 @@
 #include "lb/control_client.h"
 #include "testing/backend/body.h"
 #include "testing/backend/test_util.h"
+#include "testing/testbed/netns.h"
 #include "testing/testbed/nstat.h"
 #include "testing/testbed/testbed.h"
 
@@ -853,6 +857,68 @@ TEST_F(E2eTest, WritingAheadMidResponseNeverMovesTheRestElsewhere) {
   EXPECT_GE(s["pinned_response_owed"], 1u) << "a connection writing ahead pinned";
   EXPECT_GT(s["rematches"], 1000u) << "the other clients still move";
   ExpectClean(before);
+}
+
+// A client that stops reading in the middle of a large response: its
+// receive buffer fills, it advertises a zero window, and nothing moves but
+// the backend's window probes, so the client looks idle. Handing its pooled
+// connection back then (--idle_release_ms) would strand the rest of the
+// response: the backend sends it as soon as anything reopens the window
+// (the hand-back's verification probe did), onto a connection no client
+// owns. The client stays on it until the response is done: by its framing
+// when the request was read (a short head), and, when it was not (a head
+// over 1 KiB, left to the layer-4 rules), because the verification waits
+// for a second answer, after the backend has acted on the first probe.
+// Each reads 1 MB after pausing 2 s, with a 200 ms idle release.
+TEST_F(E2eTest, SlowReaderIsNeverHandedOffMidResponse) {
+  StartLb(Backends(8080), "rr", {"--idle_release_ms=200"});
+  const std::string pad(1500, 'p');
+  for (bool framed : {true, false}) {
+    SCOPED_TRACE(framed ? "framed request" : "request left to the layer-4 rules");
+    auto s0 = Stats();
+    absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->client_ns(0), AF_INET, SOCK_STREAM);
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    int rcvbuf = 8192;
+    setsockopt(*fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    timeval tv{10, 0};
+    setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    sockaddr_in vip{};
+    vip.sin_family = AF_INET;
+    vip.sin_port = htons(8080);
+    inet_pton(AF_INET, "198.18.0.10", &vip.sin_addr);
+    ASSERT_EQ(connect(*fd, reinterpret_cast<sockaddr*>(&vip), sizeof(vip)), 0) << strerror(errno);
+    const size_t size = 1000000;
+    std::string req = absl::StrCat("GET /r?size=", size, "&seed=77 HTTP/1.1\r\nHost: t\r\n",
+                                   framed ? "" : "X-Pad: " + pad + "\r\n", "\r\n");
+    ASSERT_EQ(send(*fd, req.data(), req.size(), 0), ssize_t(req.size()));
+    absl::SleepFor(absl::Seconds(2));
+    std::string got;
+    char buf[65536];
+    size_t want = 0;
+    while (want == 0 || got.size() < want) {
+      ssize_t n = recv(*fd, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      got.append(buf, n);
+      size_t he = got.find("\r\n\r\n");
+      if (want == 0 && he != std::string::npos) want = he + 4 + size;
+    }
+    close(*fd);
+    ASSERT_NE(want, 0u) << "no response head";
+    auto s1 = Stats();
+    std::cout << "[slow reader] " << (framed ? "framed" : "unframed") << ": got "
+              << got.size() << " of " << want << " bytes; pool_verify "
+              << s1["pool_verify"] - s0["pool_verify"] << " pool_reattached "
+              << s1["pool_reattached"] - s0["pool_reattached"] << " pool_dead "
+              << s1["pool_dead"] - s0["pool_dead"] << std::endl;
+    std::string moved;
+    for (auto& [k, v] : s1)
+      if (v != s0[k]) absl::StrAppend(&moved, " ", k, "+", v - s0[k]);
+    ASSERT_EQ(got.size(), want) << "the response stalled; counters moved:" << moved;
+    std::string body(size, 0);
+    FillBody(77, 0, body.data(), size);
+    EXPECT_TRUE(got.compare(want - size, size, body) == 0) << "body differs";
+    EXPECT_EQ(s1["pool_dead"], s0["pool_dead"]) << "a pooled connection died";
+  }
 }
 
 TEST_F(E2eTest, RemovingABackendUnderLoadLosesNoRequest) {

@@ -477,6 +477,65 @@ TEST_F(FaultE2eTest, BackendFinOnIdlePooledConnectionUnderFaults) {
   EXPECT_GT((*s)["pool_idle_entries_compacted"], 0u);
 }
 
+// A backend that resets a connection mid-response (it crashed, or gave up
+// on the request): the datapath passes its RST on to the client, once, and
+// nothing retransmits a reset. Lost on the way (here the injector drops the
+// first RST towards the client each time), a client waiting for the rest of
+// the response with nothing to send would wait for ever; the core sends it
+// one of its own (lb/client_reset.h). curl, with an 8 s limit, must end
+// with "connection reset" (exit 56) within 3 s, never time out (exit 28).
+TEST_F(FaultE2eTest, BackendResetMidResponseReachesTheClientThoughTheResetIsLost) {
+  ASSERT_TRUE(bed().StartLb("rr").ok()) << bed().LbLog();
+  FaultSpec spec;
+  spec.drop_resets = 1;
+  spec.dir = faults::Direction::kToHost;
+  auto f = FaultInjector::Attach(bed().tb(), bed().tb().client_peer_ifname(0), spec);
+  ASSERT_TRUE(f.ok()) << f.status();
+  auto s0 = bed().Stats();
+  ASSERT_TRUE(s0.ok()) << s0.status();
+  const std::string url =
+      absl::StrCat("http://", bed().tb().vip(), ":8080/r?size=200000&seed=5&reset_at=30000");
+  constexpr int kRuns = 3;
+  for (int i = 0; i < kRuns; i++) {
+    SCOPED_TRACE(absl::StrCat("run ", i));
+    if (i > 0) ASSERT_TRUE((*f)->Update(spec).ok());  // one more reset to lose
+    absl::Time t0 = absl::Now();
+    auto r = bed().tb().RunCommand(bed().tb().client_ns(0),
+                                   {"curl", "-sS", "-o", "/dev/null", "-m", "8", "-w",
+                                    "%{size_download}", url},
+                                   absl::Seconds(15));
+    absl::Duration took = absl::Now() - t0;
+    ASSERT_TRUE(r.ok()) << r.status();
+    std::cout << "[reset] curl exit " << r->exit_code << " after " << took << ", body bytes "
+              << r->out << "; " << r->err << std::flush;
+    EXPECT_EQ(r->exit_code, 56) << "not ended by a reset (28: it waited out curl's limit)";
+    EXPECT_LT(took, absl::Seconds(3));
+    int64_t body = 0;
+    EXPECT_TRUE(absl::SimpleAtoi(r->out, &body)) << r->out;
+    EXPECT_GE(body, 30000) << "the bytes before the reset";
+  }
+  auto c = (*f)->Counters();
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::cout << "[faults] " << c->ToString();
+  EXPECT_EQ(c->to_host.resets_dropped, uint64_t{kRuns}) << "the datapath's RST was not the one lost";
+  auto s1 = bed().Stats();
+  ASSERT_TRUE(s1.ok()) << s1.status();
+  std::cout << "[lb] client_resets_sent " << (*s1)["client_resets_sent"] - (*s0)["client_resets_sent"]
+            << " pool_dead " << (*s1)["pool_dead"] - (*s0)["pool_dead"] << std::endl;
+  EXPECT_GE((*s1)["client_resets_sent"] - (*s0)["client_resets_sent"], uint64_t{kRuns});
+  EXPECT_EQ((*s1)["pool_dead"] - (*s0)["pool_dead"], uint64_t{kRuns});
+  // The pools refill, and the next request is served as ever.
+  bed().WaitPoolsQuiet(kPool, absl::Seconds(10));
+  auto ok = bed().tb().RunCommand(
+      bed().tb().client_ns(0),
+      {"curl", "-sS", "-o", "/dev/null", "-m", "8", "-w", "%{http_code}",
+       absl::StrCat("http://", bed().tb().vip(), ":8080/r?size=200000&seed=5")},
+      absl::Seconds(15));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->exit_code, 0) << ok->err;
+  EXPECT_EQ(ok->out, "200");
+}
+
 // A backend that stalls (a GC-like pause of 150 ms every 300 ms). The
 // decision for a client's next request is taken when its current request
 // starts or its response begins, so decisions taken before a stall still

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "glog/logging.h"
+#include "lb/inet_csum.h"
 
 namespace rematcher {
 namespace {
@@ -31,19 +32,6 @@ sockaddr_in Ipv4(uint32_t ip, uint16_t port) {
   a.sin_addr.s_addr = ip;
   a.sin_port = port;
   return a;
-}
-
-uint16_t Fold(uint64_t s) {
-  while (s >> 16) s = (s & 0xffff) + (s >> 16);
-  return static_cast<uint16_t>(s);
-}
-
-uint64_t Sum16(const void* p, size_t len) {
-  const uint8_t* b = static_cast<const uint8_t*>(p);
-  uint64_t s = 0;
-  for (size_t i = 0; i + 1 < len; i += 2) s += (b[i] << 8) | b[i + 1];
-  if (len & 1) s += b[len - 1] << 8;
-  return s;
 }
 
 }  // namespace
@@ -693,7 +681,9 @@ void PoolManager::ProbeVerifying(absl::Time now) {
       done.push_back(pid);  // verified, retired, or gone
       continue;
     }
-    if (v.probes >= 8) {
+    // Two answers are needed (RM_POOL_ANSWERED): 10 probes give each a few
+    // chances under loss.
+    if (v.probes >= 10) {
       silent.push_back(pid);
       continue;
     }
@@ -704,14 +694,30 @@ void PoolManager::ProbeVerifying(absl::Time now) {
     // those answers are rate-limited to one per 500 ms per connection
     // (tcp_invalid_ratelimit): too slow for a connection reused every
     // few ms.
-    absl::Status st = SendSegment(*rec, rec->lb_nxt - 1, rec->be_nxt, rec->lb_ts_last,
-                                  rec->be_ts_last, 0xffff, false, /*probe_byte=*/true);
+    //
+    // First a window update (a bare ACK at lb_nxt, the full window): the
+    // probe alone, being old data, cannot open a window the last client
+    // closed (Linux takes a window only from a segment at or past the last
+    // one that set it). A backend held back by that window sends what it
+    // owes as soon as it is open, before it answers the probe, so the
+    // datapath sees it was owed.
+    absl::Status st = SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last,
+                                  rec->be_ts_last, 0xffff, false, /*probe_byte=*/false);
+    if (st.ok())
+      st = SendSegment(*rec, rec->lb_nxt - 1, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last,
+                       0xffff, false, /*probe_byte=*/true);
     if (!st.ok()) {
       LOG_EVERY_N(WARNING, 100) << "pooled connection " << pid << ": probe: " << st;
     }
     stats_.verify_probes++;
     v.probes++;
-    v.due = now + absl::Milliseconds(50);
+    // An answer comes within a round trip, and the datapath counts the
+    // second one only a settle time after the first: the next probe goes
+    // then (a lost probe or answer costs as little), and after four
+    // probes every 50 ms.
+    v.due = now + (v.probes <= 4
+                       ? absl::Nanoseconds(RM_VERIFY_SETTLE_NS) + absl::Milliseconds(1)
+                       : absl::Milliseconds(50));
     next_probe_ = std::min(next_probe_, v.due);
   }
   for (uint32_t pid : done) verifying_.erase(pid);
@@ -721,7 +727,7 @@ void PoolManager::ProbeVerifying(absl::Time now) {
     if (it == conns_.end()) continue;
     uint32_t backend = it->second.backend;
     LOG_EVERY_N(WARNING, 20) << "pooled connection " << pid << " to backend " << backend
-                             << ": no answer to 8 probes while verifying; retired";
+                             << ": no two answers to 10 probes while verifying; retired";
     stats_.verify_timeouts++;
     Retire(pid, /*send_rst=*/true);
     NoteDeath(backend);

@@ -127,11 +127,12 @@ class PoolManager {
   void OnNeed(uint32_t backend);
   // A pooled connection entered RM_P_VERIFY (handed back by a client that
   // closed or went idle): probe its backend RM_VERIFY_SETTLE_NS later; the
-  // datapath makes it idle on a clean answer, or retires it.
+  // datapath makes it idle on two clean answers, or retires it.
   void OnVerify(uint32_t pid);
   // Sends the probes that are due; called after every pass of the core's
-  // loop while any is pending (its tick included). Connections that never
-  // answer (8 probes, 50 ms apart) are retired.
+  // loop while any is pending (its tick included). Connections that do not
+  // answer twice (10 probes: 4 a settle time apart, then every 50 ms) are
+  // retired.
   void ProbeVerifying(absl::Time now);
   bool verifying() const { return !verifying_.empty(); }
   // When the next probe is due (InfiniteFuture if none is pending), as of

@@ -126,19 +126,39 @@ class DatapathTest : public DatapathFixture {
   }
 
   // A pooled connection its client handed back by closing or idling is in
-  // RM_P_VERIFY: the backend's answer to the core's probe (a bare ACK at
-  // exactly be_nxt, acking lb_nxt), once the settle time has passed, makes
-  // it idle and queued again. The release is backdated instead of slept.
+  // RM_P_VERIFY: two answers of the backend to the core's probes (a bare
+  // ACK at exactly be_nxt, acking lb_nxt), each once the settle time has
+  // passed (after the release, then after the first answer), make it idle
+  // and queued again. The waits are backdated instead of slept.
   void VerifyPool(const PoolSpec& p) {
     SCOPED_TRACE("verify pool");
-    rm_pool r = Pool(p.pid);
-    ASSERT_EQ(r.state, uint32_t(RM_P_VERIFY));
+    rm_pool r = AnswerProbeOnce(p);
     r.last_used_ns -= RM_VERIFY_SETTLE_NS;
     ASSERT_TRUE(dp_->PutPool(p.pid, r).ok());
     Bytes answer = FromBackend(p).Flags(ACK).Seq(r.be_nxt).Ack(r.lb_nxt).Window(1000)
+                       .Nop().Nop().Timestamps(r.be_ts_last + 2, r.lb_ts_last).Build();
+    Expect("backend answers the second probe", answer, XDP_DROP, nullptr,
+           {{RM_ST_POOL_VERIFIED, 1}});
+    rm_pool idle = Pool(p.pid);
+    EXPECT_EQ(idle.state, uint32_t(RM_P_IDLE));
+    EXPECT_FALSE(idle.flags & RM_POOL_ANSWERED);
+  }
+  // The first of those answers: still verifying, RM_POOL_ANSWERED. Returns
+  // the record after it.
+  rm_pool AnswerProbeOnce(const PoolSpec& p) {
+    rm_pool r = Pool(p.pid);
+    EXPECT_EQ(r.state, uint32_t(RM_P_VERIFY));
+    EXPECT_FALSE(r.flags & RM_POOL_ANSWERED);
+    r.last_used_ns -= RM_VERIFY_SETTLE_NS;
+    EXPECT_TRUE(dp_->PutPool(p.pid, r).ok());
+    Bytes answer = FromBackend(p).Flags(ACK).Seq(r.be_nxt).Ack(r.lb_nxt).Window(1000)
                        .Nop().Nop().Timestamps(r.be_ts_last + 1, r.lb_ts_last).Build();
-    Expect("backend answers the probe", answer, XDP_DROP, nullptr, {{RM_ST_POOL_VERIFIED, 1}});
-    EXPECT_EQ(Pool(p.pid).state, uint32_t(RM_P_IDLE));
+    Expect("backend answers the first probe", answer, XDP_DROP, nullptr,
+           {{RM_ST_CONSUMED, 1}});
+    r = Pool(p.pid);
+    EXPECT_EQ(r.state, uint32_t(RM_P_VERIFY)) << "one answer is not enough";
+    EXPECT_TRUE(r.flags & RM_POOL_ANSWERED);
+    return r;
   }
 
   // Backend acks the request and sends a response; client acks it all.
@@ -1665,6 +1685,56 @@ TEST_F(ResponseFramingTest, ARequestWrittenWhileAResponseIsOwedPinsForGood) {
   }
 }
 
+// A client quiet in the middle of a framed response (not reading: its
+// window closed) is not idle: its pooled connection is not handed back,
+// which would strand the rest (the verification probe opens the window and
+// the backend sends it onto a connection no client owns). Once the response
+// is whole, it is.
+TEST_F(ResponseFramingTest, AQuietClientOwedAResponseKeepsItsConnection) {
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n";
+  Respond(c, e, b, {head + std::string(1000, 'a')});
+  ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
+  EXPECT_EQ(Client(c.id).pool_id, 0u) << "handed back with 2000 bytes owed";
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_BUSY));
+  BackendToClient("the rest", c, p0_, e, BackendSeg(b, Bytes(2000, 'b'), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+  ClientToBackend("client acks it", c, p0_, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+  ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
+  EXPECT_EQ(Client(c.id).pool_id, RM_NO_ID) << "the response is whole: idle";
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_VERIFY));
+}
+
+// A FIN or an RST from a client owed the rest of a framed response is no
+// clean close between requests (that would keep the pooled connection, and
+// answer a half-closing client's FIN before its response ends): it goes to
+// the backend, as any close mid-exchange does.
+TEST_F(ResponseFramingTest, ACloseWhileAResponseIsOwedGoesToTheBackend) {
+  for (bool rst : {false, true}) {
+    SCOPED_TRACE(rst ? "RST" : "FIN");
+    LoadDatapath(4);
+    ClientSpec c;
+    BackendPos b;
+    Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+    const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n";
+    Respond(c, e, b, {head + std::string(1000, 'a')});
+    Seg close = ClientSeg(c, {}, rst ? RST | ACK : FIN | ACK);
+    if (rst) close.win = 0;
+    ClientToBackend("close with 2000 bytes owed", c, p0_, e, close,
+                    rst ? Deltas{{RM_ST_TX_C2B, 1}, {RM_ST_CLOSED_RETIRE, 1}, {RM_ST_POOL_DEAD, 1}}
+                        : Deltas{{RM_ST_TX_C2B, 1}});
+    rm_client rec = Client(c.id);
+    EXPECT_EQ(rec.state, uint32_t(rst ? RM_C_CLOSED : RM_C_NAT_CLOSE));
+    if (!rst) {
+      // The half-closed client still gets the rest.
+      BackendToClient("the rest after the client's FIN", c, p0_, e,
+                      BackendSeg(b, Bytes(2000, 'b'), ACK | PSH), {{RM_ST_TX_B2C, 1}});
+    }
+  }
+}
+
 // A pin is lifted after RM_UNPIN_AFTER clean boundaries in a row (whole
 // response acked, whole request acked, the new request right behind the
 // last): a pin taken on a misread boundary under loss must not keep a
@@ -2149,6 +2219,50 @@ TEST_F(DatapathTest, BackendRstForwardedAndPoolRetired) {
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
   EXPECT_EQ(dp_->BackendLoad(0).outstanding, 0u) << "the aborted request still counts";
   EXPECT_EQ(dp_->BackendLoad(0).unanswered, 0u) << "the aborted request still counts";
+  EXPECT_TRUE(Client(c.id).fin_flags & RM_FIN_B_RST);
+}
+
+// The RST passed on may never take: lost on the way (nothing retransmits a
+// reset), or refused because its seq is past what the client has (response
+// bytes lost ahead of it: Linux answers a challenge ACK). A client still
+// talking on a connection its backend reset is answered with an RST at the
+// seq it acknowledges, as a closed socket's stack would, so it ends rather
+// than hangs. A client that closed by itself is not answered (it has nothing
+// left to end).
+TEST_F(DatapathTest, ClientStillTalkingAfterABackendResetIsResetAgain) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b);
+  BackendToClient("response start", c, p, e, BackendSeg(b, Pattern(1000, 3), ACK),
+                  {{RM_ST_TX_B2C, 1}});
+  BackendToClient("response more", c, p, e, BackendSeg(b, Pattern(600, 4), ACK),
+                  {{RM_ST_TX_B2C, 1}});
+  const uint32_t had = c.s_nxt - 600;  // the client missed the last 600 bytes
+  Seg rst = BackendSeg(b, {}, RST | ACK);
+  rst.ts = false;
+  rst.win = 0;
+  BackendToClient("backend RST", c, p, e, rst, {{RM_ST_TX_B2C, 1}, {RM_ST_POOL_DEAD, 1}});
+  ASSERT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
+  // Its challenge ACK (the RST's seq was past its rcv_nxt).
+  Seg chal = ClientSeg(c, {}, ACK);
+  chal.ack = had;
+  Bytes want = ToClient(c).Flags(RST).Seq(had).Ack(0).Window(0).Build();
+  Expect("challenge ACK", BuildSeg(FromClient(c), chal), XDP_TX, &want, {{RM_ST_TX_RST, 1}});
+  // A keepalive or new data from a client that never got the reset at all.
+  Seg ka = ClientSeg(c, {}, ACK);
+  ka.seq = c.c_nxt - 1;
+  Bytes want2 = ToClient(c).Flags(RST).Seq(c.s_nxt).Ack(0).Window(0).Build();
+  Expect("keepalive", BuildSeg(FromClient(c), ka), XDP_TX, &want2, {{RM_ST_TX_RST, 1}});
+  Expect("next request", BuildSeg(FromClient(c), ClientSeg(c, Pattern(50, 6))), XDP_TX, &want2,
+         {{RM_ST_TX_RST, 1}});
+  // Its own RST is never answered.
+  Seg crst = ClientSeg(c, {}, RST);
+  crst.ack = 0;
+  Expect("client RST", BuildSeg(FromClient(c), crst), XDP_DROP, nullptr,
+         {{RM_ST_DROP_BAD_STATE, 1}});
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_CLOSED));
 }
 
 // The stall clock (rm_backend_load.progress_ns, read by the core's stall
@@ -2579,6 +2693,41 @@ TEST_F(DatapathTest, VerifyGivesTheConnectionBackToAClientStillWaiting) {
   // The retransmitted tail reaches this client, where its stream goes on.
   b.ts++;
   BackendToClient("the owed tail", c, p, e, BackendSeg(b, Pattern(478, 4), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+}
+
+// A backend held back, not behind: the client stopped reading and closed
+// its window, or the backend's ACK was lost and it waits on its timer, so
+// the backend has sent nothing past be_nxt yet still owes bytes. Its first
+// answer (to the probe, which acked everything and opened the window) shows
+// nothing, and the rest comes right behind it: the client that went quiet
+// gets the connection back. Before, that first answer made the connection
+// idle, the rest killed it, and the client waited for ever.
+TEST_F(DatapathTest, VerifyWaitsForASecondAnswerFromABackendHeldBack) {
+  PoolSpec p;
+  AddPool(p);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p, b, 300);
+  Exchange(c, p, e, b, 500);
+  ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
+  rm_client rel = Client(c.id);
+  ASSERT_EQ(rel.pool_id, RM_NO_ID);
+  rm_pool pr = AnswerProbeOnce(p);
+  EXPECT_TRUE(IdleQueue(0).empty()) << "queued on one answer";
+  // What the backend owed, now that the window is open.
+  Bytes rest = FromBackend(p).Flags(ACK | PSH).Seq(pr.be_nxt).Ack(pr.lb_nxt).Window(1000)
+                   .Nop().Nop().Timestamps(b.ts + 5, b.ts_ecr).Payload(Pattern(700, 8)).Build();
+  Expect("the rest, behind the first answer", rest, XDP_DROP, nullptr,
+         {{RM_ST_POOL_REATTACHED, 1}});
+  rm_client back = Client(c.id);
+  EXPECT_EQ(back.pool_id, 0u);
+  rm_pool busy = Pool(0);
+  EXPECT_EQ(busy.state, uint32_t(RM_P_BUSY));
+  EXPECT_FALSE(busy.flags & RM_POOL_ANSWERED) << "a later verification would need one answer";
+  // Its retransmission reaches the client.
+  b.ts += 5;
+  BackendToClient("the rest again", c, p, e, BackendSeg(b, Pattern(700, 8), ACK | PSH),
                   {{RM_ST_TX_B2C, 1}});
 }
 
