@@ -867,8 +867,10 @@ TEST_F(E2eTest, WritingAheadMidResponseNeverMovesTheRestElsewhere) {
 // (the hand-back's verification probe did), onto a connection no client
 // owns. The client stays on it until the response is done: by its framing
 // when the request was read (a short head), and, when it was not (a head
-// over 1 KiB, left to the layer-4 rules), because the verification waits
-// for a second answer, after the backend has acted on the first probe.
+// over 1 KiB, left to the layer-4 rules), because its window is closed.
+// (Were it handed back, verification now opens the window and waits for a
+// second answer, so the backend's rest would give it back: the packet test
+// VerifyWaitsForASecondAnswerFromABackendHeldBack.)
 // Each reads 1 MB after pausing 2 s, with a 200 ms idle release.
 TEST_F(E2eTest, SlowReaderIsNeverHandedOffMidResponse) {
   StartLb(Backends(8080), "rr", {"--idle_release_ms=200"});
@@ -918,6 +920,9 @@ TEST_F(E2eTest, SlowReaderIsNeverHandedOffMidResponse) {
     FillBody(77, 0, body.data(), size);
     EXPECT_TRUE(got.compare(want - size, size, body) == 0) << "body differs";
     EXPECT_EQ(s1["pool_dead"], s0["pool_dead"]) << "a pooled connection died";
+    // Not handed back at all (verification would give it back: 1 here
+    // without the window rule).
+    EXPECT_EQ(s1["pool_reattached"], s0["pool_reattached"]) << "handed back mid-response";
   }
 }
 
