@@ -612,7 +612,6 @@ struct rm_scratch {
                  backend_path: resp_read's */
   __u32 fhead;    /* http_head_len: the request is a HEAD */
   __u32 fchunked; /* http_head_len: the response is chunked (flen: head) */
-  __u32 rtail;    /* resp_read: RM_TAIL_* of the segment's last bytes */
   struct rm_httpwalk hw;
   __u32 rerouted; /* do_splice: where the arrival check sent the request */
 };
@@ -877,74 +876,107 @@ RM_GLOBAL __u32 http_head_len(struct xdp_md *ctx, __u32 off, __u32 len, __u32 mo
   return sc->flen;
 }
 
-/* What a response segment's last bytes are (rm_scratch::rtail). */
-#define RM_TAIL_LAST 1  /* CRLF "0" CRLF CRLF: a chunked body's end */
-#define RM_TAIL_LAST5 2 /* the segment is "0" CRLF CRLF alone */
-#define RM_TAIL_CRLF 4  /* ends with CRLF */
-/* Those as little-endian words. */
-#define RM_W_LAST7 0x000a0d0a0d300a0dull
-#define RM_W_LAST5 0x0000000a0d0a0d30ull
-
 /* backend_path, before taking the client's lock, for a segment carrying
- * `len` bytes at `off`: the head of the response to a framed request
- * (want bit 0; bit 1: it answers a HEAD), the last bytes of a chunked one
- * (bit 2). Results in the scratch (flen, fchunked, rtail), for
- * resp_track. */
+ * `len` bytes at `off` that may start the response to a framed request
+ * (want bit 0; bit 1: it answers a HEAD): its head's length and whether it
+ * is chunked, in the scratch (flen, fchunked), for resp_track. */
 RM_GLOBAL int resp_read(struct xdp_md *ctx, __u32 off, __u32 len, __u32 want) {
   __u32 z = 0;
   struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
   if (!sc) return 0;
   sc->flen = 0;
   sc->fchunked = 0;
-  sc->rtail = 0;
   if (want & 1) http_head_len(ctx, off, len, 1 | (want & 2));
-  if (!(want & 4) && !sc->fchunked) return 0;
-  if (off > 255 || len < 2 || len > 0xffff) return 0;
-  __u64 v = 0;
-  __u32 t = 0;
-  if (len >= 7) {
-    if (bpf_xdp_load_bytes(ctx, off + len - 7, &v, 7)) return 0;
-    if (v == RM_W_LAST7) t |= RM_TAIL_LAST;
-    if (((v >> 40) & 0xffff) == 0x0a0d) t |= RM_TAIL_CRLF;
-  } else if (len == 5) {
-    if (bpf_xdp_load_bytes(ctx, off, &v, 5)) return 0;
-    if (v == RM_W_LAST5) t |= RM_TAIL_LAST5;
-    if (((v >> 24) & 0xffff) == 0x0a0d) t |= RM_TAIL_CRLF;
-  } else {
-    if (bpf_xdp_load_bytes(ctx, off + len - 2, &v, 2)) return 0;
-    if (v == 0x0a0d) t |= RM_TAIL_CRLF;
-  }
-  sc->rtail = t;
   return 0;
 }
 
+/* Chunk-size lines read in one segment at most; a segment with more
+ * leaves the response to the layer-4 rules. */
+#define RM_CHUNKS_PER_SEG 8
+
+/* One chunk-size line at `off` in the packet, `avail` bytes of the
+ * segment from there: hex digits (at most 7), CRLF; for the last chunk
+ * ("0") the CRLF that ends the body as well (no trailers). Returns 0 if
+ * the line is not that (or not all in the segment), else its length
+ * (bits 0-7), RM_CHUNK_LAST (bit 8) for the last chunk, and the chunk's
+ * size (bits 32-63). A global function: verified once, however many
+ * lines a segment has. */
+#define RM_CHUNK_LAST 0x100ull
+RM_GLOBAL __u64 chunk_line(struct xdp_md *ctx, __u32 off, __u32 avail) {
+  __u8 b[16] = {};
+  if (avail > 16) avail = 16;
+  if (avail < 3 || off > 0xffff || bpf_xdp_load_bytes(ctx, off, b, avail)) return 0;
+  __u32 size = 0, i;
+  for (i = 0; i < 8; i++) {
+    __u32 ch = b[i], d;
+    if (ch - '0' < 10) d = ch - '0';
+    else if ((ch | 0x20) - 'a' < 6) d = (ch | 0x20) - 'a' + 10;
+    else break;
+    size = (size << 4) | d;
+  }
+  if (i == 0 || i > 7 || b[i] != '\r' || b[i + 1] != '\n') return 0;
+  if (size) return ((__u64)size << 32) | (i + 2);
+  if (b[i + 2] != '\r' || b[i + 3] != '\n') return 0; /* trailers, or split */
+  return RM_CHUNK_LAST | (i + 4);
+}
+
+/* resp_track's chunk walk over one segment (payload at `off`, client
+ * space [start, start + len)), under the client's lock, from c->resp_end:
+ * each chunk-size line is skipped with its chunk's data and CRLF, up to
+ * the last chunk, which sets RM_CF_RTAIL with resp_end at the response's
+ * end. Returns the new flags; resp_end moves. Only the lines are read,
+ * never the data: bytes in a chunk cannot pass for its end. */
+static __always_inline __u16 chunk_walk(struct xdp_md *ctx, struct rm_client *c, __u16 f,
+                                        __u32 off, __u32 start, __u32 len) {
+  __u32 pos = c->resp_end;
+  for (int k = 0; k < RM_CHUNKS_PER_SEG; k++) {
+    __u32 rel = pos - start;
+    if (rel >= len) {
+      c->resp_end = pos;
+      return f;
+    }
+    __u64 l = chunk_line(ctx, off + rel, len - rel);
+    if (!l) break;
+    if (l & RM_CHUNK_LAST) {
+      c->resp_end = pos + (__u32)(l & 0xff);
+      return f | RM_CF_RTAIL;
+    }
+    pos += (__u32)(l & 0xff) + (__u32)(l >> 32) + 2;
+  }
+  /* Unreadable: the layer-4 rules, as for any response not framed. */
+  return f & ~(RM_CF_RCHUNKED | RM_CF_RTAIL);
+}
+
 /* backend_path, under the client's lock, for response bytes from `start`
- * (client space), `len` of them, read by resp_read: the framing of the
- * response to the framed request in flight, taken from its first bytes
- * when they come in order, and a chunked one's end. Before s_nxt moves. */
-RM_GLOBAL int resp_track(__u32 id, __u32 start, __u32 len) {
+ * (client space), `len` of them at `off` in the packet, head read by
+ * resp_read: the framing of the response to the framed request in
+ * flight, taken from its first bytes when they come in order (new bytes
+ * only), and a chunked one's walk (any segment holding its next
+ * chunk-size line, a retransmission filling a hole included). Before
+ * s_nxt moves. */
+RM_GLOBAL int resp_track(struct xdp_md *ctx, __u32 id, __u32 off, __u32 start, __u32 len) {
   __u32 z = 0;
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
   struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
   if (!c || !sc) return 0;
-  if (!rm_after(start + len, c->s_nxt)) return 0; /* nothing new */
   __u16 f = c->cflags;
-  if (c->phase == RM_PH_REQ) {
+  if (c->phase == RM_PH_REQ && rm_after(start + len, c->s_nxt)) {
     /* The response's first bytes. */
-    f &= ~(RM_CF_RFRAMED | RM_CF_RCHUNKED | RM_CF_RTAIL | RM_CF_RCRLF);
+    f &= ~(RM_CF_RFRAMED | RM_CF_RCHUNKED | RM_CF_RTAIL);
     if ((f & RM_CF_FRAMED) && start == c->s_nxt && sc->flen) {
       c->resp_end = start + sc->flen;
       f |= sc->fchunked ? RM_CF_RCHUNKED : RM_CF_RFRAMED;
     }
   }
-  if (f & RM_CF_RCHUNKED) {
-    /* Judged on the newest bytes: the client acknowledges all of them
-     * before a boundary, so a hole before them is filled by then. */
-    __u32 t = sc->rtail;
-    int last = (t & RM_TAIL_LAST) ||
-               ((t & RM_TAIL_LAST5) && (f & RM_CF_RCRLF) && start == c->s_nxt);
-    f = (f & ~(RM_CF_RTAIL | RM_CF_RCRLF)) | (last ? RM_CF_RTAIL : 0) |
-        ((t & RM_TAIL_CRLF) ? RM_CF_RCRLF : 0);
+  if ((f & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED) {
+    __u32 rel = c->resp_end - start;
+    if (rel < len) {
+      f = chunk_walk(ctx, c, f, off, start, len);
+    } else if (rm_before(c->resp_end, c->s_nxt) && !rm_before(c->resp_end, start)) {
+      /* The next line is in bytes already passed on, never walked (a
+       * segment lost before XDP, its successors seen): unreadable. */
+      f &= ~RM_CF_RCHUNKED;
+    }
   }
   c->cflags = f;
   return 0;
@@ -957,7 +989,7 @@ RM_GLOBAL int resp_track(__u32 id, __u32 start, __u32 len) {
  * or a clean close here would strand them. Phase RESP or IDLE only (the
  * flags are the last response's). */
 static __always_inline int resp_owed(const struct rm_client *c) {
-  return ((c->cflags & RM_CF_RFRAMED) && c->s_nxt != c->resp_end) ||
+  return ((c->cflags & (RM_CF_RFRAMED | RM_CF_RTAIL)) && c->s_nxt != c->resp_end) ||
          (c->cflags & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED;
 }
 
@@ -2288,13 +2320,12 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     __u8 ph = *(volatile __u8 *)&c->phase;
     __u16 cf = *(volatile __u16 *)&c->cflags;
     __u32 want = (ph == RM_PH_REQ && (cf & RM_CF_FRAMED) ? 1 : 0) |
-                 ((cf & RM_CF_REQHEAD) ? 2 : 0) | ((cf & RM_CF_RCHUNKED) ? 4 : 0);
-    if (want & 5) {
+                 ((cf & RM_CF_REQHEAD) ? 2 : 0);
+    if (want & 1) {
       resp_read(ctx, payload_off(ctx, pk), len, want);
     } else {
       sc->flen = 0;
       sc->fchunked = 0;
-      sc->rtail = 0;
     }
   }
 
@@ -2347,8 +2378,9 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
    * duplicated or retransmitted old segment arriving during the next
    * request must not end that request. */
   int new_resp = len && rm_after(seq_out_end - pk->fin, c->s_nxt);
-  if (new_resp && (c->phase == RM_PH_REQ || (c->cflags & RM_CF_RCHUNKED)))
-    resp_track(owner, pk->seq + c->d_resp, len);
+  if ((new_resp && c->phase == RM_PH_REQ) ||
+      (len && (c->cflags & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED))
+    resp_track(ctx, owner, payload_off(ctx, pk), pk->seq + c->d_resp, len);
   /* Only bytes (or a FIN) move it. A bare ACK carries the backend's
    * snd_nxt, which is past s_nxt when response bytes were lost before XDP
    * (a full ring): counting them as sent made their retransmission "old",

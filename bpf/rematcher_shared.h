@@ -198,7 +198,9 @@ struct rm_client {
                         its HTTP/1.x framing (head + Content-Length), when
                         RM_CF_FRAMED */
   __u32 resp_end;    /* client space: where the response in flight ends by
-                        its HTTP/1.x framing, when RM_CF_RFRAMED */
+                        its HTTP/1.x framing, when RM_CF_RFRAMED (or
+                        RM_CF_RCHUNKED | RM_CF_RTAIL); where its next
+                        chunk-size line starts, when RM_CF_RCHUNKED alone */
   __u64 req_start_ns;
   __u64 resp_first_ns;
   __u64 last_seen_ns; /* coarse clock; for idle and linger timers */
@@ -237,13 +239,15 @@ enum rm_client_flags {
    * that much is a request written while a response is owed (the backend
    * paused mid-body, or the client's window held it): RM_CF_PROVEN. */
   RM_CF_RFRAMED = 0x80,
-  /* ...or with a chunked head: it ends where the backend's newest bytes
-   * end with the last chunk (CRLF "0" CRLF CRLF), RM_CF_RTAIL. */
+  /* ...or with a chunked head: its chunks are followed by their sizes
+   * (resp_track), resp_end being where the next chunk-size line starts,
+   * until the last chunk ("0" CRLF CRLF) is seen: RM_CF_RTAIL, and
+   * resp_end is then the response's end. A chunk-size line the walk cannot
+   * read (split across segments, with extensions, trailers, more than
+   * RM_CHUNKS_PER_SEG in a segment, or in bytes already passed) leaves the
+   * response to the layer-4 rules (both flags cleared). */
   RM_CF_RCHUNKED = 0x1000,
   RM_CF_RTAIL = 0x2000,
-  /* The backend's newest bytes end with CRLF: a last chunk in a segment of
-   * its own ("0" CRLF CRLF) then ends the response. */
-  RM_CF_RCRLF = 0x4000,
   /* The framed request in flight is a HEAD: its response has no body. */
   RM_CF_REQHEAD = 0x8000,
   /* Bits 8-11: clean boundaries in a row since the client was pinned (it

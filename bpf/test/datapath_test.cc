@@ -1612,6 +1612,28 @@ INSTANTIATE_TEST_SUITE_P(
         RespCase{"ChunkedNotEnded", kGet, {kChunked + "5\r\nhello\r\n"}, true},
         RespCase{"ChunkedNotEndedAfterAZeroInData", kGet,
                  {kChunked + "5\r\nhello\r\n", "1\r\n0\r\n"}, true},
+        // Chunk sizes are followed, never the data: a chunk whose bytes
+        // end like a last chunk (an echo of what a client sent) is not the
+        // end, in the segment's last bytes or alone in a segment.
+        RespCase{"ChunkedDataLikeALastChunk", kGet, {kChunked + "7\r\n\r\n0\r\n\r\n"}, true},
+        RespCase{"ChunkedDataLikeALastChunkAlone", kGet,
+                 {kChunked + "5\r\n", "0\r\n\r\n"}, true},
+        RespCase{"ChunkedManySmallChunks", kGet,
+                 {kChunked + "1\r\na\r\n2\r\nbc\r\nA\r\n0123456789\r\nf\r\n" +
+                  std::string(15, 'f') + "\r\n0\r\n\r\n"},
+                 false},
+        RespCase{"ChunkedOverSegments", kGet,
+                 {kChunked + "10\r\n0123456789", "abcdef\r\n3\r\nxyz", "\r\n0\r\n\r\n"},
+                 false},
+        RespCase{"ChunkedMoreAfterTheLast", kGet, {kChunked + "0\r\n\r\nXYZ"}, true},
+        // A line the walk cannot read: the layer-4 rules alone.
+        RespCase{"ChunkedSizeLineSplit", kGet, {kChunked + "5\r\nhello\r\n1", "0\r\n"}, false},
+        RespCase{"ChunkedExtension", kGet, {kChunked + "5;x=y\r\nhello\r\n"}, false},
+        RespCase{"ChunkedTrailers", kGet, {kChunked + "0\r\nX-T: 1\r\n\r\n"}, false},
+        RespCase{"ChunkedTooManyInOneSegment", kGet,
+                 {kChunked + "1\r\na\r\n1\r\na\r\n1\r\na\r\n1\r\na\r\n1\r\na\r\n"
+                             "1\r\na\r\n1\r\na\r\n1\r\na\r\n1\r\na\r\n"},
+                 false},
         // Unknown framing: the layer-4 rules alone, as before.
         RespCase{"CloseDelimited", kGet, {"HTTP/1.1 200 OK\r\nServer: x\r\n\r\nab"}, false},
         RespCase{"InterimResponse", kGet, {"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n"}, false},
