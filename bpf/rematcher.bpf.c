@@ -969,14 +969,13 @@ RM_GLOBAL int resp_track(struct xdp_md *ctx, __u32 id, __u32 off, __u32 start, _
     }
   }
   if ((f & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED) {
-    __u32 rel = c->resp_end - start;
-    if (rel < len) {
-      f = chunk_walk(ctx, c, f, off, start, len);
-    } else if (rm_before(c->resp_end, c->s_nxt) && !rm_before(c->resp_end, start)) {
-      /* The next line is in bytes already passed on, never walked (a
-       * segment lost before XDP, its successors seen): unreadable. */
+    if (c->resp_end - start < len) f = chunk_walk(ctx, c, f, off, start, len);
+    /* The next line is past this segment but in bytes already passed on
+     * (this one came late, reordered or retransmitted): it will not be
+     * seen again. Unreadable. */
+    if ((f & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED &&
+        rm_before(c->resp_end, c->s_nxt) && !rm_before(c->resp_end, start + len))
       f &= ~RM_CF_RCHUNKED;
-    }
   }
   c->cflags = f;
   return 0;

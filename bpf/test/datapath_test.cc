@@ -1707,6 +1707,50 @@ TEST_F(ResponseFramingTest, ARequestWrittenWhileAResponseIsOwedPinsForGood) {
   }
 }
 
+// Segments of a chunked response out of order: the walk reads each size
+// line in whichever segment holds it, so one that comes late is read then;
+// but once the next line lies in bytes already passed on, it is never seen
+// again, and the response is left to the layer-4 rules (the client moves as
+// decided) rather than taken as never ending (which would pin it for good).
+TEST_F(ResponseFramingTest, ChunksOutOfOrder) {
+  for (bool line_in_late : {true, false}) {
+    SCOPED_TRACE(line_in_late ? "the line after a late segment was passed on"
+                              : "the line after a hole is read there");
+    LoadDatapath(4);
+    ClientSpec c;
+    BackendPos b;
+    Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+    BackendToClient("backend acks request", c, p0_, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+    // Either the head, "5" CRLF "hello" CRLF, "0" CRLF CRLF (the late one
+    // holds a line, and so does the one passed on before it), or the head
+    // with "20" CRLF and 10 bytes, 10 more, 12 more with the last chunk
+    // (the late one holds only data).
+    BackendToClient("head", c, p0_, e,
+                    BackendSeg(b, Http(kChunked + (line_in_late ? "" : "20\r\n" + std::string(10, 'a'))),
+                               ACK | PSH),
+                    {{RM_ST_TX_B2C, 1}});
+    Seg s2 = BackendSeg(b, Http(line_in_late ? "5\r\nhello\r\n" : std::string(10, 'b')), ACK | PSH);
+    Seg s3 = BackendSeg(
+        b, Http(line_in_late ? "0\r\n\r\n" : std::string(12, 'c') + "\r\n0\r\n\r\n"), ACK | PSH);
+    s2.tsval = s3.tsval;  // one burst: the late one's TSval is no older
+    BackendToClient("the later segment first", c, p0_, e, s3, {{RM_ST_TX_B2C, 1}});
+    BackendToClient("the earlier one late", c, p0_, e, s2, {{RM_ST_TX_B2C, 1}});
+    rm_client rec = Client(c.id);
+    if (line_in_late) {
+      EXPECT_EQ(rec.cflags & RM_CF_RCHUNKED, 0) << "left to the layer-4 rules";
+    } else {
+      EXPECT_EQ(rec.cflags & (RM_CF_RCHUNKED | RM_CF_RTAIL), RM_CF_RCHUNKED | RM_CF_RTAIL);
+      EXPECT_EQ(rec.resp_end, c.s_nxt) << "the response's end";
+    }
+    ClientToBackend("client acks all", c, p0_, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+    dp_->SetDecision(c.id, 2, 1);
+    Epoch e1 = StartEpoch(c, p1_);
+    ClientToBackend("request 2 moves", c, p1_, e1, ClientSeg(c, Http(Get("/b"))),
+                    {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                     {RM_ST_DECISION_APPLIED, 1}});
+  }
+}
+
 // A client quiet in the middle of a framed response (not reading: its
 // window closed) is not idle: its pooled connection is not handed back,
 // which would strand the rest (the verification probe opens the window and
