@@ -947,6 +947,11 @@ static __always_inline __u16 chunk_walk(struct xdp_md *ctx, struct rm_client *c,
   return f & ~(RM_CF_RCHUNKED | RM_CF_RTAIL);
 }
 
+/* A chunked response whose last chunk is not seen yet: its walk goes on. */
+static __always_inline int chunks_open(__u16 cflags) {
+  return (cflags & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED;
+}
+
 /* backend_path, under the client's lock, for response bytes from `start`
  * (client space), `len` of them at `off` in the packet, head read by
  * resp_read: the framing of the response to the framed request in
@@ -968,12 +973,12 @@ RM_GLOBAL int resp_track(struct xdp_md *ctx, __u32 id, __u32 off, __u32 start, _
       f |= sc->fchunked ? RM_CF_RCHUNKED : RM_CF_RFRAMED;
     }
   }
-  if ((f & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED) {
+  if (chunks_open(f)) {
     if (c->resp_end - start < len) f = chunk_walk(ctx, c, f, off, start, len);
     /* The next line is past this segment but in bytes already passed on
      * (this one came late, reordered or retransmitted): it will not be
      * seen again. Unreadable. */
-    if ((f & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED &&
+    if (chunks_open(f) &&
         rm_before(c->resp_end, c->s_nxt) && !rm_before(c->resp_end, start + len))
       f &= ~RM_CF_RCHUNKED;
   }
@@ -989,7 +994,7 @@ RM_GLOBAL int resp_track(struct xdp_md *ctx, __u32 id, __u32 off, __u32 start, _
  * flags are the last response's). */
 static __always_inline int resp_owed(const struct rm_client *c) {
   return ((c->cflags & (RM_CF_RFRAMED | RM_CF_RTAIL)) && c->s_nxt != c->resp_end) ||
-         (c->cflags & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED;
+         chunks_open(c->cflags);
 }
 
 /* Under client `id`'s lock, for a client that looks quiescent (all sent
@@ -2378,7 +2383,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
    * request must not end that request. */
   int new_resp = len && rm_after(seq_out_end - pk->fin, c->s_nxt);
   if ((new_resp && c->phase == RM_PH_REQ) ||
-      (len && (c->cflags & (RM_CF_RCHUNKED | RM_CF_RTAIL)) == RM_CF_RCHUNKED))
+      (len && chunks_open(c->cflags)))
     resp_track(ctx, owner, payload_off(ctx, pk), pk->seq + c->d_resp, len);
   /* Only bytes (or a FIN) move it. A bare ACK carries the backend's
    * snd_nxt, which is past s_nxt when response bytes were lost before XDP

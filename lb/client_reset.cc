@@ -32,15 +32,7 @@ std::vector<uint8_t> ClientResetFrame(const rm_client& c, const uint8_t src_mac[
   f[l2 - 2] = 0x08;  // IPv4
   f[l2 - 1] = 0x00;
   auto* ip = reinterpret_cast<iphdr*>(&f[l2]);
-  ip->version = 4;
-  ip->ihl = 5;
-  ip->tot_len = htons(40);
-  ip->frag_off = htons(IP_DF);
-  ip->ttl = 64;
-  ip->protocol = IPPROTO_TCP;
-  ip->saddr = c.key.vip;
-  ip->daddr = c.key.client_ip;
-  ip->check = htons(static_cast<uint16_t>(~Fold(Sum16(ip, 20))));
+  FillIpv4ForTcp(ip, c.key.vip, c.key.client_ip, 20);
   auto* th = reinterpret_cast<tcphdr*>(&f[l2 + 20]);
   th->source = c.key.vip_port;
   th->dest = c.key.client_port;
@@ -49,8 +41,7 @@ std::vector<uint8_t> ClientResetFrame(const rm_client& c, const uint8_t src_mac[
   th->doff = 5;
   th->rst = 1;
   th->ack = 1;
-  uint64_t s = Sum16(th, 20) + Sum16(&ip->saddr, 8) + IPPROTO_TCP + 20;
-  th->check = htons(static_cast<uint16_t>(~Fold(s)));
+  th->check = TcpChecksum(ip, th, 20);
   return f;
 }
 

@@ -53,7 +53,6 @@ class ClientResets {
 
   // A packet socket on `ifindex` (the interface XDP is attached to).
   absl::Status Open(int ifindex);
-  bool open() const { return fd_ >= 0; }
 
   // Client `id`, whose record `c` its backend just reset: an RST now, and
   // the resends queued.

@@ -25,6 +25,11 @@ namespace {
 
 absl::Status Errno(absl::string_view what) { return absl::ErrnoToStatus(errno, what); }
 
+// A little over the datapath's settle time (RM_VERIFY_SETTLE_NS): a probe's
+// answer counts only that long after the release, or after the first answer.
+constexpr absl::Duration kProbeAfterSettle =
+    absl::Nanoseconds(RM_VERIFY_SETTLE_NS + 1000000);
+
 // An IPv4 socket address; ip and port in network order.
 sockaddr_in Ipv4(uint32_t ip, uint16_t port) {
   sockaddr_in a{};
@@ -660,8 +665,7 @@ void PoolManager::OnVerify(uint32_t pid) {
   // A little after the settle time, which the datapath measures from the
   // release (this event comes later still): an earlier answer would only
   // be absorbed, and the next probe may come 600 ms later.
-  const absl::Time due =
-      absl::Now() + absl::Nanoseconds(RM_VERIFY_SETTLE_NS) + absl::Milliseconds(1);
+  const absl::Time due = absl::Now() + kProbeAfterSettle;
   verifying_[pid] = Verifying{due, 0};
   next_probe_ = std::min(next_probe_, due);
 }
@@ -715,9 +719,7 @@ void PoolManager::ProbeVerifying(absl::Time now) {
     // second one only a settle time after the first: the next probe goes
     // then (a lost probe or answer costs as little), and after four
     // probes every 50 ms.
-    v.due = now + (v.probes <= 4
-                       ? absl::Nanoseconds(RM_VERIFY_SETTLE_NS) + absl::Milliseconds(1)
-                       : absl::Milliseconds(50));
+    v.due = now + (v.probes <= 4 ? kProbeAfterSettle : absl::Milliseconds(50));
     next_probe_ = std::min(next_probe_, v.due);
   }
   for (uint32_t pid : done) verifying_.erase(pid);
@@ -759,15 +761,7 @@ absl::Status SendPoolSegment(int* raw_fd, const rm_pool& rec, uint32_t seq, uint
   // compared): see ProbeVerifying.
   const size_t seg_len = tcp_len + (probe_byte ? 1 : 0);
   iphdr* ip = reinterpret_cast<iphdr*>(pkt);
-  ip->version = 4;
-  ip->ihl = 5;
-  ip->tot_len = htons(20 + seg_len);
-  ip->frag_off = htons(IP_DF);
-  ip->ttl = 64;
-  ip->protocol = IPPROTO_TCP;
-  ip->saddr = k.lb_ip;
-  ip->daddr = k.backend_ip;
-  ip->check = htons(static_cast<uint16_t>(~Fold(Sum16(ip, 20))));
+  FillIpv4ForTcp(ip, k.lb_ip, k.backend_ip, seg_len);
   tcphdr* th = reinterpret_cast<tcphdr*>(pkt + 20);
   th->source = k.lb_port;
   th->dest = k.backend_port;
@@ -787,10 +781,7 @@ absl::Status SendPoolSegment(int* raw_fd, const rm_pool& rec, uint32_t seq, uint
     memcpy(o + 4, &v, 4);
     memcpy(o + 8, &e, 4);
   }
-  uint64_t s = Sum16(th, seg_len);
-  s += Sum16(&ip->saddr, 8);
-  s += IPPROTO_TCP + seg_len;
-  th->check = htons(static_cast<uint16_t>(~Fold(s)));
+  th->check = TcpChecksum(ip, th, seg_len);
   sockaddr_in dst = Ipv4(k.backend_ip, 0);
   if (sendto(*raw_fd, pkt, 20 + seg_len, 0, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) < 0)
     return Errno("sending on raw socket");

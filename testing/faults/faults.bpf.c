@@ -78,18 +78,25 @@ static __always_inline int hit(const struct flt_config *cfg, __u32 dir, __u32 pp
   return (__u32)(((__u64)draw32(cfg, dir) * FLT_PPM) >> 32) < ppm;
 }
 
+// The IPv4 header of an unfragmented IPv4 frame into *ip, and the offset of
+// its L4 header; 0 when the frame is not that.
+static __always_inline __u32 ipv4_l4(struct __sk_buff *skb, struct iphdr *ip) {
+  struct ethhdr eth;
+  if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0) return 0;
+  if (eth.h_proto != bpf_htons(ETH_P_IP)) return 0;
+  if (bpf_skb_load_bytes(skb, sizeof(eth), ip, sizeof(*ip)) < 0) return 0;
+  if (ip->version != 4 || ip->ihl < 5) return 0;
+  if (ip->frag_off & bpf_htons(0x3fff)) return 0;  // MF or an offset: a fragment
+  return sizeof(eth) + ip->ihl * 4;
+}
+
 // Offset and length of the L4 payload of an unfragmented IPv4 TCP/UDP frame,
 // or 0 when the frame has none.
 static __always_inline __u32 payload_span(struct __sk_buff *skb, __u32 *off) {
-  struct ethhdr eth;
   struct iphdr ip;
-  if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0) return 0;
-  if (eth.h_proto != bpf_htons(ETH_P_IP)) return 0;
-  if (bpf_skb_load_bytes(skb, sizeof(eth), &ip, sizeof(ip)) < 0) return 0;
-  if (ip.version != 4 || ip.ihl < 5) return 0;
-  if (ip.frag_off & bpf_htons(0x3fff)) return 0;  // MF or an offset: a fragment
+  __u32 l4 = ipv4_l4(skb, &ip);
+  if (!l4) return 0;
   __u32 l3 = ip.ihl * 4;
-  __u32 l4 = sizeof(eth) + l3;
   __u32 hdr;
   if (ip.protocol == IPPROTO_TCP) {
     struct tcphdr tcp;
@@ -103,22 +110,18 @@ static __always_inline __u32 payload_span(struct __sk_buff *skb, __u32 *off) {
   __u32 tot = bpf_ntohs(ip.tot_len);
   if (tot <= l3 + hdr) return 0;
   __u32 len = tot - l3 - hdr;
-  if (sizeof(eth) + tot > skb->len) return 0;  // truncated: leave it alone
+  if (sizeof(struct ethhdr) + tot > skb->len) return 0;  // truncated: leave it alone
   *off = l4 + hdr;
   return len;
 }
 
 // An unfragmented IPv4 TCP frame with RST set.
 static __always_inline int is_tcp_rst(struct __sk_buff *skb) {
-  struct ethhdr eth;
   struct iphdr ip;
   struct tcphdr tcp;
-  if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0) return 0;
-  if (eth.h_proto != bpf_htons(ETH_P_IP)) return 0;
-  if (bpf_skb_load_bytes(skb, sizeof(eth), &ip, sizeof(ip)) < 0) return 0;
-  if (ip.version != 4 || ip.ihl < 5 || ip.protocol != IPPROTO_TCP) return 0;
-  if (ip.frag_off & bpf_htons(0x1fff)) return 0;
-  if (bpf_skb_load_bytes(skb, sizeof(eth) + ip.ihl * 4, &tcp, sizeof(tcp)) < 0) return 0;
+  __u32 l4 = ipv4_l4(skb, &ip);
+  if (!l4 || ip.protocol != IPPROTO_TCP) return 0;
+  if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0) return 0;
   return tcp.rst;
 }
 
