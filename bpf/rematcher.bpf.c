@@ -329,14 +329,18 @@ static __always_inline void pool_ack_fill(struct rm_event *ev,
   ev->window = window;
 }
 
+/* The ACK a client's clean close carried, owed to its pooled connection
+ * (the close itself is answered in place): `type` RM_EV_POOL_ACK, or
+ * RM_EV_CLIENT_LEFT when the connection went straight back to the idle
+ * queue (no RM_EV_POOL_VERIFY tells the core the client left). */
 static __noinline void emit_pool_ack(const struct rm_leg *leg, __u32 client,
-                                     __u32 backend, __u32 pool, __u32 window) {
+                                     __u32 backend, __u32 pool, __u32 type) {
   __u32 z = 0;
   struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
   if (!cfg || !cfg->events) return;
-  struct rm_event ev = {.type = RM_EV_POOL_ACK, .client_id = client,
+  struct rm_event ev = {.type = type, .client_id = client,
                         .backend_id = backend, .pool_id = pool};
-  pool_ack_fill(&ev, leg, pool, window);
+  pool_ack_fill(&ev, leg, pool, 0xffff);
   rb_send(&ev, 0);
 }
 
@@ -995,6 +999,15 @@ RM_GLOBAL int resp_track(struct xdp_md *ctx, __u32 id, __u32 off, __u32 start, _
 static __always_inline int resp_owed(const struct rm_client *c) {
   return ((c->cflags & (RM_CF_RFRAMED | RM_CF_RTAIL)) && c->s_nxt != c->resp_end) ||
          chunks_open(c->cflags);
+}
+
+/* The last response was framed and every byte of it has passed through
+ * (its Content-Length, or its last chunk): the backend owes nothing for it.
+ * With the client quiescent (it acked all of it, the backend all it sent),
+ * a close or an idle release may hand the pooled connection straight back
+ * to the idle queue, with nothing to verify. Phase RESP or IDLE only. */
+static __always_inline int resp_whole(const struct rm_client *c) {
+  return (c->cflags & (RM_CF_RFRAMED | RM_CF_RTAIL)) && c->s_nxt == c->resp_end;
 }
 
 /* Under client `id`'s lock, for a client that looks quiescent (all sent
@@ -1805,10 +1818,11 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
                   c->b_acked == c->c_nxt + c->d_req &&
                   pk->seq == c->c_nxt && len == 0 && !(c->fin_flags & RM_FIN_B);
   if (state == RM_C_ESTABLISHED && (pk->rst || pk->fin) && quiescent && !backend_may_owe(id)) {
-    /* Clean close between requests: keep the pooled connection, once the
-     * backend shows it owes nothing more (pool_verify_segment). */
+    /* Clean close between requests: keep the pooled connection, at once
+     * if its last response was framed and whole, else once the backend
+     * shows it owes nothing more (pool_verify_segment). */
     leg_from_client(leg, c);
-    leg->retire = 3;
+    leg->retire = resp_whole(c) ? 0 : 3;
     release = 1;
     c->pool_id = RM_NO_ID;
     c->backend_id = RM_NO_ID;
@@ -1944,8 +1958,10 @@ unlock:
   leg->owner = id;
   leg->epoch = epoch;
   if (release) {
+    __u32 left = leg->retire ? RM_EV_POOL_ACK : RM_EV_CLIENT_LEFT;
+    if (left == RM_EV_CLIENT_LEFT) stat_inc(RM_ST_POOL_RELEASED_WHOLE);
     pool_release_leg(pool, 0);
-    if (pk->ack_f) emit_pool_ack(leg, id, bid, pool, 0xffff);
+    emit_pool_ack(leg, id, bid, pool, left); /* a clean close has ack_f */
   }
   if (free_it) {
     client_free(id, key, epoch);
@@ -2626,7 +2642,9 @@ int xdp_ctl(struct xdp_md *ctx) {
     leg_from_client(leg, c);
     leg->owner = id;
     leg->epoch = epoch;
-    leg->retire = clean ? 3 : 2; /* clean: verify before reuse */
+    /* Clean: idle at once after a whole framed response, else verified
+     * before reuse. */
+    leg->retire = !clean ? 2 : resp_whole(c) ? 0 : 3;
     c->pool_id = RM_NO_ID;
     c->backend_id = RM_NO_ID;
     abort_bid = request_abort(c);
@@ -2638,7 +2656,13 @@ int xdp_ctl(struct xdp_md *ctx) {
   rm_unlock(&c->lock);
 
   backend_abort(abort_bid);
-  if (act && pool != RM_NO_ID) pool_release_leg(pool, 0);
+  if (act && pool != RM_NO_ID) {
+    if (!leg->retire) {
+      stat_inc(RM_ST_POOL_RELEASED_WHOLE);
+      emit(cfg, RM_EV_CLIENT_LEFT, id, RM_NO_ID, RM_NO_ID, 0);
+    }
+    pool_release_leg(pool, 0);
+  }
   if (act == 1) {
     bpf_map_delete_elem(&client_ids, &key);
     bpf_map_push_elem(&free_client_ids, &id, 0);

@@ -447,6 +447,10 @@ enum rm_stat {
   RM_ST_PIN_RESP_OWED,       /* pinned for good: a request began before the
                                backend had sent all of a framed response
                                (RM_CF_RFRAMED, RM_CF_RCHUNKED) */
+  RM_ST_POOL_RELEASED_WHOLE, /* pooled connection handed back by a client
+                               that closed or went idle after a framed
+                               response that had all passed: idle at once,
+                               no verification needed */
   RM_ST__MAX,
 };
 
@@ -462,6 +466,12 @@ enum rm_event_type {
                           rematch it also carries the old pooled
                           connection's owed ACK (ack_pool != RM_NO_ID). */
   RM_EV_POOL_VERIFY = 6, /* pooled connection entered RM_P_VERIFY: probe it */
+  RM_EV_CLIENT_LEFT = 7, /* a client closed or went idle between requests
+                            and its pooled connection went straight back to
+                            the idle queue (RM_ST_POOL_RELEASED_WHOLE): its
+                            pending decision is void. A close's ACK, owed to
+                            the pooled connection, rides on it as on
+                            RM_EV_POOL_ACK (pool_id; RM_NO_ID: none). */
 };
 
 #define RM_EVENTS_RING (1 << 20) /* ring buffer bytes */

@@ -475,6 +475,13 @@ void Core::OnEvent(const rm_event& ev) {
     case RM_EV_NEED_POOL:
       pools_->OnNeed(ev.backend_id);
       break;
+    case RM_EV_CLIENT_LEFT:
+      // A client that left between requests, its pooled connection idle
+      // at once (its last response framed and whole): the ACK its close
+      // carried, and its decision is void, as below.
+      if (ev.pool_id != RM_NO_ID) SendPoolAck(ev.pool_id, ev);
+      ForgetPending(ev.client_id);
+      break;
     case RM_EV_POOL_VERIFY:
       pools_->OnVerify(ev.pool_id);
       // Its client closed between requests, or went idle (one that comes

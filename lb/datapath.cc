@@ -143,6 +143,7 @@ const char* StatName(int stat) {
       "arrival_rerouted",
       "pinned_framing",
       "pinned_response_owed",
+      "pool_released_whole",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];

@@ -1768,8 +1768,74 @@ TEST_F(ResponseFramingTest, AQuietClientOwedAResponseKeepsItsConnection) {
   BackendToClient("the rest", c, p0_, e, BackendSeg(b, Bytes(2000, 'b'), ACK | PSH),
                   {{RM_ST_TX_B2C, 1}});
   ClientToBackend("client acks it", c, p0_, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+  StatsArray before = Stats();
   ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
   EXPECT_EQ(Client(c.id).pool_id, RM_NO_ID) << "the response is whole: idle";
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_IDLE)) << "owing nothing: no verification";
+  EXPECT_EQ(DescribeDeltas(Diff(before, Stats())),
+            DescribeDeltas({{RM_ST_POOL_RELEASED_WHOLE, 1}}));
+}
+
+// A client that closes (FIN or RST) or goes idle once a framed response has
+// all passed through (its Content-Length, or its last chunk) and been
+// acknowledged leaves the backend owing nothing: the pooled connection goes
+// straight back to the idle queue, unverified (verification takes two probe
+// answers a settle time apart, ~22 ms out of the pool, and four segments).
+// One short of the whole, and it is verified (or, while owed, not released
+// at all: AQuietClientOwedAResponseKeepsItsConnection).
+TEST_F(ResponseFramingTest, AWholeResponseHandsTheConnectionStraightBack) {
+  enum How { kFin, kRst, kIdle };
+  const std::string chunked = kChunked + "5\r\nhello\r\n0\r\n\r\n";
+  for (How how : {kFin, kRst, kIdle}) {
+    for (bool is_chunked : {false, true}) {
+      SCOPED_TRACE(std::string(how == kFin ? "FIN" : how == kRst ? "RST" : "idle") +
+                   (is_chunked ? ", chunked" : ", Content-Length"));
+      LoadDatapath(4);
+      ClientSpec c;
+      BackendPos b;
+      Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+      Respond(c, e, b, {is_chunked ? chunked : kOk10 + "0123456789"});
+      ASSERT_EQ(Client(c.id).s_nxt, Client(c.id).resp_end);
+      const uint32_t lb_nxt = c.c_nxt + Client(c.id).d_req;
+      const uint32_t be_nxt = c.s_nxt - Client(c.id).d_resp;
+      if (how == kIdle) {
+        StatsArray before = Stats();
+        ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
+        EXPECT_EQ(DescribeDeltas(Diff(before, Stats())),
+                  DescribeDeltas({{RM_ST_POOL_RELEASED_WHOLE, 1}}));
+        EXPECT_EQ(Client(c.id).pool_id, RM_NO_ID);
+      } else {
+        Seg close = ClientSeg(c, {}, how == kRst ? RST | ACK : FIN | ACK);
+        if (how == kRst) close.win = 0;
+        Deltas d = {{RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_RELEASED_WHOLE, 1}};
+        if (how == kFin) d[RM_ST_TX_FINACK] = 1;
+        Expect("close after the whole response", BuildSeg(FromClient(c), close),
+               how == kFin ? XDP_TX : XDP_DROP, nullptr, d);
+      }
+      rm_pool pr = Pool(0);
+      EXPECT_EQ(pr.state, uint32_t(RM_P_IDLE));
+      EXPECT_EQ(pr.lb_nxt, lb_nxt);
+      EXPECT_EQ(pr.be_nxt, be_nxt);
+      EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+    }
+  }
+  // One byte short: verified.
+  LoadDatapath(4);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  Respond(c, e, b, {kOk10 + "012345678"});
+  ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
+  EXPECT_EQ(Client(c.id).pool_id, 0u) << "owed a byte: not idle";
+  // An unframed response (layer-4 rules) is verified.
+  LoadDatapath(4);
+  ClientSpec c2;
+  BackendPos b2;
+  Epoch e2 = Start(c2, b2, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  Respond(c2, e2, b2, {"not an HTTP response at all"});
+  Seg fin = ClientSeg(c2, {}, FIN | ACK);
+  Expect("close after an unframed response", BuildSeg(FromClient(c2), fin), XDP_TX, nullptr,
+         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_VERIFY));
 }
 
