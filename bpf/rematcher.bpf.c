@@ -1012,18 +1012,24 @@ static __always_inline int resp_whole(const struct rm_client *c) {
 
 /* Under client `id`'s lock, for a client that looks quiescent (all sent
  * both ways acknowledged): 1 if the backend may still owe it bytes all the
- * same, so it is neither idle (its pooled connection is not handed back)
- * nor closing between requests (a FIN is a half-close, an RST an abort,
- * both for the backend). Either its framed response is not whole
- * (resp_owed), or the window it last offered, as forwarded to the backend
- * (lb_win), holds less than a segment: a backend with more to send is held
- * back by it whatever the framing says (the client is not reading). */
+ * same, or expect more from it, so it is neither idle (its pooled
+ * connection is not handed back) nor closing between requests (a FIN is a
+ * half-close, an RST an abort, both for the backend). Either its framed
+ * response is not whole (resp_owed), or its framed request is not (the
+ * backend answered early), or the window it last offered, as forwarded to
+ * the backend (lb_win), holds less than a segment: a backend with more to
+ * send is held back by it whatever the framing says (the client is not
+ * reading). */
 RM_GLOBAL int backend_may_owe(__u32 id) {
   __u32 z = 0;
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
   struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
   if (!c || !cfg) return 1;
   if (resp_owed(c)) return 1;
+  /* The backend answered a framed request before all its body came (an
+   * early 401 or 413): it still reads or discards that body, and would
+   * take the next client's request for the rest of it. */
+  if ((c->cflags & RM_CF_FRAMED) && rm_before(c->c_nxt, c->req_end)) return 1;
   __u32 mss = cfg->mss ? cfg->mss : 1460;
   return ((__u32)c->lb_win << (c->lb_wscale & 15)) < mss;
 }

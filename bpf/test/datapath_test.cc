@@ -1776,6 +1776,26 @@ TEST_F(ResponseFramingTest, AQuietClientOwedAResponseKeepsItsConnection) {
             DescribeDeltas({{RM_ST_POOL_RELEASED_WHOLE, 1}}));
 }
 
+// A backend may answer a framed request before all of its body came (an
+// early 401 or 413). It still reads or discards the rest, and would take the
+// next client's request for it: until the body is whole the client is
+// neither idle nor closing between requests, and its FIN goes to the
+// backend, as any close mid-request does.
+TEST_F(ResponseFramingTest, AnEarlyAnswerToAnUnfinishedBodyIsNoBoundary) {
+  ClientSpec c;
+  BackendPos b;
+  const std::string head = "POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n";
+  Epoch e = Start(c, b, head + std::string(10, 'x'), {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  Respond(c, e, b, {"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n"});
+  ASSERT_EQ(Client(c.id).s_nxt, Client(c.id).resp_end) << "the response is whole";
+  ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
+  EXPECT_EQ(Client(c.id).pool_id, 0u) << "90 bytes of body to come: not idle";
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_BUSY));
+  ClientToBackend("a FIN mid-body goes to the backend", c, p0_, e, ClientSeg(c, {}, FIN | ACK),
+                  {{RM_ST_TX_C2B, 1}});
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_NAT_CLOSE));
+}
+
 // A client that closes (FIN or RST) or goes idle once a framed response has
 // all passed through (its Content-Length, or its last chunk) and been
 // acknowledged leaves the backend owing nothing: the pooled connection goes
