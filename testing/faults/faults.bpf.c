@@ -6,6 +6,8 @@
 // names). Each frame draws, in this order:
 //   a TCP RST, while the drop_resets budget lasts -> TC_ACT_SHOT (a reset
 //                lost: nothing retransmits one);
+//   a pure TCP ACK, before drop_acks_until_ns -> TC_ACT_SHOT (the receiver's
+//                acknowledgements lost: its peer waits out its timers);
 //   loss      -> TC_ACT_SHOT;
 //   duplicate -> bpf_clone_redirect() to the same hook (the copy carries
 //                FLT_DUP_MARK and is passed untouched when it comes back);
@@ -125,6 +127,18 @@ static __always_inline int is_tcp_rst(struct __sk_buff *skb) {
   return tcp.rst;
 }
 
+// An unfragmented IPv4 TCP frame that only acknowledges: ACK set, no
+// payload, no SYN, FIN or RST.
+static __always_inline int is_pure_ack(struct __sk_buff *skb) {
+  struct iphdr ip;
+  struct tcphdr tcp;
+  __u32 l4 = ipv4_l4(skb, &ip);
+  if (!l4 || ip.protocol != IPPROTO_TCP) return 0;
+  if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0) return 0;
+  if (!tcp.ack || tcp.syn || tcp.fin || tcp.rst) return 0;
+  return bpf_ntohs(ip.tot_len) == ip.ihl * 4 + tcp.doff * 4;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u32 dir, __u64 redirect_flags) {
   if (skb->mark == FLT_DUP_MARK) {  // our own copy coming back: pass it
     skb->mark = 0;
@@ -138,6 +152,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir, __u64 redire
   if ((__s32)*(volatile __u32 *)&cfg->drop_resets > 0 && is_tcp_rst(skb) &&
       (__s32)__sync_fetch_and_sub(&cfg->drop_resets, 1) > 0) {
     count(dir, FLT_CTR_RST_DROPPED);
+    return TC_ACT_SHOT;
+  }
+  if (cfg->drop_acks_until_ns && bpf_ktime_get_ns() < cfg->drop_acks_until_ns &&
+      is_pure_ack(skb)) {
+    count(dir, FLT_CTR_ACK_DROPPED);
     return TC_ACT_SHOT;
   }
   if (hit(cfg, dir, cfg->loss_ppm)) {

@@ -4,6 +4,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <net/if.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -23,7 +24,7 @@
 namespace rematcher::faults {
 namespace {
 
-static_assert(sizeof(flt_config) == 24, "flt_config layout");
+static_assert(sizeof(flt_config) == 32, "flt_config layout");
 
 // Linux 6.6 UAPI; Debian 12's headers predate tcx.
 constexpr int kBpfTcxIngress = 46;
@@ -81,6 +82,8 @@ absl::Status ValidateFaultSpec(const FaultSpec& s) {
   }
   if (s.drop_resets > 0x7fffffffu)
     return absl::InvalidArgumentError("drop_resets must be below 2^31");
+  if (s.drop_acks_for < absl::ZeroDuration() || s.drop_acks_for > absl::Minutes(10))
+    return absl::InvalidArgumentError("drop_acks_for must be in [0, 10m]");
   if (s.reorder_gap_frames < 0) return absl::InvalidArgumentError("reorder_gap_frames < 0");
   if (s.reorder_max_hold <= absl::ZeroDuration() || s.reorder_max_hold > absl::Seconds(1))
     return absl::InvalidArgumentError("reorder_max_hold must be in (0, 1s]");
@@ -92,6 +95,8 @@ std::string FaultSpecString(const FaultSpec& s) {
       absl::StrFormat("loss=%g%% dup=%g%% reorder=%g%% corrupt=%g%% dir=%s seed=%d", s.loss * 100,
                       s.duplicate * 100, s.reorder * 100, s.corrupt * 100, DirName(s.dir), s.seed);
   if (s.drop_resets) absl::StrAppend(&out, " drop_resets=", s.drop_resets);
+  if (s.drop_acks_for > absl::ZeroDuration())
+    absl::StrAppend(&out, " drop_acks_for=", absl::FormatDuration(s.drop_acks_for));
   return out;
 }
 
@@ -101,10 +106,11 @@ std::string FaultCounters::ToString() const {
                          {"to_host", &to_host}}) {
     absl::StrAppendFormat(&out,
                           "%-9s seen=%d dropped=%d duplicated=%d dup_failed=%d corrupted=%d/%d "
-                          "resets_dropped=%d relayed=%d held=%d reordered=%d held_alone=%d "
-                          "relay_lost=%d\n",
+                          "resets_dropped=%d acks_dropped=%d relayed=%d held=%d reordered=%d "
+                          "held_alone=%d relay_lost=%d\n",
                           name, c->seen, c->dropped, c->duplicated, c->duplicate_failed,
-                          c->corrupted, c->corrupt_eligible, c->resets_dropped, c->relayed,
+                          c->corrupted, c->corrupt_eligible, c->resets_dropped,
+                          c->acks_dropped, c->relayed,
                           c->held, c->reordered, c->held_alone, c->relay_lost);
   }
   return out;
@@ -164,6 +170,12 @@ absl::Status FaultInjector::WriteConfig() {
       c.dup_ppm = Ppm(spec_.duplicate);
       c.corrupt_ppm = Ppm(spec_.corrupt);
       c.drop_resets = spec_.drop_resets;
+      if (spec_.drop_acks_for > absl::ZeroDuration()) {
+        timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);  // bpf_ktime_get_ns's clock
+        c.drop_acks_until_ns = static_cast<uint64_t>(now.tv_sec) * 1000000000ull + now.tv_nsec +
+                               absl::ToInt64Nanoseconds(spec_.drop_acks_for);
+      }
     }
     c.seed = spec_.seed == 0 ? 0 : spec_.seed * 2 + d;  // the two directions differ
     uint32_t key = d;
@@ -377,6 +389,7 @@ absl::StatusOr<FaultCounters> FaultInjector::Counters() const {
     o.corrupt_eligible = sum[d][FLT_CTR_CORRUPT_ELIGIBLE];
     o.corrupted = sum[d][FLT_CTR_CORRUPTED];
     o.resets_dropped = sum[d][FLT_CTR_RST_DROPPED];
+    o.acks_dropped = sum[d][FLT_CTR_ACK_DROPPED];
     const RelayDirectionCounters& r = rc.dir[d];
     o.relayed = r.received;
     o.held = r.held;

@@ -55,6 +55,11 @@ struct FaultSpec {
   // reset lost on the way: TCP never retransmits one). Update() sets a new
   // budget.
   uint32_t drop_resets = 0;
+  // For this long from Attach() or Update(), every pure TCP ACK (no
+  // payload; no SYN, FIN or RST) in each chosen direction is dropped: a
+  // receiver's acknowledgements lost, so its peer waits out its loss probe
+  // and retransmission timers. Zero: none.
+  absl::Duration drop_acks_for = absl::ZeroDuration();
   Direction dir = Direction::kBoth;
   // 0: unseeded (kernel prandom, std::random_device). Otherwise the BPF draws
   // use a per-CPU xorshift seeded from it and the relay a seeded mt19937_64;
@@ -80,6 +85,7 @@ struct DirectionCounters {
   uint64_t corrupt_eligible = 0;  // IPv4 TCP/UDP frames with payload that were not dropped
   uint64_t corrupted = 0;
   uint64_t resets_dropped = 0;    // by the drop_resets budget
+  uint64_t acks_dropped = 0;      // within drop_acks_for
   // relay (zero unless reorder was requested at Attach)
   uint64_t relayed = 0;      // frames the relay read
   uint64_t held = 0;         // frames held back

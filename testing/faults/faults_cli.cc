@@ -26,6 +26,8 @@ DEFINE_double(duplicate, 0, "duplication probability per frame");
 DEFINE_double(reorder, 0, "probability a frame is held back (splices a relay in)");
 DEFINE_double(corrupt, 0, "probability an IPv4 TCP/UDP frame with payload gets one byte flipped");
 DEFINE_uint32(drop_resets, 0, "drop the first N TCP RSTs in each chosen direction");
+DEFINE_double(drop_acks_ms, 0,
+              "drop every pure TCP ACK in each chosen direction for this many ms from the start");
 DEFINE_string(dir, "both", "from_host, to_host or both");
 DEFINE_uint64(seed, 0, "0: unseeded");
 DEFINE_int32(reorder_gap, 1, "release a held frame after this many frames passed it (0: timeout only)");
@@ -67,6 +69,7 @@ int main(int argc, char** argv) {
   spec.reorder = FLAGS_reorder;
   spec.corrupt = FLAGS_corrupt;
   spec.drop_resets = FLAGS_drop_resets;
+  spec.drop_acks_for = absl::Microseconds(static_cast<int64_t>(FLAGS_drop_acks_ms * 1000));
   spec.seed = FLAGS_seed;
   spec.reorder_gap_frames = FLAGS_reorder_gap;
   if (FLAGS_dir == "from_host") {

@@ -29,11 +29,12 @@ enum flt_ctr {
   FLT_CTR_CORRUPT_ELIGIBLE, /* IPv4 TCP/UDP frames with payload, not dropped */
   FLT_CTR_CORRUPTED,        /* one payload byte flipped, checksum left stale */
   FLT_CTR_RST_DROPPED,      /* a TCP RST dropped by the drop_resets budget */
+  FLT_CTR_ACK_DROPPED,      /* a pure TCP ACK dropped before drop_acks_until_ns */
   FLT_CTR_MAX,
 };
 
 /* One entry per direction of the `config` array; userspace may rewrite it
- * while traffic flows. 24 bytes. */
+ * while traffic flows. 32 bytes. */
 struct flt_config {
   __u32 loss_ppm;      /*  0 */
   __u32 dup_ppm;       /*  4 */
@@ -41,6 +42,9 @@ struct flt_config {
   __u32 drop_resets;   /* 12: TCP RSTs still to drop (a budget the program
                           counts down; signed below zero when overdrawn) */
   __u64 seed;          /* 16: 0 = kernel prandom, else per-CPU xorshift */
+  __u64 drop_acks_until_ns; /* 24: until then (bpf_ktime_get_ns, CLOCK_MONOTONIC)
+                               every pure TCP ACK (no payload; no SYN, FIN or
+                               RST) is dropped: acknowledgements lost */
 };
 
 /* Duplicates are tagged with this skb->mark so the hook they re-enter passes

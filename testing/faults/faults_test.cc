@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -505,6 +506,68 @@ TEST_F(FaultsTest, FirstResetsAreDropped) {
   c = f->Counters();
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(c->to_host.resets_dropped, 2u);
+}
+
+// drop_acks_for: for that long every pure ACK towards the host is lost. The
+// client's data stays unacknowledged through the window (its loss probe's
+// ACK is lost too) and is acknowledged once it retransmits after it.
+TEST_F(FaultsTest, PureAcksAreDroppedForAWhile) {
+  absl::StatusOr<int> lfd = testbed::SocketInNetns(tb_->backend_ns(0), AF_INET, SOCK_STREAM);
+  ASSERT_TRUE(lfd.ok()) << lfd.status();
+  sockaddr_in la = Addr(tb_->backend_ip(0), 9300);
+  ASSERT_EQ(bind(*lfd, reinterpret_cast<sockaddr*>(&la), sizeof(la)), 0) << strerror(errno);
+  ASSERT_EQ(listen(*lfd, 4), 0);
+  absl::StatusOr<int> cfd = testbed::SocketInNetns(tb_->client_ns(0), AF_INET, SOCK_STREAM);
+  ASSERT_TRUE(cfd.ok()) << cfd.status();
+  SetTimeouts(*cfd, 10);
+  FaultSpec spec;
+  spec.drop_acks_for = absl::Milliseconds(400);
+  spec.dir = Direction::kToHost;
+  auto f = MustAttach(spec);
+  ASSERT_NE(f, nullptr);
+  const absl::Time t0 = absl::Now();
+  // The SYN-ACK is no pure ACK: the handshake completes.
+  ASSERT_EQ(connect(*cfd, reinterpret_cast<sockaddr*>(&la), sizeof(la)), 0) << strerror(errno);
+  int sfd = accept(*lfd, nullptr, nullptr);
+  ASSERT_GE(sfd, 0) << strerror(errno);
+  SetTimeouts(sfd, 10);
+  const std::string data(1000, 'a');
+  ASSERT_EQ(send(*cfd, data.data(), data.size(), 0), ssize_t(data.size()));
+  char buf[2000];
+  size_t got = 0;
+  while (got < data.size()) {
+    ssize_t n = recv(sfd, buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0) << "the data itself must pass";
+    got += n;
+  }
+  auto unacked = [&]() {
+    tcp_info ti{};
+    socklen_t len = sizeof(ti);
+    EXPECT_EQ(getsockopt(*cfd, IPPROTO_TCP, TCP_INFO, &ti, &len), 0);
+    return ti.tcpi_unacked;
+  };
+  absl::SleepFor(absl::Milliseconds(250));
+  EXPECT_GT(unacked(), 0u) << "the backend's ACK reached the client within the window";
+  absl::Duration acked_after = absl::InfiniteDuration();
+  for (int i = 0; i < 300; i++) {  // 3 s
+    if (unacked() == 0) {
+      acked_after = absl::Now() - t0;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  absl::StatusOr<FaultCounters> c = f->Counters();
+  ASSERT_TRUE(c.ok());
+  std::cout << "[acks] the client's data acknowledged after " << acked_after << "\n"
+            << c->ToString();
+  EXPECT_GE(acked_after, absl::Milliseconds(400)) << "acknowledged within the window";
+  EXPECT_LT(acked_after, absl::Seconds(3)) << "never acknowledged after the window";
+  EXPECT_GE(c->to_host.acks_dropped, 1u);
+  EXPECT_EQ(c->from_host.acks_dropped, 0u) << "only towards the host";
+  EXPECT_EQ(c->to_host.dropped, 0u) << "no loss asked for";
+  close(sfd);
+  close(*cfd);
+  close(*lfd);
 }
 
 TEST_F(FaultsTest, DirectionsAndUpdate) {
