@@ -30,7 +30,11 @@
 //
 // CI runs FAULT_E2E_REQUESTS requests per fault level (default 3000); the
 // manual target //lb:fault_e2e_long_test defines it as 100,000.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -47,8 +51,10 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "lb/testing/e2e_fixture.h"
+#include "testing/backend/body.h"
 #include "testing/backend/test_util.h"
 #include "testing/faults/faults.h"
+#include "testing/testbed/netns.h"
 
 #ifndef FAULT_E2E_REQUESTS
 #define FAULT_E2E_REQUESTS 3000
@@ -534,6 +540,102 @@ TEST_F(FaultE2eTest, BackendResetMidResponseReachesTheClientThoughTheResetIsLost
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ(ok->exit_code, 0) << ok->err;
   EXPECT_EQ(ok->out, "200");
+}
+
+// A backend held back by lost ACKs. The client's acknowledgements of an
+// unframed response's first flight are lost between the LB and the backend,
+// so the backend, with most of the response still to send, waits out its
+// retransmission timer (tcp_rto_min_us 2 s in its namespace here, so the
+// wait outlasts the LB's idle scan, which runs every second) while the
+// client, having acknowledged all it got, looks idle. The idle release
+// hands the pooled connection back, and it must be verified: the probe's
+// ACK (its one old byte ends at the backend's rcv_nxt, so the backend takes
+// it) has the backend send on before it answers, and the connection goes
+// back to the client (pool_reattached). Handed straight back to the idle
+// queue (as after a whole framed response, which this is not), the
+// connection sat idle with bytes owed, the backend's next segment found it
+// with no client and killed it (pool_dead), and the client waited: with
+// resp_whole() forced true (a local edit), 15,268 of 1,000,125 bytes, then
+// nothing for 10 s.
+TEST_F(FaultE2eTest, BackendHeldBackByLostAcksIsNotHandedOff) {
+  for (int i = 0; i < kBackends; i++) {
+    auto r = bed().tb().RunCommand(bed().tb().backend_ns(i),
+                                   {"sysctl", "-qw", "net.ipv4.tcp_rto_min_us=2000000"},
+                                   absl::Seconds(5));
+    ASSERT_TRUE(r.ok()) << r.status();
+    if (r->exit_code != 0) {
+      std::cout << "SKIPPED: no net.ipv4.tcp_rto_min_us on this kernel: " << r->err << std::endl;
+      GTEST_SKIP();
+    }
+    // A listener takes the setting when it is made: restart the backend.
+    ASSERT_TRUE(bed().StartBackend(i).ok());
+  }
+  ASSERT_TRUE(bed().StartLb("rr", {"--idle_release_ms=100"}).ok()) << bed().LbLog();
+  std::vector<std::unique_ptr<FaultInjector>> fs;
+  FaultSpec spec;
+  spec.dir = faults::Direction::kToHost;  // towards the backend
+  for (int i = 0; i < kBackends; i++) {
+    auto f = FaultInjector::Attach(bed().tb(), bed().tb().backend_peer_ifname(i), spec);
+    ASSERT_TRUE(f.ok()) << f.status();
+    fs.push_back(std::move(*f));
+  }
+  auto s0 = bed().Stats();
+  ASSERT_TRUE(s0.ok()) << s0.status();
+  absl::StatusOr<int> fd = testbed::SocketInNetns(bed().tb().client_ns(0), AF_INET, SOCK_STREAM);
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  timeval tv{10, 0};
+  setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in vip{};
+  vip.sin_family = AF_INET;
+  vip.sin_port = htons(bed().options().backend_port);
+  inet_pton(AF_INET, bed().tb().vip().c_str(), &vip.sin_addr);
+  ASSERT_EQ(connect(*fd, reinterpret_cast<sockaddr*>(&vip), sizeof(vip)), 0) << strerror(errno);
+  // A head over a segment long is left to the layer-4 rules: no framing
+  // tells the LB that the response is not whole.
+  const size_t size = 1000000;
+  const std::string req = absl::StrCat("GET /r?size=", size, "&seed=91 HTTP/1.1\r\nHost: t\r\n",
+                                       "X-Pad: ", std::string(1500, 'p'), "\r\n\r\n");
+  // Every pure ACK towards the backends is lost for 60 ms from now: the
+  // client's ACKs of the first flight and of the backend's loss probe.
+  spec.drop_acks_for = absl::Milliseconds(60);
+  for (auto& f : fs) ASSERT_TRUE(f->Update(spec).ok());
+  const absl::Time t0 = absl::Now();
+  ASSERT_EQ(send(*fd, req.data(), req.size(), 0), ssize_t(req.size()));
+  std::string got;
+  char buf[65536];
+  size_t want = 0;
+  while (want == 0 || got.size() < want) {
+    ssize_t n = recv(*fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    got.append(buf, n);
+    size_t he = got.find("\r\n\r\n");
+    if (want == 0 && he != std::string::npos) want = he + 4 + size;
+  }
+  const absl::Duration took = absl::Now() - t0;
+  uint64_t acks_dropped = 0;
+  for (auto& f : fs) {
+    auto c = f->Counters();
+    ASSERT_TRUE(c.ok()) << c.status();
+    acks_dropped += c->to_host.acks_dropped;
+  }
+  auto s1 = bed().Stats();
+  ASSERT_TRUE(s1.ok()) << s1.status();
+  close(*fd);  // after the counters: its close, after an unframed response, is verified too
+  auto d = [&](const char* k) { return (*s1)[k] - (*s0)[k]; };
+  std::cout << "[lost acks] got " << got.size() << " of " << want << " bytes in " << took
+            << "; acks_dropped " << acks_dropped << " pool_verify " << d("pool_verify")
+            << " pool_reattached " << d("pool_reattached") << " pool_verified "
+            << d("pool_verified") << " pool_dead " << d("pool_dead") << std::endl;
+  ASSERT_NE(want, 0u) << "no response head";
+  ASSERT_EQ(got.size(), want) << "the response stalled";
+  std::string body(size, 0);
+  backend::FillBody(91, 0, body.data(), size);
+  EXPECT_TRUE(got.compare(want - size, size, body) == 0) << "body differs";
+  EXPECT_GT(acks_dropped, 0u);
+  EXPECT_EQ(d("pool_verify"), 1u) << "the client was not released as idle: no hold-back";
+  EXPECT_EQ(d("pool_reattached"), 1u) << "verification did not give the connection back";
+  EXPECT_EQ(d("pool_dead"), 0u);
+  EXPECT_LT(took, absl::Milliseconds(1900)) << "the backend's own timer ended the wait";
 }
 
 // A backend that stalls (a GC-like pause of 150 ms every 300 ms). The
