@@ -117,14 +117,20 @@ static __always_inline __u32 payload_span(struct __sk_buff *skb, __u32 *off) {
   return len;
 }
 
+// The IPv4 and TCP headers of an unfragmented IPv4 TCP frame into *ip and
+// *tcp; 0 when the frame is not that.
+static __always_inline int tcp_headers(struct __sk_buff *skb, struct iphdr *ip,
+                                       struct tcphdr *tcp) {
+  __u32 l4 = ipv4_l4(skb, ip);
+  if (!l4 || ip->protocol != IPPROTO_TCP) return 0;
+  return bpf_skb_load_bytes(skb, l4, tcp, sizeof(*tcp)) == 0;
+}
+
 // An unfragmented IPv4 TCP frame with RST set.
 static __always_inline int is_tcp_rst(struct __sk_buff *skb) {
   struct iphdr ip;
   struct tcphdr tcp;
-  __u32 l4 = ipv4_l4(skb, &ip);
-  if (!l4 || ip.protocol != IPPROTO_TCP) return 0;
-  if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0) return 0;
-  return tcp.rst;
+  return tcp_headers(skb, &ip, &tcp) && tcp.rst;
 }
 
 // An unfragmented IPv4 TCP frame that only acknowledges: ACK set, no
@@ -132,9 +138,7 @@ static __always_inline int is_tcp_rst(struct __sk_buff *skb) {
 static __always_inline int is_pure_ack(struct __sk_buff *skb) {
   struct iphdr ip;
   struct tcphdr tcp;
-  __u32 l4 = ipv4_l4(skb, &ip);
-  if (!l4 || ip.protocol != IPPROTO_TCP) return 0;
-  if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0) return 0;
+  if (!tcp_headers(skb, &ip, &tcp)) return 0;
   if (!tcp.ack || tcp.syn || tcp.fin || tcp.rst) return 0;
   return bpf_ntohs(ip.tot_len) == ip.ihl * 4 + tcp.doff * 4;
 }
