@@ -42,6 +42,30 @@
  * first answer and the second (RM_POOL_ANSWERED). */
 #define RM_VERIFY_SETTLE_NS (10ULL * 1000 * 1000)
 
+/* The receive window the LB offers a backend on a pooled connection that
+ * no client reads from: once a framed response is whole and acknowledged,
+ * on a client's ACKs (and on the owed ACK of a client that moved or left),
+ * and in the datapath's own answers on an idle connection. The backend owes
+ * nothing then, so it loses nothing; what matters is that its send window
+ * is small when the next client comes. Linux takes a smaller window only
+ * from a segment that acknowledges something new or starts later
+ * (tcp_may_update_window), and the next client's request does neither: it
+ * starts where the last client's last ACK did. Left at the last client's
+ * window (megabytes after a download), it let the backend burst its whole
+ * congestion window into a new client's ~64 KB; the rest was dropped and
+ * waited out the backend's retransmission timer. One unit of the leg's
+ * scale, not zero: a FIN still fits. */
+#define RM_IDLE_WIN 1
+/* The window verification opens (RM_P_VERIFY): enough for a backend held
+ * back by its last client's closed window to show it owed more, and below
+ * what a new Linux client offers (~64 KB), so that client's first request
+ * takes over. In bytes; rm_verify_win() gives the window field. */
+#define RM_VERIFY_WIN_BYTES 32768u
+static inline __u16 rm_verify_win(__u8 lb_wscale) {
+  __u32 w = RM_VERIFY_WIN_BYTES >> (lb_wscale & 15);
+  return w ? (__u16)w : 1;
+}
+
 /* Idle-queue entries: pool id in the low 20 bits, generation above. */
 #define RM_POOL_ID_BITS 20
 #define RM_IDLE_ENTRY(pid, gen) (((__u32)(gen) << RM_POOL_ID_BITS) | (pid))
@@ -180,7 +204,8 @@ struct rm_client {
   struct rm_pool_key pkey; /* pooled connection's tuple (backend -> LB) */
   __u8 b_mac[6];     /* backend's MAC */
   __u16 b_vlan_tci;  /* network order */
-  __u16 lb_win;      /* last window field sent to the backend */
+  __u16 lb_win;      /* the client's window as a field on the backend leg
+                        (sent as is, but for RM_IDLE_WIN between requests) */
   __u16 cflags;      /* RM_CF_* */
 
   /* request accounting */

@@ -527,8 +527,8 @@ void Core::AdjustPollInterval() {
 }
 
 void Core::SendPoolAck(uint32_t pool, const rm_event& ev) {
-  absl::StatusOr<bool> sent = pools_->SendAck(pool, ev.seq, ev.ack, ev.tsval, ev.tsecr,
-                                              ev.window ? ev.window : 0xffff);
+  absl::StatusOr<bool> sent =
+      pools_->SendAck(pool, ev.seq, ev.ack, ev.tsval, ev.tsecr, ev.window);
   if (!sent.ok()) return;
   if (*sent) {
     pool_acks_sent_++;

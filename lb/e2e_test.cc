@@ -932,6 +932,141 @@ TEST_F(E2eTest, SlowReaderIsNeverHandedOffMidResponse) {
   }
 }
 
+// A pooled connection's backend keeps the send window its last client
+// advertised: megabytes, after a client that downloads. Linux takes a
+// smaller window only from a newer segment, and a new client's request is
+// not one (same sequence number, nothing new acknowledged), so unless the
+// LB shrinks the window when a client is done with the connection, the
+// backend bursts its congestion window into the new client's ~64 KB and
+// waits out its retransmission timer for the excess.
+TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindow) {
+  StartLb(Backends(8080), "rr", {}, /*pool=*/2);
+  const size_t size = 300000;
+  std::string body(size, 0);
+  FillBody(31, 0, body.data(), size);
+  sockaddr_in vip{};
+  vip.sin_family = AF_INET;
+  vip.sin_port = htons(8080);
+  inet_pton(AF_INET, "198.18.0.10", &vip.sin_addr);
+  auto c0 = [&] { return *tb_->Nstat(tb_->client_ns(0)); };
+  auto backends = [&] {
+    std::vector<NstatCounters> v;
+    for (int i = 0; i < 3; i++) v.push_back(*tb_->Nstat(tb_->backend_ns(i)));
+    return v;
+  };
+  NstatCounters c0_before = c0();
+  std::vector<NstatCounters> b_before = backends();
+  absl::Duration slowest;
+  int fetched = 0;
+  for (int round = 0; round < 3; round++) {
+    // Another client grows its window (and the pooled connections'
+    // congestion windows) on every backend.
+    std::string warm = Load(1, {"--connections=4", "--duration_s=1", "--sizes=0,100,10000,300000,1m",
+                                absl::StrCat("--seed=", 40 + round)});
+    ASSERT_GT(JsonInt(warm, "ok"), 0) << warm;
+    for (int i = 0; i < 6; i++) {
+      absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->client_ns(0), AF_INET, SOCK_STREAM);
+      ASSERT_TRUE(fd.ok()) << fd.status();
+      ASSERT_EQ(connect(*fd, reinterpret_cast<sockaddr*>(&vip), sizeof(vip)), 0) << strerror(errno);
+      const absl::Time t0 = absl::Now();
+      ASSERT_TRUE(backend::testutil::SendAll(
+                      *fd, absl::StrCat("GET /r?size=", size, "&seed=31 HTTP/1.1\r\nHost: t\r\n\r\n"))
+                      .ok());
+      std::string rest;
+      absl::StatusOr<backend::testutil::HttpResponse> r =
+          backend::testutil::ReadResponse(*fd, &rest, /*timeout_s=*/10);
+      const absl::Duration took = absl::Now() - t0;
+      close(*fd);
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_EQ(r->body.size(), size);
+      EXPECT_TRUE(r->body == body) << "body differs";
+      slowest = std::max(slowest, took);
+      fetched++;
+    }
+  }
+  auto d = testbed::NstatDiff(c0_before, c0());
+  std::vector<NstatCounters> b_after = backends();
+  int64_t timeouts = 0;
+  for (int i = 0; i < 3; i++) {
+    auto bd = testbed::NstatDiff(b_before[i], b_after[i]);
+    timeouts += bd.count("TcpExtTCPTimeouts") ? bd["TcpExtTCPTimeouts"] : 0;
+  }
+  const int64_t beyond = d.count("TcpExtBeyondWindow") ? d["TcpExtBeyondWindow"] : 0;
+  std::cout << "[first response] " << fetched << " new connections, 300 KB each: slowest "
+            << absl::FormatDuration(slowest) << ", client BeyondWindow " << beyond
+            << ", backend TCPTimeouts " << timeouts << std::endl;
+  // Nothing the backend sent fell outside the client's window ...
+  EXPECT_EQ(beyond, 0) << "segments beyond the new client's window";
+  // ... so no response waited out a retransmission timer (200 ms at least);
+  // going direct, the slowest of these takes ~40 ms here.
+  EXPECT_LT(slowest, absl::Milliseconds(200));
+}
+
+// The same after an unframed response, whose connection is verified before
+// reuse: verification has to open the window (a backend held back by it
+// must show what it owes), so its first window update is a zero one and the
+// next ones a modest 32 KiB. Without the zero one, the window the last
+// client left stays: a larger one than 32 KiB is not taken at the same
+// sequence number.
+TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindowAfterVerification) {
+  // One pooled connection, never more: each client takes the one the
+  // other left.
+  StartLb(absl::StrCat(tb_->backend_ip(0), ":8080"), "rr", {"--max_conns_per_backend=1"},
+          /*pool=*/1);
+  sockaddr_in vip{};
+  vip.sin_family = AF_INET;
+  vip.sin_port = htons(8080);
+  inet_pton(AF_INET, "198.18.0.10", &vip.sin_addr);
+  auto fetch = [&](int client, size_t size, bool framed, absl::Duration* took) {
+    absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->client_ns(client), AF_INET, SOCK_STREAM);
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    ASSERT_EQ(connect(*fd, reinterpret_cast<sockaddr*>(&vip), sizeof(vip)), 0) << strerror(errno);
+    const absl::Time t0 = absl::Now();
+    // A head over two segments is left to the layer-4 rules, and so is
+    // its response: unframed.
+    std::string req = absl::StrCat("GET /r?size=", size, "&seed=32 HTTP/1.1\r\nHost: t\r\n",
+                                   framed ? "" : "X-Pad: " + std::string(1500, 'p') + "\r\n",
+                                   "\r\n");
+    ASSERT_TRUE(backend::testutil::SendAll(*fd, req).ok());
+    std::string rest;
+    absl::StatusOr<backend::testutil::HttpResponse> r =
+        backend::testutil::ReadResponse(*fd, &rest, /*timeout_s=*/10);
+    *took = absl::Now() - t0;
+    close(*fd);
+    ASSERT_TRUE(r.ok()) << r.status();
+    std::string body(size, 0);
+    FillBody(32, 0, body.data(), size);
+    EXPECT_TRUE(r->body == body) << "body differs";
+  };
+  NstatCounters c0_before = *tb_->Nstat(tb_->client_ns(0));
+  absl::Duration slowest;
+  for (int round = 0; round < 4; round++) {
+    auto s0 = Stats();
+    absl::Duration t;
+    // client 1 grows its window on the one pooled connection, then closes.
+    fetch(1, 4 << 20, /*framed=*/false, &t);
+    // Verified (two probe answers ~10 ms apart) and idle again.
+    absl::Time deadline = absl::Now() + absl::Seconds(5);
+    while (Stats()["pool_verified"] == s0["pool_verified"] && absl::Now() < deadline)
+      absl::SleepFor(absl::Milliseconds(10));
+    ASSERT_GT(Stats()["pool_verified"], s0["pool_verified"]) << "not verified";
+    fetch(0, 300000, /*framed=*/true, &t);
+    slowest = std::max(slowest, t);
+    auto s1 = Stats();
+    std::string moved;
+    for (auto& [k, v] : s1)
+      if (v != s0[k] && k.rfind("pool_", 0) == 0) absl::StrAppend(&moved, " ", k, "+", v - s0[k]);
+    std::cout << "[round " << round << "]" << moved << std::endl;
+    EXPECT_EQ(s1["pool_established"], s0["pool_established"]) << "a new pooled connection";
+  }
+  auto d = testbed::NstatDiff(c0_before, *tb_->Nstat(tb_->client_ns(0)));
+  const int64_t beyond = d.count("TcpExtBeyondWindow") ? d["TcpExtBeyondWindow"] : 0;
+  std::cout << "[first response after verification] slowest " << absl::FormatDuration(slowest)
+            << ", client BeyondWindow " << beyond << std::endl;
+  EXPECT_EQ(beyond, 0) << "segments beyond the new client's window";
+  EXPECT_LT(slowest, absl::Milliseconds(200));
+}
+
 TEST_F(E2eTest, RemovingABackendUnderLoadLosesNoRequest) {
   const std::set<std::string> stale = BackendPeers(2);
   StartLb(Backends(8080), "rr");

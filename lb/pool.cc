@@ -655,6 +655,14 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
   if (after(rec->be_nxt, ack)) ack = rec->be_nxt;
   if (after(rec->lb_ts_last, tsval)) tsval = rec->lb_ts_last;
   if (after(rec->be_ts_last, tsecr)) tsecr = rec->be_ts_last;
+  // Being verified, the connection is held open for what its backend may
+  // still owe (as the probes hold it); idle, the window is the caller's
+  // (RM_IDLE_WIN: see rematcher_shared.h).
+  if (rec->state == RM_P_VERIFY) {
+    window = rm_verify_win(rec->lb_wscale);
+  } else if (window == 0) {
+    window = RM_IDLE_WIN;  // never a zero window here: a client may take it
+  }
   if (auto st = SendSegment(*rec, seq, ack, tsval, tsecr, window, /*rst=*/false, false); !st.ok())
     return st;
   return true;
@@ -699,17 +707,29 @@ void PoolManager::ProbeVerifying(absl::Time now) {
     // (tcp_invalid_ratelimit): too slow for a connection reused every
     // few ms.
     //
-    // First a window update (a bare ACK at lb_nxt, the full window): the
-    // probe alone, being old data, cannot open a window the last client
-    // closed (Linux takes a window only from a segment at or past the last
-    // one that set it). A backend held back by that window sends what it
-    // owes as soon as it is open, before it answers the probe, so the
-    // datapath sees it was owed.
-    absl::Status st = SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last,
-                                  rec->be_ts_last, 0xffff, false, /*probe_byte=*/false);
+    // First a window update (a bare ACK at lb_nxt): the probe alone,
+    // being old data, cannot open a window the last client closed (Linux
+    // takes a window only from a segment at or past the last one that set
+    // it). A backend held back by that window sends what it owes as soon
+    // as it is open, before it answers the probe, so the datapath sees it
+    // was owed. The window it opens is modest (rm_verify_win): the backend
+    // keeps it once verified, and the next client's request can only
+    // raise it. So the first round closes the window first: a zero window
+    // is taken from a segment that starts where the last one did, where a
+    // smaller nonzero one is not, so the modest one is then taken too,
+    // whatever window the last client left (megabytes, if it downloaded).
+    // Safe here: no client can take the connection while it is verified.
+    const uint16_t open = rm_verify_win(rec->lb_wscale);
+    absl::Status st;
+    if (v.probes == 0)
+      st = SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, 0, false,
+                       /*probe_byte=*/false);
+    if (st.ok())
+      st = SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last, open,
+                       false, /*probe_byte=*/false);
     if (st.ok())
       st = SendSegment(*rec, rec->lb_nxt - 1, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last,
-                       0xffff, false, /*probe_byte=*/true);
+                       open, false, /*probe_byte=*/true);
     if (!st.ok()) {
       LOG_EVERY_N(WARNING, 100) << "pooled connection " << pid << ": probe: " << st;
     }

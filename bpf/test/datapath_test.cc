@@ -76,10 +76,15 @@ class DatapathTest : public DatapathFixture {
   }
 
   // Sends client data, expects it on pool `p` under epoch `e`.
+  // want_win: the window field the backend must see, if not the client's
+  // translated (RM_IDLE_WIN on a bare ACK once a framed response is whole
+  // and acknowledged).
   void ClientToBackend(const std::string& what, ClientSpec& c, const PoolSpec& p,
-                       const Epoch& e, const Seg& s, const Deltas& d) {
+                       const Epoch& e, const Seg& s, const Deltas& d, int want_win = -1) {
     Bytes in = BuildSeg(FromClient(c), s);
-    Bytes want = BuildSeg(ToBackend(p), C2B(e, s, p.flags & RM_LEG_TS, p.flags & RM_LEG_SACK));
+    Seg out = C2B(e, s, p.flags & RM_LEG_TS, p.flags & RM_LEG_SACK);
+    if (want_win >= 0) out.win = uint16_t(want_win);
+    Bytes want = BuildSeg(ToBackend(p), out);
     ExpectTx(what, in, want, d);
   }
   void BackendToClient(const std::string& what, ClientSpec& c, const PoolSpec& p,
@@ -889,7 +894,7 @@ TEST_F(DatapathTest, RematchTranslatesOntoNewPoolAndRequeuesOld) {
   BackendPos ob{p0.be_nxt, p0.lb_nxt + 300, b.ts, 0};
   Seg rt = BackendSeg(ob, Pattern(500, 9), ACK | PSH);
   Bytes want = ToBackend(p0).Flags(ACK).Seq(p0.lb_nxt + 300).Ack(p0.be_nxt + 500)
-                   .Window(65535).Nop().Nop().Timestamps(old.lb_ts_last, rt.tsval).Build();
+                   .Window(RM_IDLE_WIN).Nop().Nop().Timestamps(old.lb_ts_last, rt.tsval).Build();
   ExpectTx("old backend retransmits on the idle connection", BuildSeg(FromBackend(p0), rt),
            want, {{RM_ST_TX_POOL_ACK, 1}});
 }
@@ -1542,6 +1547,7 @@ struct RespCase {
   std::string request;
   std::vector<std::string> segs;  // the response, segment by segment
   bool owed;                      // the next request finds a response owed
+  bool unframed = false;          // left to the layer-4 rules (never whole)
 };
 void PrintTo(const RespCase& k, std::ostream* os) { *os << k.what; }
 
@@ -1549,16 +1555,17 @@ class ResponseFramingTest : public FramingTest,
                             public ::testing::WithParamInterface<RespCase> {
  protected:
   // The backend's ack of the request, the response's segments, and the
-  // client's ack of all of them.
+  // client's ack of all of them: offering the backend next to no window if
+  // that makes the response `whole` (framed and all there).
   void Respond(ClientSpec& c, const Epoch& e, BackendPos& b,
-               const std::vector<std::string>& segs) {
+               const std::vector<std::string>& segs, bool whole) {
     BackendToClient("backend acks request", c, p0_, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
     for (const std::string& s : segs) {
       BackendToClient("response segment", c, p0_, e, BackendSeg(b, Http(s), ACK | PSH),
                       {{RM_ST_TX_B2C, 1}});
     }
     ClientToBackend("client acks all it got", c, p0_, e, ClientSeg(c, {}, ACK),
-                    {{RM_ST_TX_C2B, 1}});
+                    {{RM_ST_TX_C2B, 1}}, whole ? RM_IDLE_WIN : -1);
     b.ts_ecr = e.TsvalC2B(c.c_ts);
   }
 };
@@ -1568,7 +1575,7 @@ TEST_P(ResponseFramingTest, NextRequestMovesOnlyWhenTheResponseIsWhole) {
   ClientSpec c;
   BackendPos b;
   Epoch e = Start(c, b, k.request, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-  Respond(c, e, b, k.segs);
+  Respond(c, e, b, k.segs, /*whole=*/!k.owed && !k.unframed);
   dp_->SetDecision(c.id, 2, 1);
   if (k.owed) {
     ClientToBackend("request 2 stays", c, p0_, e, ClientSeg(c, Http(Get("/b"))),
@@ -1627,23 +1634,23 @@ INSTANTIATE_TEST_SUITE_P(
                  false},
         RespCase{"ChunkedMoreAfterTheLast", kGet, {kChunked + "0\r\n\r\nXYZ"}, true},
         // A line the walk cannot read: the layer-4 rules alone.
-        RespCase{"ChunkedSizeLineSplit", kGet, {kChunked + "5\r\nhello\r\n1", "0\r\n"}, false},
-        RespCase{"ChunkedExtension", kGet, {kChunked + "5;x=y\r\nhello\r\n"}, false},
-        RespCase{"ChunkedTrailers", kGet, {kChunked + "0\r\nX-T: 1\r\n\r\n"}, false},
+        RespCase{"ChunkedSizeLineSplit", kGet, {kChunked + "5\r\nhello\r\n1", "0\r\n"}, false, /*unframed=*/true},
+        RespCase{"ChunkedExtension", kGet, {kChunked + "5;x=y\r\nhello\r\n"}, false, /*unframed=*/true},
+        RespCase{"ChunkedTrailers", kGet, {kChunked + "0\r\nX-T: 1\r\n\r\n"}, false, /*unframed=*/true},
         RespCase{"ChunkedTooManyInOneSegment", kGet,
                  {kChunked + "1\r\na\r\n1\r\na\r\n1\r\na\r\n1\r\na\r\n1\r\na\r\n"
                              "1\r\na\r\n1\r\na\r\n1\r\na\r\n1\r\na\r\n"},
-                 false},
+                 false, /*unframed=*/true},
         // Unknown framing: the layer-4 rules alone, as before.
-        RespCase{"CloseDelimited", kGet, {"HTTP/1.1 200 OK\r\nServer: x\r\n\r\nab"}, false},
-        RespCase{"InterimResponse", kGet, {"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n"}, false},
+        RespCase{"CloseDelimited", kGet, {"HTTP/1.1 200 OK\r\nServer: x\r\n\r\nab"}, false, /*unframed=*/true},
+        RespCase{"InterimResponse", kGet, {"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n"}, false, /*unframed=*/true},
         RespCase{"LengthAndChunked", kGet,
                  {"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"},
-                 false},
+                 false, /*unframed=*/true},
         RespCase{"HeadNotComplete", kGet, {"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n", "\r\n"},
-                 false},
-        RespCase{"NotHttp", kGet, {std::string(40, 'x')}, false},
-        RespCase{"RequestNotFramed", std::string(60, 'q'), {kOk10 + "01234"}, false}),
+                 false, /*unframed=*/true},
+        RespCase{"NotHttp", kGet, {std::string(40, 'x')}, false, /*unframed=*/true},
+        RespCase{"RequestNotFramed", std::string(60, 'q'), {kOk10 + "01234"}, false, /*unframed=*/true}),
     [](const ::testing::TestParamInfo<RespCase>& i) { return i.param.what; });
 
 // Content-Length of every width the head reader takes (up to 7 digits in
@@ -1664,6 +1671,7 @@ TEST_F(ResponseFramingTest, ContentLengthsOfEveryWidth) {
     const uint32_t at = c.s_nxt;
     BackendToClient("head", c, p0_, e, BackendSeg(b, Http(head), ACK | PSH), {{RM_ST_TX_B2C, 1}});
     rm_client rec = Client(c.id);
+    bool whole = false;  // a zero length: the head is all
     if (n.size() > 9) {
       EXPECT_EQ(rec.cflags & RM_CF_RFRAMED, 0) << "ten digits: not taken";
     } else {
@@ -1674,8 +1682,10 @@ TEST_F(ResponseFramingTest, ContentLengthsOfEveryWidth) {
       }
       EXPECT_NE(rec.cflags & RM_CF_RFRAMED, 0);
       EXPECT_EQ(rec.resp_end - at, head.size() + want);
+      whole = want == 0;
     }
-    ClientToBackend("client acks", c, p0_, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+    ClientToBackend("client acks", c, p0_, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}},
+                    whole ? RM_IDLE_WIN : -1);
     b.ts_ecr = e.TsvalC2B(c.c_ts);
     Deltas d = {{RM_ST_TX_C2B, 1}};
     if (i == 0) d = {{RM_ST_TX_C2B, 1}, {RM_ST_PIPELINED, 1}, {RM_ST_PIN_RESP_OWED, 1}};
@@ -1691,7 +1701,7 @@ TEST_F(ResponseFramingTest, ARequestWrittenWhileAResponseIsOwedPinsForGood) {
   BackendPos b;
   Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
   const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n";
-  Respond(c, e, b, {head + std::string(1000, 'a')});
+  Respond(c, e, b, {head + std::string(1000, 'a')}, /*whole=*/false);
   rm_client rec = Client(c.id);
   EXPECT_NE(rec.cflags & RM_CF_RFRAMED, 0);
   EXPECT_EQ(rec.resp_end - rec.e_s_nxt, head.size() + 3000);
@@ -1742,7 +1752,8 @@ TEST_F(ResponseFramingTest, ChunksOutOfOrder) {
       EXPECT_EQ(rec.cflags & (RM_CF_RCHUNKED | RM_CF_RTAIL), RM_CF_RCHUNKED | RM_CF_RTAIL);
       EXPECT_EQ(rec.resp_end, c.s_nxt) << "the response's end";
     }
-    ClientToBackend("client acks all", c, p0_, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+    ClientToBackend("client acks all", c, p0_, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}},
+                    line_in_late ? -1 : RM_IDLE_WIN);
     dp_->SetDecision(c.id, 2, 1);
     Epoch e1 = StartEpoch(c, p1_);
     ClientToBackend("request 2 moves", c, p1_, e1, ClientSeg(c, Http(Get("/b"))),
@@ -1756,18 +1767,59 @@ TEST_F(ResponseFramingTest, ChunksOutOfOrder) {
 // which would strand the rest (the verification probe opens the window and
 // the backend sends it onto a connection no client owns). Once the response
 // is whole, it is.
+// The backend keeps the window its client last offered on a pooled
+// connection, and Linux lowers it only from a segment that acknowledges
+// something new or starts later. The next client's request does neither:
+// it would find the last client's window (megabytes after a download) and
+// take a burst beyond its own. So once a framed response is whole and
+// acknowledged, a bare ACK offers next to none (RM_IDLE_WIN); the next
+// request, any data, a FIN, or an ACK while anything is owed, offer the
+// client's own.
+TEST_F(ResponseFramingTest, AWholeResponseLeavesTheBackendNextToNoWindow) {
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n";
+  BackendToClient("backend acks the request", c, p0_, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  BackendToClient("head and half the body", c, p0_, e,
+                  BackendSeg(b, Http(head + std::string(1000, 'a')), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+  ClientToBackend("an ACK with 1000 bytes owed: the client's window", c, p0_, e,
+                  ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+  BackendToClient("the rest", c, p0_, e, BackendSeg(b, Bytes(1000, 'b'), ACK | PSH),
+                  {{RM_ST_TX_B2C, 1}});
+  Seg grown = ClientSeg(c, {}, ACK);
+  grown.win = 30000;
+  ClientToBackend("the ACK that makes it whole", c, p0_, e, grown, {{RM_ST_TX_C2B, 1}},
+                  RM_IDLE_WIN);
+  Seg update = ClientSeg(c, {}, ACK);
+  update.win = 40000;
+  ClientToBackend("a window update after it: still next to none", c, p0_, e, update,
+                  {{RM_ST_TX_C2B, 1}}, RM_IDLE_WIN);
+  EXPECT_EQ(Client(c.id).lb_win, e.WinC2B(40000)) << "the client's own window is kept";
+  b.ts_ecr = e.TsvalC2B(c.c_ts);
+  Seg next = ClientSeg(c, Http(Get("/b")));
+  next.win = 40000;
+  ClientToBackend("the next request offers the client's window again", c, p0_, e, next,
+                  {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_LATE, 1}});
+  ClientToBackend("and so does an ACK while its response is owed", c, p0_, e,
+                  ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+}
+
 TEST_F(ResponseFramingTest, AQuietClientOwedAResponseKeepsItsConnection) {
   ClientSpec c;
   BackendPos b;
   Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
   const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n";
-  Respond(c, e, b, {head + std::string(1000, 'a')});
+  Respond(c, e, b, {head + std::string(1000, 'a')}, /*whole=*/false);
   ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
   EXPECT_EQ(Client(c.id).pool_id, 0u) << "handed back with 2000 bytes owed";
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_BUSY));
   BackendToClient("the rest", c, p0_, e, BackendSeg(b, Bytes(2000, 'b'), ACK | PSH),
                   {{RM_ST_TX_B2C, 1}});
-  ClientToBackend("client acks it", c, p0_, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}});
+  // Whole and acknowledged: the backend is offered next to no window.
+  ClientToBackend("client acks it", c, p0_, e, ClientSeg(c, {}, ACK), {{RM_ST_TX_C2B, 1}},
+                  RM_IDLE_WIN);
   StatsArray before = Stats();
   ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
   EXPECT_EQ(Client(c.id).pool_id, RM_NO_ID) << "the response is whole: idle";
@@ -1786,7 +1838,7 @@ TEST_F(ResponseFramingTest, AnEarlyAnswerToAnUnfinishedBodyIsNoBoundary) {
   BackendPos b;
   const std::string head = "POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n";
   Epoch e = Start(c, b, head + std::string(10, 'x'), {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-  Respond(c, e, b, {"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n"});
+  Respond(c, e, b, {"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n"}, /*whole=*/true);
   ASSERT_EQ(Client(c.id).s_nxt, Client(c.id).resp_end) << "the response is whole";
   ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
   EXPECT_EQ(Client(c.id).pool_id, 0u) << "90 bytes of body to come: not idle";
@@ -1814,7 +1866,7 @@ TEST_F(ResponseFramingTest, AWholeResponseHandsTheConnectionStraightBack) {
       ClientSpec c;
       BackendPos b;
       Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-      Respond(c, e, b, {is_chunked ? chunked : kOk10 + "0123456789"});
+      Respond(c, e, b, {is_chunked ? chunked : kOk10 + "0123456789"}, /*whole=*/true);
       ASSERT_EQ(Client(c.id).s_nxt, Client(c.id).resp_end);
       const uint32_t lb_nxt = c.c_nxt + Client(c.id).d_req;
       const uint32_t be_nxt = c.s_nxt - Client(c.id).d_resp;
@@ -1844,7 +1896,7 @@ TEST_F(ResponseFramingTest, AWholeResponseHandsTheConnectionStraightBack) {
   ClientSpec c;
   BackendPos b;
   Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-  Respond(c, e, b, {kOk10 + "012345678"});
+  Respond(c, e, b, {kOk10 + "012345678"}, /*whole=*/false);
   ASSERT_TRUE(dp_->ReleaseIdleClient(c.id, ~0ull).ok());
   EXPECT_EQ(Client(c.id).pool_id, 0u) << "owed a byte: not idle";
   // An unframed response (layer-4 rules) is verified.
@@ -1852,7 +1904,7 @@ TEST_F(ResponseFramingTest, AWholeResponseHandsTheConnectionStraightBack) {
   ClientSpec c2;
   BackendPos b2;
   Epoch e2 = Start(c2, b2, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-  Respond(c2, e2, b2, {"not an HTTP response at all"});
+  Respond(c2, e2, b2, {"not an HTTP response at all"}, /*whole=*/false);
   Seg fin = ClientSeg(c2, {}, FIN | ACK);
   Expect("close after an unframed response", BuildSeg(FromClient(c2), fin), XDP_TX, nullptr,
          {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
@@ -1871,7 +1923,7 @@ TEST_F(ResponseFramingTest, ACloseWhileAResponseIsOwedGoesToTheBackend) {
     BackendPos b;
     Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
     const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n";
-    Respond(c, e, b, {head + std::string(1000, 'a')});
+    Respond(c, e, b, {head + std::string(1000, 'a')}, /*whole=*/false);
     Seg close = ClientSeg(c, {}, rst ? RST | ACK : FIN | ACK);
     if (rst) close.win = 0;
     ClientToBackend("close with 2000 bytes owed", c, p0_, e, close,
@@ -2155,7 +2207,7 @@ class IdlePoolTest : public DatapathTest {
 };
 
 TEST_F(IdlePoolTest, RetransmissionAckedInPlace) {
-  Bytes want = ToBackend(p_).Flags(ACK).Seq(p_.lb_nxt).Ack(p_.be_nxt).Window(65535)
+  Bytes want = ToBackend(p_).Flags(ACK).Seq(p_.lb_nxt).Ack(p_.be_nxt).Window(RM_IDLE_WIN)
                    .Nop().Nop().Timestamps(p_.lb_ts, p_.be_ts + 5).Build();
   ExpectTx("old data", Seg_(ACK | PSH, p_.be_nxt - 100, Pattern(100, 1)), want,
            {{RM_ST_TX_POOL_ACK, 1}});
@@ -2168,7 +2220,7 @@ TEST_F(IdlePoolTest, RetransmissionAckedInPlace) {
 }
 
 TEST_F(IdlePoolTest, FinAnsweredAndRetired) {
-  Bytes want = ToBackend(p_).Flags(FIN | ACK).Seq(p_.lb_nxt).Ack(p_.be_nxt + 1).Window(65535)
+  Bytes want = ToBackend(p_).Flags(FIN | ACK).Seq(p_.lb_nxt).Ack(p_.be_nxt + 1).Window(RM_IDLE_WIN)
                    .Nop().Nop().Timestamps(p_.lb_ts, p_.be_ts + 5).Build();
   ExpectTx("backend FIN", Seg_(FIN | ACK, p_.be_nxt, {}), want,
            {{RM_ST_TX_POOL_ACK, 1}, {RM_ST_POOL_DEAD, 1}});
@@ -2751,7 +2803,7 @@ TEST_F(DatapathTest, ClientRstWhileQuiescentKeepsPool) {
   Bytes old = FromBackend(p).Flags(ACK | PSH).Seq(pr.be_nxt - 100).Ack(pr.lb_nxt).Window(1000)
                   .Nop().Nop().Timestamps(pr.be_ts_last + 2, pr.lb_ts_last)
                   .Payload(Pattern(100, 9)).Build();
-  Bytes ack = ToBackend(p).Flags(ACK).Seq(pr.lb_nxt).Ack(pr.be_nxt).Window(0xffff)
+  Bytes ack = ToBackend(p).Flags(ACK).Seq(pr.lb_nxt).Ack(pr.be_nxt).Window(rm_verify_win(p.lb_ws))
                   .Nop().Nop().Timestamps(pr.lb_ts_last, pr.be_ts_last + 2).Build();
   ExpectTx("old retransmission while verifying", old, ack, {{RM_ST_TX_POOL_ACK, 1}});
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_VERIFY));
