@@ -907,7 +907,20 @@ TEST_F(FaultE2eTest, BackendKilledMidLoadAndRestarted) {
   absl::SleepFor(absl::Seconds(2));
   bed().KillBackend(1, SIGKILL);
   absl::Time killed = absl::Now();
-  absl::SleepFor(absl::Seconds(2));
+  // Its connects are refused from now on: nothing listens. That counts at
+  // once, though it answered requests a moment ago (a connect that times
+  // out then is overload, and does not).
+  absl::Duration down_after = absl::InfiniteDuration();
+  while (absl::Now() - killed < absl::Seconds(2)) {
+    auto rows = bed().Backends();
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    for (const e2e::BackendRow& row : *rows)
+      if (row.id == 1 && row.state == "down" && down_after == absl::InfiniteDuration())
+        down_after = absl::Now() - killed;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  std::cout << "[kill] b1 marked down after " << down_after << std::endl;
+  EXPECT_LT(down_after, absl::Seconds(1)) << *bed().Ctl("backends");
   auto mid = bed().Backends();
   ASSERT_TRUE(mid.ok());
   std::cout << "[backends while b1 is dead]\n" << *bed().Ctl("backends") << std::endl;

@@ -145,7 +145,8 @@ void HealthChecker::StartProbe(uint32_t id, Entry& e, absl::Time now) {
   if (connect(fd, reinterpret_cast<sockaddr*>(&peer), sizeof(peer)) && errno != EINPROGRESS) {
     int err = errno;
     close(fd);
-    Failure(id, e, ErrName(err), /*passive=*/false, Fail::kConnect);
+    Failure(id, e, ErrName(err), /*passive=*/false,
+            err == ECONNREFUSED ? Fail::kRefused : Fail::kConnect);
     return;
   }
   epoll_event ev{};
@@ -170,7 +171,9 @@ void HealthChecker::OnEvent(int fd, uint32_t events) {
     int err = 0;
     socklen_t len = sizeof(err);
     getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err) return FinishProbe(id, e, false, ErrName(err), Fail::kConnect);
+    if (err)
+      return FinishProbe(id, e, false, ErrName(err),
+                         err == ECONNREFUSED ? Fail::kRefused : Fail::kConnect);
     if (opts_.http_path.empty()) return FinishProbe(id, e, true, "ok");
     std::string req = absl::StrCat("GET ", opts_.http_path, " HTTP/1.1\r\nHost: ",
                                    AddrString(e.spec.ip, e.spec.port),
@@ -296,15 +299,17 @@ std::vector<HealthTransition> HealthChecker::Tick(absl::Time now) {
     // Passive: pooled-connection connects since the last tick.
     PoolBackendCounters pc = pools_->Counters(id);
     uint64_t fails = pc.connects_failed - e.pool_fail_seen;
+    uint64_t refused = pc.connects_refused - e.pool_refused_seen;
     uint64_t oks = pc.connects_ok - e.pool_ok_seen;
     e.pool_fail_seen = pc.connects_failed;
+    e.pool_refused_seen = pc.connects_refused;
     e.pool_ok_seen = pc.connects_ok;
     if (opts_.passive) {
       // Many connects fail together when a backend dies: they are one
       // observation per tick, not a whole fall's worth at once.
       if (fails)
         Failure(id, e, pc.last_error.empty() ? "connect failed" : pc.last_error, true,
-                Fail::kConnect);
+                refused ? Fail::kRefused : Fail::kConnect);
       else if (oks && opts_.interval <= absl::ZeroDuration())
         Success(id, e, "pool connect ok");
     }

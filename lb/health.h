@@ -131,7 +131,7 @@ class HealthChecker {
     absl::Time next_probe = absl::InfinitePast();
     std::string rbuf;
     // Passive: PoolManager counters already seen.
-    uint64_t pool_ok_seen = 0, pool_fail_seen = 0;
+    uint64_t pool_ok_seen = 0, pool_fail_seen = 0, pool_refused_seen = 0;
     // Latency ejection.
     absl::Time eject_until;
     uint32_t consecutive_ejections = 0;
@@ -144,7 +144,8 @@ class HealthChecker {
   void StartProbe(uint32_t id, Entry& e, absl::Time now);
   // How a check failed.
   enum class Fail {
-    kConnect,   // no connection: refused, unreachable, timed out connecting
+    kConnect,   // no connection: unreachable, timed out connecting
+    kRefused,   // no connection: refused (an RST to the SYN: nothing listens)
     kNoAnswer,  // connected, but no usable answer (reset, timeout, garbage)
     kStatus,    // answered with an HTTP status other than 2xx
   };
@@ -153,7 +154,10 @@ class HealthChecker {
   void CloseProbe(Entry& e);
   void Success(uint32_t id, Entry& e, const std::string& result);
   // A failure to connect does not count while the backend is answering
-  // requests (Serving); an HTTP probe's bad answer always counts. The kind
+  // requests (Serving): a listener whose queues overflow drops SYNs. A
+  // refusal always counts (nothing listens: the process died, and its
+  // last responses are no sign of life), as does an HTTP probe's bad
+  // answer. The kind
   // of the failure that takes a backend down decides whether its idle
   // pooled connections are retired (HealthTransition::failed).
   void Failure(uint32_t id, Entry& e, const std::string& result, bool passive,

@@ -311,6 +311,7 @@ void PoolManager::OnWritable(int fd) {
   stats_.connect_failures++;
   b.failures++;
   b.counters.connects_failed++;
+  if (err == ECONNREFUSED) b.counters.connects_refused++;
   b.counters.last_error = err == ECONNREFUSED   ? "connect refused"
                           : err == EHOSTUNREACH ? "host unreachable"
                           : err == ETIMEDOUT    ? "connect timed out"

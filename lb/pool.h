@@ -80,6 +80,7 @@ struct PoolStats {
 // Per-backend connect outcomes, for passive health checking.
 struct PoolBackendCounters {
   uint64_t connects_ok = 0, connects_failed = 0;
+  uint64_t connects_refused = 0;  // of the failed: refused (nothing listens)
   std::string last_error;  // short: "refused", "timed out", ...
 };
 
