@@ -947,14 +947,19 @@ TEST_F(DatapathTest, TsvalOffsetCountsTheTimeAPoolSatIdle) {
   EXPECT_GE(est, 524u);
   EXPECT_LE(est, max_ticks);
 
-  // The backend's answer, 600 ticks after its last TSval on p1: the client
-  // sees 600 - est ticks more than it last had (it was 600 before).
-  BackendPos b1{p1.be_nxt, uint32_t(p1.lb_nxt + 200), p1.be_ts + 599,
+  // The backend's answer, 5000 ticks after its last TSval on p1: the
+  // client sees 5000 - est ticks more than it last had. (est is 524 plus
+  // however long this test has taken since u0: milliseconds, but more on
+  // a loaded machine. With 600 here, a test that took over 76 ms had the
+  // answer fall behind the client's newest TSval and held there: a 100 ms
+  // pause before the rematch fails it, and so, likely, did its one flake.)
+  BackendPos b1{p1.be_nxt, uint32_t(p1.lb_nxt + 200), p1.be_ts + 4999,
                 e1.TsvalC2B(c.c_ts)};
   Seg r = BackendSeg(b1, Pattern(400, 4), ACK | PSH);
   const uint32_t seen = r.tsval + rec.ts_b2c;
-  EXPECT_EQ(seen - e1.s_ts0, 600 - est);
-  EXPECT_LE(seen - e1.s_ts0, 600u - 524u);
+  ASSERT_LT(est, 5000u) << "the test took over 4.4 s";
+  EXPECT_EQ(seen - e1.s_ts0, 5000 - est);
+  EXPECT_LE(seen - e1.s_ts0, 5000u - 524u);
   Seg want_r = B2C(e1, r);
   want_r.tsval = seen;  // every other field as the model has it
   ExpectTx("response on p1", BuildSeg(FromBackend(p1), r), BuildSeg(ToClient(c), want_r),
