@@ -317,16 +317,17 @@ RM_GLOBAL int emit_req_done(__u32 client, __u32 backend, __u32 pool,
   emit_ev(type, client, backend, pool, req_no)
 
 /* The old pooled connection's owed ACK (see DESIGN.md, "The old backend's
- * last ACK"): userspace sends it, since XDP cannot emit two packets. */
+ * last ACK"): userspace sends it, since XDP cannot emit two packets. Its
+ * window is RM_IDLE_WIN: nobody reads from that connection now (the core
+ * opens rm_verify_win() instead on one being verified). */
 static __always_inline void pool_ack_fill(struct rm_event *ev,
-                                          const struct rm_leg *leg,
-                                          __u32 pool, __u32 window) {
+                                          const struct rm_leg *leg, __u32 pool) {
   ev->ack_pool = pool;
   ev->seq = leg->lb_nxt;
   ev->ack = leg->be_nxt;
   ev->tsval = leg->lb_ts;
   ev->tsecr = leg->be_ts;
-  ev->window = window;
+  ev->window = RM_IDLE_WIN;
 }
 
 /* The ACK a client's clean close carried, owed to its pooled connection
@@ -340,8 +341,7 @@ static __noinline void emit_pool_ack(const struct rm_leg *leg, __u32 client,
   if (!cfg || !cfg->events) return;
   struct rm_event ev = {.type = type, .client_id = client,
                         .backend_id = backend, .pool_id = pool};
-  /* Idle: RM_IDLE_WIN. Verifying: the core opens RM_VERIFY_WIN_BYTES. */
-  pool_ack_fill(&ev, leg, pool, RM_IDLE_WIN);
+  pool_ack_fill(&ev, leg, pool);
   rb_send(&ev, 0);
 }
 
@@ -1371,7 +1371,6 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
   __u32 old_pid = RM_NO_ID, old_bid = RM_NO_ID;
   __builtin_memset(leg, 0, sizeof(*leg));
   int ok = 0, need_ack = 0;
-  __u16 win = 0;
   rm_lock(&c->lock);
   if (c->epoch == epoch && c->state == RM_C_ESTABLISHED && c->pool_id != RM_NO_ID &&
       (__s32)(c->c_edge - c->c_nxt) - (__s32)(np->be_edge - np->lb_nxt) > RM_WINDOW_SLACK) {
@@ -1385,7 +1384,6 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     if (old_pid != RM_NO_ID) {
       leg_from_client(leg, c);
       need_ack = !(pk_ack & RM_SPLICE_NO_ACK) && rm_after((__u32)pk_ack, c->c_acked);
-      win = RM_IDLE_WIN; /* nobody reads from it now */
       c->rematches++;
     }
     c->epoch = epoch + 1;
@@ -1451,7 +1449,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     /* The client's ack of the old backend's last bytes rides on a packet
      * that now goes elsewhere; have the old one acked. */
     if (need_ack) {
-      pool_ack_fill(&sc->pend, leg, old_pid, win);
+      pool_ack_fill(&sc->pend, leg, old_pid);
       sc->pend.backend_id = old_bid;
       sc->pend_ack = 1;
     }
