@@ -145,8 +145,7 @@ void HealthChecker::StartProbe(uint32_t id, Entry& e, absl::Time now) {
   if (connect(fd, reinterpret_cast<sockaddr*>(&peer), sizeof(peer)) && errno != EINPROGRESS) {
     int err = errno;
     close(fd);
-    Failure(id, e, ErrName(err), /*passive=*/false,
-            err == ECONNREFUSED ? Fail::kRefused : Fail::kConnect);
+    Failure(id, e, ErrName(err), /*passive=*/false, ConnectFail(err));
     return;
   }
   epoll_event ev{};
@@ -171,9 +170,7 @@ void HealthChecker::OnEvent(int fd, uint32_t events) {
     int err = 0;
     socklen_t len = sizeof(err);
     getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err)
-      return FinishProbe(id, e, false, ErrName(err),
-                         err == ECONNREFUSED ? Fail::kRefused : Fail::kConnect);
+    if (err) return FinishProbe(id, e, false, ErrName(err), ConnectFail(err));
     if (opts_.http_path.empty()) return FinishProbe(id, e, true, "ok");
     std::string req = absl::StrCat("GET ", opts_.http_path, " HTTP/1.1\r\nHost: ",
                                    AddrString(e.spec.ip, e.spec.port),
@@ -216,6 +213,10 @@ void HealthChecker::OnEvent(int fd, uint32_t events) {
   if (code < 200 || code > 299)
     return FinishProbe(id, e, false, absl::StrCat("HTTP ", code), Fail::kStatus);
   FinishProbe(id, e, true, absl::StrCat("HTTP ", code));
+}
+
+HealthChecker::Fail HealthChecker::ConnectFail(int err) {
+  return err == ECONNREFUSED ? Fail::kRefused : Fail::kConnect;
 }
 
 void HealthChecker::FinishProbe(uint32_t id, Entry& e, bool ok, const std::string& result,

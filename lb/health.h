@@ -149,6 +149,8 @@ class HealthChecker {
     kNoAnswer,  // connected, but no usable answer (reset, timeout, garbage)
     kStatus,    // answered with an HTTP status other than 2xx
   };
+  // How a connect that failed with `err` failed.
+  static Fail ConnectFail(int err);
   void FinishProbe(uint32_t id, Entry& e, bool ok, const std::string& result,
                    Fail kind = Fail::kNoAnswer);
   void CloseProbe(Entry& e);
