@@ -325,6 +325,50 @@ class E2eTest : public ::testing::Test {
     }
   }
 
+  // The VIP as a connect() address.
+  static sockaddr_in Vip() {
+    sockaddr_in vip{};
+    vip.sin_family = AF_INET;
+    vip.sin_port = htons(8080);
+    inet_pton(AF_INET, "198.18.0.10", &vip.sin_addr);
+    return vip;
+  }
+
+  // One GET of `size` body bytes (seed `seed`) from client i on a new
+  // connection, closed after: the body checked byte for byte, and how long
+  // it took from the request's send to the response's end returned (an
+  // infinite duration if it failed). Unframed: the head spans two segments,
+  // so the request and its response are left to the layer-4 rules.
+  absl::Duration FetchOnNewConnection(int client, size_t size, uint64_t seed, bool framed = true) {
+    absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->client_ns(client), AF_INET, SOCK_STREAM);
+    EXPECT_TRUE(fd.ok()) << fd.status();
+    if (!fd.ok()) return absl::InfiniteDuration();
+    const sockaddr_in vip = Vip();
+    if (connect(*fd, reinterpret_cast<const sockaddr*>(&vip), sizeof(vip))) {
+      ADD_FAILURE() << "connect: " << strerror(errno);
+      close(*fd);
+      return absl::InfiniteDuration();
+    }
+    const absl::Time t0 = absl::Now();
+    std::string req = absl::StrCat("GET /r?size=", size, "&seed=", seed, " HTTP/1.1\r\nHost: t\r\n",
+                                   framed ? "" : "X-Pad: " + std::string(1500, 'p') + "\r\n",
+                                   "\r\n");
+    absl::Status sent = backend::testutil::SendAll(*fd, req);
+    std::string rest;
+    absl::StatusOr<backend::testutil::HttpResponse> r =
+        sent.ok() ? backend::testutil::ReadResponse(*fd, &rest, /*timeout_s=*/10)
+                  : absl::StatusOr<backend::testutil::HttpResponse>(sent);
+    const absl::Duration took = absl::Now() - t0;
+    close(*fd);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return absl::InfiniteDuration();
+    EXPECT_EQ(r->body.size(), size);
+    std::string body(size, 0);
+    FillBody(seed, 0, body.data(), size);
+    EXPECT_TRUE(r->body == body) << "body differs";
+    return r->body == body ? took : absl::InfiniteDuration();
+  }
+
   static Testbed* tb_;
   static std::vector<Process>* procs_;
   static std::string* www_;
@@ -890,11 +934,9 @@ TEST_F(E2eTest, SlowReaderIsNeverHandedOffMidResponse) {
     setsockopt(*fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
     timeval tv{10, 0};
     setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    sockaddr_in vip{};
-    vip.sin_family = AF_INET;
-    vip.sin_port = htons(8080);
-    inet_pton(AF_INET, "198.18.0.10", &vip.sin_addr);
-    ASSERT_EQ(connect(*fd, reinterpret_cast<sockaddr*>(&vip), sizeof(vip)), 0) << strerror(errno);
+    const sockaddr_in vip = Vip();
+    ASSERT_EQ(connect(*fd, reinterpret_cast<const sockaddr*>(&vip), sizeof(vip)), 0)
+        << strerror(errno);
     const size_t size = 1000000;
     std::string req = absl::StrCat("GET /r?size=", size, "&seed=77 HTTP/1.1\r\nHost: t\r\n",
                                    framed ? "" : "X-Pad: " + pad + "\r\n", "\r\n");
@@ -941,13 +983,6 @@ TEST_F(E2eTest, SlowReaderIsNeverHandedOffMidResponse) {
 // waits out its retransmission timer for the excess.
 TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindow) {
   StartLb(Backends(8080), "rr", {}, /*pool=*/2);
-  const size_t size = 300000;
-  std::string body(size, 0);
-  FillBody(31, 0, body.data(), size);
-  sockaddr_in vip{};
-  vip.sin_family = AF_INET;
-  vip.sin_port = htons(8080);
-  inet_pton(AF_INET, "198.18.0.10", &vip.sin_addr);
   auto c0 = [&] { return *tb_->Nstat(tb_->client_ns(0)); };
   auto backends = [&] {
     std::vector<NstatCounters> v;
@@ -965,21 +1000,8 @@ TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindow) {
                                 absl::StrCat("--seed=", 40 + round)});
     ASSERT_GT(JsonInt(warm, "ok"), 0) << warm;
     for (int i = 0; i < 6; i++) {
-      absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->client_ns(0), AF_INET, SOCK_STREAM);
-      ASSERT_TRUE(fd.ok()) << fd.status();
-      ASSERT_EQ(connect(*fd, reinterpret_cast<sockaddr*>(&vip), sizeof(vip)), 0) << strerror(errno);
-      const absl::Time t0 = absl::Now();
-      ASSERT_TRUE(backend::testutil::SendAll(
-                      *fd, absl::StrCat("GET /r?size=", size, "&seed=31 HTTP/1.1\r\nHost: t\r\n\r\n"))
-                      .ok());
-      std::string rest;
-      absl::StatusOr<backend::testutil::HttpResponse> r =
-          backend::testutil::ReadResponse(*fd, &rest, /*timeout_s=*/10);
-      const absl::Duration took = absl::Now() - t0;
-      close(*fd);
-      ASSERT_TRUE(r.ok()) << r.status();
-      ASSERT_EQ(r->body.size(), size);
-      EXPECT_TRUE(r->body == body) << "body differs";
+      const absl::Duration took = FetchOnNewConnection(0, 300000, 31);
+      ASSERT_NE(took, absl::InfiniteDuration());
       slowest = std::max(slowest, took);
       fetched++;
     }
@@ -1013,44 +1035,19 @@ TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindowAfterVerification) {
   // other left.
   StartLb(absl::StrCat(tb_->backend_ip(0), ":8080"), "rr", {"--max_conns_per_backend=1"},
           /*pool=*/1);
-  sockaddr_in vip{};
-  vip.sin_family = AF_INET;
-  vip.sin_port = htons(8080);
-  inet_pton(AF_INET, "198.18.0.10", &vip.sin_addr);
-  auto fetch = [&](int client, size_t size, bool framed, absl::Duration* took) {
-    absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->client_ns(client), AF_INET, SOCK_STREAM);
-    ASSERT_TRUE(fd.ok()) << fd.status();
-    ASSERT_EQ(connect(*fd, reinterpret_cast<sockaddr*>(&vip), sizeof(vip)), 0) << strerror(errno);
-    const absl::Time t0 = absl::Now();
-    // A head over two segments is left to the layer-4 rules, and so is
-    // its response: unframed.
-    std::string req = absl::StrCat("GET /r?size=", size, "&seed=32 HTTP/1.1\r\nHost: t\r\n",
-                                   framed ? "" : "X-Pad: " + std::string(1500, 'p') + "\r\n",
-                                   "\r\n");
-    ASSERT_TRUE(backend::testutil::SendAll(*fd, req).ok());
-    std::string rest;
-    absl::StatusOr<backend::testutil::HttpResponse> r =
-        backend::testutil::ReadResponse(*fd, &rest, /*timeout_s=*/10);
-    *took = absl::Now() - t0;
-    close(*fd);
-    ASSERT_TRUE(r.ok()) << r.status();
-    std::string body(size, 0);
-    FillBody(32, 0, body.data(), size);
-    EXPECT_TRUE(r->body == body) << "body differs";
-  };
   NstatCounters c0_before = *tb_->Nstat(tb_->client_ns(0));
   absl::Duration slowest;
   for (int round = 0; round < 4; round++) {
     auto s0 = Stats();
-    absl::Duration t;
     // client 1 grows its window on the one pooled connection, then closes.
-    fetch(1, 4 << 20, /*framed=*/false, &t);
+    ASSERT_NE(FetchOnNewConnection(1, 4 << 20, 32, /*framed=*/false), absl::InfiniteDuration());
     // Verified (two probe answers ~10 ms apart) and idle again.
     absl::Time deadline = absl::Now() + absl::Seconds(5);
     while (Stats()["pool_verified"] == s0["pool_verified"] && absl::Now() < deadline)
       absl::SleepFor(absl::Milliseconds(10));
     ASSERT_GT(Stats()["pool_verified"], s0["pool_verified"]) << "not verified";
-    fetch(0, 300000, /*framed=*/true, &t);
+    const absl::Duration t = FetchOnNewConnection(0, 300000, 32);
+    ASSERT_NE(t, absl::InfiniteDuration());
     slowest = std::max(slowest, t);
     auto s1 = Stats();
     std::string moved;
