@@ -445,7 +445,8 @@ static __noinline void pool_enqueue(const struct rm_config *cfg, __u32 pid, __u3
  * of `epoch` may do so. leg->retire: 0 idle queue, 1 or 2 dead (2: the
  * backend still holds it open, userspace resets it), 3 verify first (the
  * client closed or went idle rather than starting a next request, so the
- * backend may still owe it bytes: see pool_verify_segment). */
+ * backend may still owe it bytes: see pool_verify_segment), 4 parked (the
+ * core shrinks its window first: RM_P_PARKED). */
 static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
                                     const struct rm_leg *leg) {
   __u32 owner = leg->owner, epoch = leg->epoch, retire = leg->retire;
@@ -466,7 +467,7 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
     p->be_edge = leg->be_edge;
     p->owner = RM_NO_ID;
     moved = 1;
-    if ((!retire || retire == 3) && cfg->pool_max_uses && p->uses >= cfg->pool_max_uses)
+    if ((!retire || retire >= 3) && cfg->pool_max_uses && p->uses >= cfg->pool_max_uses)
       retire = 2; /* worn out: userspace resets it, a fresh one replaces it */
     if (retire == 3) {
       /* The precise clock while verifying (pool_verify_segment times the
@@ -478,6 +479,10 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
       p->owner = owner;
       p->last_used_ns = bpf_ktime_get_ns();
       verify = 1;
+    } else if (retire == 4) {
+      /* Not queued: the core shrinks its window, then queues it. */
+      p->state = RM_P_PARKED;
+      p->last_used_ns = now;
     } else if (retire) {
       p->state = RM_P_DEAD;
     } else {
@@ -492,6 +497,10 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
     stat_inc(RM_ST_POOL_VERIFY);
     emit(cfg, RM_EV_POOL_VERIFY, owner, bid, pid, 0);
     return;
+  }
+  if (retire == 4) {
+    stat_inc(RM_ST_POOL_PARKED);
+    return; /* the core learns of it from the owed-ACK event (ack_pool) */
   }
   if (retire) {
     /* retire == 2: the backend still thinks the connection is open (no
@@ -1370,7 +1379,7 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
 
   __u32 old_pid = RM_NO_ID, old_bid = RM_NO_ID;
   __builtin_memset(leg, 0, sizeof(*leg));
-  int ok = 0, need_ack = 0;
+  int ok = 0, need_ack = 0, park = 0;
   rm_lock(&c->lock);
   if (c->epoch == epoch && c->state == RM_C_ESTABLISHED && c->pool_id != RM_NO_ID &&
       (__s32)(c->c_edge - c->c_nxt) - (__s32)(np->be_edge - np->lb_nxt) > RM_WINDOW_SLACK) {
@@ -1384,6 +1393,12 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
     if (old_pid != RM_NO_ID) {
       leg_from_client(leg, c);
       need_ack = !(pk_ack & RM_SPLICE_NO_ACK) && rm_after((__u32)pk_ack, c->c_acked);
+      /* No ACK owed, after a response not framed whole: the client's last
+       * ACK, with its own window, reached the backend uncapped
+       * (idle_win_cap), and the next client's request cannot lower it.
+       * Parked until the core has. (An owed ACK lowers it itself: it
+       * acknowledges something new.) */
+      park = !need_ack && !resp_whole(c);
       c->rematches++;
     }
     c->epoch = epoch + 1;
@@ -1442,13 +1457,16 @@ RM_GLOBAL int do_splice(__u32 id, __u32 epoch, __u32 want, __u64 pk_ack) {
   if (old_pid != RM_NO_ID) {
     leg->owner = id;
     leg->epoch = epoch;
+    leg->retire = park ? 4 : 0;
     pool_release_leg(old_pid, 1);
     stat_inc(RM_ST_REMATCHES);
     struct rm_backend_load *nb = bpf_map_lookup_elem(&backend_load, &bid);
     if (nb) __sync_fetch_and_add(&nb->rematched_in, 1);
     /* The client's ack of the old backend's last bytes rides on a packet
-     * that now goes elsewhere; have the old one acked. */
-    if (need_ack) {
+     * that now goes elsewhere; have the old one acked. A parked one is
+     * told the same way: its event names it, the core shrinks its window
+     * and queues it. */
+    if (need_ack | park) {
       pool_ack_fill(&sc->pend, leg, old_pid);
       sc->pend.backend_id = old_bid;
       sc->pend_ack = 1;
@@ -2051,11 +2069,12 @@ static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
   struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
   if (!p) return XDP_DROP;
   struct rm_reply r = {};
-  int reply = 0, dead = 0;
+  int reply = 0, dead = 0, queued;
   __u32 bid;
   rm_lock(&p->lock);
   bid = p->backend_id;
-  if (p->state != RM_P_IDLE) {
+  queued = p->state == RM_P_IDLE; /* a parked one is not in the queue yet */
+  if (!queued && p->state != RM_P_PARKED) {
     rm_unlock(&p->lock);
     stat_inc(RM_ST_DROP_STALE);
     return XDP_DROP;
@@ -2089,7 +2108,7 @@ static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
   if (dead) {
     /* It left the idle set while its entry is still queued. */
     struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
-    if (bl) __sync_fetch_and_sub(&bl->idle, 1);
+    if (bl && queued) __sync_fetch_and_sub(&bl->idle, 1);
     stat_inc(RM_ST_POOL_DEAD);
     emit(cfg, RM_EV_POOL_DEAD, RM_NO_ID, bid, pid, dead == 2);
   }
@@ -2329,7 +2348,7 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
     stat_inc(RM_ST_PASS_POOL_SETUP);
     return XDP_PASS;
   }
-  if (pstate == RM_P_IDLE) return pool_idle_segment(ctx, pk, cfg, pid);
+  if (pstate == RM_P_IDLE || pstate == RM_P_PARKED) return pool_idle_segment(ctx, pk, cfg, pid);
   if (pstate == RM_P_VERIFY) return pool_verify_segment(ctx, pk, cfg, pid);
   if (pstate != RM_P_BUSY) {
     stat_inc(RM_ST_DROP_STALE);
@@ -2625,6 +2644,27 @@ int xdp_ctl(struct xdp_md *ctx) {
     return XDP_DROP;
   }
   struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  if (cmd->op == RM_CTL_UNPARK_POOL) {
+    /* Its window shrunk by the core: idle, and queued. */
+    __u32 pid = cmd->client_id;
+    struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
+    int r = 0;
+    __u32 bid = 0, entry = 0;
+    if (p && cfg) {
+      rm_lock(&p->lock);
+      if (p->state == RM_P_PARKED) {
+        p->state = RM_P_IDLE;
+        p->last_used_ns = bpf_ktime_get_coarse_ns();
+        bid = p->backend_id;
+        entry = RM_IDLE_ENTRY(pid, p->gen & 0xfff);
+        r = 1;
+      }
+      rm_unlock(&p->lock);
+      if (r) pool_enqueue(cfg, pid, bid, entry, RM_NO_ID);
+    }
+    cmd->result = r;
+    return XDP_DROP;
+  }
   __u32 id = cmd->client_id;
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
   if (!cfg || !c) {

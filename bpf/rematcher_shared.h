@@ -308,6 +308,14 @@ enum rm_pool_state {
                           out of the idle queue until the backend shows it
                           has sent nothing beyond be_nxt (its answers to two
                           probes, see pool_verify_segment) */
+  RM_P_PARKED = 6,     /* handed on by a client that moved after an
+                          unframed response, with no ACK owed: quiescent,
+                          but its backend still holds that client's window.
+                          Out of the idle queue until the core has sent it a
+                          zero window and then RM_IDLE_WIN (so the next
+                          client's request offers a larger one, which Linux
+                          takes) and queues it (RM_CTL_UNPARK_POOL).
+                          Segments from the backend are handled as idle. */
 };
 
 /* One pooled backend connection, indexed by pool id. Its leg state (lb_nxt,
@@ -476,6 +484,9 @@ enum rm_stat {
                                that closed or went idle after a framed
                                response that had all passed: idle at once,
                                no verification needed */
+  RM_ST_POOL_PARKED,         /* pooled connection handed on after an
+                               unframed response (RM_P_PARKED): its window
+                               is shrunk before it is queued */
   RM_ST__MAX,
 };
 
@@ -489,7 +500,9 @@ enum rm_event_type {
   RM_EV_REQ_START = 5, /* a request started: decide its successor early;
                           RM_EV_REQ_DONE refreshes the decision. After a
                           rematch it also carries the old pooled
-                          connection's owed ACK (ack_pool != RM_NO_ID). */
+                          connection's owed ACK (ack_pool != RM_NO_ID),
+                          or, if that connection is RM_P_PARKED, where it
+                          stands for its window shrink. */
   RM_EV_POOL_VERIFY = 6, /* pooled connection entered RM_P_VERIFY: probe it */
   RM_EV_CLIENT_LEFT = 7, /* a client closed or went idle between requests
                             and its pooled connection went straight back to
@@ -546,6 +559,8 @@ enum rm_ctl_op {
   RM_CTL_GET_POOL = 6,     /* pool id (in client_id): copy the record out */
   RM_CTL_PUT_POOL = 7,     /* pool id (in client_id): write the record in,
                               all but its lock word */
+  RM_CTL_UNPARK_POOL = 8,  /* pool id (in client_id): if RM_P_PARKED, idle
+                              and into its backend's idle queue */
 };
 
 #define RM_CTL_RECORD_MAX 256 /* >= sizeof(struct rm_client), rm_pool */

@@ -1289,7 +1289,9 @@ std::string Core::StatsText() {
                   "\npool_connect_failures ", pst.connect_failures, "\npool_retired ",
                   pst.retired, "\npool_idle_entries_compacted ", pst.idle_entries_compacted,
                   "\npool_idle_timeouts ", pst.idle_timeouts, "\npool_verify_probes ",
-                  pst.verify_probes, "\npool_verify_timeouts ", pst.verify_timeouts, "\n");
+                  pst.verify_probes, "\npool_verify_timeouts ", pst.verify_timeouts,
+                  "\npool_parked_shrunk ", pst.parked, "\npool_parked_by_scan ",
+                  pst.parked_by_scan, "\n");
   return out;
 }
 
@@ -1357,6 +1359,10 @@ std::string Core::MetricsText() {
   single("rematcher_pool_acks_carried_total", "counter",
          "Owed ACKs not sent: the connection was taken again, its next splice carries them.",
          pool_acks_carried_);
+  single("rematcher_pool_windows_shrunk_total", "counter",
+         "Pooled connections handed on after an unframed response whose window the core shrank "
+         "(a zero window, then one unit) before queueing them.",
+         pools_->stats().parked);
   single("rematcher_client_resets_sent_total", "counter",
          "RSTs the core sent to clients whose backend reset them mid-exchange (the datapath "
          "passes the backend's own on once; these cover its loss).",

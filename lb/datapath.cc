@@ -144,6 +144,7 @@ const char* StatName(int stat) {
       "pinned_framing",
       "pinned_response_owed",
       "pool_released_whole",
+      "pool_parked",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];
@@ -745,6 +746,12 @@ absl::Status Datapath::FreeClient(uint32_t id, uint64_t older_than_ns) {
 
 absl::StatusOr<bool> Datapath::RetireIdlePool(uint32_t pid, uint64_t older_than_ns) {
   auto r = RunCtl(RM_CTL_RETIRE_IDLE_POOL, pid, older_than_ns);
+  if (!r.ok()) return r.status();
+  return *r == 1;
+}
+
+absl::StatusOr<bool> Datapath::UnparkPool(uint32_t pid) {
+  auto r = RunCtl(RM_CTL_UNPARK_POOL, pid, 0);
   if (!r.ok()) return r.status();
   return *r == 1;
 }

@@ -66,7 +66,8 @@ uint64_t CoarseNowNs();
 // A pooled connection that was established and not given up yet (idle,
 // carrying a client, or being verified).
 inline bool PoolLive(const rm_pool& rec) {
-  return rec.state == RM_P_IDLE || rec.state == RM_P_BUSY || rec.state == RM_P_VERIFY;
+  return rec.state == RM_P_IDLE || rec.state == RM_P_BUSY || rec.state == RM_P_VERIFY ||
+         rec.state == RM_P_PARKED;
 }
 
 // A busy pooled connection's record keeps the sequence numbers of its
@@ -159,6 +160,9 @@ class Datapath {
   // Takes an idle pooled connection out of service if it has been idle
   // since before `older_than_ns` (CLOCK_MONOTONIC_COARSE). True if it did.
   absl::StatusOr<bool> RetireIdlePool(uint32_t pid, uint64_t older_than_ns);
+  // A parked pooled connection (RM_P_PARKED), its window shrunk: idle and
+  // queued. False if it was not parked (it died meanwhile).
+  absl::StatusOr<bool> UnparkPool(uint32_t pid);
 
   absl::StatusOr<rm_client> GetClient(uint32_t id) const;
   absl::StatusOr<std::optional<uint32_t>> LookupClient(const rm_flow_key& key) const;

@@ -30,6 +30,11 @@ absl::Status Errno(absl::string_view what) { return absl::ErrnoToStatus(errno, w
 constexpr absl::Duration kProbeAfterSettle =
     absl::Nanoseconds(RM_VERIFY_SETTLE_NS + 1000000);
 
+// A parked pooled connection (RM_P_PARKED) still parked this long after its
+// release lost its event: the core reads the ring within milliseconds even
+// when polling, so one younger than this may have its event still to come.
+constexpr uint64_t kParkedLostNs = 200ULL * 1000 * 1000;
+
 // An IPv4 socket address; ip and port in network order.
 sockaddr_in Ipv4(uint32_t ip, uint16_t port) {
   sockaddr_in a{};
@@ -122,6 +127,7 @@ absl::StatusOr<int> PoolManager::RepairSocket(const rm_pool& rec) {
 absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
   AdoptedPools out;
   std::vector<bool> kept(dp_->max_pool(), false);
+  std::vector<uint32_t> parked;
   uint32_t top = 0;
   for (uint32_t pid = 0; pid < dp_->max_pool(); pid++) {
     std::optional<rm_pool> peek = dp_->PeekPool(pid);
@@ -173,6 +179,13 @@ absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
       out.verifying++;
       OnVerify(pid);
     }
+    if (rec->state == RM_P_PARKED) parked.push_back(pid);
+  }
+  // Parked when the last process stopped: shrunk and queued now, as the
+  // event would have had them.
+  for (uint32_t pid : parked) {
+    absl::StatusOr<bool> done = Unpark(pid);
+    if (done.ok() && *done) out.idle++;
   }
   next_id_ = top;
   for (uint32_t pid = 0; pid < top; pid++)
@@ -590,16 +603,25 @@ void PoolManager::RetireIdleTooLong(absl::Time at) {
   uint64_t limit = absl::ToInt64Nanoseconds(opts_.idle_timeout);
   if (now <= limit) return;
   uint64_t cutoff = now - limit;
-  std::vector<uint32_t> old;
+  std::vector<uint32_t> old, parked;
   for (const auto& [pid, c] : conns_) {
     if (c.state != Conn::kLive) continue;
     auto rec = dp_->GetPool(pid);
     if (rec.ok() && rec->state == RM_P_IDLE && rec->last_used_ns < cutoff) old.push_back(pid);
     // Its RM_EV_POOL_VERIFY was lost (ring full): probe it all the same.
     if (rec.ok() && rec->state == RM_P_VERIFY && !verifying_.contains(pid)) OnVerify(pid);
+    // Parked for longer than the core takes to read its event: that event
+    // was lost (ring full). Shrink and queue it now. (A younger one's
+    // event may still be waiting in the ring.)
+    if (rec.ok() && rec->state == RM_P_PARKED && rec->last_used_ns + kParkedLostNs < now)
+      parked.push_back(pid);
   }
   for (uint32_t pid : old)
     if (RetireIfIdleSince(pid, cutoff)) stats_.idle_timeouts++;
+  for (uint32_t pid : parked) {
+    absl::StatusOr<bool> done = Unpark(pid);
+    if (done.ok() && *done) stats_.parked_by_scan++;
+  }
 }
 
 uint32_t PoolManager::RetireIdle(uint32_t backend) {
@@ -642,6 +664,7 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
   // mid-change can only make the ACK newer or skip it.
   std::optional<rm_pool> rec = dp_->PeekPool(pid);
   if (!rec) return absl::NotFoundError("no such pooled connection record");
+  if (rec->state == RM_P_PARKED) return Unpark(pid);
   // The owed ACK is only useful while the connection sits idle (or is
   // being verified before it is): once the next client carries it, its
   // packets are newer and a late ACK with older timestamps would be
@@ -667,6 +690,34 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
   if (auto st = SendSegment(*rec, seq, ack, tsval, tsecr, window, /*rst=*/false, false); !st.ok())
     return st;
   return true;
+}
+
+absl::StatusOr<bool> PoolManager::Unpark(uint32_t pid) {
+  // The record as it stands: nothing moves on a parked connection but the
+  // backend's side (a retransmission answered in place, a FIN or RST that
+  // kill it), so no event's older copy is needed.
+  absl::StatusOr<rm_pool> rec = dp_->GetPool(pid);
+  if (!rec.ok()) return rec.status();
+  if (rec->state != RM_P_PARKED) return false;
+  // Linux takes a window from a segment that starts where the last one
+  // did only if it is larger, or zero (6.5 and later; see ProbeVerifying):
+  // so zero first, then the idle window, which a FIN still fits. The next
+  // client's request offers more and is taken. Queued only after both are
+  // sent, so that request comes after them. A send that fails leaves the
+  // window as it was (the old behaviour): the connection is queued all
+  // the same, not lost.
+  for (uint16_t window : {uint16_t{0}, uint16_t{RM_IDLE_WIN}}) {
+    if (auto st = SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last,
+                              window, /*rst=*/false, false);
+        !st.ok()) {
+      LOG_EVERY_N(WARNING, 100) << "pooled connection " << pid << ": window shrink: " << st;
+      break;
+    }
+  }
+  absl::StatusOr<bool> queued = dp_->UnparkPool(pid);
+  if (!queued.ok()) return queued.status();
+  if (*queued) stats_.parked++;
+  return *queued;
 }
 
 void PoolManager::OnVerify(uint32_t pid) {

@@ -75,6 +75,9 @@ struct PoolStats {
   uint64_t idle_timeouts = 0;           // retired for idling too long
   uint64_t verify_probes = 0;           // probes sent to RM_P_VERIFY connections
   uint64_t verify_timeouts = 0;         // retired: no answer to any probe
+  uint64_t parked = 0;                  // RM_P_PARKED: window shrunk, queued
+  uint64_t parked_by_scan = 0;          // ...of which found by the pool scan
+                                        // (their event lost), or at adoption
 };
 
 // Per-backend connect outcomes, for passive health checking.
@@ -96,7 +99,7 @@ class PoolManager {
   // Registers a backend slot; its pool is filled by Tick().
   absl::Status AddBackend(uint32_t id, const BackendSpec& spec);
   // Takes over the pooled connections an earlier process left in adopted
-  // maps (Datapath::adopted()). A live one (idle, busy, being verified)
+  // maps (Datapath::adopted()). A live one (idle, busy, being verified, parked)
   // whose tuple is a registered backend's (removed ones included) and whose local address is
   // lb_ip is kept, with its socket made again in repair mode (the old one
   // went silently with the old process) so that no new connection takes
@@ -160,9 +163,13 @@ class PoolManager {
   // through a raw socket: used for the ACK the old backend is owed at a
   // rematch (XDP cannot emit two packets for one). (RSTs: SendReset.)
   // Returns false when no ACK was needed: the connection is not idle (its
-  // next splice carries the ACK).
+  // next splice carries the ACK). A parked one (RM_P_PARKED) gets its
+  // window shrunk instead (Unpark).
   absl::StatusOr<bool> SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,
                                uint32_t tsecr, uint16_t window);
+  // A parked pooled connection: a zero window, then RM_IDLE_WIN, both at
+  // the sequence it stands at, then idle and queued. True if it was parked.
+  absl::StatusOr<bool> Unpark(uint32_t pid);
 
  private:
   // The segment itself, exactly as given, on the record's tuple.

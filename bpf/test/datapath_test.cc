@@ -793,7 +793,7 @@ TEST_F(DatapathTest, SackBlocksTranslatedBothWays) {
   Seg req2 = ClientSeg(c, Pattern(100, 3));
   ClientToBackend("request 2 rematched", c, p1, e1, req2,
                   {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                   {RM_ST_DECISION_APPLIED, 1}});
+                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_POOL_PARKED, 1}});
   BackendPos b1{p1.be_nxt, p1.lb_nxt + 100, p1.be_ts, e1.TsvalC2B(c.c_ts)};
   BackendToClient("response 2", c, p1, e1, BackendSeg(b1, Pattern(1000, 7)),
                   {{RM_ST_TX_B2C, 1}});
@@ -850,7 +850,7 @@ TEST_F(DatapathTest, RematchTranslatesOntoNewPoolAndRequeuesOld) {
   Seg req2 = ClientSeg(c, Pattern(200, 8));
   ClientToBackend("request 2 on backend 1", c, p1, e1, req2,
                   {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                   {RM_ST_DECISION_APPLIED, 1}});
+                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_POOL_PARKED, 1}});
   rm_client rec = Client(c.id);
   EXPECT_EQ(rec.pool_id, 1u);
   EXPECT_EQ(rec.backend_id, 1u);
@@ -861,13 +861,21 @@ TEST_F(DatapathTest, RematchTranslatesOntoNewPoolAndRequeuesOld) {
   EXPECT_EQ(rec.d_resp, e1.s_nxt0 - p1.be_nxt);
   EXPECT_EQ(rec.ts_c2b, p1.lb_ts - e1.c_ts0);
   EXPECT_EQ(rec.ts_b2c, e1.s_ts0 - p1.be_ts);
+  // The response was not framed (raw bytes) and no ACK is owed: parked
+  // until the core has shrunk the window the client left on it (its
+  // record holds where it stands for that), then queued.
   rm_pool old = Pool(0);
-  EXPECT_EQ(old.state, uint32_t(RM_P_IDLE));
+  EXPECT_EQ(old.state, uint32_t(RM_P_PARKED));
   EXPECT_EQ(old.owner, RM_NO_ID);
   EXPECT_EQ(old.lb_nxt, p0.lb_nxt + 300);
   EXPECT_EQ(old.be_nxt, p0.be_nxt + 500);
   EXPECT_EQ(old.lb_ts_last, e.TsvalC2B(e1.c_ts0));
   EXPECT_EQ(old.be_ts_last, b.ts);
+  EXPECT_TRUE(IdleQueue(0).empty());
+  auto unparked = dp_->UnparkPool(0);
+  ASSERT_TRUE(unparked.ok()) << unparked.status();
+  EXPECT_TRUE(*unparked);
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_IDLE));
   EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
   rm_pool np = Pool(1);
   EXPECT_EQ(np.state, uint32_t(RM_P_BUSY));
@@ -933,7 +941,7 @@ TEST_F(DatapathTest, TsvalOffsetCountsTheTimeAPoolSatIdle) {
   // estimate.
   ClientToBackend("request 2 on backend 1", c, p1, e1, req2,
                   {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                   {RM_ST_DECISION_APPLIED, 1}});
+                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_POOL_PARKED, 1}});
   const uint32_t u2 = TsStampNow();
   rm_client rec = Client(c.id);
   ASSERT_EQ(rec.pool_id, 1u);
@@ -1101,7 +1109,7 @@ TEST_F(RerouteTest, DecisionToStayOnABackendFallenBehindGoesToItsAlternative) {
   Epoch e1 = StartEpoch(c, p1);
   ClientToBackend("request 2 rerouted to backend 1", c, p1, e1, ClientSeg(c, Pattern(50, 4)),
                   {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_ARRIVAL_REROUTED, 1}});
+                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_POOL_PARKED, 1}, {RM_ST_ARRIVAL_REROUTED, 1}});
   rm_client rec = Client(c.id);
   EXPECT_EQ(rec.backend_id, 1u);
   EXPECT_EQ(rec.pool_id, 1u);
@@ -1109,7 +1117,7 @@ TEST_F(RerouteTest, DecisionToStayOnABackendFallenBehindGoesToItsAlternative) {
   EXPECT_EQ(dp_->BackendLoad(0).unanswered, 2u);
   EXPECT_EQ(dp_->BackendLoad(1).rerouted_in, 1u) << "counted where it went";
   EXPECT_EQ(dp_->BackendLoad(0).rerouted_in, 0u);
-  EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_PARKED)) << "its response was not framed";
 }
 
 TEST_F(RerouteTest, MoveToABackendFallenBehindTheCurrentOneStays) {
@@ -1165,7 +1173,7 @@ TEST_F(RerouteTest, NotBehindByTheMarginAndByHalfTheDecisionStands) {
   Epoch e1 = StartEpoch(c, p1);
   ClientToBackend("request 2 moves as decided", c, p1, e1, ClientSeg(c, Pattern(50, 4)),
                   {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                   {RM_ST_DECISION_APPLIED, 1}});
+                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_POOL_PARKED, 1}});
   EXPECT_EQ(Client(c.id).backend_id, 1u);
   BackendPos b1{p1.be_nxt, p1.lb_nxt + 50, p1.be_ts, e1.TsvalC2B(c.c_ts)};
   Exchange(c, p1, e1, b1);
@@ -1194,7 +1202,8 @@ class RerouteRatioTest : public RerouteTest {
     SetUnanswered(1, 2);
     dp_->SetDecision(c.id, 2, 0);
     Deltas d = {{RM_ST_TX_C2B, 1}, {RM_ST_DECISION_APPLIED, 1}};
-    if (moves) d[RM_ST_SPLICES] = d[RM_ST_REMATCHES] = d[RM_ST_ARRIVAL_REROUTED] = 1;
+    if (moves)
+      d[RM_ST_SPLICES] = d[RM_ST_REMATCHES] = d[RM_ST_ARRIVAL_REROUTED] = d[RM_ST_POOL_PARKED] = 1;
     Epoch to = moves ? StartEpoch(c, p1) : e;
     ClientToBackend(moves ? "rerouted at 300%" : "stays at 250%", c, moves ? p1 : p0, to,
                     ClientSeg(c, Pattern(50, 4)), d);
@@ -1308,7 +1317,7 @@ TEST_F(RerouteTest, AnAlternativeOutOfServiceIsNotUsed) {
   ClientToBackend("request 2 leaves the draining backend", c, p1, e1,
                   ClientSeg(c, Pattern(50, 4)),
                   {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                   {RM_ST_DECISION_APPLIED, 1}});
+                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_POOL_PARKED, 1}});
   EXPECT_EQ(Client(c.id).backend_id, 1u);
   EXPECT_EQ(dp_->BackendLoad(0).rerouted_in + dp_->BackendLoad(1).rerouted_in, 0u);
 }
@@ -1396,7 +1405,7 @@ TEST_F(FramingTest, OneRequestPerSegmentIsFramedAndMovesAsDecided) {
   Epoch e1 = StartEpoch(c, p1_);
   ClientToBackend("request 2 moves", c, p1_, e1, ClientSeg(c, Http(Get("/b"))),
                   {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                   {RM_ST_DECISION_APPLIED, 1}});
+                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_POOL_PARKED, 1}});
   EXPECT_EQ(Client(c.id).pool_id, 1u);
 }
 
@@ -1590,10 +1599,32 @@ TEST_P(ResponseFramingTest, NextRequestMovesOnlyWhenTheResponseIsWhole) {
     EXPECT_EQ(rec.cflags & (RM_CF_PINNED | RM_CF_PROVEN), RM_CF_PINNED | RM_CF_PROVEN);
   } else {
     Epoch e1 = StartEpoch(c, p1_);
-    ClientToBackend("request 2 moves", c, p1_, e1, ClientSeg(c, Http(Get("/b"))),
-                    {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                     {RM_ST_DECISION_APPLIED, 1}});
+    Deltas want = {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                       {RM_ST_DECISION_APPLIED, 1}};
+    if (k.unframed) want[RM_ST_POOL_PARKED] = 1;
+    ClientToBackend("request 2 moves", c, p1_, e1, ClientSeg(c, Http(Get("/b"))), want);
     EXPECT_EQ(Client(c.id).pool_id, 1u);
+    // The old connection, with no ACK owed: after a whole response its
+    // backend was already offered next to no window, so it is queued at
+    // once; after any other, its backend holds the client's own window,
+    // and it is parked until the core has shrunk it.
+    rm_pool old = Pool(0);
+    if (k.unframed) {
+      EXPECT_EQ(old.state, uint32_t(RM_P_PARKED));
+      EXPECT_EQ(old.owner, RM_NO_ID);
+      EXPECT_TRUE(IdleQueue(0).empty()) << "no client may take it before the shrink";
+      auto r = dp_->UnparkPool(0);
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_TRUE(*r);
+      EXPECT_EQ(Pool(0).state, uint32_t(RM_P_IDLE));
+      EXPECT_EQ(dp_->BackendLoad(0).idle, 1u);
+      r = dp_->UnparkPool(0);
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_FALSE(*r) << "only a parked one is queued";
+    } else {
+      EXPECT_EQ(old.state, uint32_t(RM_P_IDLE));
+    }
+    EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
   }
 }
 
@@ -1761,9 +1792,13 @@ TEST_F(ResponseFramingTest, ChunksOutOfOrder) {
                     line_in_late ? -1 : RM_IDLE_WIN);
     dp_->SetDecision(c.id, 2, 1);
     Epoch e1 = StartEpoch(c, p1_);
-    ClientToBackend("request 2 moves", c, p1_, e1, ClientSeg(c, Http(Get("/b"))),
-                    {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                     {RM_ST_DECISION_APPLIED, 1}});
+    // Left to the layer-4 rules, the old connection is parked for its
+    // window shrink; whole, it was offered next to none already.
+    Deltas d = {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
+                {RM_ST_DECISION_APPLIED, 1}};
+    if (line_in_late) d[RM_ST_POOL_PARKED] = 1;
+    ClientToBackend("request 2 moves", c, p1_, e1, ClientSeg(c, Http(Get("/b"))), d);
+    EXPECT_EQ(Pool(0).state, uint32_t(line_in_late ? RM_P_PARKED : RM_P_IDLE));
   }
 }
 
@@ -2037,7 +2072,7 @@ TEST_F(DatapathTest, ReorderedRequestStartStillRematches) {
   Seg second = ClientSeg(c, Pattern(300, 5));
   ClientToBackend("second segment first", c, p1, e1, second,
                   {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                   {RM_ST_DECISION_APPLIED, 1}});
+                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_POOL_PARKED, 1}});
   rm_client rec = Client(c.id);
   EXPECT_EQ(rec.pool_id, 1u);
   EXPECT_EQ(rec.req_no, 2u);
@@ -2103,7 +2138,7 @@ TEST_F(DatapathTest, TsvalNeverGoesBackwardsForTheReceiver) {
   Seg r2 = ClientSeg(c, Pattern(400, 5));
   ClientToBackend("request 2, second segment first", c, p1, e1, r2,
                   {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}, {RM_ST_REMATCHES, 1},
-                   {RM_ST_DECISION_APPLIED, 1}});
+                   {RM_ST_DECISION_APPLIED, 1}, {RM_ST_POOL_PARKED, 1}});
   Seg r1_out = C2B(e1, r1);
   r1_out.tsval = e1.TsvalC2B(r2.tsval);
   ExpectTx("reordered first segment keeps the newer TSval", BuildSeg(FromClient(c), r1),
@@ -2247,6 +2282,58 @@ TEST_F(IdlePoolTest, RstRetires) {
 
 TEST_F(IdlePoolTest, NewDataRetires) {
   Expect("new data on idle", Seg_(ACK | PSH, p_.be_nxt, Pattern(10, 1)), XDP_DROP, nullptr,
+         {{RM_ST_DROP_POOL_DATA, 1}, {RM_ST_POOL_DEAD, 1}, {RM_ST_CONSUMED, 1}});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+}
+
+// A parked pooled connection (RM_P_PARKED: handed on after an unframed
+// response, waiting for the core to shrink its window) is answered as an
+// idle one, but it is in no idle queue: its death takes nothing from the
+// backend's idle count, and a client finds it only once it is unparked.
+class ParkedPoolTest : public IdlePoolTest {
+ protected:
+  void SetUp() override {
+    IdlePoolTest::SetUp();
+    if (IsSkipped()) return;
+    rm_pool r = Pool(0);
+    r.state = RM_P_PARKED;
+    ASSERT_TRUE(dp_->PutPool(0, r).ok());
+    ASSERT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+    auto popped = dp_->PopIdle(0);  // parked ones are not queued
+    ASSERT_TRUE(popped.ok());
+  }
+};
+
+TEST_F(ParkedPoolTest, RetransmissionAckedInPlaceAndNotQueued) {
+  Bytes want = ToBackend(p_).Flags(ACK).Seq(p_.lb_nxt).Ack(p_.be_nxt).Window(RM_IDLE_WIN)
+                   .Nop().Nop().Timestamps(p_.lb_ts, p_.be_ts + 5).Build();
+  ExpectTx("old data", Seg_(ACK | PSH, p_.be_nxt - 100, Pattern(100, 1)), want,
+           {{RM_ST_TX_POOL_ACK, 1}});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_PARKED));
+  ClientSpec c;
+  Handshake(c);
+  Seg s = ClientSeg(c, Pattern(10, 1));
+  Expect("a first request finds no idle pooled connection", BuildSeg(FromClient(c), s), XDP_TX,
+         nullptr, {{RM_ST_DROP_NO_POOL, 1}, {RM_ST_TX_RST, 1}});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_PARKED));
+}
+
+TEST_F(ParkedPoolTest, FinAnsweredAndRetiredIdleCountKept) {
+  const uint32_t idle_before = dp_->BackendLoad(0).idle;
+  Bytes want = ToBackend(p_).Flags(FIN | ACK).Seq(p_.lb_nxt).Ack(p_.be_nxt + 1).Window(RM_IDLE_WIN)
+                   .Nop().Nop().Timestamps(p_.lb_ts, p_.be_ts + 5).Build();
+  ExpectTx("backend FIN", Seg_(FIN | ACK, p_.be_nxt, {}), want,
+           {{RM_ST_TX_POOL_ACK, 1}, {RM_ST_POOL_DEAD, 1}});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
+  EXPECT_EQ(dp_->BackendLoad(0).idle, idle_before) << "it was never counted idle";
+  auto r = dp_->UnparkPool(0);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(*r) << "a dead one stays dead";
+  EXPECT_TRUE(IdleQueue(0).empty());
+}
+
+TEST_F(ParkedPoolTest, NewDataRetires) {
+  Expect("new data on parked", Seg_(ACK | PSH, p_.be_nxt, Pattern(10, 1)), XDP_DROP, nullptr,
          {{RM_ST_DROP_POOL_DATA, 1}, {RM_ST_POOL_DEAD, 1}, {RM_ST_CONSUMED, 1}});
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
 }
