@@ -521,6 +521,7 @@ class Worker {
       absl::StrAppend(&o, "Content-Length: ", r.upload_size, "\r\n");
     }
     if (opt_.new_conn_per_request && opt_.close_header) o.append("Connection: close\r\n");
+    if (opt_.pad_head > 0) absl::StrAppend(&o, "X-Pad: ", std::string(opt_.pad_head, 'p'), "\r\n");
     o.append("\r\n");
   }
 

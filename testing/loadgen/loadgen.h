@@ -56,6 +56,10 @@ struct Options {
   // With new_conn_per_request: send "Connection: close" (the server closes
   // first) or not (the client closes first after the response).
   bool close_header = true;
+  // An X-Pad header of this many bytes in each request head (0: none).
+  // Past rematcher's 1 KiB head reader, so requests and their responses
+  // are left to its layer-4 rules, as an unframed protocol's would be.
+  uint64_t pad_head = 0;
   // Keep-alive connections that each carry this many requests, then are
   // closed by the client (FIN after the last response) and replaced by a
   // new one; 0: as many as the run has.

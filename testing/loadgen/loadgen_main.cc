@@ -39,6 +39,9 @@ DEFINE_bool(new_conn_per_request, false, "connect, one request (Connection: clos
 DEFINE_uint64(requests_per_conn, 0,
               "keep-alive connections carry this many requests each, then the client closes "
               "and opens a new one (0: unlimited)");
+DEFINE_uint64(pad_head, 0,
+              "an X-Pad header of this many bytes per request (past 1 KiB: rematcher leaves "
+              "the exchange to its layer-4 rules, as for an unframed protocol)");
 DEFINE_bool(close_header, true,
             "with --new_conn_per_request: send Connection: close (server closes first); "
             "false: the client closes first after reading the response");
@@ -90,6 +93,7 @@ int main(int argc, char** argv) {
   o.delay_one_in = FLAGS_delay_one_in;
   o.new_conn_per_request = FLAGS_new_conn_per_request;
   o.close_header = FLAGS_close_header;
+  o.pad_head = FLAGS_pad_head;
   o.requests_per_conn = FLAGS_requests_per_conn;
   if (o.requests_per_conn > 0 && o.new_conn_per_request) {
     LOG(ERROR) << "--requests_per_conn and --new_conn_per_request are exclusive";
