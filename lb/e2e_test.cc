@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -1062,6 +1063,200 @@ TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindowAfterVerification) {
             << ", client BeyondWindow " << beyond << std::endl;
   EXPECT_EQ(beyond, 0) << "segments beyond the new client's window";
   EXPECT_LT(slowest, absl::Milliseconds(200));
+}
+
+// The same when a client moves at a layer-4 boundary (its response
+// unframed) with no ACK owed: its last ACK, with its own window, had
+// reached the backend before its next request, which went elsewhere. No
+// owed ACK (which acknowledges something new) can lower that window, so
+// the datapath parks the connection (RM_P_PARKED) and the core sends a zero
+// window, then one unit, before queueing it. Without that the next client
+// inherits megabytes of window: its first 300 KB took 200+ ms (the
+// backend's retransmission timer) and the client dropped segments beyond
+// its window.
+TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindowAfterAnUnframedMove) {
+  // One pooled connection per backend: the new client takes the one the
+  // mover left.
+  StartLb(absl::StrCat(tb_->backend_ip(0), ":8080,", tb_->backend_ip(1), ":8080"), "rr",
+          {"--max_conns_per_backend=1"}, /*pool=*/1);
+  // The send window the backend of the connection that served the most
+  // (the pooled one client 1 downloaded on; -1 if none), as its kernel has
+  // it (ss).
+  auto pooled_snd_wnd = [&](int backend) -> int64_t {
+    auto r = tb_->Run(tb_->backend_ns(backend), {"ss", "-tin", "state", "established"});
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return -1;
+    int64_t best_sent = -1, wnd = -1;
+    std::smatch m;
+    for (absl::string_view line : absl::StrSplit(*r, '\n')) {
+      std::string l(line);
+      int64_t sent = 0, w = -1;
+      if (std::regex_search(l, m, std::regex("bytes_sent:([0-9]+)"))) sent = std::stoll(m[1]);
+      if (std::regex_search(l, m, std::regex("snd_wnd:([0-9]+)"))) w = std::stoll(m[1]);
+      if (w >= 0 && sent > best_sent) {
+        best_sent = sent;
+        wnd = w;
+      }
+    }
+    return wnd;
+  };
+  NstatCounters c0_before = *tb_->Nstat(tb_->client_ns(0));
+  const std::string pad = "X-Pad: " + std::string(1500, 'p') + "\r\n";  // unframed
+  auto get = [&](int fd, size_t size, uint64_t seed) {
+    std::string req = absl::StrCat("GET /r?size=", size, "&seed=", seed,
+                                   " HTTP/1.1\r\nHost: t\r\n", pad, "\r\n");
+    ASSERT_TRUE(backend::testutil::SendAll(fd, req).ok());
+    std::string rest;
+    auto r = backend::testutil::ReadResponse(fd, &rest, /*timeout_s=*/10);
+    ASSERT_TRUE(r.ok()) << r.status();
+    std::string body(size, 0);
+    FillBody(seed, 0, body.data(), size);
+    EXPECT_TRUE(r->body == body) << "body differs";
+  };
+  auto backends = [&] {
+    std::vector<NstatCounters> v;
+    for (int i = 0; i < 2; i++) v.push_back(*tb_->Nstat(tb_->backend_ns(i)));
+    return v;
+  };
+  absl::Duration slowest;
+  int64_t retrans = 0, max_wnd = 0;
+  for (int round = 0; round < 4; round++) {
+    SCOPED_TRACE(absl::StrCat("round ", round));
+    auto s0 = Stats();
+    absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->client_ns(1), AF_INET, SOCK_STREAM);
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    const sockaddr_in vip = Vip();
+    ASSERT_EQ(connect(*fd, reinterpret_cast<const sockaddr*>(&vip), sizeof(vip)), 0)
+        << strerror(errno);
+    // Client 1 grows its window on one backend's connection ...
+    get(*fd, 4 << 20, 50 + round);
+    if (HasFatalFailure()) return;
+    // ... its last ACK goes out on its own (delayed ACKs wait 40 ms at
+    // most), and its next request is sent to the other backend.
+    absl::SleepFor(absl::Milliseconds(150));
+    sockaddr_in local{};
+    socklen_t len = sizeof(local);
+    ASSERT_EQ(getsockname(*fd, reinterpret_cast<sockaddr*>(&local), &len), 0);
+    const std::string port = absl::StrCat(":", ntohs(local.sin_port), " ");
+    std::string id, backend;
+    for (absl::string_view row : absl::StrSplit(Ctl("clients"), '\n', absl::SkipEmpty())) {
+      std::vector<std::string> f = absl::StrSplit(row, ' ', absl::SkipEmpty());
+      if (f.size() >= 4 && absl::StrContains(absl::StrCat(f[1], " "), port)) {
+        id = f[0];
+        backend = f[3];
+      }
+    }
+    ASSERT_TRUE(backend == "0" || backend == "1") << Ctl("clients");
+    const std::string other = backend == "0" ? "1" : "0";
+    ASSERT_EQ(Ctl(absl::StrCat("rematch ", id, " ", other)),
+              "ok (applied at the client's next request)\n");
+    get(*fd, 100, 60 + round);
+    if (HasFatalFailure()) return;
+    // Parked, shrunk and queued.
+    absl::Time deadline = absl::Now() + absl::Seconds(2);
+    while (Stats()["pool_parked_shrunk"] == s0["pool_parked_shrunk"] && absl::Now() < deadline)
+      absl::SleepFor(absl::Milliseconds(5));
+    auto s1 = Stats();
+    EXPECT_EQ(s1["rematches"] - s0["rematches"], 1u);
+    EXPECT_EQ(s1["pool_parked"] - s0["pool_parked"], 1u) << "no ACK owed: parked";
+    EXPECT_EQ(s1["pool_parked_shrunk"] - s0["pool_parked_shrunk"], 1u);
+    // The backend's send window on it: one unit of the LB's scale, not the
+    // megabytes client 1 offered.
+    const int64_t wnd = pooled_snd_wnd(backend == "0" ? 0 : 1);
+    EXPECT_GE(wnd, 0);
+    EXPECT_LE(wnd, 16 << 10) << "the backend kept client 1's window for whoever comes next";
+    max_wnd = std::max(max_wnd, wnd);
+    // Client 0's first request finds only that connection idle (client 1
+    // holds the other backend's one). What its backend retransmits is what
+    // it sent past client 0's window: lost there, or in the veth ring a
+    // burst that size overflows.
+    const std::vector<NstatCounters> b_before = backends();
+    const absl::Duration t = FetchOnNewConnection(0, 300000, 70 + round);
+    ASSERT_NE(t, absl::InfiniteDuration());
+    slowest = std::max(slowest, t);
+    const std::vector<NstatCounters> b_after = backends();
+    int64_t re = 0;
+    for (int i = 0; i < 2; i++) {
+      auto bd = testbed::NstatDiff(b_before[i], b_after[i]);
+      re += bd.count("TcpRetransSegs") ? bd["TcpRetransSegs"] : 0;
+    }
+    retrans += re;
+    close(*fd);
+    // Client 1's close hands its connection back through verification.
+    deadline = absl::Now() + absl::Seconds(5);
+    while (Stats()["pool_verified"] == s1["pool_verified"] && absl::Now() < deadline)
+      absl::SleepFor(absl::Milliseconds(10));
+    auto s2 = Stats();
+    std::string moved;
+    for (auto& [k, v] : s2)
+      if (v != s0[k] && k.rfind("pool_", 0) == 0) absl::StrAppend(&moved, " ", k, "+", v - s0[k]);
+    std::cout << "[round " << round << "] client 1 on backend " << backend << " -> " << other
+              << " (backend's send window then " << wnd << " bytes), client 0 took "
+              << absl::FormatDuration(t) << ", backend retransmitted " << re
+              << ";" << moved << std::endl;
+    EXPECT_EQ(s2["pool_established"], s0["pool_established"]) << "a new pooled connection";
+  }
+  auto d = testbed::NstatDiff(c0_before, *tb_->Nstat(tb_->client_ns(0)));
+  const int64_t beyond = d.count("TcpExtBeyondWindow") ? d["TcpExtBeyondWindow"] : 0;
+  std::cout << "[first response after an unframed move] slowest " << absl::FormatDuration(slowest)
+            << ", client BeyondWindow " << beyond << ", backends retransmitted " << retrans
+            << ", largest window left " << max_wnd << " bytes" << std::endl;
+  EXPECT_EQ(beyond, 0) << "segments beyond the new client's window";
+  EXPECT_LT(slowest, absl::Milliseconds(200));
+}
+
+// Many clients at once on unframed exchanges (request heads past the 1 KiB
+// head reader), moving at every boundary round robin: the moves with no ACK
+// owed park their old connection, and every parked one is shrunk and
+// queued by the core (none left parked, none lost: pools whole and idle
+// afterwards), with every body byte exact.
+TEST_F(E2eTest, UnframedMovesUnderLoadParkAndLoseNoConnection) {
+  StartLb(Backends(8080), "rr", {}, /*pool=*/8);
+  Snap before = TakeNstat();
+  auto s0 = Stats();
+  std::string j = Load(1, {"--connections=16", "--duration_s=3", "--pad_head=1500",
+                           "--sizes=0,1000,100000,300000", "--seed=91"});
+  ASSERT_GT(JsonInt(j, "ok"), 500) << j;
+  EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
+  EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
+  // Settled: the clients closed, their connections verified and idle.
+  std::string b;
+  absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < deadline) {
+    b = Ctl("backends");
+    if (std::count(b.begin(), b.end(), '/') == 3 && b.find(" 8/8 ") != std::string::npos) {
+      bool all = true;
+      for (auto& line : std::vector<std::string>(absl::StrSplit(b, '\n'))) {
+        std::smatch m;
+        if (std::regex_search(line, m, std::regex(" ([0-9]+)/([0-9]+) ")) && m[1] != m[2])
+          all = false;
+      }
+      if (all) break;
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  auto s = Stats();
+  const uint64_t parked = s["pool_parked"] - s0["pool_parked"];
+  const uint64_t shrunk = s["pool_parked_shrunk"] - s0["pool_parked_shrunk"];
+  const uint64_t late = s["pool_parked_by_scan"] - s0["pool_parked_by_scan"];
+  std::cout << "[unframed] " << JsonInt(j, "ok") << " requests, " << s["rematches"] - s0["rematches"]
+            << " rematches, " << parked << " parked, " << shrunk << " shrunk and queued (" << late
+            << " by the scan); pool_dead " << s["pool_dead"] - s0["pool_dead"] << "\n"
+            << b << std::endl;
+  EXPECT_GT(parked, 0u) << "no move parked its connection";
+  EXPECT_EQ(shrunk, parked) << "a parked connection was never queued, or queued twice";
+  EXPECT_EQ(late, 0u) << "an event was lost (or the scan took one still to come)";
+  EXPECT_EQ(s["pool_dead"], s0["pool_dead"]);
+  size_t live = 0;
+  for (auto& line : std::vector<std::string>(absl::StrSplit(b, '\n'))) {
+    std::smatch m;
+    if (std::regex_search(line, m, std::regex(" ([0-9]+)/([0-9]+) "))) {
+      EXPECT_EQ(m[1].str(), m[2].str()) << "not all pooled connections idle: " << b;
+      live += std::stoul(m[2].str());
+    }
+  }
+  EXPECT_GE(live, 24u) << b;
+  ExpectClean(before);
 }
 
 TEST_F(E2eTest, RemovingABackendUnderLoadLosesNoRequest) {
