@@ -667,7 +667,7 @@ TEST_F(FaultE2eTest, BackendHeldBackByLostAcksIsNotHandedOff) {
 TEST_F(FaultE2eTest, PendingDecisionsLeaveAStalledBackend) {
   ASSERT_TRUE(bed().StartBackend(0, {"--stall_every_ms=300", "--stall_ms=150"}).ok());
   struct Outcome {
-    int64_t p50 = -1, p90 = -1, p99 = -1, ok = -1, to_stalled = -1;
+    int64_t p50 = -1, p90 = -1, p99 = -1, mean = -1, ok = -1, to_stalled = -1;
     uint64_t redecided = 0, stalls = 0;
   };
   auto run = [&](bool on) {
@@ -689,6 +689,7 @@ TEST_F(FaultE2eTest, PendingDecisionsLeaveAStalledBackend) {
     o.p50 = JsonInt(r->json, "p50");
     o.p90 = JsonInt(r->json, "p90");
     o.p99 = JsonInt(r->json, "p99");
+    o.mean = JsonInt(r->json, "mean");
     o.ok = JsonInt(r->json, "ok");
     o.to_stalled = e2e::BackendCounts(r->json)["b0"];
     auto s = bed().Stats();
@@ -703,8 +704,9 @@ TEST_F(FaultE2eTest, PendingDecisionsLeaveAStalledBackend) {
   Outcome off = run(false);
   Outcome on = run(true);
   std::cout << "[stall] without: p50 " << off.p50 << " p90 " << off.p90 << " p99 " << off.p99
-            << " us, b0 served " << off.to_stalled << "; with: p50 " << on.p50 << " p90 "
-            << on.p90 << " p99 " << on.p99 << " us, b0 served " << on.to_stalled << ", "
+            << " mean " << off.mean << " us, b0 served " << off.to_stalled << "; with: p50 "
+            << on.p50 << " p90 " << on.p90 << " p99 " << on.p99 << " mean " << on.mean
+            << " us, b0 served " << on.to_stalled << ", "
             << on.redecided << " decisions changed, " << on.stalls << " stalls flagged"
             << std::endl;
   EXPECT_EQ(off.ok, 4000);
@@ -724,8 +726,11 @@ TEST_F(FaultE2eTest, PendingDecisionsLeaveAStalledBackend) {
   // already sent when a stall begins, and those queued behind them on the
   // same client connections, still wait. (With the load until acknowledged,
   // the stalled backend served about as many requests with as without:
-  // 760 vs 802.)
-  EXPECT_LT(on.p90, off.p90) << "p90 with " << on.p90 << " us, without " << off.p90;
+  // 760 vs 802.) The direction of the mean, not of p90: once (2026-12-07)
+  // the run without had its stalls miss its p90 (519 us, against 529 with)
+  // while its p99 was 133 ms against 3.5 and its mean 7.5 ms against 1.0;
+  // every request caught by a stall adds its wait to the mean.
+  EXPECT_LT(on.mean, off.mean) << "mean with " << on.mean << " us, without " << off.mean;
   EXPECT_LT(on.to_stalled, off.to_stalled);
 }
 
