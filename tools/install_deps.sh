@@ -8,7 +8,7 @@ PKGS=(
   libbpf-dev libelf-dev zlib1g-dev libabsl-dev libgoogle-glog-dev libgflags-dev
   libgtest-dev libgmock-dev
   # testbed and end-to-end tests
-  iproute2 ethtool iputils-ping nginx-light curl wrk procps
+  iproute2 ethtool iputils-ping nginx-light curl wrk procps redis-server redis-tools
   # peers for side-by-side benchmarks
   haproxy nftables gnuplot-nox
 )
@@ -23,7 +23,9 @@ if ((${#missing[@]})); then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-# nginx is only used inside test namespaces; keep the host's default site off.
+# nginx and redis are only used inside test namespaces; keep the host's own
+# instances off.
 if systemctl is-active --quiet nginx 2>/dev/null; then systemctl stop nginx || true; fi
+if systemctl is-active --quiet redis-server 2>/dev/null; then systemctl stop redis-server || true; fi
 # BPF pinning needs bpffs.
 if ! mountpoint -q /sys/fs/bpf 2>/dev/null; then mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true; fi
