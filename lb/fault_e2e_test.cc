@@ -266,6 +266,7 @@ class FaultE2eTest : public ::testing::Test {
   void PrintStats(const std::map<std::string, uint64_t>& s) {
     std::cout << "[lb]";
     for (const char* k : {"splices", "rematches", "decision_applied", "decision_late",
+                          "pool_parked", "pool_parked_shrunk", "pool_parked_by_scan",
                           "pipelined", "pinned_response_unacked", "pinned_request_unacked", "pinned_framing", "pinned_response_owed", "closed_clean", "closed_retire", "pool_dead", "tx_rst",
                           "drop_no_pool", "drop_bad_state", "drop_stale", "drop_malformed",
                           "stale_acked", "pool_retired", "pool_established",
@@ -280,7 +281,9 @@ class FaultE2eTest : public ::testing::Test {
   // loss + duplication + reordering at `rate` on every link. With an empty
   // policy, no LB: client i loads backend i directly (the control: what the
   // same faults do to two Linux TCP stacks with nothing in between).
-  void RunUnderFaults(double rate, const std::string& policy) {
+  // `extra`: more loadgen flags for both clients.
+  void RunUnderFaults(double rate, const std::string& policy,
+                      const std::vector<std::string>& extra = {}) {
     const bool direct = policy.empty();
     if (!direct) {
       ASSERT_TRUE(bed().StartLb(policy).ok()) << bed().LbLog();
@@ -314,6 +317,7 @@ class FaultE2eTest : public ::testing::Test {
         "--connections=8", absl::StrCat("--requests=", per_client),
         "--sizes=0,100,10000,65536,300000", "--upload_sizes=0,0,5000,100000",
         "--timeout_ms=30000", absl::StrCat("--max_time_s=", max_time_s), "--allow_errors"};
+    flags.insert(flags.end(), extra.begin(), extra.end());
     std::vector<std::string> f1 = flags;
     if (direct) {
       flags.push_back(targets[0]);
@@ -391,6 +395,22 @@ TEST_F(FaultE2eTest, OnePercentLossReorderDuplicationBothSides) {
 // passed since, with PAWS drops at about the direct path's rate.
 TEST_F(FaultE2eTest, FivePercentLossReorderDuplicationBothSides) {
   RunUnderFaults(0.05, "p2c");
+}
+
+// The same with every exchange unframed (request heads past the head
+// reader: loadgen --pad_head), as an unframed protocol's would be: every
+// boundary by the layer-4 rules, and moves with no ACK owed park their
+// connection (RM_P_PARKED) while the core shrinks its window, with the
+// core's two segments subject to the same faults. Every body byte exact,
+// every parked connection queued or retired (none left parked: the pools
+// end whole and idle).
+TEST_F(FaultE2eTest, FivePercentFaultsUnframedExchanges) {
+  RunUnderFaults(0.05, "rr", {"--pad_head=1500"});
+  auto s = bed().Stats();
+  ASSERT_TRUE(s.ok());
+  EXPECT_GT((*s)["pool_parked"], 0u) << "no move parked its connection";
+  EXPECT_LE((*s)["pool_parked_shrunk"], (*s)["pool_parked"]);
+  EXPECT_EQ((*s)["pinned_framing"], 0u) << "an unframed exchange was framed";
 }
 
 // The control for the PAWS figures: the same faults and load straight from
