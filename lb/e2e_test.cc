@@ -337,6 +337,35 @@ class E2eTest : public ::testing::Test {
     return vip;
   }
 
+  // Waits (bounded) until every backend's pooled connections are idle (the
+  // `backends` rows' idle/live); then fails for any row that is not, and
+  // returns the last `backends` text, with the live connections in *live.
+  std::string ExpectPoolsIdle(size_t* live) {
+    auto rows = [](const std::string& b, bool* all_idle) {
+      size_t n = 0, sum = 0;
+      *all_idle = true;
+      for (auto& line : std::vector<std::string>(absl::StrSplit(b, '\n'))) {
+        std::smatch m;
+        if (!std::regex_search(line, m, std::regex(" ([0-9]+)/([0-9]+) "))) continue;
+        n++;
+        sum += std::stoul(m[2].str());
+        if (m[1] != m[2]) *all_idle = false;
+      }
+      return std::make_pair(n, sum);
+    };
+    std::string b;
+    bool all_idle = false;
+    absl::Time deadline = absl::Now() + absl::Seconds(5);
+    while (absl::Now() < deadline) {
+      b = Ctl("backends");
+      if (rows(b, &all_idle).first == 3 && all_idle) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    *live = rows(b, &all_idle).second;
+    EXPECT_TRUE(all_idle) << "not all pooled connections idle: " << b;
+    return b;
+  }
+
   // One GET of `size` body bytes (seed `seed`) from client i on a new
   // connection, closed after: the body checked byte for byte, and how long
   // it took from the request's send to the response's end returned (an
@@ -743,23 +772,8 @@ TEST_F(E2eTest, TenThousandShortConnectionsLeakNothing) {
   EXPECT_EQ(s["pool_dead"], 5000u);
   // Pools are back to their size, all idle, and no socket leaked in the LB
   // namespace: exactly one per pooled connection.
-  std::string b;
-  deadline = absl::Now() + absl::Seconds(5);
-  while (absl::Now() < deadline) {
-    b = Ctl("backends");
-    if (std::count(b.begin(), b.end(), '/') == 3 &&
-        b.find(" 16/16 ") != std::string::npos)
-      break;
-    absl::SleepFor(absl::Milliseconds(200));
-  }
   size_t live = 0;
-  for (auto& line : std::vector<std::string>(absl::StrSplit(b, '\n'))) {
-    std::smatch m;
-    if (std::regex_search(line, m, std::regex(" ([0-9]+)/([0-9]+) "))) {
-      EXPECT_EQ(m[1].str(), m[2].str()) << "not all pooled connections idle: " << b;
-      live += std::stoul(m[2].str());
-    }
-  }
+  std::string b = ExpectPoolsIdle(&live);
   EXPECT_GE(live, 48u) << b;
   auto ss = tb_->Run(tb_->lb_ns(), {"ss", "-Htan", "state", "established"});
   ASSERT_TRUE(ss.ok());
@@ -1392,21 +1406,9 @@ TEST_F(E2eTest, UnframedMovesUnderLoadParkAndLoseNoConnection) {
   EXPECT_EQ(JsonInt(j, "errors"), 0) << j;
   EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
   // Settled: the clients closed, their connections verified and idle.
-  std::string b;
-  absl::Time deadline = absl::Now() + absl::Seconds(5);
-  while (absl::Now() < deadline) {
-    b = Ctl("backends");
-    if (std::count(b.begin(), b.end(), '/') == 3 && b.find(" 8/8 ") != std::string::npos) {
-      bool all = true;
-      for (auto& line : std::vector<std::string>(absl::StrSplit(b, '\n'))) {
-        std::smatch m;
-        if (std::regex_search(line, m, std::regex(" ([0-9]+)/([0-9]+) ")) && m[1] != m[2])
-          all = false;
-      }
-      if (all) break;
-    }
-    absl::SleepFor(absl::Milliseconds(100));
-  }
+  size_t live = 0;
+  std::string b = ExpectPoolsIdle(&live);
+  EXPECT_GE(live, 24u) << b;
   auto s = Stats();
   const uint64_t parked = s["pool_parked"] - s0["pool_parked"];
   const uint64_t shrunk = s["pool_parked_shrunk"] - s0["pool_parked_shrunk"];
@@ -1419,15 +1421,6 @@ TEST_F(E2eTest, UnframedMovesUnderLoadParkAndLoseNoConnection) {
   EXPECT_EQ(shrunk, parked) << "a parked connection was never queued, or queued twice";
   EXPECT_EQ(late, 0u) << "an event was lost (or the scan took one still to come)";
   EXPECT_EQ(s["pool_dead"], s0["pool_dead"]);
-  size_t live = 0;
-  for (auto& line : std::vector<std::string>(absl::StrSplit(b, '\n'))) {
-    std::smatch m;
-    if (std::regex_search(line, m, std::regex(" ([0-9]+)/([0-9]+) "))) {
-      EXPECT_EQ(m[1].str(), m[2].str()) << "not all pooled connections idle: " << b;
-      live += std::stoul(m[2].str());
-    }
-  }
-  EXPECT_GE(live, 24u) << b;
   ExpectClean(before);
 }
 
