@@ -378,7 +378,8 @@ const std::vector<std::string> kRmCounters = {"rematches",      "decision_applie
                                               "pool_acks_carried", "core_ring_wakeups",
                                               "core_ring_polls", "backend_stalls", "policy_redecided",
                                               "rematch_skipped_no_idle", "policy_pick_full",
-                                              "redecide_withheld", "arrival_rerouted"};
+                                              "redecide_withheld", "arrival_rerouted", "pool_parked",
+                                              "no_pool_wait"};
 
 // nstat counters that show loss or splice damage; deltas per run, on the
 // client namespace and summed over the backend namespaces.
