@@ -2652,7 +2652,11 @@ int xdp_ctl(struct xdp_md *ctx) {
     __u32 bid = 0, entry = 0;
     if (p && cfg) {
       rm_lock(&p->lock);
-      if (p->state == RM_P_PARKED) {
+      if (p->state == RM_P_PARKED &&
+          (p->lb_nxt != cmd->backend_id || p->be_nxt != (__u32)(cmd->older_than_ns >> 32) ||
+           p->lb_ts_last != (__u32)cmd->older_than_ns || p->be_ts_last != (__u32)cmd->now_ns)) {
+        r = -3; /* the shrink was sent from another record: again */
+      } else if (p->state == RM_P_PARKED) {
         p->state = RM_P_IDLE;
         p->last_used_ns = bpf_ktime_get_coarse_ns();
         bid = p->backend_id;
@@ -2660,7 +2664,7 @@ int xdp_ctl(struct xdp_md *ctx) {
         r = 1;
       }
       rm_unlock(&p->lock);
-      if (r) pool_enqueue(cfg, pid, bid, entry, RM_NO_ID);
+      if (r == 1) pool_enqueue(cfg, pid, bid, entry, RM_NO_ID);
     }
     cmd->result = r;
     return XDP_DROP;

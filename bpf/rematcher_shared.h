@@ -560,7 +560,12 @@ enum rm_ctl_op {
   RM_CTL_PUT_POOL = 7,     /* pool id (in client_id): write the record in,
                               all but its lock word */
   RM_CTL_UNPARK_POOL = 8,  /* pool id (in client_id): if RM_P_PARKED, idle
-                              and into its backend's idle queue */
+                              and into its backend's idle queue, provided
+                              its lb_nxt (backend_id), be_nxt and
+                              lb_ts_last (older_than_ns, high and low
+                              words) and be_ts_last (now_ns) are those the
+                              window shrink was sent from; result 1, 0 if
+                              not parked, -3 if they differ */
 };
 
 #define RM_CTL_RECORD_MAX 256 /* >= sizeof(struct rm_client), rm_pool */

@@ -1291,7 +1291,7 @@ std::string Core::StatsText() {
                   "\npool_idle_timeouts ", pst.idle_timeouts, "\npool_verify_probes ",
                   pst.verify_probes, "\npool_verify_timeouts ", pst.verify_timeouts,
                   "\npool_parked_shrunk ", pst.parked, "\npool_parked_by_scan ",
-                  pst.parked_by_scan, "\n");
+                  pst.parked_by_scan, "\npool_parked_reread ", pst.parked_reread, "\n");
   return out;
 }
 

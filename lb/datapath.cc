@@ -750,10 +750,14 @@ absl::StatusOr<bool> Datapath::RetireIdlePool(uint32_t pid, uint64_t older_than_
   return *r == 1;
 }
 
-absl::StatusOr<bool> Datapath::UnparkPool(uint32_t pid) {
-  auto r = RunCtl(RM_CTL_UNPARK_POOL, pid, 0);
-  if (!r.ok()) return r.status();
-  return *r == 1;
+absl::StatusOr<int32_t> Datapath::UnparkPool(uint32_t pid, const rm_pool& sent) {
+  rm_ctl c{};
+  c.op = RM_CTL_UNPARK_POOL;
+  c.client_id = pid;
+  c.backend_id = sent.lb_nxt;
+  c.older_than_ns = (static_cast<uint64_t>(sent.be_nxt) << 32) | sent.lb_ts_last;
+  c.now_ns = sent.be_ts_last;
+  return RunCtl(c);
 }
 
 absl::Status Datapath::ReleaseIdleClient(uint32_t id, uint64_t older_than_ns) {

@@ -160,9 +160,12 @@ class Datapath {
   // Takes an idle pooled connection out of service if it has been idle
   // since before `older_than_ns` (CLOCK_MONOTONIC_COARSE). True if it did.
   absl::StatusOr<bool> RetireIdlePool(uint32_t pid, uint64_t older_than_ns);
-  // A parked pooled connection (RM_P_PARKED), its window shrunk: idle and
-  // queued. False if it was not parked (it died meanwhile).
-  absl::StatusOr<bool> UnparkPool(uint32_t pid);
+  // A parked pooled connection (RM_P_PARKED), its window shrunk from
+  // `sent` (the record the segments were built from): idle and queued, 1;
+  // 0 if it was not parked (it died meanwhile); -3 if it was, but its
+  // sequence numbers or timestamps are not those of `sent` (a record read
+  // while it was being written), and it stays parked.
+  absl::StatusOr<int32_t> UnparkPool(uint32_t pid, const rm_pool& sent);
 
   absl::StatusOr<rm_client> GetClient(uint32_t id) const;
   absl::StatusOr<std::optional<uint32_t>> LookupClient(const rm_flow_key& key) const;

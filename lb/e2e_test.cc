@@ -1415,7 +1415,8 @@ TEST_F(E2eTest, UnframedMovesUnderLoadParkAndLoseNoConnection) {
   const uint64_t late = s["pool_parked_by_scan"] - s0["pool_parked_by_scan"];
   std::cout << "[unframed] " << JsonInt(j, "ok") << " requests, " << s["rematches"] - s0["rematches"]
             << " rematches, " << parked << " parked, " << shrunk << " shrunk and queued (" << late
-            << " by the scan); pool_dead " << s["pool_dead"] - s0["pool_dead"] << "\n"
+            << " by the scan, " << s["pool_parked_reread"] - s0["pool_parked_reread"]
+            << " sent again from a locked copy); pool_dead " << s["pool_dead"] - s0["pool_dead"] << "\n"
             << b << std::endl;
   EXPECT_GT(parked, 0u) << "no move parked its connection";
   EXPECT_EQ(shrunk, parked) << "a parked connection was never queued, or queued twice";

@@ -664,7 +664,7 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
   // mid-change can only make the ACK newer or skip it.
   std::optional<rm_pool> rec = dp_->PeekPool(pid);
   if (!rec) return absl::NotFoundError("no such pooled connection record");
-  if (rec->state == RM_P_PARKED) return Unpark(pid);
+  if (rec->state == RM_P_PARKED) return Unpark(pid, rec);
   // The owed ACK is only useful while the connection sits idle (or is
   // being verified before it is): once the next client carries it, its
   // packets are newer and a late ACK with older timestamps would be
@@ -692,32 +692,43 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
   return true;
 }
 
-absl::StatusOr<bool> PoolManager::Unpark(uint32_t pid) {
-  // The record as it stands: nothing moves on a parked connection but the
-  // backend's side (a retransmission answered in place, a FIN or RST that
-  // kill it), so no event's older copy is needed.
-  absl::StatusOr<rm_pool> rec = dp_->GetPool(pid);
-  if (!rec.ok()) return rec.status();
-  if (rec->state != RM_P_PARKED) return false;
-  // Linux takes a window from a segment that starts where the last one
-  // did only if it is larger, or zero (6.5 and later; see ProbeVerifying):
-  // so zero first, then the idle window, which a FIN still fits. The next
-  // client's request offers more and is taken. Queued only after both are
-  // sent, so that request comes after them. A send that fails leaves the
-  // window as it was (the old behaviour): the connection is queued all
-  // the same, not lost.
-  for (uint16_t window : {uint16_t{0}, uint16_t{RM_IDLE_WIN}}) {
-    if (auto st = SendSegment(*rec, rec->lb_nxt, rec->be_nxt, rec->lb_ts_last, rec->be_ts_last,
-                              window, /*rst=*/false, false);
-        !st.ok()) {
-      LOG_EVERY_N(WARNING, 100) << "pooled connection " << pid << ": window shrink: " << st;
-      break;
+absl::StatusOr<bool> PoolManager::Unpark(uint32_t pid, std::optional<rm_pool> seen) {
+  // Nothing moves on a parked connection but its state (the backend's
+  // FIN or RST kill it; a retransmission is answered in place), so the
+  // record where it stands is what to send from. `seen`, read without the
+  // lock (PeekPool), saves a system call; the unpark then checks that it
+  // was that record (the datapath may have been writing it), and a torn
+  // read is sent again from a locked copy.
+  for (int attempt = 0; attempt < 2; attempt++) {
+    rm_pool rec;
+    if (attempt == 0 && seen) {
+      rec = *seen;
+    } else {
+      absl::StatusOr<rm_pool> locked = dp_->GetPool(pid);
+      if (!locked.ok()) return locked.status();
+      rec = *locked;
     }
+    if (rec.state != RM_P_PARKED) return false;
+    // Linux takes a window from a segment that starts where the last one
+    // did only if it is larger, or zero (6.5 and later; see
+    // ProbeVerifying): so zero first, then the idle window, which a FIN
+    // still fits. The next client's request offers more and is taken.
+    // Queued only after both are sent, so that request comes after them.
+    // A send that fails leaves the window as it was (the old behaviour):
+    // the connection is queued all the same, not lost.
+    if (absl::Status st = SendPoolWindowShrink(&raw_fd_, rec); !st.ok()) {
+      LOG_EVERY_N(WARNING, 100) << "pooled connection " << pid << ": window shrink: " << st;
+    }
+    absl::StatusOr<int32_t> r = dp_->UnparkPool(pid, rec);
+    if (!r.ok()) return r.status();
+    if (*r == 1) {
+      stats_.parked++;
+      return true;
+    }
+    if (*r != -3) return false;  // no longer parked (it died)
+    stats_.parked_reread++;
   }
-  absl::StatusOr<bool> queued = dp_->UnparkPool(pid);
-  if (!queued.ok()) return queued.status();
-  if (*queued) stats_.parked++;
-  return *queued;
+  return false;
 }
 
 void PoolManager::OnVerify(uint32_t pid) {
@@ -815,19 +826,18 @@ absl::Status PoolManager::SendSegment(const rm_pool& rec, uint32_t seq, uint32_t
   return SendPoolSegment(&raw_fd_, rec, seq, ack, tsval, tsecr, window, rst, probe_byte);
 }
 
-absl::Status SendPoolSegment(int* raw_fd, const rm_pool& rec, uint32_t seq, uint32_t ack,
-                             uint32_t tsval, uint32_t tsecr, uint16_t window, bool rst,
-                             bool probe_byte) {
-  if (rec.key.backend_ip == 0) return absl::NotFoundError("pooled connection record unused");
-  if (*raw_fd < 0) {
-    *raw_fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
-    if (*raw_fd < 0) return Errno("raw socket (needs CAP_NET_RAW)");
-  }
+namespace {
+// A pooled connection's segment from the LB's side, IPv4 header included,
+// into pkt (kPoolSegMax bytes); returns its length.
+constexpr size_t kPoolSegMax = 20 + 32 + 1;
+size_t BuildPoolSegment(const rm_pool& rec, uint32_t seq, uint32_t ack, uint32_t tsval,
+                        uint32_t tsecr, uint16_t window, bool rst, bool probe_byte,
+                        uint8_t* pkt) {
+  memset(pkt, 0, kPoolSegMax);
   // The tuple from the record, not conns_: Retire() sends its RST after
   // erasing the connection from conns_ (looked up there, it never went).
   const rm_pool_key& k = rec.key;
   bool ts = (rec.flags & RM_LEG_TS) != 0;
-  uint8_t pkt[20 + 32 + 1] = {};
   size_t tcp_len = ts ? 32 : 20;
   // A probe carries one byte the backend already has (its value is never
   // compared): see ProbeVerifying.
@@ -854,9 +864,52 @@ absl::Status SendPoolSegment(int* raw_fd, const rm_pool& rec, uint32_t seq, uint
     memcpy(o + 8, &e, 4);
   }
   th->check = TcpChecksum(ip, th, seg_len);
-  sockaddr_in dst = Ipv4(k.backend_ip, 0);
-  if (sendto(*raw_fd, pkt, 20 + seg_len, 0, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) < 0)
+  return 20 + seg_len;
+}
+
+absl::Status OpenRaw(int* raw_fd) {
+  if (*raw_fd < 0) {
+    *raw_fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+    if (*raw_fd < 0) return Errno("raw socket (needs CAP_NET_RAW)");
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status SendPoolSegment(int* raw_fd, const rm_pool& rec, uint32_t seq, uint32_t ack,
+                             uint32_t tsval, uint32_t tsecr, uint16_t window, bool rst,
+                             bool probe_byte) {
+  if (rec.key.backend_ip == 0) return absl::NotFoundError("pooled connection record unused");
+  if (auto st = OpenRaw(raw_fd); !st.ok()) return st;
+  uint8_t pkt[kPoolSegMax];
+  const size_t len = BuildPoolSegment(rec, seq, ack, tsval, tsecr, window, rst, probe_byte, pkt);
+  sockaddr_in dst = Ipv4(rec.key.backend_ip, 0);
+  if (sendto(*raw_fd, pkt, len, 0, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) < 0)
     return Errno("sending on raw socket");
+  return absl::OkStatus();
+}
+
+absl::Status SendPoolWindowShrink(int* raw_fd, const rm_pool& rec) {
+  if (rec.key.backend_ip == 0) return absl::NotFoundError("pooled connection record unused");
+  if (auto st = OpenRaw(raw_fd); !st.ok()) return st;
+  uint8_t pkt[2][kPoolSegMax];
+  iovec iov[2];
+  mmsghdr msgs[2] = {};
+  sockaddr_in dst = Ipv4(rec.key.backend_ip, 0);
+  const uint16_t windows[2] = {0, RM_IDLE_WIN};
+  for (int i = 0; i < 2; i++) {
+    iov[i].iov_base = pkt[i];
+    iov[i].iov_len = BuildPoolSegment(rec, rec.lb_nxt, rec.be_nxt, rec.lb_ts_last,
+                                      rec.be_ts_last, windows[i], false, false, pkt[i]);
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+    msgs[i].msg_hdr.msg_name = &dst;
+    msgs[i].msg_hdr.msg_namelen = sizeof(dst);
+  }
+  // In order, in one call; a short count leaves the window as it was.
+  int sent = sendmmsg(*raw_fd, msgs, 2, 0);
+  if (sent < 0) return Errno("sending on raw socket");
+  if (sent < 2) return absl::UnavailableError("window shrink: one of two segments sent");
   return absl::OkStatus();
 }
 

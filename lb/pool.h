@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,10 @@ struct AdoptedPools {
 absl::Status SendPoolSegment(int* raw_fd, const rm_pool& rec, uint32_t seq, uint32_t ack,
                              uint32_t tsval, uint32_t tsecr, uint16_t window, bool rst,
                              bool probe_byte);
+// A zero window, then RM_IDLE_WIN, at the record's sequence numbers and
+// timestamps, in that order in one system call (sendmmsg): a parked pooled
+// connection's window shrink (PoolManager::Unpark).
+absl::Status SendPoolWindowShrink(int* raw_fd, const rm_pool& rec);
 // An RST at the record's own sequence numbers and timestamps (exact for an
 // idle connection; a busy one's live numbers are in its client's record,
 // see UseOwnerSeqs).
@@ -78,6 +83,8 @@ struct PoolStats {
   uint64_t parked = 0;                  // RM_P_PARKED: window shrunk, queued
   uint64_t parked_by_scan = 0;          // ...of which found by the pool scan
                                         // (their event lost), or at adoption
+  uint64_t parked_reread = 0;           // shrinks sent again from a locked
+                                        // copy (the unlocked read was torn)
 };
 
 // Per-backend connect outcomes, for passive health checking.
@@ -169,7 +176,8 @@ class PoolManager {
                                uint32_t tsecr, uint16_t window);
   // A parked pooled connection: a zero window, then RM_IDLE_WIN, both at
   // the sequence it stands at, then idle and queued. True if it was parked.
-  absl::StatusOr<bool> Unpark(uint32_t pid);
+  // `seen`: the record as the caller read it without the lock, if it did.
+  absl::StatusOr<bool> Unpark(uint32_t pid, std::optional<rm_pool> seen = std::nullopt);
 
  private:
   // The segment itself, exactly as given, on the record's tuple.

@@ -872,9 +872,9 @@ TEST_F(DatapathTest, RematchTranslatesOntoNewPoolAndRequeuesOld) {
   EXPECT_EQ(old.lb_ts_last, e.TsvalC2B(e1.c_ts0));
   EXPECT_EQ(old.be_ts_last, b.ts);
   EXPECT_TRUE(IdleQueue(0).empty());
-  auto unparked = dp_->UnparkPool(0);
+  auto unparked = dp_->UnparkPool(0, old);
   ASSERT_TRUE(unparked.ok()) << unparked.status();
-  EXPECT_TRUE(*unparked);
+  EXPECT_EQ(*unparked, 1);
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_IDLE));
   EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
   rm_pool np = Pool(1);
@@ -1613,14 +1613,22 @@ TEST_P(ResponseFramingTest, NextRequestMovesOnlyWhenTheResponseIsWhole) {
       EXPECT_EQ(old.state, uint32_t(RM_P_PARKED));
       EXPECT_EQ(old.owner, RM_NO_ID);
       EXPECT_TRUE(IdleQueue(0).empty()) << "no client may take it before the shrink";
-      auto r = dp_->UnparkPool(0);
+      // Unparked only as the record the shrink was sent from.
+      rm_pool torn = old;
+      torn.be_ts_last += 1;
+      auto r = dp_->UnparkPool(0, torn);
       ASSERT_TRUE(r.ok()) << r.status();
-      EXPECT_TRUE(*r);
+      EXPECT_EQ(*r, -3) << "a shrink sent from another record";
+      EXPECT_EQ(Pool(0).state, uint32_t(RM_P_PARKED));
+      EXPECT_TRUE(IdleQueue(0).empty());
+      r = dp_->UnparkPool(0, old);
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ(*r, 1);
       EXPECT_EQ(Pool(0).state, uint32_t(RM_P_IDLE));
       EXPECT_EQ(dp_->BackendLoad(0).idle, 1u);
-      r = dp_->UnparkPool(0);
+      r = dp_->UnparkPool(0, old);
       ASSERT_TRUE(r.ok()) << r.status();
-      EXPECT_FALSE(*r) << "only a parked one is queued";
+      EXPECT_EQ(*r, 0) << "only a parked one is queued";
     } else {
       EXPECT_EQ(old.state, uint32_t(RM_P_IDLE));
     }
@@ -2326,9 +2334,9 @@ TEST_F(ParkedPoolTest, FinAnsweredAndRetiredIdleCountKept) {
            {{RM_ST_TX_POOL_ACK, 1}, {RM_ST_POOL_DEAD, 1}});
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_DEAD));
   EXPECT_EQ(dp_->BackendLoad(0).idle, idle_before) << "it was never counted idle";
-  auto r = dp_->UnparkPool(0);
+  auto r = dp_->UnparkPool(0, Pool(0));
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_FALSE(*r) << "a dead one stays dead";
+  EXPECT_EQ(*r, 0) << "a dead one stays dead";
   EXPECT_TRUE(IdleQueue(0).empty());
 }
 

@@ -291,10 +291,12 @@ TEST_F(FuzzTest, RandomPacketsNeverAbortAndRecordsStayConsistent) {
     if (parks == parks_seen) return;
     parks_seen = parks;
     for (uint32_t pid = 0; pid < next_pid; pid++) {
-      if (Pool(pid).state != RM_P_PARKED) continue;
-      auto r = dp_->UnparkPool(pid);
+      rm_pool rec = Pool(pid);
+      if (rec.state != RM_P_PARKED) continue;
+      auto r = dp_->UnparkPool(pid, rec);
       ASSERT_TRUE(r.ok()) << r.status();
-      if (*r) unparked++;
+      EXPECT_EQ(*r, 1);
+      if (*r == 1) unparked++;
     }
   };
   auto drive = [&](Flow& f) {
