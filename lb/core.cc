@@ -129,6 +129,7 @@ absl::Status Core::Init() {
   popts.mss = opts_.mss;
   popts.max_uses = opts_.pool_max_uses;
   popts.idle_timeout = opts_.pool_idle_timeout;
+  popts.test_skip_park_every = opts_.test_skip_park_every;
   pools_ = std::make_unique<PoolManager>(dp_.get(), popts);
 
   epfd_ = epoll_create1(EPOLL_CLOEXEC);

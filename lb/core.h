@@ -62,6 +62,8 @@ struct CoreOptions {
   // (rm_config::reroute_ratio_pct; 200: twice as many). At least 100.
   uint32_t reroute_ratio_pct = 200;
   absl::Duration pool_idle_timeout = absl::Seconds(60);
+  // Testing only: every Nth park event is ignored, as if lost (0: none).
+  uint32_t test_skip_park_every = 0;
   bool rematch = true;
   bool allow_generic_xdp = false;
   std::string policy = "rr";

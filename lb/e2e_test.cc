@@ -366,6 +366,8 @@ class E2eTest : public ::testing::Test {
     return b;
   }
 
+  void RunUnframedMoves(uint32_t lost_every);
+
   // One GET of `size` body bytes (seed `seed`) from client i on a new
   // connection, closed after: the body checked byte for byte, and how long
   // it took from the request's send to the response's end returned (an
@@ -1395,9 +1397,15 @@ TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindowAfterAnUnframedMove) {
 // head reader), moving at every boundary round robin: the moves with no ACK
 // owed park their old connection, and every parked one is shrunk and
 // queued by the core (none left parked, none lost: pools whole and idle
-// afterwards), with every body byte exact.
-TEST_F(E2eTest, UnframedMovesUnderLoadParkAndLoseNoConnection) {
-  StartLb(Backends(8080), "rr", {}, /*pool=*/8);
+// afterwards), with every body byte exact. `lost_every`: every Nth park
+// event is ignored (--test_skip_park_every), as a lost one would be, and
+// the pool scan must find those connections, with no idle timeout set
+// (the scan then runs every second).
+void E2eTest::RunUnframedMoves(uint32_t lost_every) {
+  std::vector<std::string> flags;
+  if (lost_every)
+    flags = {absl::StrCat("--test_skip_park_every=", lost_every), "--pool_idle_timeout_ms=0"};
+  StartLb(Backends(8080), "rr", flags, /*pool=*/8);
   Snap before = TakeNstat();
   auto s0 = Stats();
   std::string j = Load(1, {"--connections=16", "--duration_s=3", "--pad_head=1500",
@@ -1420,9 +1428,20 @@ TEST_F(E2eTest, UnframedMovesUnderLoadParkAndLoseNoConnection) {
             << b << std::endl;
   EXPECT_GT(parked, 0u) << "no move parked its connection";
   EXPECT_EQ(shrunk, parked) << "a parked connection was never queued, or queued twice";
-  EXPECT_EQ(late, 0u) << "an event was lost (or the scan took one still to come)";
+  if (lost_every) {
+    // About one in lost_every, found by the scan.
+    EXPECT_GE(late, parked / lost_every / 2) << "the scan did not find the skipped ones";
+  } else {
+    EXPECT_EQ(late, 0u) << "an event was lost (or the scan took one still to come)";
+  }
   EXPECT_EQ(s["pool_dead"], s0["pool_dead"]);
   ExpectClean(before);
+}
+
+TEST_F(E2eTest, UnframedMovesUnderLoadParkAndLoseNoConnection) { RunUnframedMoves(0); }
+
+TEST_F(E2eTest, ParkedConnectionsWhoseEventIsLostAreFoundByThePoolScan) {
+  RunUnframedMoves(/*lost_every=*/7);
 }
 
 TEST_F(E2eTest, RemovingABackendUnderLoadLosesNoRequest) {

@@ -55,6 +55,9 @@ DEFINE_uint32(reroute_ratio_pct, 200,
               "The arrival check's second test (--reroute_margin): the backend a request "
               "would go to must have at least this percentage of the other's unanswered "
               "requests (200: twice as many). 100 to 10000.");
+DEFINE_uint32(test_skip_park_every, 0,
+              "Testing only: ignore every Nth event for a parked pooled connection, as if it "
+              "were lost, leaving it to the pool scan (0: none).");
 DEFINE_uint32(pool_max_uses, 0,
               "Retire a pooled connection after it carried this many clients or requests "
               "(splices), below the backend's own limit (nginx keepalive_requests, default "
@@ -260,6 +263,7 @@ int Main(int argc, char** argv) {
   o.reroute_margin = FLAGS_reroute_margin;
   o.reroute_ratio_pct = FLAGS_reroute_ratio_pct;
   o.pool_idle_timeout = absl::Milliseconds(FLAGS_pool_idle_timeout_ms);
+  o.test_skip_park_every = FLAGS_test_skip_park_every;
   o.allow_generic_xdp = FLAGS_allow_generic_xdp;
   o.policy = FLAGS_policy;
   o.policy_args = FLAGS_policy_args;

@@ -547,7 +547,7 @@ void PoolManager::Tick(absl::Time now) {
                            << "): connect timed out after " << opts_.connect_timeout;
     Retire(pid, false);
   }
-  if (opts_.idle_timeout > absl::ZeroDuration()) RetireIdleTooLong(now);
+  ScanPools(now);
   // A removed backend's connections close as they come back idle (its
   // clients moved on after their response): nothing takes them again.
   std::vector<uint32_t> sweep;
@@ -594,20 +594,24 @@ PoolBackendCounters PoolManager::Counters(uint32_t backend) const {
   return it == backends_.end() ? PoolBackendCounters{} : it->second.counters;
 }
 
-void PoolManager::RetireIdleTooLong(absl::Time at) {
+void PoolManager::ScanPools(absl::Time at) {
+  // Every 1/20 of the idle timeout (100 ms to 3 s); every second with none.
+  const bool timeout = opts_.idle_timeout > absl::ZeroDuration();
   const absl::Duration every =
-      std::clamp(opts_.idle_timeout / 20, absl::Milliseconds(100), absl::Seconds(3));
+      timeout ? std::clamp(opts_.idle_timeout / 20, absl::Milliseconds(100), absl::Seconds(3))
+              : absl::Seconds(1);
   if (at - last_idle_scan_ < every) return;
   last_idle_scan_ = at;
   uint64_t now = CoarseNowNs();
   uint64_t limit = absl::ToInt64Nanoseconds(opts_.idle_timeout);
-  if (now <= limit) return;
-  uint64_t cutoff = now - limit;
+  // 0: no idle retirement (no timeout, or not that long since boot).
+  uint64_t cutoff = timeout && now > limit ? now - limit : 0;
   std::vector<uint32_t> old, parked;
   for (const auto& [pid, c] : conns_) {
     if (c.state != Conn::kLive) continue;
     auto rec = dp_->GetPool(pid);
-    if (rec.ok() && rec->state == RM_P_IDLE && rec->last_used_ns < cutoff) old.push_back(pid);
+    if (cutoff && rec.ok() && rec->state == RM_P_IDLE && rec->last_used_ns < cutoff)
+      old.push_back(pid);
     // Its RM_EV_POOL_VERIFY was lost (ring full): probe it all the same.
     if (rec.ok() && rec->state == RM_P_VERIFY && !verifying_.contains(pid)) OnVerify(pid);
     // Parked for longer than the core takes to read its event: that event
@@ -664,7 +668,11 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
   // mid-change can only make the ACK newer or skip it.
   std::optional<rm_pool> rec = dp_->PeekPool(pid);
   if (!rec) return absl::NotFoundError("no such pooled connection record");
-  if (rec->state == RM_P_PARKED) return Unpark(pid, rec);
+  if (rec->state == RM_P_PARKED) {
+    if (opts_.test_skip_park_every && ++park_events_ % opts_.test_skip_park_every == 0)
+      return false;  // as if the event were lost: ScanPools finds it
+    return Unpark(pid, rec);
+  }
   // The owed ACK is only useful while the connection sits idle (or is
   // being verified before it is): once the next client carries it, its
   // packets are newer and a late ACK with older timestamps would be

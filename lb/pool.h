@@ -51,6 +51,9 @@ struct PoolOptions {
   // the backend's own keep-alive limits bite (0 = never).
   uint32_t max_uses = 0;
   absl::Duration idle_timeout = absl::ZeroDuration();  // 0: never
+  // Testing only: every Nth park event is ignored, as a lost one would be,
+  // leaving that connection to ScanPools (0: none).
+  uint32_t test_skip_park_every = 0;
 };
 
 // What PoolManager::Adopt found in the records an earlier process left.
@@ -210,12 +213,16 @@ class PoolManager {
     // may have left a dead entry in it.
     uint32_t deaths_since_compact = 0;
   };
-  // Retires idle pooled connections idle longer than opts_.idle_timeout.
-  // Reads every live pooled connection's record (one syscall each), so it
-  // runs every idle_timeout / 20 (100 ms .. 3 s), not at every tick: with
-  // 11,000 pooled connections a scan per 100 ms tick took a whole CPU.
-  void RetireIdleTooLong(absl::Time now);
+  // Retires idle pooled connections idle longer than opts_.idle_timeout
+  // (if one is set), and picks up those whose event was lost: being
+  // verified but not probed, parked for over 200 ms. Reads every live
+  // pooled connection's record (one syscall each), so it runs every
+  // idle_timeout / 20 (100 ms .. 3 s; 1 s with no timeout), not at every
+  // tick: with 11,000 pooled connections a scan per 100 ms tick took a
+  // whole CPU.
+  void ScanPools(absl::Time now);
   absl::Time last_idle_scan_ = absl::InfinitePast();
+  uint64_t park_events_ = 0;  // for test_skip_park_every
   // Retires pid if it is idle and unused since before cutoff_ns
   // (CoarseNowNs clock), taken out of service in the kernel first.
   bool RetireIfIdleSince(uint32_t pid, uint64_t cutoff_ns);
