@@ -2106,7 +2106,8 @@ static __noinline int pool_idle_segment(struct xdp_md *ctx, struct rm_pkt *pk,
   rm_unlock(&p->lock);
   if (dead == 2) stat_inc(RM_ST_DROP_POOL_DATA);
   if (dead) {
-    /* It left the idle set while its entry is still queued. */
+    /* An idle one left the idle set while its entry is still queued (a
+     * parked one was never counted). */
     struct rm_backend_load *bl = bpf_map_lookup_elem(&backend_load, &bid);
     if (bl && queued) __sync_fetch_and_sub(&bl->idle, 1);
     stat_inc(RM_ST_POOL_DEAD);

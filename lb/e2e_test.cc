@@ -328,13 +328,28 @@ class E2eTest : public ::testing::Test {
     }
   }
 
+  static sockaddr_in Ipv4Addr(const std::string& ip, uint16_t port) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
+    return a;
+  }
   // The VIP as a connect() address.
-  static sockaddr_in Vip() {
-    sockaddr_in vip{};
-    vip.sin_family = AF_INET;
-    vip.sin_port = htons(8080);
-    inet_pton(AF_INET, "198.18.0.10", &vip.sin_addr);
-    return vip;
+  static sockaddr_in Vip() { return Ipv4Addr("198.18.0.10", 8080); }
+
+  // A TCP connection from namespace ns to `to` (blocking); -1, with the
+  // failure recorded, if there is none.
+  static int ConnectIn(const std::string& ns, const sockaddr_in& to) {
+    absl::StatusOr<int> fd = testbed::SocketInNetns(ns, AF_INET, SOCK_STREAM);
+    EXPECT_TRUE(fd.ok()) << fd.status();
+    if (!fd.ok()) return -1;
+    if (connect(*fd, reinterpret_cast<const sockaddr*>(&to), sizeof(to))) {
+      ADD_FAILURE() << "connect from " << ns << ": " << strerror(errno);
+      close(*fd);
+      return -1;
+    }
+    return *fd;
   }
 
   // Waits (bounded) until every backend's pooled connections are idle (the
@@ -374,26 +389,19 @@ class E2eTest : public ::testing::Test {
   // infinite duration if it failed). Unframed: the head spans two segments,
   // so the request and its response are left to the layer-4 rules.
   absl::Duration FetchOnNewConnection(int client, size_t size, uint64_t seed, bool framed = true) {
-    absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->client_ns(client), AF_INET, SOCK_STREAM);
-    EXPECT_TRUE(fd.ok()) << fd.status();
-    if (!fd.ok()) return absl::InfiniteDuration();
-    const sockaddr_in vip = Vip();
-    if (connect(*fd, reinterpret_cast<const sockaddr*>(&vip), sizeof(vip))) {
-      ADD_FAILURE() << "connect: " << strerror(errno);
-      close(*fd);
-      return absl::InfiniteDuration();
-    }
+    const int fd = ConnectIn(tb_->client_ns(client), Vip());
+    if (fd < 0) return absl::InfiniteDuration();
     const absl::Time t0 = absl::Now();
     std::string req = absl::StrCat("GET /r?size=", size, "&seed=", seed, " HTTP/1.1\r\nHost: t\r\n",
                                    framed ? "" : "X-Pad: " + std::string(1500, 'p') + "\r\n",
                                    "\r\n");
-    absl::Status sent = backend::testutil::SendAll(*fd, req);
+    absl::Status sent = backend::testutil::SendAll(fd, req);
     std::string rest;
     absl::StatusOr<backend::testutil::HttpResponse> r =
-        sent.ok() ? backend::testutil::ReadResponse(*fd, &rest, /*timeout_s=*/10)
+        sent.ok() ? backend::testutil::ReadResponse(fd, &rest, /*timeout_s=*/10)
                   : absl::StatusOr<backend::testutil::HttpResponse>(sent);
     const absl::Duration took = absl::Now() - t0;
-    close(*fd);
+    close(fd);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return absl::InfiniteDuration();
     EXPECT_EQ(r->body.size(), size);
@@ -557,14 +565,9 @@ TEST_F(E2eTest, RedisThroughRematcherMovingAtEveryRequest) {
                                         absl::Seconds(10))
                     .ok());
     // The same keys on each, written straight to it, 100 at a time.
-    absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->backend_ns(i), AF_INET, SOCK_STREAM);
-    ASSERT_TRUE(fd.ok()) << fd.status();
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(6379);
-    inet_pton(AF_INET, tb_->backend_ip(i).c_str(), &a.sin_addr);
-    ASSERT_EQ(connect(*fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0) << strerror(errno);
-    RespConn c(*fd);
+    const int fd = ConnectIn(tb_->backend_ns(i), Ipv4Addr(tb_->backend_ip(i), 6379));
+    ASSERT_GE(fd, 0);
+    RespConn c(fd);
     for (int k0 = 0; k0 < kKeys; k0 += 100) {
       std::string batch;
       for (int k = k0; k < k0 + 100; k++)
@@ -586,12 +589,9 @@ TEST_F(E2eTest, RedisThroughRematcherMovingAtEveryRequest) {
   ASSERT_TRUE(bench.ok()) << bench.status();
   std::vector<std::unique_ptr<RespConn>> conns;
   for (int i = 0; i < 8; i++) {
-    absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->client_ns(0), AF_INET, SOCK_STREAM);
-    ASSERT_TRUE(fd.ok()) << fd.status();
-    const sockaddr_in vip = Vip();
-    ASSERT_EQ(connect(*fd, reinterpret_cast<const sockaddr*>(&vip), sizeof(vip)), 0)
-        << strerror(errno);
-    conns.push_back(std::make_unique<RespConn>(*fd));
+    const int fd = ConnectIn(tb_->client_ns(0), Vip());
+    ASSERT_GE(fd, 0);
+    conns.push_back(std::make_unique<RespConn>(fd));
   }
   int ok = 0, wrong = 0, failed = 0;
   const absl::Time t0 = absl::Now();
@@ -1311,20 +1311,17 @@ TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindowAfterAnUnframedMove) {
   for (int round = 0; round < 4; round++) {
     SCOPED_TRACE(absl::StrCat("round ", round));
     auto s0 = Stats();
-    absl::StatusOr<int> fd = testbed::SocketInNetns(tb_->client_ns(1), AF_INET, SOCK_STREAM);
-    ASSERT_TRUE(fd.ok()) << fd.status();
-    const sockaddr_in vip = Vip();
-    ASSERT_EQ(connect(*fd, reinterpret_cast<const sockaddr*>(&vip), sizeof(vip)), 0)
-        << strerror(errno);
+    const int fd = ConnectIn(tb_->client_ns(1), Vip());
+    ASSERT_GE(fd, 0);
     // Client 1 grows its window on one backend's connection ...
-    get(*fd, 4 << 20, 50 + round);
+    get(fd, 4 << 20, 50 + round);
     if (HasFatalFailure()) return;
     // ... its last ACK goes out on its own (delayed ACKs wait 40 ms at
     // most), and its next request is sent to the other backend.
     absl::SleepFor(absl::Milliseconds(150));
     sockaddr_in local{};
     socklen_t len = sizeof(local);
-    ASSERT_EQ(getsockname(*fd, reinterpret_cast<sockaddr*>(&local), &len), 0);
+    ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len), 0);
     const std::string port = absl::StrCat(":", ntohs(local.sin_port), " ");
     std::string id, backend;
     for (absl::string_view row : absl::StrSplit(Ctl("clients"), '\n', absl::SkipEmpty())) {
@@ -1338,7 +1335,7 @@ TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindowAfterAnUnframedMove) {
     const std::string other = backend == "0" ? "1" : "0";
     ASSERT_EQ(Ctl(absl::StrCat("rematch ", id, " ", other)),
               "ok (applied at the client's next request)\n");
-    get(*fd, 100, 60 + round);
+    get(fd, 100, 60 + round);
     if (HasFatalFailure()) return;
     // Parked, shrunk and queued.
     absl::Time deadline = absl::Now() + absl::Seconds(2);
@@ -1369,7 +1366,7 @@ TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindowAfterAnUnframedMove) {
       re += bd.count("TcpRetransSegs") ? bd["TcpRetransSegs"] : 0;
     }
     retrans += re;
-    close(*fd);
+    close(fd);
     // Client 1's close hands its connection back through verification.
     deadline = absl::Now() + absl::Seconds(5);
     while (Stats()["pool_verified"] == s1["pool_verified"] && absl::Now() < deadline)

@@ -884,41 +884,55 @@ absl::Status OpenRaw(int* raw_fd) {
 }
 }  // namespace
 
-absl::Status SendPoolSegment(int* raw_fd, const rm_pool& rec, uint32_t seq, uint32_t ack,
-                             uint32_t tsval, uint32_t tsecr, uint16_t window, bool rst,
-                             bool probe_byte) {
-  if (rec.key.backend_ip == 0) return absl::NotFoundError("pooled connection record unused");
-  if (auto st = OpenRaw(raw_fd); !st.ok()) return st;
-  uint8_t pkt[kPoolSegMax];
-  const size_t len = BuildPoolSegment(rec, seq, ack, tsval, tsecr, window, rst, probe_byte, pkt);
-  sockaddr_in dst = Ipv4(rec.key.backend_ip, 0);
-  if (sendto(*raw_fd, pkt, len, 0, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) < 0)
-    return Errno("sending on raw socket");
-  return absl::OkStatus();
-}
+namespace {
+// One segment for SendPoolSegments.
+struct PoolSeg {
+  uint32_t seq, ack, tsval, tsecr;
+  uint16_t window;
+  bool rst, probe_byte;
+};
 
-absl::Status SendPoolWindowShrink(int* raw_fd, const rm_pool& rec) {
+// Segments of pooled connection `rec` from the LB's side, through the raw
+// socket, in order in one system call (sendmmsg). All or an error.
+absl::Status SendPoolSegments(int* raw_fd, const rm_pool& rec, const PoolSeg* segs, int n) {
+  constexpr int kMax = 2;
+  if (n < 1 || n > kMax) return absl::InvalidArgumentError("segment count");
   if (rec.key.backend_ip == 0) return absl::NotFoundError("pooled connection record unused");
   if (auto st = OpenRaw(raw_fd); !st.ok()) return st;
-  uint8_t pkt[2][kPoolSegMax];
-  iovec iov[2];
-  mmsghdr msgs[2] = {};
+  uint8_t pkt[kMax][kPoolSegMax];
+  iovec iov[kMax];
+  mmsghdr msgs[kMax] = {};
   sockaddr_in dst = Ipv4(rec.key.backend_ip, 0);
-  const uint16_t windows[2] = {0, RM_IDLE_WIN};
-  for (int i = 0; i < 2; i++) {
+  for (int i = 0; i < n; i++) {
+    const PoolSeg& g = segs[i];
     iov[i].iov_base = pkt[i];
-    iov[i].iov_len = BuildPoolSegment(rec, rec.lb_nxt, rec.be_nxt, rec.lb_ts_last,
-                                      rec.be_ts_last, windows[i], false, false, pkt[i]);
+    iov[i].iov_len = BuildPoolSegment(rec, g.seq, g.ack, g.tsval, g.tsecr, g.window, g.rst,
+                                      g.probe_byte, pkt[i]);
     msgs[i].msg_hdr.msg_iov = &iov[i];
     msgs[i].msg_hdr.msg_iovlen = 1;
     msgs[i].msg_hdr.msg_name = &dst;
     msgs[i].msg_hdr.msg_namelen = sizeof(dst);
   }
-  // In order, in one call; a short count leaves the window as it was.
-  int sent = sendmmsg(*raw_fd, msgs, 2, 0);
+  int sent = sendmmsg(*raw_fd, msgs, n, 0);
   if (sent < 0) return Errno("sending on raw socket");
-  if (sent < 2) return absl::UnavailableError("window shrink: one of two segments sent");
+  if (sent < n) return absl::UnavailableError(absl::StrCat(sent, " of ", n, " segments sent"));
   return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status SendPoolSegment(int* raw_fd, const rm_pool& rec, uint32_t seq, uint32_t ack,
+                             uint32_t tsval, uint32_t tsecr, uint16_t window, bool rst,
+                             bool probe_byte) {
+  const PoolSeg seg{seq, ack, tsval, tsecr, window, rst, probe_byte};
+  return SendPoolSegments(raw_fd, rec, &seg, 1);
+}
+
+absl::Status SendPoolWindowShrink(int* raw_fd, const rm_pool& rec) {
+  // In order; a short count leaves the window as it was.
+  const PoolSeg segs[2] = {
+      {rec.lb_nxt, rec.be_nxt, rec.lb_ts_last, rec.be_ts_last, 0, false, false},
+      {rec.lb_nxt, rec.be_nxt, rec.lb_ts_last, rec.be_ts_last, RM_IDLE_WIN, false, false}};
+  return SendPoolSegments(raw_fd, rec, segs, 2);
 }
 
 

@@ -85,7 +85,7 @@ struct PoolStats {
   uint64_t verify_timeouts = 0;         // retired: no answer to any probe
   uint64_t parked = 0;                  // RM_P_PARKED: window shrunk, queued
   uint64_t parked_by_scan = 0;          // ...of which found by the pool scan
-                                        // (their event lost), or at adoption
+                                        // (their event lost)
   uint64_t parked_reread = 0;           // shrinks sent again from a locked
                                         // copy (the unlocked read was torn)
 };
