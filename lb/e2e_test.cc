@@ -861,11 +861,16 @@ TEST_F(E2eTest, RoundRobinTakesTurnsForALoneClient) {
   // Each request whose decision was there in time goes to the other
   // backend than the last; a late one leaves it in place (1-5 of 400 here,
   // 25 in a CI run where the other tests kept both CPUs busy and p99 was
-  // 12 ms). Counting the repeat as a turn kept the client in place at
-  // every applied decision instead.
+  // 12 ms). A late one also costs the next turn: the client stayed on A,
+  // and the turn asked for at its request's start (not a repeat, so the
+  // cursor moves on) names A again, which is applied without a switch. So
+  // each late decision may take one applied decision's switch with it (a
+  // local run under load: 381 applied, 369 switches). Counting the repeat
+  // as a turn kept the client in place at every applied decision instead.
   const int64_t applied = s["decision_applied"];
+  const int64_t late = s["decision_late"];
   EXPECT_GE(applied, 200) << "decisions mostly late: the test says nothing";
-  EXPECT_GE(JsonInt(j, "backend_switches"), applied - 5) << j;
+  EXPECT_GE(JsonInt(j, "backend_switches"), applied - late - 5) << j;
 }
 
 // A policy's pick whose backend has no pooled connection to give (none
