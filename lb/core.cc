@@ -130,6 +130,7 @@ absl::Status Core::Init() {
   popts.max_uses = opts_.pool_max_uses;
   popts.idle_timeout = opts_.pool_idle_timeout;
   popts.test_skip_park_every = opts_.test_skip_park_every;
+  popts.test_hold_parked = opts_.test_hold_parked;
   pools_ = std::make_unique<PoolManager>(dp_.get(), popts);
 
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -171,7 +172,8 @@ absl::Status Core::Init() {
     });
     if (!clients.ok()) return clients;
     LOG(INFO) << "adopted " << adopted_pools_ << " pooled connections (" << adopted->idle
-              << " idle, " << adopted->busy << " busy, " << adopted->verifying
+              << " idle (" << adopted->unparked << " of them parked, shrunk and queued now), "
+              << adopted->busy << " busy, " << adopted->verifying
               << " being verified; " << adopted->dropped << " dropped) and "
               << adopted_clients_ << " established clients";
   } else {

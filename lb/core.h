@@ -64,6 +64,8 @@ struct CoreOptions {
   absl::Duration pool_idle_timeout = absl::Seconds(60);
   // Testing only: every Nth park event is ignored, as if lost (0: none).
   uint32_t test_skip_park_every = 0;
+  // Testing only: parked connections stay parked (for adoption's test).
+  bool test_hold_parked = false;
   bool rematch = true;
   bool allow_generic_xdp = false;
   std::string policy = "rr";

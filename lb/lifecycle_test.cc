@@ -114,9 +114,11 @@ int ConnectFrom(const std::string& ns, const std::string& ip, uint16_t port,
 }
 
 // One keep-alive request on fd; checks status 200 and the body byte for byte.
-::testing::AssertionResult RequestOk(int fd, uint64_t size, uint64_t seed) {
+// `extra_head`: more header lines (each ending in CRLF).
+::testing::AssertionResult RequestOk(int fd, uint64_t size, uint64_t seed,
+                                     const std::string& extra_head = "") {
   std::string req = absl::StrCat("GET /r?size=", size, "&seed=", seed,
-                                 " HTTP/1.1\r\nHost: vip\r\n\r\n");
+                                 " HTTP/1.1\r\nHost: vip\r\n", extra_head, "\r\n");
   if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size()))
     return ::testing::AssertionFailure() << "send: " << strerror(errno);
   std::string buf;
@@ -1037,6 +1039,128 @@ TEST_F(LifecycleTest, PinnedDatapathKeepsEstablishedClientsAcrossRestarts) {
   EXPECT_GE(std::stoi(m[1].str()), 12) << unload_log;
   for (int i = 0; i < 3; i++)
     EXPECT_EQ(LeftOn(i, stale[i]), "") << "backend " << i << " still holds a pooled connection";
+}
+
+// A pooled connection parked when its process stops (RM_P_PARKED: its
+// client moved after an unframed response with no ACK owed, and the core
+// had not yet shrunk the window that client left at the backend) is shrunk
+// and queued by the next process when it adopts the pinned datapath. The
+// first process holds its parks (--test_hold_parked), as one stopped in
+// the microseconds between a park and its event would. Without adoption's
+// unpark they would stay out of service for good, still offering the old
+// client's window (hundreds of KB) to whoever took them next.
+TEST_F(LifecycleTest, ConnectionsParkedAtAStopAreShrunkAndQueuedByTheNextProcess) {
+  PinDir pd;
+  if (!pd.ok()) GTEST_SKIP() << "SKIPPED: " << pd.error;
+  const std::vector<std::string> be = {Addr(0, 8080), Addr(1, 8080)};
+  std::vector<std::string> flags = {"--conns_per_backend=4", "--pin_dir=" + pd.pin,
+                                    "--pool_idle_timeout_ms=0"};
+  std::vector<std::string> holding = flags;
+  holding.push_back("--test_hold_parked");
+  StartLb(be, 2 * 4, holding);
+  // Per backend, the send windows of its established connections that
+  // carried a large response, as its kernel has them (ss).
+  auto windows = [&]() {
+    std::vector<int64_t> out;
+    for (int i = 0; i < 2; i++) {
+      auto r = tb_->Run(tb_->backend_ns(i), {"ss", "-tin", "state", "established"});
+      EXPECT_TRUE(r.ok()) << r.status();
+      if (!r.ok()) continue;
+      std::smatch m;
+      for (absl::string_view line : absl::StrSplit(*r, '\n')) {
+        std::string l(line);
+        int64_t sent = 0;
+        if (std::regex_search(l, m, std::regex("bytes_sent:([0-9]+)"))) sent = std::stoll(m[1]);
+        if (sent >= (1 << 20) && std::regex_search(l, m, std::regex("snd_wnd:([0-9]+)")))
+          out.push_back(std::stoll(m[1]));
+      }
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  auto s0 = Stats();
+  // A lone client, rr over two backends: every request moves. Its request
+  // heads are past the head reader (unframed), and it pauses after each
+  // response so its last ACK goes out alone: no ACK is owed at the move,
+  // and each old connection parks (3 in 4 requests).
+  const std::string pad = "X-Pad: " + std::string(1500, 'p') + "\r\n";
+  int fd = ConnectFrom(tb_->client_ns(0), kVip, 8080, absl::Seconds(3));
+  ASSERT_GE(fd, 0) << strerror(-fd) << Log();
+  for (uint64_t seed = 1; seed <= 4; seed++) {
+    ASSERT_TRUE(RequestOk(fd, 2 << 20, seed, pad)) << "request " << seed;
+    absl::SleepFor(absl::Milliseconds(150));
+  }
+  auto s1 = Stats();
+  const uint64_t parked = s1["pool_parked"] - s0["pool_parked"];
+  EXPECT_GE(parked, 2u) << "the moves did not park";
+  EXPECT_EQ(s1["pool_parked_shrunk"], 0u) << "held parks were unparked";
+  const std::vector<int64_t> before = windows();
+  auto rc = lb_.Stop(absl::Seconds(5));
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  EXPECT_EQ(*rc, 0) << Log();
+  lb_ = Process();
+
+  StartLb(be, 2 * 4, flags);
+  auto s2 = Stats();
+  const std::vector<int64_t> after = windows();
+  std::cout << "[parked at a stop] " << parked << " parked; backend send windows of the "
+            << "connections that carried the downloads before the restart: "
+            << absl::StrJoin(before, ", ") << "; after: " << absl::StrJoin(after, ", ")
+            << "; the new process shrank and queued " << s2["pool_parked_shrunk"] << std::endl;
+  EXPECT_EQ(s2["pool_parked_shrunk"], parked) << Log();
+  // By the adoption, not by the pool scan (which would find them a
+  // second later: parked for longer than an event takes).
+  EXPECT_EQ(s2["pool_parked_by_scan"], 0u);
+  EXPECT_TRUE(WaitLog(absl::StrCat("(", parked, " of them parked, shrunk and queued now)"),
+                      absl::Seconds(1)))
+      << Log();
+  // Before: each parked one still offered the client's window (and the
+  // client's own connection, which the idle release has handed back to
+  // verification by now, its window then set by the probes). After: one
+  // unit of the LB's window scale on every parked one.
+  auto count = [](const std::vector<int64_t>& v, auto pred) {
+    return static_cast<uint64_t>(std::count_if(v.begin(), v.end(), pred));
+  };
+  ASSERT_EQ(before.size(), parked + 1);
+  EXPECT_GE(count(before, [](int64_t w) { return w > (64 << 10); }), parked)
+      << "the parked connections did not hold a large window: the test says nothing";
+  ASSERT_EQ(after.size(), before.size());
+  EXPECT_GE(count(after, [](int64_t w) { return w <= (16 << 10); }), parked)
+      << "a parked connection kept its old client's window";
+  // Every connection is in service: the client goes on, a new client is
+  // served, and once the client has left every pooled connection is idle.
+  for (uint64_t seed = 10; seed < 14; seed++)
+    EXPECT_TRUE(RequestOk(fd, 300000, seed, pad)) << "request " << seed << " after adoption";
+  int fd2 = ConnectFrom(tb_->client_ns(1), kVip, 8080, absl::Seconds(3));
+  ASSERT_GE(fd2, 0) << strerror(-fd2);
+  EXPECT_TRUE(RequestOk(fd2, 300000, 20));
+  close(fd);
+  close(fd2);
+  uint32_t idle_all = 0, live_all = 0;
+  for (int k = 0; k < 50; k++) {
+    idle_all = live_all = 0;
+    for (const std::string& a : be) {
+      std::vector<std::string> p = absl::StrSplit(Row(a).second, '/');
+      uint32_t idle = 0, live = 0;
+      if (p.size() == 2 && absl::SimpleAtoi(p[0], &idle) && absl::SimpleAtoi(p[1], &live)) {
+        idle_all += idle;
+        live_all += live;
+      }
+    }
+    if (idle_all == live_all && live_all > 0) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(idle_all, live_all) << Ctl("backends");
+  EXPECT_GE(live_all, 2u * 4) << Ctl("backends");
+  auto s3 = Stats();
+  EXPECT_EQ(s3["pool_dead"], s2["pool_dead"]);
+  lb_.Stop(absl::Seconds(5)).IgnoreError();
+  lb_ = Process();
+  auto un = tb_->RunCommand(tb_->lb_ns(),
+                            {RunfilePath("lb/rematcher"), "--unload", "--pin_dir=" + pd.pin},
+                            absl::Seconds(10));
+  ASSERT_TRUE(un.ok()) << un.status();
+  EXPECT_EQ(un->exit_code, 0) << un->err;
 }
 
 // Restarts under load with --pin_dir: a closed loop on 16 connections

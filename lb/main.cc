@@ -58,6 +58,9 @@ DEFINE_uint32(reroute_ratio_pct, 200,
 DEFINE_uint32(test_skip_park_every, 0,
               "Testing only: ignore every Nth event for a parked pooled connection, as if it "
               "were lost, leaving it to the pool scan (0: none).");
+DEFINE_bool(test_hold_parked, false,
+            "Testing only: leave parked pooled connections parked (their events ignored, the "
+            "pool scan passing them by), for the next process to adopt with --pin_dir.");
 DEFINE_uint32(pool_max_uses, 0,
               "Retire a pooled connection after it carried this many clients or requests "
               "(splices), below the backend's own limit (nginx keepalive_requests, default "
@@ -264,6 +267,7 @@ int Main(int argc, char** argv) {
   o.reroute_ratio_pct = FLAGS_reroute_ratio_pct;
   o.pool_idle_timeout = absl::Milliseconds(FLAGS_pool_idle_timeout_ms);
   o.test_skip_park_every = FLAGS_test_skip_park_every;
+  o.test_hold_parked = FLAGS_test_hold_parked;
   o.allow_generic_xdp = FLAGS_allow_generic_xdp;
   o.policy = FLAGS_policy;
   o.policy_args = FLAGS_policy_args;

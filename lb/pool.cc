@@ -185,7 +185,10 @@ absl::StatusOr<AdoptedPools> PoolManager::Adopt() {
   // event would have had them.
   for (uint32_t pid : parked) {
     absl::StatusOr<bool> done = Unpark(pid);
-    if (done.ok() && *done) out.idle++;
+    if (done.ok() && *done) {
+      out.idle++;
+      out.unparked++;
+    }
   }
   next_id_ = top;
   for (uint32_t pid = 0; pid < top; pid++)
@@ -617,7 +620,8 @@ void PoolManager::ScanPools(absl::Time at) {
     // Parked for longer than the core takes to read its event: that event
     // was lost (ring full). Shrink and queue it now. (A younger one's
     // event may still be waiting in the ring.)
-    if (rec.ok() && rec->state == RM_P_PARKED && rec->last_used_ns + kParkedLostNs < now)
+    if (rec.ok() && rec->state == RM_P_PARKED && rec->last_used_ns + kParkedLostNs < now &&
+        !opts_.test_hold_parked)
       parked.push_back(pid);
   }
   for (uint32_t pid : old)
@@ -669,6 +673,7 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
   std::optional<rm_pool> rec = dp_->PeekPool(pid);
   if (!rec) return absl::NotFoundError("no such pooled connection record");
   if (rec->state == RM_P_PARKED) {
+    if (opts_.test_hold_parked) return false;
     if (opts_.test_skip_park_every && ++park_events_ % opts_.test_skip_park_every == 0)
       return false;  // as if the event were lost: ScanPools finds it
     return Unpark(pid, rec);

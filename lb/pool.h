@@ -54,11 +54,15 @@ struct PoolOptions {
   // Testing only: every Nth park event is ignored, as a lost one would be,
   // leaving that connection to ScanPools (0: none).
   uint32_t test_skip_park_every = 0;
+  // Testing only: park events are ignored and ScanPools passes parked
+  // connections by: they stay parked until a next process adopts them.
+  bool test_hold_parked = false;
 };
 
 // What PoolManager::Adopt found in the records an earlier process left.
 struct AdoptedPools {
   uint32_t idle = 0, busy = 0, verifying = 0;  // kept
+  uint32_t unparked = 0;  // of idle: parked, shrunk and queued by Adopt
   uint32_t dropped = 0;  // connecting, dead, or of a backend no longer given
 };
 
