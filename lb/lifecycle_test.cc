@@ -339,6 +339,17 @@ class LifecycleTest : public ::testing::Test {
     return std::string(std::istreambuf_iterator<char>(f), {});
   }
 
+  // Stops rematcher and removes the datapath it pinned in `pin` (--unload).
+  void StopAndUnload(const std::string& pin) {
+    lb_.Stop(absl::Seconds(5)).IgnoreError();
+    lb_ = Process();
+    auto un = tb_->RunCommand(tb_->lb_ns(),
+                              {RunfilePath("lb/rematcher"), "--unload", "--pin_dir=" + pin},
+                              absl::Seconds(10));
+    ASSERT_TRUE(un.ok()) << un.status();
+    EXPECT_EQ(un->exit_code, 0) << un->err;
+  }
+
   static Testbed* tb_;
   static std::map<int, Process>* procs_;
   static std::string* setup_error_;
@@ -1154,13 +1165,7 @@ TEST_F(LifecycleTest, ConnectionsParkedAtAStopAreShrunkAndQueuedByTheNextProcess
   EXPECT_GE(live_all, 2u * 4) << Ctl("backends");
   auto s3 = Stats();
   EXPECT_EQ(s3["pool_dead"], s2["pool_dead"]);
-  lb_.Stop(absl::Seconds(5)).IgnoreError();
-  lb_ = Process();
-  auto un = tb_->RunCommand(tb_->lb_ns(),
-                            {RunfilePath("lb/rematcher"), "--unload", "--pin_dir=" + pd.pin},
-                            absl::Seconds(10));
-  ASSERT_TRUE(un.ok()) << un.status();
-  EXPECT_EQ(un->exit_code, 0) << un->err;
+  StopAndUnload(pd.pin);
 }
 
 // Restarts under load with --pin_dir: a closed loop on 16 connections
@@ -1210,13 +1215,7 @@ TEST_F(LifecycleTest, PinnedRestartsUnderLoadFailNoRequest) {
   EXPECT_GT(JsonInt(j, "ok"), 1000) << j;
   // The last process decides again: decisions applied while it ran.
   EXPECT_GT(Stats()["decision_applied"], st["decision_applied"] + 100);
-  lb_.Stop(absl::Seconds(5)).IgnoreError();
-  lb_ = Process();
-  auto un = tb_->RunCommand(tb_->lb_ns(),
-                            {RunfilePath("lb/rematcher"), "--unload", "--pin_dir=" + pd.pin},
-                            absl::Seconds(10));
-  ASSERT_TRUE(un.ok()) << un.status();
-  EXPECT_EQ(un->exit_code, 0) << un->err;
+  StopAndUnload(pd.pin);
 }
 
 // A restart that changes the backend list: a backend dropped from it has
