@@ -1044,6 +1044,26 @@ RM_GLOBAL int backend_may_owe(__u32 id) {
   return ((__u32)c->lb_win << (c->lb_wscale & 15)) < mss;
 }
 
+/* Under client `id`'s lock, for a client writing a next request with all
+ * sent both ways acknowledged after a response its framing cannot end
+ * (RM_CF_RPUSHED): 1 if the backend may have been held in it rather than
+ * done, so the client is writing ahead of a response still owed. Its last
+ * segment had no PSH (held mid-write by its congestion window), or the
+ * client's window, as last forwarded (lb_win), holds less than a segment
+ * (held by it: a Linux sender marks the probe that fills a small window
+ * with PSH). A global function: checked once, not on every client path. */
+RM_GLOBAL int l4_end_unsure(__u32 id) {
+  __u32 z = 0;
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
+  if (!c || !cfg || c->phase == RM_PH_REQ) return 0;
+  if (c->cflags & (RM_CF_RFRAMED | RM_CF_RCHUNKED | RM_CF_RTAIL)) return 0;
+  __u32 mss = cfg->mss ? cfg->mss : 1460;
+  if ((c->cflags & RM_CF_RPUSHED) && ((__u32)c->lb_win << (c->lb_wscale & 15)) >= mss) return 0;
+  stat_inc(RM_ST_PIN_RESP_HELD);
+  return 1;
+}
+
 /* Under client `id`'s lock, for a segment on its way to the backend
  * (`more`: its length, FIN and RST ORed): the cap on the window it offers
  * the backend. A bare ACK once the framed response is whole and
@@ -1705,6 +1725,13 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     int resp_acked = c->phase == RM_PH_IDLE ||
                      (pk->ack_f && !rm_before(pk->ack, c->s_nxt));
     int req_acked = pool == RM_NO_ID || c->b_acked == c->c_nxt + c->d_req;
+    /* All acknowledged, but the backend may have been held in a response
+     * its framing cannot end (see RM_CF_RPUSHED): more of it may come, so
+     * the response is not taken as acknowledged (l4_end_unsure counts
+     * it). */
+    if (new_data && c->phase != RM_PH_REQ && resp_acked && req_acked && pool != RM_NO_ID &&
+        l4_end_unsure(id))
+      resp_acked = 0;
     /* The framing's verdict first: it may pin, clear RM_CF_SMALLWRITE for
      * a body written after its head, or set RM_CF_HOLD (no clean boundary). */
     if (new_data && pool != RM_NO_ID)
@@ -2447,7 +2474,12 @@ static __noinline int backend_path(struct xdp_md *ctx, struct rm_pkt *pk,
    * so the response never began (phase stayed RM_PH_REQ) and the client's
    * FIN after it was taken for a close mid-exchange, retiring the pooled
    * connection. */
-  if ((len || pk->fin) && rm_after(seq_out_end, c->s_nxt)) c->s_nxt = seq_out_end;
+  if ((len || pk->fin) && rm_after(seq_out_end, c->s_nxt)) {
+    c->s_nxt = seq_out_end;
+    /* Whether the backend's write ended here (see RM_CF_RPUSHED). */
+    if (pk->psh || pk->fin) c->cflags |= RM_CF_RPUSHED;
+    else c->cflags &= ~RM_CF_RPUSHED;
+  }
   if (new_resp && c->phase != RM_PH_RESP) {
     if (c->phase == RM_PH_REQ) {
       first_byte = 1;

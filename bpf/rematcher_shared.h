@@ -243,6 +243,17 @@ enum rm_client_flags {
    * such a write, before any response, is taken for pipelining. Multi-
    * segment writes (uploads) do not set it. */
   RM_CF_SMALLWRITE = 4,
+  /* The backend's last response segment (the one that took s_nxt furthest)
+   * carried PSH or FIN: the end of one of its writes. A response not
+   * framed whole ends at a layer-4 boundary only with it, and with the
+   * client's window open (see l4_end_unsure): a backend held mid-write by
+   * its congestion window sends its last segment before the pause without
+   * PSH, and one held by the client's window waits for it to open (Linux
+   * marks the probe that fills a small window with PSH). A client that
+   * has acknowledged all it got and writes its next request then (a
+   * Redis-style pipeline) is writing ahead of a response still owed: it is
+   * pinned as pipelining (RM_ST_PIN_RESP_HELD) instead of moved. */
+  RM_CF_RPUSHED = 8,
   /* The request in flight began, in order, with an HTTP/1.x request line
    * and a complete head: rm_client::req_end is where it ends. */
   RM_CF_FRAMED = 0x10,
@@ -487,6 +498,11 @@ enum rm_stat {
   RM_ST_POOL_PARKED,         /* pooled connection handed on after an
                                unframed response (RM_P_PARKED): its window
                                is shrunk before it is queued */
+  RM_ST_PIN_RESP_HELD,       /* pinned: new data after a response not
+                               framed whole that its backend may have been
+                               held in: its last segment had no PSH, or the
+                               client's window was shut (RM_CF_RPUSHED);
+                               each is also a pinned_response_unacked */
   RM_ST__MAX,
 };
 

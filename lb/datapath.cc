@@ -145,6 +145,7 @@ const char* StatName(int stat) {
       "pinned_response_owed",
       "pool_released_whole",
       "pool_parked",
+      "pinned_response_held",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];

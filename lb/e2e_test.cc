@@ -1440,6 +1440,72 @@ void E2eTest::RunUnframedMoves(uint32_t lost_every) {
   ExpectClean(before);
 }
 
+// A client that writes its next request while the backend is held
+// mid-response (Redis-style pipelining, here over HTTP with heads the head
+// reader cannot frame): it stops reading a 2 MB response, its window
+// closes and the backend stops mid-write with everything it sent
+// acknowledged, so the moment looks like a layer-4 boundary. The backend's
+// last segment carried no PSH (the end of a write has one), so the
+// datapath pins the client where it is (pinned_response_held) instead
+// of moving it, and both responses arrive whole, in order. Moved (before
+// RM_CF_RPUSHED), the rest of the first response was left on a pooled
+// connection the client had left: it got the second response in its
+// place.
+TEST_F(E2eTest, AClientWritingAheadOfAResponseHeldMidWriteStaysPut) {
+  StartLb(absl::StrCat(tb_->backend_ip(0), ":8080,", tb_->backend_ip(1), ":8080"), "rr");
+  const std::string pad = "X-Pad: " + std::string(1500, 'p') + "\r\n";  // unframed
+  auto request = [&](size_t size, uint64_t seed) {
+    return absl::StrCat("GET /r?size=", size, "&seed=", seed, " HTTP/1.1\r\nHost: t\r\n", pad,
+                        "\r\n");
+  };
+  auto expect_body = [](const backend::testutil::HttpResponse& r, size_t size, uint64_t seed) {
+    std::string body(size, 0);
+    FillBody(seed, 0, body.data(), size);
+    EXPECT_EQ(r.body.size(), size);
+    EXPECT_TRUE(r.body == body) << "body of seed " << seed << " differs";
+  };
+  auto s0 = Stats();
+  constexpr int kRounds = 4;
+  for (int round = 0; round < kRounds; round++) {
+    SCOPED_TRACE(absl::StrCat("round ", round));
+    const int fd = ConnectIn(tb_->client_ns(0), Vip());
+    ASSERT_GE(fd, 0);
+    // A first exchange, read whole: the next request is a turn for rr.
+    ASSERT_TRUE(backend::testutil::SendAll(fd, request(1000, 10 + round)).ok());
+    std::string rest;
+    auto r0 = backend::testutil::ReadResponse(fd, &rest, /*timeout_s=*/10);
+    ASSERT_TRUE(r0.ok()) << r0.status();
+    expect_body(*r0, 1000, 10 + round);
+    // The big one, not read: the client's window closes with everything
+    // the backend sent acknowledged, and the backend waits mid-write.
+    ASSERT_TRUE(backend::testutil::SendAll(fd, request(2 << 20, 20 + round)).ok());
+    absl::SleepFor(absl::Milliseconds(150));
+    ASSERT_TRUE(backend::testutil::SendAll(fd, request(3000, 30 + round)).ok());
+    auto r1 = backend::testutil::ReadResponse(fd, &rest, /*timeout_s=*/10);
+    auto moved = [&] {
+      std::string out;
+      auto s1 = Stats();
+      for (auto& [k, v] : s1)
+        if (v != s0[k]) absl::StrAppend(&out, " ", k, "+", v - s0[k]);
+      return out;
+    };
+    ASSERT_TRUE(r1.ok()) << r1.status() << ";" << moved();
+    expect_body(*r1, 2 << 20, 20 + round);
+    auto r2 = backend::testutil::ReadResponse(fd, &rest, /*timeout_s=*/10);
+    ASSERT_TRUE(r2.ok()) << r2.status();
+    expect_body(*r2, 3000, 30 + round);
+    EXPECT_EQ(r1->Header("x-backend"), r2->Header("x-backend")) << "moved while owed a response";
+    close(fd);
+  }
+  auto s = Stats();
+  std::cout << "[write-ahead] pinned_response_held "
+            << s["pinned_response_held"] - s0["pinned_response_held"] << ", rematches "
+            << s["rematches"] - s0["rematches"] << ", pool_dead " << s["pool_dead"] - s0["pool_dead"]
+            << std::endl;
+  EXPECT_EQ(s["pinned_response_held"] - s0["pinned_response_held"], uint64_t(kRounds));
+  EXPECT_EQ(s["pool_dead"], s0["pool_dead"]);
+}
+
 TEST_F(E2eTest, UnframedMovesUnderLoadParkAndLoseNoConnection) { RunUnframedMoves(0); }
 
 TEST_F(E2eTest, ParkedConnectionsWhoseEventIsLostAreFoundByThePoolScan) {

@@ -60,8 +60,12 @@ class DatapathTest : public DatapathFixture {
   struct BackendPos {
     uint32_t seq, ack, ts, ts_ecr;
   };
-  Seg BackendSeg(BackendPos& b, const Bytes& payload, uint8_t flags = ACK,
+  // flags 0: ACK, and PSH on a segment with bytes (the end of a backend's
+  // write, as Linux marks it; see RM_CF_RPUSHED). Pass ACK for a segment
+  // in the middle of a write.
+  Seg BackendSeg(BackendPos& b, const Bytes& payload, uint8_t flags = 0,
                  uint16_t win = 2000) {
+    if (flags == 0) flags = payload.empty() ? ACK : (ACK | PSH);
     Seg s;
     s.flags = flags;
     s.seq = b.seq;
@@ -110,6 +114,17 @@ class DatapathTest : public DatapathFixture {
     Epoch e = StartEpoch(c, p);
     ClientToBackend("first request", c, p, e, ClientSeg(c, req), d);
     b = BackendPos{p.be_nxt, uint32_t(p.lb_nxt + req.size()), p.be_ts, e.TsvalC2B(c.c_ts)};
+    return e;
+  }
+
+  // Pools 0 and 1 (backends 0 and 1), client `c` spliced onto pool 0
+  // (request 1, 300 bytes) and the backend's ack of it.
+  Epoch SpliceBesideASecondPool(ClientSpec& c, PoolSpec& p0, PoolSpec& p1, BackendPos& b) {
+    AddPool(p0);
+    p1 = SecondPool();
+    AddPool(p1);
+    Epoch e = Splice(c, p0, b);
+    BackendToClient("backend acks request", c, p0, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
     return e;
   }
 
@@ -760,7 +775,7 @@ TEST_F(DatapathTest, SackBlocksTranslatedBothWays) {
   Epoch e = Splice(c, p, b);
   BackendToClient("ack", c, p, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
   uint32_t resp0 = c.s_nxt;
-  BackendToClient("response", c, p, e, BackendSeg(b, Pattern(3000, 1), ACK), {{RM_ST_TX_B2C, 1}});
+  BackendToClient("response", c, p, e, BackendSeg(b, Pattern(3000, 1)), {{RM_ST_TX_B2C, 1}});
 
   // Client SACKs: three blocks, all in this epoch, plus a D-SACK below its ack.
   Seg s = ClientSeg(c, {}, ACK);
@@ -823,6 +838,81 @@ TEST_F(DatapathTest, SackBlocksTranslatedBothWays) {
 }
 
 // ------------------------------------------------------------ timestamps
+
+// A response the framing cannot end (the request is not HTTP), all of it
+// acknowledged, and the client's next request: a layer-4 boundary only if
+// the backend's last segment ended a write (PSH) and the client's window is
+// open (RM_CF_RPUSHED, l4_end_unsure). A backend held mid-write by its
+// congestion window sent its last segment without PSH; one held by the
+// client's window waits for it to open (Linux marks the probe that fills a
+// small window with PSH). Either way the rest of the response is still
+// owed: the client writing ahead stays where it is, pinned, although a
+// decision names backend 1. With PSH and an open window it moves (the
+// control, last).
+struct HeldCase {
+  std::string what;
+  uint8_t last_flags;   // of the response's last segment
+  uint16_t client_win;  // in the client's ACK of all of it
+  bool moves;
+};
+void PrintTo(const HeldCase& k, std::ostream* os) { *os << k.what; }
+
+class HeldResponseTest : public DatapathTest, public ::testing::WithParamInterface<HeldCase> {};
+
+TEST_P(HeldResponseTest, LayerFourBoundaryPinsAClientWritingAhead) {
+  const HeldCase& k = GetParam();
+  PoolSpec p, p1;
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = SpliceBesideASecondPool(c, p, p1, b);
+  BackendToClient("response, first part", c, p, e, BackendSeg(b, Pattern(1400, 1), ACK),
+                  {{RM_ST_TX_B2C, 1}});
+  BackendToClient("response, last segment", c, p, e,
+                  BackendSeg(b, Pattern(700, 2), k.last_flags), {{RM_ST_TX_B2C, 1}});
+  ClientToBackend("client acks all", c, p, e, ClientSeg(c, {}, ACK, k.client_win),
+                  {{RM_ST_TX_C2B, 1}});
+  b.ts_ecr = e.TsvalC2B(c.c_ts);
+  dp_->SetDecision(c.id, 2, 1);
+  if (k.moves) {
+    Epoch e1 = StartEpoch(c, p1);
+    ClientToBackend("next request moves", c, p1, e1, ClientSeg(c, Pattern(100, 3)),
+                    {{RM_ST_TX_C2B, 1},
+                     {RM_ST_SPLICES, 1},
+                     {RM_ST_REMATCHES, 1},
+                     {RM_ST_DECISION_APPLIED, 1},
+                     {RM_ST_POOL_PARKED, 1}});
+    EXPECT_EQ(Client(c.id).pool_id, p1.pid);
+    return;
+  }
+  ClientToBackend("next request stays", c, p, e, ClientSeg(c, Pattern(100, 3)),
+                  {{RM_ST_TX_C2B, 1},
+                   {RM_ST_PIPELINED, 1},
+                   {RM_ST_PIN_RESP_UNACKED, 1},
+                   {RM_ST_PIN_RESP_HELD, 1}});
+  rm_client rec = Client(c.id);
+  EXPECT_TRUE(rec.cflags & RM_CF_PINNED);
+  EXPECT_EQ(rec.pool_id, p.pid);
+  // The rest of the response reaches this client when it comes.
+  BackendToClient("the rest of the response", c, p, e, BackendSeg(b, Pattern(500, 4)),
+                  {{RM_ST_TX_B2C, 1}});
+}
+
+// A response the framing cannot end (the request is not HTTP), all of it
+// acknowledged, and the client's next request: a layer-4 boundary only if
+// the backend's last segment ended a write (PSH) and the client's window is
+// open (RM_CF_RPUSHED, l4_end_unsure). A backend held mid-write by its
+// congestion window sent its last segment without PSH; one held by the
+// client's window waits for it to open (Linux marks the probe that fills a
+// small window with PSH). Either way the rest of the response is still
+// owed: the client writing ahead stays where it is, pinned, although a
+// decision names backend 1. With PSH and an open window it moves.
+INSTANTIATE_TEST_SUITE_P(
+    Cases, HeldResponseTest,
+    ::testing::Values(HeldCase{"HeldMidWriteNoPsh", ACK, 1000, false},
+                      HeldCase{"HeldByAShutWindow", ACK | PSH, 0, false},
+                      HeldCase{"HeldByAWindowUnderASegment", ACK | PSH, 1, false},
+                      HeldCase{"AWritesEndWithTheWindowOpen", ACK | PSH, 1000, true}),
+    [](const ::testing::TestParamInfo<HeldCase>& i) { return i.param.what; });
 
 TEST_F(DatapathTest, RematchTranslatesOntoNewPoolAndRequeuesOld) {
   PoolSpec p0;
@@ -2030,14 +2120,10 @@ TEST_F(DatapathTest, PinnedClientUnpinsAfterCleanBoundaries) {
 // on, its later segments are not taken for pipelining, and the client stays
 // free to move at the following request.
 TEST_F(DatapathTest, OldResponseSegmentDuringNextRequestIsNotAResponse) {
-  PoolSpec p0;
-  AddPool(p0);
-  PoolSpec p1 = SecondPool();
-  AddPool(p1);
+  PoolSpec p0, p1;
   ClientSpec c;
   BackendPos b;
-  Epoch e = Splice(c, p0, b);
-  BackendToClient("backend acks request", c, p0, e, BackendSeg(b, {}), {{RM_ST_TX_B2C, 1}});
+  Epoch e = SpliceBesideASecondPool(c, p0, p1, b);
   BackendPos at_resp = b;
   BackendToClient("response", c, p0, e, BackendSeg(b, Pattern(500, 9), ACK | PSH),
                   {{RM_ST_TX_B2C, 1}});
