@@ -1030,6 +1030,15 @@ static __always_inline int resp_whole(const struct rm_client *c) {
  * the backend (lb_win), holds less than a segment: a backend with more to
  * send is held back by it whatever the framing says (the client is not
  * reading). */
+/* The window client `c` last offered, as forwarded to its backend
+ * (lb_win), holds less than a segment: a backend with more to send is held
+ * back by it. */
+static __always_inline int client_window_shut(const struct rm_client *c,
+                                              const struct rm_config *cfg) {
+  __u32 mss = cfg->mss ? cfg->mss : 1460;
+  return ((__u32)c->lb_win << (c->lb_wscale & 15)) < mss;
+}
+
 RM_GLOBAL int backend_may_owe(__u32 id) {
   __u32 z = 0;
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
@@ -1040,26 +1049,25 @@ RM_GLOBAL int backend_may_owe(__u32 id) {
    * early 401 or 413): it still reads or discards that body, and would
    * take the next client's request for the rest of it. */
   if ((c->cflags & RM_CF_FRAMED) && rm_before(c->c_nxt, c->req_end)) return 1;
-  __u32 mss = cfg->mss ? cfg->mss : 1460;
-  return ((__u32)c->lb_win << (c->lb_wscale & 15)) < mss;
+  return client_window_shut(c, cfg);
 }
 
-/* Under client `id`'s lock, for a client writing a next request with all
- * sent both ways acknowledged after a response its framing cannot end
- * (RM_CF_RPUSHED): 1 if the backend may have been held in it rather than
- * done, so the client is writing ahead of a response still owed. Its last
- * segment had no PSH (held mid-write by its congestion window), or the
- * client's window, as last forwarded (lb_win), holds less than a segment
- * (held by it: a Linux sender marks the probe that fills a small window
- * with PSH). A global function: checked once, not on every client path. */
+/* Under client `id`'s lock, for a client past its request (the caller
+ * checks the phase) writing a next request with all sent both ways
+ * acknowledged after a response its framing cannot end (RM_CF_RPUSHED): 1
+ * if the backend may have been held in it rather than done, so the client
+ * is writing ahead of a response still owed. Its last segment had no PSH
+ * (held mid-write by its congestion window), or the client's window is
+ * shut (client_window_shut; held by it: a Linux sender marks the probe
+ * that fills a small window with PSH). A global function: checked once,
+ * not on every client path. */
 RM_GLOBAL int l4_end_unsure(__u32 id) {
   __u32 z = 0;
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
   struct rm_config *cfg = bpf_map_lookup_elem(&config, &z);
-  if (!c || !cfg || c->phase == RM_PH_REQ) return 0;
+  if (!c || !cfg) return 0;
   if (c->cflags & (RM_CF_RFRAMED | RM_CF_RCHUNKED | RM_CF_RTAIL)) return 0;
-  __u32 mss = cfg->mss ? cfg->mss : 1460;
-  if ((c->cflags & RM_CF_RPUSHED) && ((__u32)c->lb_win << (c->lb_wscale & 15)) >= mss) return 0;
+  if ((c->cflags & RM_CF_RPUSHED) && !client_window_shut(c, cfg)) return 0;
   stat_inc(RM_ST_PIN_RESP_HELD);
   return 1;
 }
