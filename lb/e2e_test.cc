@@ -26,6 +26,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "lb/control_client.h"
+#include "lb/testing/e2e_fixture.h"
 #include "testing/backend/body.h"
 #include "testing/backend/test_util.h"
 #include "testing/testbed/netns.h"
@@ -44,41 +45,9 @@ using backend::testutil::TempDir;
 
 constexpr char kSock[] = "/run/rematcher/e2e.sock";
 
-// Pulls "key":<int> out of loadgen's flat JSON.
-int64_t JsonInt(const std::string& json, const std::string& key) {
-  std::smatch m;
-  std::regex re("\"" + key + "\":(-?[0-9]+)");
-  if (!std::regex_search(json, m, re)) return -1;
-  int64_t v = -1;
-  absl::SimpleAtoi(m[1].str(), &v);
-  return v;
-}
-
-// "b0":123 inside the "backends" object.
-std::map<std::string, int64_t> BackendCounts(const std::string& json) {
-  std::map<std::string, int64_t> out;
-  auto p = json.find("\"backends\":{");
-  if (p == std::string::npos) return out;
-  auto e = json.find('}', p);
-  std::string body = json.substr(p + 12, e - p - 12);
-  for (absl::string_view kv : absl::StrSplit(body, ',', absl::SkipEmpty())) {
-    std::vector<std::string> parts = absl::StrSplit(kv, ':');
-    if (parts.size() != 2) continue;
-    int64_t v;
-    if (absl::SimpleAtoi(parts[1], &v)) out[std::string(absl::StripAsciiWhitespace(parts[0]).substr(1, parts[0].size() - 2))] = v;
-  }
-  return out;
-}
-
-std::map<std::string, uint64_t> ParseStats(const std::string& text) {
-  std::map<std::string, uint64_t> out;
-  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
-    std::vector<std::string> kv = absl::StrSplit(line, ' ');
-    uint64_t v;
-    if (kv.size() == 2 && absl::SimpleAtoi(kv[1], &v)) out[kv[0]] = v;
-  }
-  return out;
-}
+using e2e::BackendCounts;
+using e2e::JsonInt;
+using e2e::ParseStats;
 
 // How many times `what` occurs in `s`.
 int CountOf(const std::string& s, const std::string& what) {
@@ -356,17 +325,16 @@ class E2eTest : public ::testing::Test {
   // `backends` rows' idle/live); then fails for any row that is not, and
   // returns the last `backends` text, with the live connections in *live.
   std::string ExpectPoolsIdle(size_t* live) {
+    // (rows, live connections summed), and whether every row is all idle.
     auto rows = [](const std::string& b, bool* all_idle) {
-      size_t n = 0, sum = 0;
+      size_t sum = 0;
       *all_idle = true;
-      for (auto& line : std::vector<std::string>(absl::StrSplit(b, '\n'))) {
-        std::smatch m;
-        if (!std::regex_search(line, m, std::regex(" ([0-9]+)/([0-9]+) "))) continue;
-        n++;
-        sum += std::stoul(m[2].str());
-        if (m[1] != m[2]) *all_idle = false;
+      const std::vector<e2e::BackendRow> rs = e2e::ParseBackends(b);
+      for (const e2e::BackendRow& r : rs) {
+        sum += r.pool_live;
+        if (r.pool_idle != r.pool_live) *all_idle = false;
       }
-      return std::make_pair(n, sum);
+      return std::make_pair(rs.size(), sum);
     };
     std::string b;
     bool all_idle = false;
@@ -1280,15 +1248,10 @@ TEST_F(E2eTest, ANewClientsFirstLargeResponseFitsItsWindowAfterAnUnframedMove) {
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return -1;
     int64_t best_sent = -1, wnd = -1;
-    std::smatch m;
-    for (absl::string_view line : absl::StrSplit(*r, '\n')) {
-      std::string l(line);
-      int64_t sent = 0, w = -1;
-      if (std::regex_search(l, m, std::regex("bytes_sent:([0-9]+)"))) sent = std::stoll(m[1]);
-      if (std::regex_search(l, m, std::regex("snd_wnd:([0-9]+)"))) w = std::stoll(m[1]);
-      if (w >= 0 && sent > best_sent) {
-        best_sent = sent;
-        wnd = w;
+    for (const e2e::SsTcpInfo& i : e2e::ParseSsTcpInfo(*r)) {
+      if (i.bytes_sent > best_sent) {
+        best_sent = i.bytes_sent;
+        wnd = i.snd_wnd;
       }
     }
     return wnd;
@@ -1444,10 +1407,11 @@ void E2eTest::RunUnframedMoves(uint32_t lost_every) {
 // mid-response (Redis-style pipelining, here over HTTP with heads the head
 // reader cannot frame): it stops reading a 2 MB response, its window
 // closes and the backend stops mid-write with everything it sent
-// acknowledged, so the moment looks like a layer-4 boundary. The backend's
-// last segment carried no PSH (the end of a write has one), so the
-// datapath pins the client where it is (pinned_response_held) instead
-// of moving it, and both responses arrive whole, in order. Moved (before
+// acknowledged, so the moment looks like a layer-4 boundary. Its last
+// segment is the window probe, which Linux marks with PSH, but the
+// client's window is shut, so the datapath pins the client where it is
+// (pinned_response_held) instead of moving it, and both responses arrive
+// whole, in order. Moved (before
 // RM_CF_RPUSHED), the rest of the first response was left on a pooled
 // connection the client had left: it got the second response in its
 // place.

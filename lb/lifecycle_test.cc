@@ -1081,14 +1081,8 @@ TEST_F(LifecycleTest, ConnectionsParkedAtAStopAreShrunkAndQueuedByTheNextProcess
       auto r = tb_->Run(tb_->backend_ns(i), {"ss", "-tin", "state", "established"});
       EXPECT_TRUE(r.ok()) << r.status();
       if (!r.ok()) continue;
-      std::smatch m;
-      for (absl::string_view line : absl::StrSplit(*r, '\n')) {
-        std::string l(line);
-        int64_t sent = 0;
-        if (std::regex_search(l, m, std::regex("bytes_sent:([0-9]+)"))) sent = std::stoll(m[1]);
-        if (sent >= (1 << 20) && std::regex_search(l, m, std::regex("snd_wnd:([0-9]+)")))
-          out.push_back(std::stoll(m[1]));
-      }
+      for (const e2e::SsTcpInfo& i : e2e::ParseSsTcpInfo(*r))
+        if (i.bytes_sent >= (1 << 20)) out.push_back(i.snd_wnd);
     }
     std::sort(out.begin(), out.end());
     return out;
@@ -1154,13 +1148,9 @@ TEST_F(LifecycleTest, ConnectionsParkedAtAStopAreShrunkAndQueuedByTheNextProcess
   uint32_t idle_all = 0, live_all = 0;
   for (int k = 0; k < 50; k++) {
     idle_all = live_all = 0;
-    for (const std::string& a : be) {
-      std::vector<std::string> p = absl::StrSplit(Row(a).second, '/');
-      uint32_t idle = 0, live = 0;
-      if (p.size() == 2 && absl::SimpleAtoi(p[0], &idle) && absl::SimpleAtoi(p[1], &live)) {
-        idle_all += idle;
-        live_all += live;
-      }
+    for (const e2e::BackendRow& r : e2e::ParseBackends(Ctl("backends"))) {
+      idle_all += r.pool_idle;
+      live_all += r.pool_live;
     }
     if (idle_all == live_all && live_all > 0) break;
     absl::SleepFor(absl::Milliseconds(100));

@@ -897,15 +897,6 @@ TEST_P(HeldResponseTest, LayerFourBoundaryPinsAClientWritingAhead) {
                   {{RM_ST_TX_B2C, 1}});
 }
 
-// A response the framing cannot end (the request is not HTTP), all of it
-// acknowledged, and the client's next request: a layer-4 boundary only if
-// the backend's last segment ended a write (PSH) and the client's window is
-// open (RM_CF_RPUSHED, l4_end_unsure). A backend held mid-write by its
-// congestion window sent its last segment without PSH; one held by the
-// client's window waits for it to open (Linux marks the probe that fills a
-// small window with PSH). Either way the rest of the response is still
-// owed: the client writing ahead stays where it is, pinned, although a
-// decision names backend 1. With PSH and an open window it moves.
 INSTANTIATE_TEST_SUITE_P(
     Cases, HeldResponseTest,
     ::testing::Values(HeldCase{"HeldMidWriteNoPsh", ACK, 1000, false},

@@ -91,6 +91,21 @@ std::vector<BackendRow> ParseBackends(const std::string& text) {
   return rows;
 }
 
+std::vector<SsTcpInfo> ParseSsTcpInfo(const std::string& text) {
+  std::vector<SsTcpInfo> out;
+  const std::regex sent_re("bytes_sent:([0-9]+)"), wnd_re("snd_wnd:([0-9]+)");
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    std::string l(line);
+    std::smatch m;
+    if (!std::regex_search(l, m, wnd_re)) continue;
+    SsTcpInfo i;
+    i.snd_wnd = std::stoll(m[1].str());
+    if (std::regex_search(l, m, sent_re)) i.bytes_sent = std::stoll(m[1].str());
+    out.push_back(i);
+  }
+  return out;
+}
+
 absl::StatusOr<std::unique_ptr<E2eBed>> E2eBed::Create(const BedOptions& options) {
   if (getuid() != 0) return absl::FailedPreconditionError("needs root (namespaces, XDP, BPF)");
   if (absl::Status s = testbed::Testbed::Available(); !s.ok())

@@ -49,6 +49,15 @@ struct BackendRow {
 };
 std::vector<BackendRow> ParseBackends(const std::string& text);
 
+// One TCP connection's line of `ss -tin` (its info line): bytes it sent
+// and its send window (snd_wnd; connections whose line has none are left
+// out).
+struct SsTcpInfo {
+  int64_t bytes_sent = 0;
+  int64_t snd_wnd = 0;
+};
+std::vector<SsTcpInfo> ParseSsTcpInfo(const std::string& text);
+
 // ---- the bed -------------------------------------------------------------
 
 struct BedOptions {
