@@ -342,7 +342,13 @@ static __noinline void emit_pool_ack(const struct rm_leg *leg, __u32 client,
   struct rm_event ev = {.type = type, .client_id = client,
                         .backend_id = backend, .pool_id = pool};
   pool_ack_fill(&ev, leg, pool);
-  rb_send(&ev, 0);
+  /* A client that sent a FIN (not an RST) sends a final ACK, which takes
+   * this ACK to the backend itself (close_ack_fill): the event need not
+   * wake the core, whose copy is the fallback. */
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &client);
+  int defer = type == RM_EV_CLIENT_LEFT && c &&
+              *(volatile __u32 *)&c->state == RM_C_LAST_ACK;
+  rb_send(&ev, defer);
 }
 
 static __always_inline __u64 now_ns(void) { return bpf_ktime_get_ns(); }
@@ -466,6 +472,7 @@ static __noinline void pool_release(const struct rm_config *cfg, __u32 pid,
     p->be_ts_at = leg->be_ts_at;
     p->be_edge = leg->be_edge;
     p->owner = RM_NO_ID;
+    p->flags &= ~RM_POOL_ACK_SENT;
     moved = 1;
     if ((!retire || retire >= 3) && cfg->pool_max_uses && p->uses >= cfg->pool_max_uses)
       retire = 2; /* worn out: userspace resets it, a fresh one replaces it */
@@ -1652,6 +1659,7 @@ static __noinline int client_syn_again(struct xdp_md *ctx, struct rm_pkt *pk,
 static __always_inline void answer_client_fin(struct rm_client *c, struct rm_reply *r,
                                               const struct rm_pkt *pk) {
   c->state = RM_C_LAST_ACK;
+  c->close_pool = RM_NO_ID;
   c->c_nxt = pk->seq + 1;
   r->seq = c->s_nxt;
   r->ack = c->c_nxt;
@@ -1660,6 +1668,63 @@ static __always_inline void answer_client_fin(struct rm_client *c, struct rm_rep
   r->tsval = c->s_ts_last;
   r->tsecr = pk->tsval;
   c->s_nxt++;
+}
+
+/* A client in RM_C_LAST_ACK sent its final ACK: if the pooled connection
+ * its close handed back (rm_client::close_pool) still stands idle where
+ * the client left it (not taken since: a splice carries the ACK itself),
+ * the scratch's reply becomes the ACK that close owed it, exactly as the
+ * core would send it (PoolManager::SendAck: the record's sequence and
+ * timestamps, RM_IDLE_WIN), and the connection is marked so the core does
+ * not send it again. Returns 1 if the reply is to go out. The reply
+ * keeps the frame's VLAN tag, so the caller passes only untagged frames,
+ * and only a connection without a tag qualifies (tagged, the core sends
+ * the ACK). Global: checked once, not on the client path. */
+RM_GLOBAL int close_ack_fill(__u32 id) {
+  __u32 z = 0;
+  struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
+  struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
+  if (!c || !sc) return 0;
+  rm_lock(&c->lock);
+  __u32 pid = c->close_pool;
+  /* Where the close left it: answer_client_fin moved both ends by one
+   * (the client's FIN and ours), the backend saw neither. */
+  __u32 lb_nxt = c->c_nxt - 1 + c->d_req;
+  __u32 be_nxt = c->s_nxt - 1 - c->d_resp;
+  int ours = c->state == RM_C_LAST_ACK;
+  c->close_pool = RM_NO_ID; /* once */
+  rm_unlock(&c->lock);
+  if (!ours || pid == RM_NO_ID) return 0;
+  struct rm_pool *p = bpf_map_lookup_elem(&pools, &pid);
+  if (!p) return 0;
+  struct rm_reply *r = &sc->r;
+  int ok;
+  rm_lock(&p->lock);
+  ok = p->state == RM_P_IDLE && p->lb_nxt == lb_nxt && p->be_nxt == be_nxt && !p->vlan_tci;
+  if (ok) {
+    p->flags |= RM_POOL_ACK_SENT;
+    r->seq = lb_nxt;
+    r->ack = be_nxt;
+    r->window = RM_IDLE_WIN;
+    r->flags = RM_TH_ACK;
+    r->ts = (p->flags & RM_LEG_TS) != 0;
+    r->tsval = p->lb_ts_last;
+    r->tsecr = p->be_ts_last;
+    __builtin_memcpy(r->dst_mac, p->be_mac, 6);
+    r->saddr = p->key.lb_ip;
+    r->daddr = p->key.backend_ip;
+    r->sport = p->key.lb_port;
+    r->dport = p->key.backend_port;
+  }
+  rm_unlock(&p->lock);
+  if (!ok) return 0;
+  r->synack = 0;
+  r->sack_perm = 0;
+  r->ws = 0xff;
+  r->mss = 0;
+  r->set_mac = 1;
+  r->set_addr = 1;
+  return 1;
 }
 
 static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
@@ -1910,6 +1975,8 @@ static __noinline int client_established(struct xdp_md *ctx, struct rm_pkt *pk,
     } else {
       answer_client_fin(c, r, pk);
       reply = 1;
+      /* Idle at once: its owed ACK can replace the final ACK. */
+      if (!leg->retire) c->close_pool = pool;
     }
     st_b = RM_ST_CLOSED_CLEAN;
     verdict = XDP_DROP;
@@ -2034,20 +2101,29 @@ unlock:
     __u32 left = leg->retire ? RM_EV_POOL_ACK : RM_EV_CLIENT_LEFT;
     if (left == RM_EV_CLIENT_LEFT) stat_inc(RM_ST_POOL_RELEASED_WHOLE);
     pool_release_leg(pool, 0);
-    emit_pool_ack(leg, id, bid, pool, left); /* a clean close has ack_f */
+    /* A clean close has ack_f. */
+    emit_pool_ack(leg, id, bid, pool, left);
   }
   if (free_it) {
+    /* The final ACK of a close whose pooled connection is owed an ACK:
+     * sent on to the backend as that ACK (one packet for one, where the
+     * core would need a wakeup and a send of its own). */
+    reply = !pk->vlan && close_ack_fill(id) ? 2 : 0;
     client_free(id, key, epoch);
-    return XDP_DROP;
+    if (!reply) return XDP_DROP;
   }
   if (reply) {
-    r->ws = 0xff;
-    r->synack = 0;
-    r->sack_perm = 0;
-    r->mss = 0;
-    r->set_mac = 0;
-    r->set_addr = 0;
-    stat_inc(RM_ST_TX_FINACK);
+    if (reply == 1) {
+      r->ws = 0xff;
+      r->synack = 0;
+      r->sack_perm = 0;
+      r->mss = 0;
+      r->set_mac = 0;
+      r->set_addr = 0;
+      stat_inc(RM_ST_TX_FINACK);
+    } else {
+      stat_inc(RM_ST_POOL_ACK_ON_CLOSE);
+    }
     return rm_send_reply(ctx, pk, r);
   }
   if (verdict != XDP_TX) return verdict;

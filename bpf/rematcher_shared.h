@@ -150,6 +150,11 @@ enum rm_leg_flags {
   /* rm_pool.flags only, never a leg's: RM_P_VERIFY had its first answer
    * (pool_verify_segment); cleared when it goes idle. */
   RM_POOL_ANSWERED = 0x80,
+  /* rm_pool.flags only: the ACK its last client's clean close owed it went
+   * from the datapath, on that client's final ACK (close_ack_fill), so the
+   * core's copy of it (RM_EV_CLIENT_LEFT) is not sent. Cleared when a
+   * client next hands it back. */
+  RM_POOL_ACK_SENT = 0x40,
 };
 
 /* One client connection. Indexed by client id in the `clients` array; the
@@ -226,6 +231,10 @@ struct rm_client {
                         its HTTP/1.x framing, when RM_CF_RFRAMED (or
                         RM_CF_RCHUNKED | RM_CF_RTAIL); where its next
                         chunk-size line starts, when RM_CF_RCHUNKED alone */
+  __u32 close_pool;  /* RM_C_LAST_ACK: the pooled connection its clean close
+                        handed straight back to the idle queue, still owed
+                        the ACK the close carried; the client's final ACK
+                        takes it there (close_ack_fill). RM_NO_ID: none */
   __u64 req_start_ns;
   __u64 resp_first_ns;
   __u64 last_seen_ns; /* coarse clock; for idle and linger timers */
@@ -503,6 +512,10 @@ enum rm_stat {
                                held in: its last segment had no PSH, or the
                                client's window was shut (RM_CF_RPUSHED);
                                each is also a pinned_response_unacked */
+  RM_ST_POOL_ACK_ON_CLOSE,   /* the ACK a client's clean close owed its
+                               pooled connection, sent by the datapath in
+                               place of that client's final ACK (the core
+                               sends it only if that never comes) */
   RM_ST__MAX,
 };
 
@@ -525,7 +538,11 @@ enum rm_event_type {
                             the idle queue (RM_ST_POOL_RELEASED_WHOLE): its
                             pending decision is void. A close's ACK, owed to
                             the pooled connection, rides on it as on
-                            RM_EV_POOL_ACK (pool_id; RM_NO_ID: none). */
+                            RM_EV_POOL_ACK (pool_id; RM_NO_ID: none).
+                            After a FIN it does not wake the core: the
+                            datapath sends that ACK on the client's final
+                            ACK (RM_POOL_ACK_SENT), the core only if the
+                            final ACK never came. */
 };
 
 #define RM_EVENTS_RING (1 << 20) /* ring buffer bytes */

@@ -1360,7 +1360,8 @@ std::string Core::MetricsText() {
          "--health_panic_threshold, failing its health checks.",
          panic_entries_);
   single("rematcher_pool_acks_carried_total", "counter",
-         "Owed ACKs not sent: the connection was taken again, its next splice carries them.",
+         "Owed ACKs the core did not send: the connection was taken again (its next splice "
+         "carries them), or the datapath sent a close's in place of the client's final ACK.",
          pool_acks_carried_);
   single("rematcher_pool_windows_shrunk_total", "counter",
          "Pooled connections handed on after an unframed response whose window the core shrank "

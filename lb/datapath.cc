@@ -146,6 +146,7 @@ const char* StatName(int stat) {
       "pool_released_whole",
       "pool_parked",
       "pinned_response_held",
+      "pool_ack_on_close",
   };
   if (stat < 0 || stat >= RM_ST__MAX) return "unknown";
   return kNames[stat];

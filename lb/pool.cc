@@ -683,6 +683,11 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
   // packets are newer and a late ACK with older timestamps would be
   // dropped by the backend (PAWS) or be noise.
   if (rec->state != RM_P_IDLE && rec->state != RM_P_VERIFY) return false;
+  // The datapath sent it already, in place of the client's final ACK
+  // (RM_POOL_ACK_SENT), and nothing moved since.
+  if (rec->state == RM_P_IDLE && (rec->flags & RM_POOL_ACK_SENT) && rec->lb_nxt == seq &&
+      rec->be_nxt == ack)
+    return false;
   // It may have been taken and handed back again since the event was
   // written (the core runs behind the datapath under load): the record of
   // an idle connection holds what was last sent on it, so acknowledge

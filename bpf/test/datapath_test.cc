@@ -2040,6 +2040,142 @@ TEST_F(ResponseFramingTest, AWholeResponseHandsTheConnectionStraightBack) {
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_VERIFY));
 }
 
+// A clean close hands its pooled connection straight back (the response
+// was framed and whole), but the ACK the client's FIN carried is owed to
+// the backend, which never saw it. The client's final ACK (of the FIN-ACK
+// the datapath answered) becomes that ACK, on the pooled connection's
+// tuple, from where it stands, with the idle window: the core, told by an
+// event that no longer wakes it, does not send it again
+// (RM_POOL_ACK_SENT). Only as long as the connection stands where the
+// client left it: taken by another client meanwhile, its splice carried
+// the ACK, and the final ACK is dropped as before.
+TEST_F(ResponseFramingTest, TheFinalAckOfACleanCloseCarriesTheOwedAck) {
+  for (bool retaken : {false, true}) {
+    SCOPED_TRACE(retaken ? "taken again before the final ACK" : "still idle");
+    LoadDatapath(4);
+    ClientSpec c;
+    BackendPos b;
+    Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+    Respond(c, e, b, {kOk10 + "0123456789"}, /*whole=*/true);
+    const uint32_t lb_nxt = c.c_nxt + Client(c.id).d_req;
+    const uint32_t be_nxt = c.s_nxt - Client(c.id).d_resp;
+    Seg fin = ClientSeg(c, {}, FIN | ACK);
+    Expect("FIN after the whole response", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
+           {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_RELEASED_WHOLE, 1}});
+    rm_client rec = Client(c.id);
+    ASSERT_EQ(rec.state, uint32_t(RM_C_LAST_ACK));
+    EXPECT_EQ(rec.close_pool, 0u);
+    rm_pool idle = Pool(0);
+    ASSERT_EQ(idle.state, uint32_t(RM_P_IDLE));
+    ASSERT_EQ(idle.lb_nxt, lb_nxt);
+    ASSERT_EQ(idle.be_nxt, be_nxt);
+    EXPECT_EQ(idle.flags & RM_POOL_ACK_SENT, 0);
+    if (retaken) {
+      ClientSpec d;
+      d.port = 40100;
+      d.ip = c.ip + 1;
+      BackendPos bd;
+      PoolSpec where = p0_;  // the connection where the first client left it
+      where.lb_nxt = lb_nxt;
+      where.be_nxt = be_nxt;
+      where.lb_ts = idle.lb_ts_last;
+      where.be_ts = idle.be_ts_last;
+      where.be_ts_at = idle.be_ts_at;
+      Splice(d, where, bd, Http(Get("/d")), {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+      ASSERT_EQ(Pool(0).state, uint32_t(RM_P_BUSY));
+    }
+    Seg last;
+    last.flags = ACK;
+    last.seq = c.c_nxt;
+    last.ack = c.s_nxt + 1;
+    last.ts = true;
+    last.tsval = ++c.tsval;
+    last.tsecr = c.s_ts;
+    if (retaken) {
+      Expect("final ACK", BuildSeg(FromClient(c), last), XDP_DROP, nullptr, {});
+      EXPECT_EQ(Pool(0).flags & RM_POOL_ACK_SENT, 0);
+    } else {
+      Bytes want = ToBackend(p0_).Flags(ACK).Seq(lb_nxt).Ack(be_nxt).Window(RM_IDLE_WIN)
+                       .Nop().Nop().Timestamps(idle.lb_ts_last, idle.be_ts_last).Build();
+      ExpectTx("final ACK, sent on as the owed ACK", BuildSeg(FromClient(c), last), want,
+               {{RM_ST_POOL_ACK_ON_CLOSE, 1}});
+      rm_pool after = Pool(0);
+      EXPECT_EQ(after.state, uint32_t(RM_P_IDLE));
+      EXPECT_NE(after.flags & RM_POOL_ACK_SENT, 0);
+      EXPECT_EQ(after.lb_nxt, lb_nxt);
+      EXPECT_EQ(after.be_nxt, be_nxt);
+      EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+    }
+    EXPECT_FALSE(dp_->LookupClient(FlowKey(c))->has_value()) << "freed either way";
+    // Once only: the same final ACK again finds no client.
+    if (!retaken) {
+      TestRunResult again = Run(BuildSeg(FromClient(c), last));
+      EXPECT_NE(again.retval, uint32_t(XDP_TX));
+    }
+  }
+}
+
+// No owed ACK from the datapath where it cannot tell the connection is
+// clean or the close was an RST (no final ACK comes), and none onto a tagged
+// backend leg: after an unframed response the connection is verified
+// (RM_P_VERIFY) and the core sends the ACK with its probes; after an RST
+// the core sends it from the event, which wakes it.
+TEST_F(ResponseFramingTest, NoOwedAckOnTheFinalAckOfOtherCloses) {
+  // Unframed: verified, the final ACK dropped.
+  LoadDatapath(4);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  Respond(c, e, b, {"not an HTTP response at all"}, /*whole=*/false);
+  Seg fin = ClientSeg(c, {}, FIN | ACK);
+  Expect("FIN after an unframed response", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
+         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
+  EXPECT_EQ(Client(c.id).close_pool, RM_NO_ID);
+  Seg last;
+  last.flags = ACK;
+  last.seq = c.c_nxt;
+  last.ack = c.s_nxt + 1;
+  last.ts = true;
+  last.tsval = ++c.tsval;
+  last.tsecr = c.s_ts;
+  Expect("final ACK", BuildSeg(FromClient(c), last), XDP_DROP, nullptr, {});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_VERIFY));
+  EXPECT_EQ(Pool(0).flags & RM_POOL_ACK_SENT, 0);
+  // RST: freed at once, nothing owed on a later segment.
+  LoadDatapath(4);
+  ClientSpec r;
+  BackendPos rb;
+  Epoch re = Start(r, rb, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  Respond(r, re, rb, {kOk10 + "0123456789"}, /*whole=*/true);
+  Seg rst = ClientSeg(r, {}, RST | ACK);
+  rst.win = 0;
+  Expect("RST after the whole response", BuildSeg(FromClient(r), rst), XDP_DROP, nullptr,
+         {{RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_RELEASED_WHOLE, 1}});
+  EXPECT_FALSE(dp_->LookupClient(FlowKey(r))->has_value());
+  EXPECT_EQ(Pool(0).flags & RM_POOL_ACK_SENT, 0);
+  // Tagged: the reply would keep the client's tag; the core sends it.
+  LoadDatapath(4);
+  ClientSpec t;
+  t.vlans = {{100, 3, 0}};
+  p0_.vlans = {{200, 0, 0}};
+  BackendPos tb;
+  Epoch te = Start(t, tb, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  Respond(t, te, tb, {kOk10 + "0123456789"}, /*whole=*/true);
+  Seg tfin = ClientSeg(t, {}, FIN | ACK);
+  Expect("FIN on a tagged client", BuildSeg(FromClient(t), tfin), XDP_TX, nullptr,
+         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_RELEASED_WHOLE, 1}});
+  Seg tlast;
+  tlast.flags = ACK;
+  tlast.seq = t.c_nxt;
+  tlast.ack = t.s_nxt + 1;
+  tlast.ts = true;
+  tlast.tsval = ++t.tsval;
+  tlast.tsecr = t.s_ts;
+  Expect("tagged final ACK", BuildSeg(FromClient(t), tlast), XDP_DROP, nullptr, {});
+  EXPECT_EQ(Pool(0).state, uint32_t(RM_P_IDLE));
+  EXPECT_EQ(Pool(0).flags & RM_POOL_ACK_SENT, 0);
+}
+
 // A FIN or an RST from a client owed the rest of a framed response is no
 // clean close between requests (that would keep the pooled connection, and
 // answer a half-closing client's FIN before its response ends): it goes to
