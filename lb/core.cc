@@ -482,7 +482,7 @@ void Core::OnEvent(const rm_event& ev) {
       // A client that left between requests, its pooled connection idle
       // at once (its last response framed and whole): the ACK its close
       // carried, and its decision is void, as below.
-      if (ev.pool_id != RM_NO_ID) SendPoolAck(ev.pool_id, ev);
+      if (ev.pool_id != RM_NO_ID) SendCloseAckLater(ev);
       ForgetPending(ev.client_id);
       break;
     case RM_EV_POOL_VERIFY:
@@ -538,6 +538,40 @@ void Core::SendPoolAck(uint32_t pool, const rm_event& ev) {
   } else {
     pool_acks_carried_++;
   }
+}
+
+namespace {
+// How long a close's ACK waits for the client's final ACK to take it from
+// the datapath: that comes a round trip after the FIN, well within this
+// even on a busy host. A backend with more than one segment unacknowledged
+// probes for the ACK after 2 ms plus two round trips at the earliest (Linux's
+// loss probe); if the final ACK was lost, that probe is answered in place.
+constexpr uint64_t kCloseAckWaitNs = 2'000'000;
+// More waiting than this (a burst of closes) and the oldest goes now.
+constexpr size_t kCloseAcksMax = 4096;
+}  // namespace
+
+void Core::SendCloseAckLater(const rm_event& ev) {
+  std::optional<rm_client> c = dp_->PeekClient(ev.client_id);
+  if (!c || c->state != RM_C_LAST_ACK || c->close_pool != ev.pool_id) {
+    SendPoolAck(ev.pool_id, ev);  // its final ACK came (or never will)
+    return;
+  }
+  if (close_acks_.size() >= kCloseAcksMax) {
+    SendPoolAck(close_acks_.front().ev.pool_id, close_acks_.front().ev);
+    close_acks_.pop_front();
+  }
+  close_acks_.push_back({MonoNowNs() + kCloseAckWaitNs, ev});
+}
+
+uint64_t Core::FlushCloseAcks(uint64_t now_ns, bool all) {
+  while (!close_acks_.empty() && (all || close_acks_.front().due_ns <= now_ns)) {
+    // Sent already by the datapath (RM_POOL_ACK_SENT), or taken by
+    // another client since: SendAck finds it so and sends nothing.
+    SendPoolAck(close_acks_.front().ev.pool_id, close_acks_.front().ev);
+    close_acks_.pop_front();
+  }
+  return close_acks_.empty() ? UINT64_MAX : close_acks_.front().due_ns - now_ns;
 }
 
 void Core::OnRequestDone(const rm_event& ev, uint32_t earlier) {
@@ -1662,6 +1696,9 @@ absl::Status Core::Run() {
       const int64_t to_probe = absl::ToInt64Nanoseconds(pools_->NextProbeDue() - absl::Now());
       timeout.tv_nsec = std::clamp<int64_t>(to_probe, 20'000, timeout.tv_nsec);
     }
+    // Closes' ACKs whose final ACK did not take them: when due.
+    if (const uint64_t to_ack = FlushCloseAcks(MonoNowNs()); to_ack != UINT64_MAX)
+      timeout.tv_nsec = std::clamp<int64_t>(to_ack, 20'000, timeout.tv_nsec);
     int n = epoll_pwait2(epfd_, evs, 64, &timeout, nullptr);
     if (n < 0 && errno != EINTR) return Errno("epoll_pwait2");
     if (polling_) ring_polls_++;
@@ -1731,6 +1768,7 @@ absl::Status Core::Run() {
     Redecide(stall_due);
     if (pools_->verifying()) pools_->ProbeVerifying(absl::Now());
   }
+  FlushCloseAcks(MonoNowNs(), /*all=*/true);
   return absl::OkStatus();
 }
 

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <thread>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -191,6 +192,14 @@ class Core {
   // (at the request's start), which this decision replaces; RM_NO_ID if none.
   void OnRequestDone(const rm_event& ev, uint32_t earlier = RM_NO_ID);
   void SendPoolAck(uint32_t pool, const rm_event& ev);
+  // A close's owed ACK (RM_EV_CLIENT_LEFT) whose client has not sent its
+  // final ACK yet, which would take it to the backend from the datapath:
+  // sent only if that has not happened kCloseAckWait later (then the
+  // client's final ACK was lost, or it reset instead).
+  void SendCloseAckLater(const rm_event& ev);
+  // Sends (or finds sent) those due by `now_ns`; all of them if `all`.
+  // Returns the nanoseconds until the next is due (UINT64_MAX: none).
+  uint64_t FlushCloseAcks(uint64_t now_ns, bool all = false);
   void Tick();
   // Adds a connecting pooled socket to epoll (once) to finish it when writable.
   void WatchConnecting(int fd);
@@ -284,6 +293,11 @@ class Core {
   // Owed ACKs found unneeded when the core got to them: the connection had
   // been taken again, and its next splice carries the ACK.
   uint64_t pool_acks_carried_ = 0;
+  struct CloseAck {
+    uint64_t due_ns;
+    rm_event ev;
+  };
+  std::deque<CloseAck> close_acks_;  // in due order (one fixed wait each)
   // Decisions a client has not used yet, by the backend they name: a
   // decision is taken when a request starts or its response begins, for
   // the client's next request, which may come much later. When a backend

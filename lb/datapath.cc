@@ -606,6 +606,11 @@ std::optional<rm_pool> Datapath::PeekPool(uint32_t pid) const {
   return ReadWords(&pools_[pid]);
 }
 
+std::optional<rm_client> Datapath::PeekClient(uint32_t id) const {
+  if (id >= opts_.max_clients || !clients_) return std::nullopt;
+  return ReadWords(&clients_[id]);
+}
+
 absl::Status Datapath::DeletePool(uint32_t pid, const rm_pool_key& key) {
   bpf_map_delete_elem(bpf_map__fd(skel_->maps.pool_ids), &key);
   rm_pool p{};

@@ -143,6 +143,8 @@ class Datapath {
   // but a record being changed meanwhile may mix old and new fields. For
   // hints only. nullopt for an id out of range.
   std::optional<rm_pool> PeekPool(uint32_t pid) const;
+  // The same for a client record (a hint: see PeekPool).
+  std::optional<rm_client> PeekClient(uint32_t id) const;
   absl::Status DeletePool(uint32_t pid, const rm_pool_key& key);
   // Idle-queue entries carry the record's generation (rm_pool.gen).
   absl::Status PushIdle(uint32_t backend, uint32_t pid, uint16_t gen = 0);
