@@ -1718,10 +1718,6 @@ RM_GLOBAL int close_ack_fill(__u32 id) {
   }
   rm_unlock(&p->lock);
   if (!ok) return 0;
-  r->synack = 0;
-  r->sack_perm = 0;
-  r->ws = 0xff;
-  r->mss = 0;
   r->set_mac = 1;
   r->set_addr = 1;
   return 1;
@@ -2113,16 +2109,16 @@ unlock:
     if (!reply) return XDP_DROP;
   }
   if (reply) {
+    r->ws = 0xff;
+    r->synack = 0;
+    r->sack_perm = 0;
+    r->mss = 0;
     if (reply == 1) {
-      r->ws = 0xff;
-      r->synack = 0;
-      r->sack_perm = 0;
-      r->mss = 0;
       r->set_mac = 0;
       r->set_addr = 0;
       stat_inc(RM_ST_TX_FINACK);
     } else {
-      stat_inc(RM_ST_POOL_ACK_ON_CLOSE);
+      stat_inc(RM_ST_POOL_ACK_ON_CLOSE); /* close_ack_fill set the rest */
     }
     return rm_send_reply(ctx, pk, r);
   }

@@ -683,16 +683,20 @@ absl::StatusOr<bool> PoolManager::SendAck(uint32_t pid, uint32_t seq, uint32_t a
   // packets are newer and a late ACK with older timestamps would be
   // dropped by the backend (PAWS) or be noise.
   if (rec->state != RM_P_IDLE && rec->state != RM_P_VERIFY) return false;
-  // The datapath sent it already, in place of the client's final ACK
-  // (RM_POOL_ACK_SENT), and nothing moved since.
-  if (rec->state == RM_P_IDLE && (rec->flags & RM_POOL_ACK_SENT) && rec->lb_nxt == seq &&
-      rec->be_nxt == ack)
-    return false;
-  // It may have been taken and handed back again since the event was
-  // written (the core runs behind the datapath under load): the record of
-  // an idle connection holds what was last sent on it, so acknowledge
-  // from there, never with an older sequence or timestamp.
   auto after = [](uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) > 0; };
+  if (rec->state == RM_P_IDLE) {
+    // The datapath sent it already, in place of the client's final ACK
+    // (RM_POOL_ACK_SENT), and nothing moved since.
+    if ((rec->flags & RM_POOL_ACK_SENT) && rec->lb_nxt == seq && rec->be_nxt == ack)
+      return false;
+    // Taken and handed back again since the event was written (the core
+    // runs behind the datapath under load, and holds some ACKs on
+    // purpose): the next client's splice carried this ACK, and its own
+    // hand-back owes its own.
+    if (after(rec->lb_nxt, seq) || after(rec->be_nxt, ack)) return false;
+  }
+  // Otherwise acknowledge from where the record stands, never with an
+  // older sequence or timestamp than it holds.
   if (after(rec->lb_nxt, seq)) seq = rec->lb_nxt;
   if (after(rec->be_nxt, ack)) ack = rec->be_nxt;
   if (after(rec->lb_ts_last, tsval)) tsval = rec->lb_ts_last;

@@ -177,8 +177,9 @@ class PoolManager {
   // through a raw socket: used for the ACK the old backend is owed at a
   // rematch (XDP cannot emit two packets for one). (RSTs: SendReset.)
   // Returns false when no ACK was needed: the connection is not idle (its
-  // next splice carries the ACK), or the datapath sent this one already
-  // (a close's, on the client's final ACK: RM_POOL_ACK_SENT). A parked one (RM_P_PARKED) gets its
+  // next splice carries the ACK), was taken and handed back since (that
+  // splice carried it), or the datapath sent this one already (a close's,
+  // on the client's final ACK: RM_POOL_ACK_SENT). A parked one (RM_P_PARKED) gets its
   // window shrunk instead (Unpark).
   absl::StatusOr<bool> SendAck(uint32_t pid, uint32_t seq, uint32_t ack, uint32_t tsval,
                                uint32_t tsecr, uint16_t window);

@@ -56,6 +56,18 @@ class DatapathTest : public DatapathFixture {
     c.c_nxt += payload.size() + ((flags & FIN) ? 1 : 0);
     return s;
   }
+  // The client's final ACK, of the FIN-ACK the datapath answered its FIN
+  // with (after ClientSeg(c, {}, FIN | ACK)).
+  Seg FinalAck(ClientSpec& c) {
+    Seg s;
+    s.flags = ACK;
+    s.seq = c.c_nxt;
+    s.ack = c.s_nxt + 1;
+    s.ts = true;
+    s.tsval = ++c.tsval;
+    s.tsecr = c.s_ts;
+    return s;
+  }
   // A backend segment in pool space; `be_seq`/`be_ts` advance.
   struct BackendPos {
     uint32_t seq, ack, ts, ts_ecr;
@@ -2084,13 +2096,7 @@ TEST_F(ResponseFramingTest, TheFinalAckOfACleanCloseCarriesTheOwedAck) {
       Splice(d, where, bd, Http(Get("/d")), {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
       ASSERT_EQ(Pool(0).state, uint32_t(RM_P_BUSY));
     }
-    Seg last;
-    last.flags = ACK;
-    last.seq = c.c_nxt;
-    last.ack = c.s_nxt + 1;
-    last.ts = true;
-    last.tsval = ++c.tsval;
-    last.tsecr = c.s_ts;
+    Seg last = FinalAck(c);
     if (retaken) {
       Expect("final ACK", BuildSeg(FromClient(c), last), XDP_DROP, nullptr, {});
       EXPECT_EQ(Pool(0).flags & RM_POOL_ACK_SENT, 0);
@@ -2131,13 +2137,7 @@ TEST_F(ResponseFramingTest, NoOwedAckOnTheFinalAckOfOtherCloses) {
   Expect("FIN after an unframed response", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
          {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
   EXPECT_EQ(Client(c.id).close_pool, RM_NO_ID);
-  Seg last;
-  last.flags = ACK;
-  last.seq = c.c_nxt;
-  last.ack = c.s_nxt + 1;
-  last.ts = true;
-  last.tsval = ++c.tsval;
-  last.tsecr = c.s_ts;
+  Seg last = FinalAck(c);
   Expect("final ACK", BuildSeg(FromClient(c), last), XDP_DROP, nullptr, {});
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_VERIFY));
   EXPECT_EQ(Pool(0).flags & RM_POOL_ACK_SENT, 0);
@@ -2164,13 +2164,7 @@ TEST_F(ResponseFramingTest, NoOwedAckOnTheFinalAckOfOtherCloses) {
   Seg tfin = ClientSeg(t, {}, FIN | ACK);
   Expect("FIN on a tagged client", BuildSeg(FromClient(t), tfin), XDP_TX, nullptr,
          {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_RELEASED_WHOLE, 1}});
-  Seg tlast;
-  tlast.flags = ACK;
-  tlast.seq = t.c_nxt;
-  tlast.ack = t.s_nxt + 1;
-  tlast.ts = true;
-  tlast.tsval = ++t.tsval;
-  tlast.tsecr = t.s_ts;
+  Seg tlast = FinalAck(t);
   Expect("tagged final ACK", BuildSeg(FromClient(t), tlast), XDP_DROP, nullptr, {});
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_IDLE));
   EXPECT_EQ(Pool(0).flags & RM_POOL_ACK_SENT, 0);
@@ -2677,13 +2671,7 @@ TEST_F(DatapathTest, ClientFinQuiescentThenFinalAckFreesRecord) {
            ToClient(c).Flags(FIN | ACK).Seq(c.s_nxt).Ack(c.c_nxt).Window(uint16_t(Client(c.id).s_win))
                .Nop().Nop().Timestamps(c.s_ts, fin.tsval).Build(),
            {{RM_ST_TX_FINACK, 1}});
-  Seg last;
-  last.flags = ACK;
-  last.seq = c.c_nxt;
-  last.ack = c.s_nxt + 1;
-  last.ts = true;
-  last.tsval = ++c.tsval;
-  last.tsecr = c.s_ts;
+  Seg last = FinalAck(c);
   Expect("client's final ACK", BuildSeg(FromClient(c), last), XDP_DROP, nullptr, {});
   EXPECT_FALSE(dp_->LookupClient(FlowKey(c))->has_value());
   EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_FREE));
