@@ -2121,6 +2121,60 @@ TEST_F(ResponseFramingTest, TheFinalAckOfACleanCloseCarriesTheOwedAck) {
   }
 }
 
+// Forged or stray segments on a client waiting for its final ACK: one
+// that does not acknowledge the datapath's FIN is dropped and sends
+// nothing; a retransmitted FIN is answered again; the first that ends the
+// client (here an RST with a wild sequence number) sends the owed ACK,
+// built from the pooled connection's record, never from the segment; and
+// nothing after it sends another. The connection stays idle and queued
+// once.
+TEST_F(ResponseFramingTest, SegmentsWaitingForTheFinalAckSendTheOwedAckOnce) {
+  LoadDatapath(4);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+  Respond(c, e, b, {kOk10 + "0123456789"}, /*whole=*/true);
+  const uint32_t lb_nxt = c.c_nxt + Client(c.id).d_req;
+  const uint32_t be_nxt = c.s_nxt - Client(c.id).d_resp;
+  Seg fin = ClientSeg(c, {}, FIN | ACK);
+  Expect("FIN", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
+         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_RELEASED_WHOLE, 1}});
+  const rm_pool idle = Pool(0);
+  Seg stale = FinalAck(c);
+  stale.ack = c.s_nxt - 1;  // short of the datapath's FIN
+  Expect("ACK short of our FIN", BuildSeg(FromClient(c), stale), XDP_DROP, nullptr, {});
+  EXPECT_EQ(Client(c.id).state, uint32_t(RM_C_LAST_ACK));
+  EXPECT_EQ(Pool(0).flags & RM_POOL_ACK_SENT, 0);
+  Expect("FIN again", BuildSeg(FromClient(c), fin), XDP_TX, nullptr, {{RM_ST_TX_FINACK, 1}});
+  Seg rst = FinalAck(c);
+  rst.flags = RST | ACK;
+  rst.seq += 0x40000000;
+  rst.ack += 12345;
+  rst.tsval += 999999;
+  Bytes want = ToBackend(p0_).Flags(ACK).Seq(lb_nxt).Ack(be_nxt).Window(RM_IDLE_WIN)
+                   .Nop().Nop().Timestamps(idle.lb_ts_last, idle.be_ts_last).Build();
+  ExpectTx("a wild RST ends it: the owed ACK, from the record", BuildSeg(FromClient(c), rst),
+           want, {{RM_ST_POOL_ACK_ON_CLOSE, 1}});
+  EXPECT_FALSE(dp_->LookupClient(FlowKey(c))->has_value());
+  // After it, the tuple is unknown: dropped, or a FIN reset (to the client).
+  Seg after = FinalAck(c);
+  Expect("the real final ACK, late", BuildSeg(FromClient(c), after), XDP_DROP, nullptr,
+         {{RM_ST_DROP_BAD_STATE, 1}});
+  after.flags = RST;
+  Expect("an RST, late", BuildSeg(FromClient(c), after), XDP_DROP, nullptr,
+         {{RM_ST_DROP_BAD_STATE, 1}});
+  after.flags = FIN | ACK;
+  Expect("a FIN, late", BuildSeg(FromClient(c), after), XDP_TX, nullptr, {{RM_ST_TX_RST, 1}});
+  rm_pool now = Pool(0);
+  EXPECT_EQ(now.state, uint32_t(RM_P_IDLE));
+  EXPECT_EQ(now.lb_nxt, lb_nxt);
+  EXPECT_EQ(now.be_nxt, be_nxt);
+  EXPECT_EQ(now.lb_ts_last, idle.lb_ts_last);
+  EXPECT_NE(now.flags & RM_POOL_ACK_SENT, 0);
+  EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{0});
+  EXPECT_EQ(Stats()[RM_ST_POOL_ACK_ON_CLOSE], 1u);
+}
+
 // No owed ACK from the datapath where it cannot tell the connection is
 // clean or the close was an RST (no final ACK comes), and none onto a tagged
 // backend leg: after an unframed response the connection is verified
