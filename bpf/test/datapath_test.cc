@@ -1658,6 +1658,9 @@ struct RespCase {
 };
 void PrintTo(const RespCase& k, std::ostream* os) { *os << k.what; }
 
+const std::string kGet = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+const std::string kOk10 = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+
 class ResponseFramingTest : public FramingTest,
                             public ::testing::WithParamInterface<RespCase> {
  protected:
@@ -1674,6 +1677,21 @@ class ResponseFramingTest : public FramingTest,
     ClientToBackend("client acks all it got", c, p0_, e, ClientSeg(c, {}, ACK),
                     {{RM_ST_TX_C2B, 1}}, whole ? RM_IDLE_WIN : -1);
     b.ts_ecr = e.TsvalC2B(c.c_ts);
+  }
+  // A first request on p0, its framed response whole, then the client's
+  // FIN, answered in place: p0 goes straight back to its queue, owed the
+  // ACK the FIN carried. Returns the FIN; *lb_nxt, *be_nxt: where p0
+  // stands.
+  Seg CloseAfterWholeResponse(ClientSpec& c, uint32_t* lb_nxt, uint32_t* be_nxt) {
+    BackendPos b;
+    Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
+    Respond(c, e, b, {kOk10 + "0123456789"}, /*whole=*/true);
+    *lb_nxt = c.c_nxt + Client(c.id).d_req;
+    *be_nxt = c.s_nxt - Client(c.id).d_resp;
+    Seg fin = ClientSeg(c, {}, FIN | ACK);
+    Expect("FIN after the whole response", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
+           {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_RELEASED_WHOLE, 1}});
+    return fin;
   }
 };
 
@@ -1729,8 +1747,6 @@ TEST_P(ResponseFramingTest, NextRequestMovesOnlyWhenTheResponseIsWhole) {
   }
 }
 
-const std::string kGet = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
-const std::string kOk10 = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
 const std::string kChunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
 
 INSTANTIATE_TEST_SUITE_P(
@@ -2066,14 +2082,8 @@ TEST_F(ResponseFramingTest, TheFinalAckOfACleanCloseCarriesTheOwedAck) {
     SCOPED_TRACE(retaken ? "taken again before the final ACK" : "still idle");
     LoadDatapath(4);
     ClientSpec c;
-    BackendPos b;
-    Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-    Respond(c, e, b, {kOk10 + "0123456789"}, /*whole=*/true);
-    const uint32_t lb_nxt = c.c_nxt + Client(c.id).d_req;
-    const uint32_t be_nxt = c.s_nxt - Client(c.id).d_resp;
-    Seg fin = ClientSeg(c, {}, FIN | ACK);
-    Expect("FIN after the whole response", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
-           {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_RELEASED_WHOLE, 1}});
+    uint32_t lb_nxt, be_nxt;
+    CloseAfterWholeResponse(c, &lb_nxt, &be_nxt);
     rm_client rec = Client(c.id);
     ASSERT_EQ(rec.state, uint32_t(RM_C_LAST_ACK));
     EXPECT_EQ(rec.close_pool, 0u);
@@ -2131,14 +2141,8 @@ TEST_F(ResponseFramingTest, TheFinalAckOfACleanCloseCarriesTheOwedAck) {
 TEST_F(ResponseFramingTest, SegmentsWaitingForTheFinalAckSendTheOwedAckOnce) {
   LoadDatapath(4);
   ClientSpec c;
-  BackendPos b;
-  Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-  Respond(c, e, b, {kOk10 + "0123456789"}, /*whole=*/true);
-  const uint32_t lb_nxt = c.c_nxt + Client(c.id).d_req;
-  const uint32_t be_nxt = c.s_nxt - Client(c.id).d_resp;
-  Seg fin = ClientSeg(c, {}, FIN | ACK);
-  Expect("FIN", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
-         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_RELEASED_WHOLE, 1}});
+  uint32_t lb_nxt, be_nxt;
+  Seg fin = CloseAfterWholeResponse(c, &lb_nxt, &be_nxt);
   const rm_pool idle = Pool(0);
   Seg stale = FinalAck(c);
   stale.ack = c.s_nxt - 1;  // short of the datapath's FIN
@@ -2212,12 +2216,8 @@ TEST_F(ResponseFramingTest, NoOwedAckOnTheFinalAckOfOtherCloses) {
   ClientSpec t;
   t.vlans = {{100, 3, 0}};
   p0_.vlans = {{200, 0, 0}};
-  BackendPos tb;
-  Epoch te = Start(t, tb, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-  Respond(t, te, tb, {kOk10 + "0123456789"}, /*whole=*/true);
-  Seg tfin = ClientSeg(t, {}, FIN | ACK);
-  Expect("FIN on a tagged client", BuildSeg(FromClient(t), tfin), XDP_TX, nullptr,
-         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_RELEASED_WHOLE, 1}});
+  uint32_t t_lb, t_be;
+  CloseAfterWholeResponse(t, &t_lb, &t_be);
   Seg tlast = FinalAck(t);
   Expect("tagged final ACK", BuildSeg(FromClient(t), tlast), XDP_DROP, nullptr, {});
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_IDLE));
