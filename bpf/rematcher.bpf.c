@@ -1027,6 +1027,15 @@ static __always_inline int resp_whole(const struct rm_client *c) {
   return (c->cflags & (RM_CF_RFRAMED | RM_CF_RTAIL)) && c->s_nxt == c->resp_end;
 }
 
+/* The window client `c` last offered, as forwarded to its backend
+ * (lb_win), holds less than a segment: a backend with more to send is held
+ * back by it. */
+static __always_inline int client_window_shut(const struct rm_client *c,
+                                              const struct rm_config *cfg) {
+  __u32 mss = cfg->mss ? cfg->mss : 1460;
+  return ((__u32)c->lb_win << (c->lb_wscale & 15)) < mss;
+}
+
 /* Under client `id`'s lock, for a client that looks quiescent (all sent
  * both ways acknowledged): 1 if the backend may still owe it bytes all the
  * same, or expect more from it, so it is neither idle (its pooled
@@ -1037,15 +1046,6 @@ static __always_inline int resp_whole(const struct rm_client *c) {
  * the backend (lb_win), holds less than a segment: a backend with more to
  * send is held back by it whatever the framing says (the client is not
  * reading). */
-/* The window client `c` last offered, as forwarded to its backend
- * (lb_win), holds less than a segment: a backend with more to send is held
- * back by it. */
-static __always_inline int client_window_shut(const struct rm_client *c,
-                                              const struct rm_config *cfg) {
-  __u32 mss = cfg->mss ? cfg->mss : 1460;
-  return ((__u32)c->lb_win << (c->lb_wscale & 15)) < mss;
-}
-
 RM_GLOBAL int backend_may_owe(__u32 id) {
   __u32 z = 0;
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
@@ -1685,12 +1685,15 @@ RM_GLOBAL int close_ack_fill(__u32 id) {
   struct rm_client *c = bpf_map_lookup_elem(&clients, &id);
   struct rm_scratch *sc = bpf_map_lookup_elem(&scratch, &z);
   if (!c || !sc) return 0;
+  struct rm_leg at;
   rm_lock(&c->lock);
   __u32 pid = c->close_pool;
-  /* Where the close left it: answer_client_fin moved both ends by one
-   * (the client's FIN and ours), the backend saw neither. */
-  __u32 lb_nxt = c->c_nxt - 1 + c->d_req;
-  __u32 be_nxt = c->s_nxt - 1 - c->d_resp;
+  /* Where the close left it: as the record places it (leg_from_client),
+   * less the client's FIN and ours (answer_client_fin), which the backend
+   * saw neither of. */
+  leg_from_client(&at, c);
+  __u32 lb_nxt = at.lb_nxt - 1;
+  __u32 be_nxt = at.be_nxt - 1;
   int ours = c->state == RM_C_LAST_ACK;
   c->close_pool = RM_NO_ID; /* once */
   rm_unlock(&c->lock);

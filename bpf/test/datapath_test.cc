@@ -1678,20 +1678,27 @@ class ResponseFramingTest : public FramingTest,
                     {{RM_ST_TX_C2B, 1}}, whole ? RM_IDLE_WIN : -1);
     b.ts_ecr = e.TsvalC2B(c.c_ts);
   }
-  // A first request on p0, its framed response whole, then the client's
-  // FIN, answered in place: p0 goes straight back to its queue, owed the
-  // ACK the FIN carried. Returns the FIN; *lb_nxt, *be_nxt: where p0
-  // stands.
-  Seg CloseAfterWholeResponse(ClientSpec& c, uint32_t* lb_nxt, uint32_t* be_nxt) {
+  // A first request on p0, its response (one segment), then the client's
+  // FIN, answered in place. A framed whole response sends p0 straight back
+  // to its queue, owed the ACK the FIN carried; any other has it verified.
+  // Returns the FIN; *lb_nxt, *be_nxt: where p0 stands.
+  Seg CloseAfterResponse(ClientSpec& c, const std::string& response, bool whole,
+                         uint32_t* lb_nxt, uint32_t* be_nxt) {
     BackendPos b;
     Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-    Respond(c, e, b, {kOk10 + "0123456789"}, /*whole=*/true);
+    Respond(c, e, b, {response}, whole);
     *lb_nxt = c.c_nxt + Client(c.id).d_req;
     *be_nxt = c.s_nxt - Client(c.id).d_resp;
     Seg fin = ClientSeg(c, {}, FIN | ACK);
-    Expect("FIN after the whole response", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
-           {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_RELEASED_WHOLE, 1}});
+    Expect(whole ? "FIN after the whole response" : "FIN after a response not framed whole",
+           BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
+           {{RM_ST_TX_FINACK, 1},
+            {RM_ST_CLOSED_CLEAN, 1},
+            {whole ? RM_ST_POOL_RELEASED_WHOLE : RM_ST_POOL_VERIFY, 1}});
     return fin;
+  }
+  Seg CloseAfterWholeResponse(ClientSpec& c, uint32_t* lb_nxt, uint32_t* be_nxt) {
+    return CloseAfterResponse(c, kOk10 + "0123456789", /*whole=*/true, lb_nxt, be_nxt);
   }
 };
 
@@ -2059,12 +2066,8 @@ TEST_F(ResponseFramingTest, AWholeResponseHandsTheConnectionStraightBack) {
   // An unframed response (layer-4 rules) is verified.
   LoadDatapath(4);
   ClientSpec c2;
-  BackendPos b2;
-  Epoch e2 = Start(c2, b2, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-  Respond(c2, e2, b2, {"not an HTTP response at all"}, /*whole=*/false);
-  Seg fin = ClientSeg(c2, {}, FIN | ACK);
-  Expect("close after an unframed response", BuildSeg(FromClient(c2), fin), XDP_TX, nullptr,
-         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
+  uint32_t lb2, be2;
+  CloseAfterResponse(c2, "not an HTTP response at all", /*whole=*/false, &lb2, &be2);
   EXPECT_EQ(Pool(0).state, uint32_t(RM_P_VERIFY));
 }
 
@@ -2188,12 +2191,8 @@ TEST_F(ResponseFramingTest, NoOwedAckOnTheFinalAckOfOtherCloses) {
   // Unframed: verified, the final ACK dropped.
   LoadDatapath(4);
   ClientSpec c;
-  BackendPos b;
-  Epoch e = Start(c, b, kGet, {{RM_ST_TX_C2B, 1}, {RM_ST_SPLICES, 1}});
-  Respond(c, e, b, {"not an HTTP response at all"}, /*whole=*/false);
-  Seg fin = ClientSeg(c, {}, FIN | ACK);
-  Expect("FIN after an unframed response", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
-         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
+  uint32_t lb_nxt, be_nxt;
+  CloseAfterResponse(c, "not an HTTP response at all", /*whole=*/false, &lb_nxt, &be_nxt);
   EXPECT_EQ(Client(c.id).close_pool, RM_NO_ID);
   Seg last = FinalAck(c);
   Expect("final ACK", BuildSeg(FromClient(c), last), XDP_DROP, nullptr, {});
