@@ -691,8 +691,13 @@ absl::StatusOr<size_t> Datapath::CompactIdle(uint32_t backend) {
       if (errno == ENOENT) break;
       return Errno(errno, "compacting idle queue");
     }
-    auto rec = GetPool(RM_IDLE_PID(e));
-    if (rec.ok() && rec->state == RM_P_IDLE && (rec->gen & 0xfff) == RM_IDLE_GEN(e))
+    // A peek: a locked read per entry was a syscall each, milliseconds of
+    // a CPU for a queue of thousands. The connections whose entries are out of
+    // the queue cannot be taken meanwhile; the datapath can only kill one
+    // (IDLE -> DEAD, one word), and the generation changes only on this
+    // thread. A dead one kept by a stale read is skipped by the datapath.
+    std::optional<rm_pool> rec = PeekPool(RM_IDLE_PID(e));
+    if (rec && rec->state == RM_P_IDLE && (rec->gen & 0xfff) == RM_IDLE_GEN(e))
       keep.push_back(e);
     else
       dropped++;

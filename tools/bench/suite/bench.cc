@@ -887,7 +887,9 @@ Row Bench::Measure(const Scenario& s, const Point& p, const Contender& c, int re
   absl::StatusOr<double> proc0 = lb_.valid() ? ReadPidCpu(lb_.pid()) : absl::StatusOr<double>(0.0);
   absl::Time t0 = absl::Now();
 
-  std::string tag = absl::StrCat(s.name, "-", p.name, "-", c.name, "-", rep);
+  // A file name: a variant's flags may hold a path (@binary=/x/rematcher).
+  std::string tag = absl::StrCat(s.name, "-", p.name, "-",
+                                 absl::StrReplaceAll(c.name, {{"/", "_"}}), "-", rep);
   absl::StatusOr<LoadResult> r;
   if (!s.fail_return) {
     r = RunLoad(c, p, plan_.duration_s, rep + 1, tag);
