@@ -613,10 +613,10 @@ void PoolManager::ScanPools(absl::Time at) {
   for (const auto& [pid, c] : conns_) {
     if (c.state != Conn::kLive) continue;
     // A peek, not a locked read: each of those is a BPF_PROG_TEST_RUN, and
-    // after a burst had grown the pools to 10,000 connections the scan took
-    // ~40 ms of a CPU at the core's priority every 3 s, which put 5-15 ms
-    // on the p99 of an open 5,000 req/s load (bench, closed-10000c then
-    // open-5k). Each hint below is acted on only through a call that
+    // with ~13,700 pooled connections the scan took ~40 ms of a CPU at the
+    // core's priority every 3 s; an open 5,000 req/s load's p99 was 1.7x
+    // what it is with the peek (bench ab-20261207-221907, p2c 1.71
+    // against 1.01 ms). Each hint below is acted on only through a call that
     // checks again: under the lock (RetireIdlePool, Unpark) or at the probe
     // (ProbeVerifying), so a record caught mid-change costs at most a
     // syscall that declines, or a connection found at the next scan.
