@@ -1280,6 +1280,40 @@ absl::Status Plots(const Plan& plan, const std::vector<Row>& rows, const std::st
   return absl::OkStatus();
 }
 
+// The kernel's DAMON monitors (kdamond threads) as they stand: on the
+// machines this suite was built on, one samples physical memory every 500 ms
+// with a pageout scheme, and each pass shows as a burst of slow requests
+// (docs/measurements.md, "2026-12-08"). Empty when sysfs has none.
+std::string DamonState() {
+  const std::string root = "/sys/kernel/mm/damon/admin/kdamonds";
+  auto read = [](const std::string& path) {
+    std::ifstream f(path);
+    std::string v;
+    std::getline(f, v);
+    return std::string(absl::StripAsciiWhitespace(v));
+  };
+  const std::string n = read(root + "/nr_kdamonds");
+  int count = 0;
+  if (n.empty() || !absl::SimpleAtoi(n, &count) || count <= 0) return "";
+  std::vector<std::string> parts;
+  for (int i = 0; i < count && i < 8; i++) {
+    const std::string d = absl::StrCat(root, "/", i);
+    const std::string state = read(d + "/state");
+    if (state != "on") {
+      parts.push_back(absl::StrCat("kdamond ", i, " ", state.empty() ? "?" : state));
+      continue;
+    }
+    const std::string ctx = d + "/contexts/0";
+    int64_t sample_us = 0;
+    (void)absl::SimpleAtoi(read(ctx + "/monitoring_attrs/intervals/sample_us"), &sample_us);
+    std::string action = read(ctx + "/schemes/0/action");
+    parts.push_back(absl::StrFormat("kdamond %d on (%s, sampling every %d ms%s)", i,
+                                    read(ctx + "/operations"), sample_us / 1000,
+                                    action.empty() ? "" : ", scheme " + action));
+  }
+  return absl::StrCat("DAMON: ", absl::StrJoin(parts, "; "));
+}
+
 std::string Machine() {
   std::string model;
   std::ifstream f("/proc/cpuinfo");
@@ -1294,9 +1328,11 @@ std::string Machine() {
   std::string hv = hap.ok() ? hap->out.substr(0, hap->out.find(" - ")) : "haproxy ?";
   double load[3] = {0, 0, 0};
   getloadavg(load, 3);
-  return absl::StrFormat("%s, %ld CPUs, kernel %s, %s, load average at start %.2f (shared host)",
+  const std::string damon = DamonState();
+  return absl::StrFormat("%s, %ld CPUs, kernel %s, %s, load average at start %.2f (shared host)%s",
                          model, sysconf(_SC_NPROCESSORS_ONLN),
-                         un.ok() ? std::string(absl::StripAsciiWhitespace(*un)) : "?", hv, load[0]);
+                         un.ok() ? std::string(absl::StripAsciiWhitespace(*un)) : "?", hv, load[0],
+                         damon.empty() ? "" : ", " + damon);
 }
 
 // The datapath's cost ratio from the other bench
