@@ -99,12 +99,15 @@ absl::Status Core::Init() {
   dopts.max_clients = opts_.max_clients;
   dopts.max_pool = opts_.max_backends * opts_.max_conns_per_backend;
   dopts.pin_dir = opts_.pin_dir;
+  dopts.idle_lifo = opts_.idle_lifo;
   auto dp = Datapath::Load(dopts);
   if (!dp.ok()) return dp.status();
   dp_ = std::move(*dp);
   if (dp_->adopted())
     LOG(INFO) << "adopting the datapath pinned in " << opts_.pin_dir
               << " (its clients and pooled connections carry on)";
+  LOG(INFO) << "idle pooled connections are taken "
+            << (dp_->idle_lifo() ? "newest first (LIFO)" : "oldest first (FIFO)");
 
   rm_config cfg{};
   cfg.vip = opts_.vip;

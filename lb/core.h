@@ -118,6 +118,8 @@ struct CoreOptions {
   // it outlives the process, and the next one started with it adopts the
   // clients and pooled connections it holds. Empty: not pinned.
   std::string pin_dir;
+  // Idle pooled connections taken newest first (DatapathOptions::idle_lifo).
+  bool idle_lifo = true;
   std::string control_socket;  // empty: none
   std::string metrics_addr;    // IP:PORT of the Prometheus HTTP endpoint; empty: none
   HealthOptions health;        // lb_ip is filled in from lb_ip above

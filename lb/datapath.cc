@@ -189,6 +189,12 @@ absl::StatusOr<std::unique_ptr<Datapath>> Datapath::Load(const DatapathOptions& 
   if (!opts.pin_dir.empty()) {
     if (auto st = dp->ReusePinnedMaps(); !st.ok()) return st;
   }
+  // The idle queues' kind is the inner-map template's, checked by the
+  // kernel on every queue installed (an adopted datapath keeps its own).
+  const bpf_map_type idle_type = opts.idle_lifo ? BPF_MAP_TYPE_STACK : BPF_MAP_TYPE_QUEUE;
+  if (bpf_map* inner = bpf_map__inner_map(s->maps.idle_pools);
+      inner == nullptr || (err = bpf_map__set_type(inner, idle_type)))
+    return Errno(inner ? err : -EINVAL, "setting the idle queues' kind");
   if ((err = rematcher_bpf__load(s)))
     return Errno(err, "loading the XDP program (verifier log above)");
 
@@ -206,11 +212,21 @@ absl::StatusOr<std::unique_ptr<Datapath>> Datapath::Load(const DatapathOptions& 
       if (fd < 0) return Errno(errno, "opening a pinned idle-pool queue");
       dp->idle_queue_fds_.push_back(fd);
     }
+    // The pinned queues keep the kind they were created with.
+    bpf_map_info info{};
+    uint32_t len = sizeof(info);
+    if (bpf_obj_get_info_by_fd(dp->idle_queue_fds_[0], &info, &len) == 0) {
+      dp->idle_lifo_ = info.type == BPF_MAP_TYPE_STACK;
+      if (dp->idle_lifo_ != opts.idle_lifo)
+        LOG(WARNING) << "adopted idle pools are " << (dp->idle_lifo_ ? "LIFO" : "FIFO")
+                     << " (the pinned datapath's); the requested order applies from the next "
+                        "fresh start";
+    }
   } else {
     // One idle queue per backend slot, created up front so the datapath
     // never sees a missing inner map.
     for (uint32_t b = 0; b < RM_MAX_BACKENDS; b++) {
-      int fd = bpf_map_create(BPF_MAP_TYPE_QUEUE, "rm_idle", 0, sizeof(uint32_t),
+      int fd = bpf_map_create(idle_type, "rm_idle", 0, sizeof(uint32_t),
                               RM_MAX_POOL_PER_BACKEND, nullptr);
       if (fd < 0) return Errno(errno, "creating an idle-pool queue");
       dp->idle_queue_fds_.push_back(fd);
@@ -702,6 +718,9 @@ absl::StatusOr<size_t> Datapath::CompactIdle(uint32_t backend) {
     else
       dropped++;
   }
+  // Back in the order they were: a queue pops oldest first, a stack
+  // newest first (its warmest connection must stay on top).
+  if (idle_lifo_) std::reverse(keep.begin(), keep.end());
   for (uint32_t e : keep)
     if (bpf_map_update_elem(fd, nullptr, &e, 0))
       return Errno(errno, "requeueing idle pooled connection");

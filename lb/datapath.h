@@ -52,6 +52,14 @@ struct DatapathOptions {
   // bpffs directory to pin the datapath in, or to adopt it from (empty:
   // not pinned; the datapath goes with the process).
   std::string pin_dir;
+  // Each backend's idle pooled connections are a stack: a request takes
+  // the one that went idle last, whose congestion window is still open and
+  // whose memory (the backend's socket and buffers) is still warm; the
+  // rest sit out and reach the idle timeout. false: a queue (FIFO), which
+  // cycles through every pooled connection (bench ab-20261208 in
+  // docs/measurements.md: with 3,666 per backend, a 64 KiB response and
+  // an open loop's p99 are several times slower that way).
+  bool idle_lifo = true;
 };
 
 using StatsArray = std::array<uint64_t, RM_ST__MAX>;
@@ -95,6 +103,7 @@ class Datapath {
   // Whether Load() adopted maps pinned by an earlier process (their
   // records, queues and counters are live state, not to be reset).
   bool adopted() const { return adopted_; }
+  bool idle_lifo() const { return idle_lifo_; }  // idle pools as stacks (else queues)
   // Removes the datapath pinned in pin_dir: the link first (XDP detaches,
   // so the clients it held are reset by the kernel at their next segment),
   // then the maps, then the directory. NotFound if nothing is pinned there.
@@ -206,7 +215,7 @@ class Datapath {
  private:
   // Counter `index` of the stats map summed over CPUs; per_cpu has ncpus_ slots.
   absl::StatusOr<uint64_t> SumCounter(uint32_t index, std::vector<uint64_t>* per_cpu) const;
-  explicit Datapath(const DatapathOptions& opts) : opts_(opts) {}
+  explicit Datapath(const DatapathOptions& opts) : opts_(opts), idle_lifo_(opts.idle_lifo) {}
   // Load() with a pin_dir: reuses the maps pinned there, if any (all or
   // none), after checking each against what this build would create.
   absl::Status ReusePinnedMaps();
@@ -236,6 +245,7 @@ class Datapath {
   const volatile rm_pool* pools_ = nullptr;      // read-only mmap of pools
   const volatile rm_client* clients_ = nullptr;  // read-only mmap of clients
   std::vector<int> idle_queue_fds_;
+  bool idle_lifo_;  // the idle queues' kind (an adopted datapath's own)
 };
 
 }  // namespace rematcher

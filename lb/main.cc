@@ -69,6 +69,11 @@ DEFINE_double(pool_idle_timeout_ms, 60000,
               "Retire a pooled connection idle this long, below the backend's keep-alive "
               "timeout (nginx keepalive_timeout, default 75 s), so a client never lands on one "
               "the backend is closing. 0: never.");
+DEFINE_string(idle_order, "lifo",
+              "Which idle pooled connection a request takes: lifo (the one idle the shortest "
+              "time: its congestion window still open, its memory warm; the others reach "
+              "--pool_idle_timeout_ms and are replaced) or fifo (the one idle the longest: "
+              "every pooled connection is used in turn).");
 DEFINE_bool(rematch, true, "Move clients between backends at request boundaries.");
 DEFINE_bool(allow_generic_xdp, false, "Fall back to generic XDP if native attach fails.");
 DEFINE_double(stats_interval_s, 1.0, "Live statistics period in seconds (0: off).");
@@ -254,6 +259,9 @@ int Main(int argc, char** argv) {
     return Fail("--reroute_ratio_pct must be in 100..10000 (200: twice as many)");
   if (FLAGS_poll_max_us > 100000 || FLAGS_poll_max_us < FLAGS_poll_us)
     return Fail("--poll_max_us must be in --poll_us..100000 (100 ms)");
+  if (FLAGS_idle_order != "lifo" && FLAGS_idle_order != "fifo")
+    return Fail(absl::StrCat("--idle_order must be lifo or fifo, got '", FLAGS_idle_order, "'"));
+  o.idle_lifo = FLAGS_idle_order == "lifo";
   o.conns_per_backend = FLAGS_conns_per_backend;
   o.max_conns_per_backend = FLAGS_max_conns_per_backend;
   o.max_clients = FLAGS_max_clients;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <time.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -286,6 +287,10 @@ using Deltas = std::map<int, int64_t>;
 
 class DatapathFixture : public ::testing::Test {
  protected:
+  // DatapathOptions::idle_lifo for LoadDatapath. The packet tests' models
+  // take pooled connections in the order they were queued (FIFO); the
+  // LIFO order the product runs with has tests of its own (IdleOrder*).
+  bool idle_lifo_ = false;
   void SetUp() override {
     REMATCHER_SKIP_WITHOUT_BPF();
     LoadDatapath(16);
@@ -296,7 +301,12 @@ class DatapathFixture : public ::testing::Test {
   void LoadDatapath(uint32_t max_clients, uint8_t sack_ok = 1, uint8_t ts_ok = 1,
                     uint8_t rematch = 1, bool ts_estimate = false) {
     dp_.reset();
-    auto dp = Datapath::Load({max_clients, 64, ts_estimate});
+    DatapathOptions o;
+    o.max_clients = max_clients;
+    o.max_pool = 64;
+    o.estimate_backend_ts_clock = ts_estimate;
+    o.idle_lifo = idle_lifo_;
+    auto dp = Datapath::Load(o);
     ASSERT_TRUE(dp.ok()) << dp.status();
     dp_ = std::move(*dp);
     rm_config cfg{};
@@ -371,7 +381,8 @@ class DatapathFixture : public ::testing::Test {
     EXPECT_TRUE(c.ok()) << c.status();
     return c.ok() ? *c : rm_client{};
   }
-  // Drains a backend's idle queue (and puts it back in the same order).
+  // Drains a backend's idle queue in the order requests take from it (and
+  // puts it back as it was).
   std::vector<uint32_t> IdleQueue(uint32_t backend) {
     std::vector<uint32_t> out;
     for (;;) {
@@ -380,7 +391,9 @@ class DatapathFixture : public ::testing::Test {
       if (!p.ok() || !p->has_value()) break;
       out.push_back(**p);
     }
-    for (uint32_t pid : out) EXPECT_TRUE(dp_->PushIdle(backend, pid).ok());
+    std::vector<uint32_t> back = out;
+    if (dp_->idle_lifo()) std::reverse(back.begin(), back.end());
+    for (uint32_t pid : back) EXPECT_TRUE(dp_->PushIdle(backend, pid).ok());
     return out;
   }
 
