@@ -1328,7 +1328,8 @@ std::string Core::StatsText() {
   absl::StrAppend(&out, "pool_opened ", pst.opened, "\npool_established ", pst.established,
                   "\npool_connect_failures ", pst.connect_failures, "\npool_retired ",
                   pst.retired, "\npool_idle_entries_compacted ", pst.idle_entries_compacted,
-                  "\npool_idle_timeouts ", pst.idle_timeouts, "\npool_verify_probes ",
+                  "\npool_idle_timeouts ", pst.idle_timeouts,
+                  "\npool_idle_retire_deferred ", pst.idle_retire_deferred, "\npool_verify_probes ",
                   pst.verify_probes, "\npool_verify_timeouts ", pst.verify_timeouts,
                   "\npool_parked_shrunk ", pst.parked, "\npool_parked_by_scan ",
                   pst.parked_by_scan, "\npool_parked_reread ", pst.parked_reread, "\n");

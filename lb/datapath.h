@@ -56,9 +56,10 @@ struct DatapathOptions {
   // the one that went idle last, whose congestion window is still open and
   // whose memory (the backend's socket and buffers) is still warm; the
   // rest sit out and reach the idle timeout. false: a queue (FIFO), which
-  // cycles through every pooled connection (bench ab-20261208 in
-  // docs/measurements.md: with 3,666 per backend, a 64 KiB response and
-  // an open loop's p99 are several times slower that way).
+  // cycles through every pooled connection (bench/results/
+  // ab-20261208-004700-lifo, docs/measurements.md "2026-12-08": with
+  // 3,666 per backend, 64 KiB responses were 22% slower that way and an
+  // open loop's p99 3-4x higher).
   bool idle_lifo = true;
 };
 

@@ -507,6 +507,63 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
 // stays connected and idle (idle release off) never uses it: it must stop
 // counting after a second, swept within half a second more, and the client
 // is served normally when it comes back.
+// Idle pools are stacks (--idle_order=lifo): the pooled connections one
+// burst needed go idle together and reach --pool_idle_timeout_ms together.
+// They are retired at most 128 per pool scan, the scan coming back in
+// 100 ms while more are due (one scan retiring thousands held the core),
+// all of them promptly, and the pools refill to their size and serve.
+TEST_F(LifecycleTest, IdlePoolsPastTheTimeoutGoInBatchesAndRefill) {
+  constexpr uint32_t kPer = 120;
+  StartLb({Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)}, 3 * kPer,
+          {absl::StrCat("--conns_per_backend=", kPer), "--max_conns_per_backend=200",
+           "--pool_idle_timeout_ms=3000"});
+  // 300 clients at once, each request held 300 ms by its backend: 300
+  // pooled connections busy together, idle again within a few ms.
+  auto r = tb_->RunCommand(
+      tb_->client_ns(0),
+      {RunfilePath("testing/loadgen/loadgen"), absl::StrCat("--target=", kVip, ":8080"), "--json",
+       "--connections=300", "--requests=300", "--sizes=100", "--delay_us=300000",
+       "--max_time_s=20"},
+      absl::Seconds(40));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(JsonInt(r->out, "ok"), 300) << r->out;
+  const absl::Time burst_end = absl::Now();
+  auto before = Stats();
+  // Every connection opened at start is due by now or soon; wait until
+  // all of them (3 x 120, and those the burst grew) have gone.
+  const uint64_t opened = before["pool_opened"];
+  absl::Time all_gone = absl::InfiniteFuture();
+  while (absl::Now() - burst_end < absl::Seconds(12)) {
+    auto s = Stats();
+    if (s["pool_idle_timeouts"] >= opened) {
+      all_gone = absl::Now();
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  auto after = Stats();
+  std::cout << "[pool] opened " << opened << ", idle timeouts " << after["pool_idle_timeouts"]
+            << ", scans that deferred some " << after["pool_idle_retire_deferred"] << ", after "
+            << (all_gone - burst_end) << std::endl;
+  ASSERT_NE(all_gone, absl::InfiniteFuture())
+      << "idle connections not all retired 12 s after the burst: " << Ctl("stats");
+  EXPECT_LE(all_gone - burst_end, absl::Seconds(6)) << "3 s timeout + batches";
+  EXPECT_GE(after["pool_idle_retire_deferred"], 1u)
+      << "more than 128 were due at once: one scan must have left some for the next";
+  // Refilled to their size, and serving.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  auto live = [&] {
+    auto s = Stats();
+    return s["pool_established"] - s["pool_retired"];
+  };
+  while (absl::Now() < deadline && live() < 3 * kPer) absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_GE(live(), 3 * kPer) << Ctl("backends");
+  std::string j = Load(200);
+  EXPECT_EQ(JsonInt(j, "ok"), 200) << j;
+  EXPECT_EQ(JsonInt(j, "verify_failures"), 0) << j;
+  EXPECT_TRUE(lb_.Running()) << Log();
+}
+
 TEST_F(LifecycleTest, PendingDecisionsOfIdleClientsStopCountingAfterASecond) {
   constexpr int kClients = 12;
   StartLb({Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)}, 3 * 4,

@@ -85,6 +85,7 @@ struct PoolStats {
   uint64_t opened = 0, established = 0, connect_failures = 0, retired = 0;
   uint64_t idle_entries_compacted = 0;  // dead idle-queue entries dropped
   uint64_t idle_timeouts = 0;           // retired for idling too long
+  uint64_t idle_retire_deferred = 0;    // scans that left some of those for the next
   uint64_t verify_probes = 0;           // probes sent to RM_P_VERIFY connections
   uint64_t verify_timeouts = 0;         // retired: no answer to any probe
   uint64_t parked = 0;                  // RM_P_PARKED: window shrunk, queued
