@@ -636,9 +636,10 @@ void PoolManager::ScanPools(absl::Time at) {
   }
   // Idle pools are stacks: the connections a load does not need sit at the
   // bottom and reach the timeout together (all opened at start, or all
-  // grown for one burst). Retiring thousands in one scan (a syscall and a
-  // close each, and their replacements) held the core for a good part of
-  // a second. The oldest kRetirePerScan go now, and while more are due
+  // grown for one burst). Each retirement is a locked syscall and a close,
+  // then a connect to replace it; thousands in one scan stall the core
+  // (the bench's later points suffered, docs/measurements.md
+  // "2026-12-08"). The oldest kRetirePerScan go now, and while more are due
   // the scan comes back in 100 ms: 1,280 a second, so 11,000 are gone
   // within 9 s, before a backend's keep-alive timeout (nginx: 75 s) if
   // --pool_idle_timeout_ms keeps its default margin.
