@@ -500,17 +500,13 @@ TEST_F(LifecycleTest, AtClientLimitNewClientsAreRefusedAndAdmittedOnesUnharmed) 
   expect_refused({"--reroute_ratio_pct=99"}, "--reroute_ratio_pct must be in 100..10000");
   expect_refused({"--reroute_ratio_pct=20000"}, "--reroute_ratio_pct must be in 100..10000");
   expect_refused({"--health_panic_threshold=101"}, "--health_panic_threshold=101: a percentage");
+  expect_refused({"--idle_order=newest"}, "--idle_order must be lifo or fifo");
 }
 
-// A decision is made for a client's next request; while unused it counts
-// as load to come on its backend (--count_pending_decisions). A client that
-// stays connected and idle (idle release off) never uses it: it must stop
-// counting after a second, swept within half a second more, and the client
-// is served normally when it comes back.
 // Idle pools are stacks (--idle_order=lifo): the pooled connections one
 // burst needed go idle together and reach --pool_idle_timeout_ms together.
 // They are retired at most 128 per pool scan, the scan coming back in
-// 100 ms while more are due (one scan retiring thousands held the core),
+// 100 ms while more are due (thousands in one scan stall the core),
 // all of them promptly, and the pools refill to their size and serve.
 TEST_F(LifecycleTest, IdlePoolsPastTheTimeoutGoInBatchesAndRefill) {
   constexpr uint32_t kPer = 120;
@@ -564,6 +560,11 @@ TEST_F(LifecycleTest, IdlePoolsPastTheTimeoutGoInBatchesAndRefill) {
   EXPECT_TRUE(lb_.Running()) << Log();
 }
 
+// A decision is made for a client's next request; while unused it counts
+// as load to come on its backend (--count_pending_decisions). A client that
+// stays connected and idle (idle release off) never uses it: it must stop
+// counting after a second, swept within half a second more, and the client
+// is served normally when it comes back.
 TEST_F(LifecycleTest, PendingDecisionsOfIdleClientsStopCountingAfterASecond) {
   constexpr int kClients = 12;
   StartLb({Addr(0, 8080), Addr(1, 8080), Addr(2, 8080)}, 3 * 4,

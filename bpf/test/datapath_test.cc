@@ -3049,90 +3049,86 @@ TEST_F(DatapathTest, RetireIdlePoolOnlyWhenIdleSinceBeforeCutoff) {
 }
 
 // The product takes idle pooled connections newest first (LIFO, the
-// default of DatapathOptions::idle_lifo); the tests above model FIFO.
-class IdleOrderTest : public DatapathTest {
+// default of DatapathOptions::idle_lifo); the tests above model FIFO. Each
+// test runs with both orders.
+class IdleOrderTest : public DatapathTest, public ::testing::WithParamInterface<bool> {
  protected:
-  IdleOrderTest() { idle_lifo_ = true; }
+  IdleOrderTest() { idle_lifo_ = GetParam(); }
+  void SetUp() override {
+    DatapathTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    ASSERT_EQ(dp_->idle_lifo(), lifo());
+  }
+  bool lifo() const { return GetParam(); }
   static PoolSpec OnBackend0(uint32_t pid) {
     PoolSpec p;
     p.pid = pid;
     p.lb_port = uint16_t(50000 + pid);
     return p;
   }
-  void Reload(bool lifo) {
-    idle_lifo_ = lifo;
-    LoadDatapath(16);
-    ASSERT_EQ(dp_->idle_lifo(), lifo);
-  }
 };
 
-TEST_F(IdleOrderTest, LifoTakesTheNewestIdleConnectionFifoTheOldest) {
-  for (bool lifo : {true, false}) {
-    SCOPED_TRACE(lifo ? "lifo" : "fifo");
-    Reload(lifo);
-    PoolSpec older = OnBackend0(0), newer = OnBackend0(1);
-    AddPool(older);
-    AddPool(newer);
-    ClientSpec c;
-    BackendPos b;
-    // The first request must come out on the expected connection, byte for byte.
-    Splice(c, lifo ? newer : older, b);
-    EXPECT_EQ(Client(c.id).pool_id, lifo ? 1u : 0u);
-    EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{lifo ? 0u : 1u});
-    EXPECT_EQ(dp_->BackendLoad(0).idle, 1u);
-  }
+TEST_P(IdleOrderTest, LifoTakesTheNewestIdleConnectionFifoTheOldest) {
+  PoolSpec older = OnBackend0(0), newer = OnBackend0(1);
+  AddPool(older);
+  AddPool(newer);
+  ClientSpec c;
+  BackendPos b;
+  // The first request must come out on the expected connection, byte for byte.
+  Splice(c, lifo() ? newer : older, b);
+  EXPECT_EQ(Client(c.id).pool_id, lifo() ? 1u : 0u);
+  EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{lifo() ? 0u : 1u});
+  EXPECT_EQ(dp_->BackendLoad(0).idle, 1u);
 }
 
-TEST_F(IdleOrderTest, ConnectionHandedBackGoesOnTopOfTheStack) {
-  for (bool lifo : {true, false}) {
-    SCOPED_TRACE(lifo ? "lifo" : "fifo");
-    Reload(lifo);
-    PoolSpec p0 = OnBackend0(0), p1 = OnBackend0(1);
-    AddPool(p0);
-    ClientSpec c;
-    BackendPos b;
-    Epoch e = Splice(c, p0, b);
-    AddPool(p1);  // queued while p0 carries the client
-    Exchange(c, p0, e, b);
-    // The client closes between requests; p0 is verified and queued again.
-    Seg fin = ClientSeg(c, {}, FIN | ACK);
-    Expect("client FIN between requests", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
-           {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
-    VerifyPool(p0);
-    // LIFO: the connection just used is the next one taken; FIFO: the one
-    // idle longest.
-    const std::vector<uint32_t> want = lifo ? std::vector<uint32_t>{0, 1} : std::vector<uint32_t>{1, 0};
-    EXPECT_EQ(IdleQueue(0), want);
-  }
+TEST_P(IdleOrderTest, ConnectionHandedBackGoesOnTopOfTheStack) {
+  PoolSpec p0 = OnBackend0(0), p1 = OnBackend0(1);
+  AddPool(p0);
+  ClientSpec c;
+  BackendPos b;
+  Epoch e = Splice(c, p0, b);
+  AddPool(p1);  // queued while p0 carries the client
+  Exchange(c, p0, e, b);
+  // The client closes between requests; p0 is verified and queued again.
+  Seg fin = ClientSeg(c, {}, FIN | ACK);
+  Expect("client FIN between requests", BuildSeg(FromClient(c), fin), XDP_TX, nullptr,
+         {{RM_ST_TX_FINACK, 1}, {RM_ST_CLOSED_CLEAN, 1}, {RM_ST_POOL_VERIFY, 1}});
+  VerifyPool(p0);
+  // LIFO: the connection just used is the next one taken; FIFO: the one
+  // idle longest.
+  const std::vector<uint32_t> want =
+      lifo() ? std::vector<uint32_t>{0, 1} : std::vector<uint32_t>{1, 0};
+  EXPECT_EQ(IdleQueue(0), want);
 }
 
-TEST_F(IdleOrderTest, CompactionKeepsTheOrderAndADeadTopIsSkipped) {
-  for (bool lifo : {true, false}) {
-    SCOPED_TRACE(lifo ? "lifo" : "fifo");
-    Reload(lifo);
-    for (uint32_t pid = 0; pid < 4; pid++) AddPool(OnBackend0(pid));
-    // Retired while queued: its entry stays until compaction.
-    auto r = dp_->RetireIdlePool(1, ~0ull);
-    ASSERT_TRUE(r.ok()) << r.status();
-    ASSERT_TRUE(*r);
-    auto dropped = dp_->CompactIdle(0);
-    ASSERT_TRUE(dropped.ok()) << dropped.status();
-    EXPECT_EQ(*dropped, 1u);
-    const std::vector<uint32_t> want =
-        lifo ? std::vector<uint32_t>{3, 2, 0} : std::vector<uint32_t>{0, 2, 3};
-    EXPECT_EQ(IdleQueue(0), want);
-    // The connection a request would take next dies in the queue: the
-    // request passes its entry by and takes the one below.
-    const uint32_t top = lifo ? 3 : 0, next = 2;
-    r = dp_->RetireIdlePool(top, ~0ull);
-    ASSERT_TRUE(r.ok() && *r);
-    ClientSpec c;
-    BackendPos b;
-    Splice(c, OnBackend0(next), b);
-    EXPECT_EQ(Client(c.id).pool_id, next);
-    EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{lifo ? 0u : 3u});
-  }
+TEST_P(IdleOrderTest, CompactionKeepsTheOrderAndADeadTopIsSkipped) {
+  for (uint32_t pid = 0; pid < 4; pid++) AddPool(OnBackend0(pid));
+  // Retired while queued: its entry stays until compaction.
+  auto r = dp_->RetireIdlePool(1, ~0ull);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(*r);
+  auto dropped = dp_->CompactIdle(0);
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_EQ(*dropped, 1u);
+  const std::vector<uint32_t> want =
+      lifo() ? std::vector<uint32_t>{3, 2, 0} : std::vector<uint32_t>{0, 2, 3};
+  EXPECT_EQ(IdleQueue(0), want);
+  // The connection a request would take next dies in the queue: the
+  // request passes its entry by and takes the one below.
+  const uint32_t top = lifo() ? 3 : 0, next = 2;
+  r = dp_->RetireIdlePool(top, ~0ull);
+  ASSERT_TRUE(r.ok() && *r);
+  ClientSpec c;
+  BackendPos b;
+  Splice(c, OnBackend0(next), b);
+  EXPECT_EQ(Client(c.id).pool_id, next);
+  EXPECT_EQ(IdleQueue(0), std::vector<uint32_t>{lifo() ? 0u : 3u});
 }
+
+INSTANTIATE_TEST_SUITE_P(Orders, IdleOrderTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return i.param ? "Lifo" : "Fifo";
+                         });
 
 TEST_F(DatapathTest, StaleBackendPacketOfOldEpochDropped) {
   PoolSpec p;
