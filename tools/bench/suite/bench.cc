@@ -1286,11 +1286,9 @@ absl::Status Plots(const Plan& plan, const std::vector<Row>& rows, const std::st
 // (docs/measurements.md, "2026-12-08"). Empty when sysfs has none.
 std::string DamonState() {
   const std::string root = "/sys/kernel/mm/damon/admin/kdamonds";
+  // Each file holds one value (empty if missing).
   auto read = [](const std::string& path) {
-    std::ifstream f(path);
-    std::string v;
-    std::getline(f, v);
-    return std::string(absl::StripAsciiWhitespace(v));
+    return std::string(absl::StripAsciiWhitespace(ReadFileOr(path)));
   };
   const std::string n = read(root + "/nr_kdamonds");
   int count = 0;
